@@ -47,6 +47,9 @@ def _not_yet(issue: int, what: str) -> None:
 # synth cremad   -> pipeline.synth.cremad.cli
 # prepare cremad -> pipeline.prepare.cli
 # train          -> pipeline.train_cli (mlb.train)
+from pipeline import doctor as _doctor  # noqa: E402
+
+app.command("doctor")(_doctor.cli)
 
 
 @app.command("compare")
@@ -60,13 +63,6 @@ def compare() -> None:
 def report() -> None:
     """Draw the paper's figures from compare results (not implemented yet: issue 6)."""
     _not_yet(6, "report")
-
-
-@app.command("doctor")
-def doctor() -> None:
-    """Report versions, devices, local weights, free disk and the corpus layout (not implemented yet:
-    issue 7)."""
-    _not_yet(7, "doctor")
 
 
 def main() -> None:

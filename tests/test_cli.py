@@ -1,0 +1,67 @@
+"""The command line: every command answers --help, the version prints, doctor reports."""
+
+from __future__ import annotations
+
+import click
+import typer
+from typer.testing import CliRunner
+
+from pipeline import __version__
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, cmd in group.commands.items():
+        paths.append(prefix + (name,))
+        if isinstance(cmd, click.Group):
+            paths.extend(_command_paths(cmd, prefix + (name,)))
+    return paths
+
+
+def test_every_command_has_help():
+    root = typer.main.get_command(app)
+    paths = _command_paths(root)
+    assert {("synth",), ("prepare",), ("train",), ("doctor",)} <= set(paths)
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_unknown_command_exits_2():
+    result = runner.invoke(app, ["synth", "no-such-corpus", "out"])
+    assert result.exit_code == 2
+
+
+def test_doctor_flags_a_folder_that_is_not_cremad(tmp_path):
+    result = runner.invoke(app, ["doctor", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "AudioWAV" in result.output and "package torch" in result.output
+
+
+def test_doctor_accepts_a_cremad_layout(tmp_path):
+    for folder, name in (("AudioWAV", "1001_DFA_ANG_XX.wav"), ("VideoFlash", "1001_DFA_ANG_XX.flv")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"\0" * 2048)
+    (tmp_path / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n")
+    result = runner.invoke(app, ["doctor", "--root", str(tmp_path)])
+    assert "fail" not in result.output, result.output
+    assert result.exit_code == 0
+
+
+def test_doctor_names_lfs_stubs(tmp_path):
+    for folder, name in (("AudioWAV", "1001_DFA_ANG_XX.wav"), ("VideoFlash", "1001_DFA_ANG_XX.flv")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    result = runner.invoke(app, ["doctor", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "git lfs pull" in result.output
