@@ -1,0 +1,92 @@
+"""MMCosine: multi-modal cosine loss (Xu et al., ICASSP 2023).
+
+The classifier becomes a cosine classifier: features and class weights are L2-normalised, so no
+modality can dominate the fused logits through a larger feature or weight norm:
+    out_m = s · cos(f_m, W_m)  (per class c: s · ⟨f_m/‖f_m‖, w_{m,c}/‖w_{m,c}‖⟩),   fused = Σ_m out_m,
+and the loss is the cross-entropy of `fused` (no bias). s is the scaling that restores a usable
+softmax temperature (cosines lie in [−1, 1]).
+
+The cosine head lives in the model, so evaluation uses the same classifier as training: this method
+asks `mlb.models.build_model` for it through `model_options()` →
+`{"classifier": "cosine", "cosine_scale": s}`. With Late-Linear the head is exactly the formula above
+(`LateLinear(classifier="cosine")`, each modality's block of W normalised on its own); with the other
+fusion heads (Mid-MLP, FiLM, Gated, TF) it is their output layer made cosine (`CosineClassifier` on
+the fused representation), the authors' recipe for those heads. The unimodal heads are cosine too and
+are trained as detached probes (`base.probe_loss`).
+
+Authors' defaults: s = 10; they advise s ≈ 50 for FiLM and Gated fusion. `cosine_logits` below is the
+formula on plain tensors (the tests check the model's head against it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mlb.balancing.base import Balancer, probe_loss
+from mlb.models.fusion import CosineClassifier
+
+
+# ---- pure math ---------------------------------------------------------------------------------------
+def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """s · cos(feature, class weight): `[B, D]`, `[C, D]` -> `[B, C]`."""
+    return scale * F.normalize(features, dim=1) @ F.normalize(weight, dim=1).t()
+
+
+def cosine_scales(model) -> list[float]:
+    """The scale of every cosine layer in the model's fusion head (empty when it has none)."""
+    scales = [float(mod.scale) for mod in model.fusion.modules() if isinstance(mod, CosineClassifier)]
+    if getattr(model.fusion, "cosine", False):  # Late-Linear built with classifier="cosine"
+        scales.append(float(model.fusion.scale))
+    return scales
+
+
+# ---- the method --------------------------------------------------------------------------------------
+class MMCosine(Balancer):
+    """Cosine classifier with scaling s; fused cross-entropy.
+
+    Keyword arguments (authors' defaults):
+    scale: s = 10 (authors advise ~50 for FiLM / Gated fusion).
+    """
+
+    name: ClassVar[str] = "mmcosine"
+    uses_unimodal_heads: ClassVar[bool] = False
+    supported_fusions: ClassVar[frozenset[str] | None] = None
+
+    def __init__(self, *, scale: float = 10.0):
+        if not scale > 0:
+            raise ValueError(f"mmcosine scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
+        self._checked = False
+
+    def model_options(self) -> dict[str, Any]:
+        return {"classifier": "cosine", "cosine_scale": self.scale}
+
+    @classmethod
+    def check_model(cls, model) -> None:
+        super().check_model(model)
+        if not cosine_scales(model):
+            raise ValueError(f"method 'mmcosine' needs a model built with classifier='cosine' (see "
+                             f"MMCosine.model_options()); fusion={getattr(model, 'fusion_name', None)!r} "
+                             "has a plain linear output layer")
+
+    def check_scale(self, model) -> None:
+        """Fail when the model's cosine head was built with another s than this method's."""
+        self.check_model(model)
+        scales = cosine_scales(model)
+        if any(abs(s - self.scale) > 1e-9 for s in scales):
+            raise ValueError(f"method 'mmcosine' has scale={self.scale:g} but the model's cosine head was "
+                             f"built with cosine_scale={scales}; build it with {self.model_options()}")
+
+    def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
+        if not self._checked:  # once: the model is fixed for the run
+            self.check_scale(model)
+            self._checked = True
+        label = batch["label"]
+        loss_fused = F.cross_entropy(out.fused, label)
+        probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
+        total = loss_fused + sum(probes.values())
+        return total, self.log_values({"loss": loss_fused, "loss_fused": loss_fused}
+                                     | {f"loss_{m}": v for m, v in probes.items()})

@@ -1,0 +1,142 @@
+"""MSLR: Modality-Specific Learning Rates (Yao & Mihalcea, Findings of ACL 2022), adaptive variant.
+
+Once per epoch, after validation, from each modality's validation accuracy acc_m:
+    ratio_m = acc_m(now) / mean(acc_m over the K epochs before now)   (1 until K earlier epochs exist)
+    coeff_m = init_m · ratio_m
+and every training step multiplies the gradients of modality m's branch by coeff_m, which is the same
+as giving that branch its own learning rate init_m · ratio_m · lr for plain SGD. Caveat: Adam's
+update is invariant to a constant gradient scale (m / √v), so under Adam a coefficient that stays
+fixed for a whole epoch acts mainly through ε, weight decay, and the transient after each per-epoch
+change; we implement the gradient scaling the method card asks for and report this rather than hide
+it. The loss is the fused cross-entropy only.
+
+Where acc_m comes from: `val_metrics[acc_key.format(modality=m)]`, by default `acc_audio` /
+`acc_video`, which the trainer computes from the unimodal heads. Under this method those heads are
+trained as *detached probes* (`base.probe_loss`): a linear read-out of each encoder's features that
+sends no gradient back, so acc_m measures how good encoder m is on its own. (The authors of MSLR, with
+additive late fusion, read each modality's own classifier; with Late-Linear the halves
+`fused_parts` are that classifier. We use the probes because they exist for every fusion head.)
+Until the first validation, and whenever acc_m is missing, coeff_m = init_m.
+
+Branch of modality m = its encoder plus its own slice of the fusion layer
+(`model.modality_grad_slices(m)` without the unimodal probe head, whose learning rate is left alone).
+
+Logs: `k_<m>` and `r_<m>` every step; `mslr_ratio_<m>` from `on_epoch_end`.
+
+Authors' settings as the MLB authors ran them: init audio 0.7, video 1.3 (any other modality 1.0),
+K = 20. Keyword arguments override them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mlb.balancing.base import Balancer, probe_loss
+
+DEFAULT_INIT = {"audio": 0.7, "video": 1.3}
+
+
+# ---- pure math ---------------------------------------------------------------------------------------
+def mslr_ratio(history: list[float], now: float, window: int) -> float:
+    """acc(now) / mean of the last `window` entries of `history` (the epochs before now); 1.0 while
+    fewer than `window` earlier epochs exist or when that mean is 0."""
+    if window < 1:
+        raise ValueError(f"mslr window must be >= 1, got {window!r}")
+    if len(history) < window:
+        return 1.0
+    past = sum(history[-window:]) / window
+    return float(now) / past if past > 0 else 1.0
+
+
+def branch_grad_slices(model, m: str) -> list[tuple[torch.nn.Parameter, tuple[slice, ...] | None]]:
+    """Modality m's encoder and its slice of the fusion layer: `model.modality_grad_slices(m)` without
+    the unimodal head (a detached probe under the baselines)."""
+    head = {id(p) for p in model.unimodal_heads[m].parameters()}
+    return [(p, idx) for p, idx in model.modality_grad_slices(m) if id(p) not in head]
+
+
+def scale_gradients_(grad_slices, coeff: torch.Tensor | float) -> None:
+    """In place: multiply each `(parameter, index)`'s gradient (or its `index` part) by `coeff`."""
+    for p, idx in grad_slices:
+        if p.grad is None:
+            continue
+        if idx is None:
+            p.grad.mul_(coeff)
+        else:
+            p.grad[idx] *= coeff  # a view of the modality's part of a shared tensor
+
+
+# ---- the method --------------------------------------------------------------------------------------
+class MSLR(Balancer):
+    """Adaptive modality-specific learning rates from validation accuracy.
+
+    Keyword arguments (MLB authors' settings):
+    init: per-modality initial coefficient, default `{"audio": 0.7, "video": 1.3}` (others 1.0).
+    window: K, the number of earlier epochs averaged (20).
+    acc_key: the `val_metrics` key of modality m's accuracy, a format string with `{modality}`.
+    """
+
+    name: ClassVar[str] = "mslr"
+    uses_unimodal_heads: ClassVar[bool] = False
+    supported_fusions: ClassVar[frozenset[str] | None] = None
+
+    def __init__(self, *, init: dict[str, float] | None = None, window: int = 20,
+                 acc_key: str = "acc_{modality}"):
+        init = dict(DEFAULT_INIT if init is None else init)
+        for m, value in init.items():
+            if not value > 0:
+                raise ValueError(f"mslr init[{m!r}] must be > 0, got {value!r}")
+        if window < 1:
+            raise ValueError(f"mslr window must be >= 1, got {window!r}")
+        if "{modality}" not in acc_key:
+            raise ValueError(f"mslr acc_key must contain '{{modality}}', got {acc_key!r}")
+        self.init = init
+        self.window = int(window)
+        self.acc_key = acc_key
+        self.history: dict[str, list[float]] = {}  # modality -> validation accuracy per epoch
+        self.ratio: dict[str, float] = {}  # modality -> latest ratio (1.0 until known)
+        self.modalities: tuple[str, ...] = ()  # the model's, learnt at the first step
+
+    def coefficient(self, m: str) -> float:
+        return self.init.get(m, 1.0) * self.ratio.get(m, 1.0)
+
+    def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
+        self.modalities = tuple(model.modalities)
+        label = batch["label"]
+        loss_fused = F.cross_entropy(out.fused, label)
+        probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
+        total = loss_fused + sum(probes.values())
+        return total, self.log_values({"loss": loss_fused, "loss_fused": loss_fused}
+                                     | {f"loss_{m}": v for m, v in probes.items()})
+
+    def before_step(self, model, batch: dict, out) -> dict[str, float]:
+        logs = {}
+        for m in model.modalities:
+            k = self.coefficient(m)
+            scale_gradients_(branch_grad_slices(model, m), k)
+            logs[f"k_{m}"] = k
+            logs[f"r_{m}"] = self.ratio.get(m, 1.0)
+        return logs
+
+    def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
+        logs = {}
+        for m in self.modalities or tuple(self.init):
+            key = self.acc_key.format(modality=m)
+            if key not in val_metrics:
+                continue
+            now = float(val_metrics[key])
+            past = self.history.setdefault(m, [])
+            self.ratio[m] = mslr_ratio(past, now, self.window)  # against the epochs before now
+            past.append(now)
+            logs[f"mslr_ratio_{m}"] = self.ratio[m]
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {m: list(h) for m, h in self.history.items()}, "ratio": dict(self.ratio)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = {m: [float(x) for x in h] for m, h in state["history"].items()}
+        self.ratio = {m: float(r) for m, r in state["ratio"].items()}

@@ -1,0 +1,212 @@
+"""The paper's figures, drawn from the library's own functions and from `mlbpipe compare` results.
+
+- Figure 2: MLB's k against r for several (α, β_max), from `mlb.balancing.mlb_coefficients` itself.
+- Figure 3: test accuracy by method and fusion head, mean ± std over seeds/folds.
+- Figure 4: the agreement groups (which unimodal heads are right) with the fused accuracy per method.
+- Figure 5: ECE per method, and a reliability diagram of the fused output.
+- Training curves: k_i per step and the unimodal heads' validation accuracy per epoch.
+
+Every function takes plain data and a path, writes a PNG (and an SVG beside it) and returns the PNG's path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlb.compare import GroupSummary  # noqa: E402
+
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+    return path
+
+
+def figure_k_vs_r(path: Path, settings=((0.5, 10.0), (1.0, 10.0), (2.0, 5.0), (5.0, 2.0), (2.0, 1.0))) -> Path:
+    """Paper Figure 2: k = f(r) for several (α, β_max), two modalities."""
+    import torch
+
+    from mlb.balancing import mlb_coefficients
+
+    r = np.linspace(0.05, 3.0, 300)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (alpha, beta_max) in enumerate(settings):
+        # scores (s_a, s_v) = (1, r) give r_a = s_v / s_a = r; k_a is the first coefficient.
+        k = [float(mlb_coefficients(torch.tensor([1.0, float(x)]), alpha, beta_max)[0]) for x in r]
+        ax.plot(r, k, color=COLORS[i % len(COLORS)], label=f"α={alpha:g}, β_max={beta_max:g}")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("performance ratio r_i  (mean of the others' s_j / s_i)")
+    ax.set_ylabel("balancing coefficient k_i")
+    ax.set_title("MLB: k_i > 1 accelerates a lagging modality, k_i < 1 slows the leader")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def figure_accuracy(summaries: list[GroupSummary], path: Path, key: str = "test.fused.accuracy",
+                    ylabel: str = "test accuracy (%)") -> Path:
+    """Paper Figure 3: bars per method, one colour per fusion head, error bars = std over seeds."""
+    methods = list(dict.fromkeys(s.group["method"] for s in summaries))
+    fusions = list(dict.fromkeys(s.group["fusion"] for s in summaries))
+    width = 0.8 / max(1, len(fusions))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(methods) * max(1, len(fusions)) ** 0.5 + 2), 4.2))
+    for j, fusion in enumerate(fusions):
+        xs, means, stds = [], [], []
+        for i, method in enumerate(methods):
+            for s in summaries:
+                if s.group["method"] == method and s.group["fusion"] == fusion and key in s.mean:
+                    xs.append(i + (j - (len(fusions) - 1) / 2) * width)
+                    means.append(100 * s.mean[key])
+                    stds.append(100 * s.std[key])
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=fusion, color=COLORS[j % len(COLORS)])
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
+    ax.set_ylabel(ylabel)
+    runs = sorted({s.runs for s in summaries})
+    ax.set_title(f"{ylabel} by method and fusion (mean ± std, {'/'.join(map(str, runs))} runs)")
+    ax.legend(title="fusion", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def agreement_by_method(runs: list[dict], fusion: str) -> dict[str, list[dict]]:
+    """Mean over seeds of each agreement group's clip share and fused accuracy, per method."""
+    per_method: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run["fusion"] != fusion or "agreement" not in run["test"]:
+            continue
+        total = sum(row["count"] for row in run["test"]["agreement"]) or 1
+        for row in run["test"]["agreement"]:
+            name = group_name(row)
+            per_method[run["method"]][name].append((row["count"] / total, row["fused_accuracy"]))
+    table = {}
+    for method, groups in per_method.items():
+        table[method] = []
+        for name, values in groups.items():
+            accs = [a for _, a in values if a is not None]
+            table[method].append({"group": name, "share": float(np.mean([s for s, _ in values])),
+                                  "fused_accuracy": float(np.mean(accs)) if accs else None})
+    return table
+
+
+def group_name(row: dict) -> str:
+    """'both wrong', 'audio only', 'video only', 'both right' (or the list of right heads for M > 2)."""
+    right = [k[: -len("_correct")] for k, v in row.items() if k.endswith("_correct") and v]
+    heads = [k for k in row if k.endswith("_correct")]
+    if not right:
+        return "all wrong" if len(heads) > 2 else "both wrong"
+    if len(right) == len(heads):
+        return "all right" if len(heads) > 2 else "both right"
+    return " + ".join(right) + " only"
+
+
+def figure_agreement(runs: list[dict], path: Path, fusion: str = "late-linear") -> Path:
+    """Paper Figure 4: fused accuracy within each agreement group, one bar per method."""
+    table = agreement_by_method(runs, fusion)
+    methods = list(table)
+    groups = list(dict.fromkeys(row["group"] for rows in table.values() for row in rows))
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for j, method in enumerate(methods):
+        rows = {row["group"]: row for row in table[method]}
+        xs = [g + (j - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+        ys = [100 * (rows[name]["fused_accuracy"] or 0.0) if name in rows else 0.0 for name in groups]
+        ax.bar(xs, ys, width, label=method, color=COLORS[j % len(COLORS)])
+    shares = {name: np.mean([r["share"] for rows in table.values() for r in rows if r["group"] == name])
+              for name in groups}
+    ax.set_xticks(range(len(groups)), [f"{name}\n({100 * shares[name]:.0f}% of clips)" for name in groups])
+    ax.set_ylabel("fused accuracy in the group (%)")
+    ax.set_title(f"Which unimodal heads are right, and what the fused output does ({fusion})")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def figure_ece(summaries: list[GroupSummary], runs: list[dict], path: Path, fusion: str = "late-linear") -> Path:
+    """Paper Figure 5: ECE per method (left) and a reliability diagram of the fused output (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = [s for s in summaries if s.group["fusion"] == fusion and "test.fused.ece" in s.mean]
+    left.bar(range(len(rows)), [100 * s.mean["test.fused.ece"] for s in rows],
+             yerr=[100 * s.std["test.fused.ece"] for s in rows], capsize=3,
+             color=[COLORS[i % len(COLORS)] for i in range(len(rows))])
+    left.set_xticks(range(len(rows)), [s.group["method"] for s in rows], rotation=20)
+    left.set_ylabel("ECE (%, 15 bins; lower is better)")
+    left.set_title(f"Calibration of the fused output ({fusion})")
+    left.grid(axis="y", alpha=0.3)
+
+    right.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    for i, s in enumerate(rows):
+        bins = _pooled_reliability([r for r in runs if r["method"] == s.group["method"] and r["fusion"] == fusion])
+        if bins is None:
+            continue
+        conf, acc = bins
+        right.plot(conf, acc, marker="o", ms=3, color=COLORS[i % len(COLORS)], label=s.group["method"])
+    right.set_xlabel("confidence (top softmax probability)")
+    right.set_ylabel("accuracy")
+    right.set_title("Reliability diagram (test, pooled over seeds)")
+    right.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pooled_reliability(runs: list[dict]):
+    """Per-bin (confidence, accuracy) pooled over runs from metrics' `reliability` counts, or None."""
+    total = None
+    for run in runs:
+        rel = run["test"]["fused"].get("reliability")
+        if rel is None:
+            continue
+        arr = np.array([rel["count"], rel["correct"], rel["confidence_sum"]], dtype=np.float64)  # [3, bins]
+        total = arr if total is None else total + arr
+    if total is None:
+        return None
+    keep = total[0] > 0
+    return total[2][keep] / total[0][keep], total[1][keep] / total[0][keep]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def figure_training_curves(run_dir: Path, path: Path) -> Path:
+    """k_i per step (from steps.jsonl) and unimodal validation accuracy per epoch (epochs.jsonl)."""
+    steps = read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").exists() else []
+    epochs = read_jsonl(run_dir / "epochs.jsonl") if (run_dir / "epochs.jsonl").exists() else []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.0))
+    k_names = sorted({k for row in steps for k in row if k.startswith("k_")})
+    for i, name in enumerate(k_names):
+        xs = [row["step"] for row in steps if name in row]
+        ys = np.array([row[name] for row in steps if name in row])
+        left.plot(xs, ys, lw=0.6, alpha=0.35, color=COLORS[i % len(COLORS)])
+        window = max(1, len(ys) // 30)
+        smooth = np.convolve(ys, np.ones(window) / window, mode="valid") if len(ys) >= window else ys
+        left.plot(xs[window - 1:], smooth, lw=1.6, color=COLORS[i % len(COLORS)], label=name)
+    left.axhline(1.0, color="grey", ls=":", lw=1)
+    left.set_xlabel("training step")
+    left.set_ylabel("k_i (gradient multiplier)")
+    left.set_title("Balancing coefficients per step" if k_names else "No balancing coefficients (method has none)")
+    if k_names:
+        left.legend(fontsize=8)
+    acc_names = sorted({k for row in epochs for k in row if k.startswith("val/acc")})
+    for i, name in enumerate(acc_names):
+        right.plot([row["epoch"] for row in epochs if name in row], [100 * row[name] for row in epochs if name in row],
+                   marker="o", ms=3, color=COLORS[i % len(COLORS)], label=name.removeprefix("val/"))
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation accuracy (%)")
+    right.set_title("Fused and unimodal heads on validation")
+    if acc_names:
+        right.legend(fontsize=8)
+    fig.suptitle(str(run_dir), fontsize=8)
+    return _save(fig, path)
