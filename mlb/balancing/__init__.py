@@ -1,0 +1,87 @@
+"""Balancing methods behind one interface (`Balancer`, docs/CONTRACTS.md "Balancing methods").
+
+    from mlb.balancing import MLB
+    balancer = MLB(alpha=0.5, beta_max=10.0)
+    ...
+    out = model(batch)
+    loss, logs = balancer.loss(model, batch, out)
+    optimizer.zero_grad(); loss.backward()
+    logs |= balancer.before_step(model, batch, out)   # scales each modality's gradients by k_i
+    optimizer.step()
+
+`METHODS` maps every `--method` name to its class; `build_balancer(name, **params)` builds one.
+Baselines live in their own modules (`mlb/balancing/<name>.py`); every `Balancer` subclass defined in
+a module listed in `BASELINE_MODULES` is registered under its `name` when that module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from mlb.balancing.base import (
+    Balancer,
+    floats_for_log,
+    probe_loss,
+    true_class_scores,
+    unimodal_losses,
+    unwrap,
+)
+from mlb.balancing.grads import scale_grads, scale_modality_grads
+from mlb.balancing.joint import Joint
+from mlb.balancing.mlb import AUTHOR_SETTINGS, MLB, mlb_coefficients, mlb_settings, performance_ratios
+from mlb.balancing.multi_loss import MultiLoss
+
+METHODS: dict[str, type[Balancer]] = {cls.name: cls for cls in (Joint, MultiLoss, MLB)}
+
+# ---- baselines: register here (module names under mlb/balancing/) ----------------------------------
+BASELINE_MODULES = ("ogm_ge", "mslr", "agm", "pmr", "mmcosine", "unimodal")
+
+
+def _register_module(module_name: str) -> None:
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"{__name__}.{module_name}":  # the file is not there (yet): skip
+            return
+        raise  # a real import error inside the module: surface it
+    for obj in vars(module).values():
+        if (isinstance(obj, type) and issubclass(obj, Balancer) and obj.__module__ == module.__name__
+                and obj.name != Balancer.name):
+            if obj.name in METHODS and METHODS[obj.name] is not obj:
+                raise ValueError(f"two balancers named {obj.name!r}: {METHODS[obj.name]} and {obj}")
+            METHODS[obj.name] = obj
+
+
+for _name in BASELINE_MODULES:
+    _register_module(_name)
+
+
+def build_balancer(name: str, **params) -> Balancer:
+    """The balancer registered as `name`, built with keyword hyper-parameters."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    try:
+        return METHODS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"method {name!r}: bad parameters {params!r} ({err})") from err
+
+
+__all__ = [
+    "AUTHOR_SETTINGS",
+    "METHODS",
+    "MLB",
+    "Balancer",
+    "Joint",
+    "MultiLoss",
+    "build_balancer",
+    "floats_for_log",
+    "mlb_coefficients",
+    "mlb_settings",
+    "performance_ratios",
+    "probe_loss",
+    "scale_grads",
+    "scale_modality_grads",
+    "true_class_scores",
+    "unimodal_losses",
+    "unwrap",
+]

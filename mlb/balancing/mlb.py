@@ -1,0 +1,130 @@
+"""Multi-Loss Balanced (MLB), paper Eq. 2-7, as the authors' code computes it (METHOD.md).
+
+Every step, after `backward()` and before `optimizer.step()`:
+  s_i = batch mean of softmax(unimodal logits_i)[true class]             (detached; Eq. 4, mean not sum)
+  r_i = mean_{j != i} s_j / s_i                                          (Eq. 5)
+  β_i = β_max if r_i > 1 (modality i lags: accelerate) else 2 (it leads: decelerate)   (Eq. 6)
+  k_i = 1 + (β_i - 1) · tanh(α · (r_i - 1))                              (Eq. 7)
+and the gradient of every parameter of modality i (encoder, unimodal head, its slice of the fusion
+layer; never a shared bias) is multiplied by k_i. The loss is the Multi-Loss (Eq. 3). No moving
+average and no hard stop: as the unimodal heads converge r_i → 1 and k_i → 1.
+
+k_i depends only on the forward pass, so `MLB.loss` already computes it (its host copy for the logs
+then costs no extra device sync); `before_step` applies it. `before_step` also works alone, after
+any loss, computing k_i from the `out` it is given.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+
+from mlb.balancing.base import true_class_scores
+from mlb.balancing.grads import scale_modality_grads
+from mlb.balancing.multi_loss import MultiLoss, multi_loss_terms
+
+EPS = 1e-6  # floor for s_i so r_i stays finite when a head gives the true class ~0 probability
+
+# The authors' settings (alpha, beta_max), METHOD.md. Key: (corpus, features, fusion); fusion "*" = any.
+AUTHOR_SETTINGS: dict[tuple[str, str, str], tuple[float, float]] = {
+    ("cremad", "raw", "late-linear"): (0.5, 10.0),
+    ("cremad", "raw", "mid-mlp"): (0.5, 5.0),
+    ("cremad", "raw", "gated"): (0.5, 10.0),
+    ("cremad", "raw", "film"): (0.5, 20.0),
+    ("cremad", "raw", "tf"): (0.5, 20.0),
+    ("cremad", "cached", "*"): (5.0, 2.0),
+    ("ave", "raw", "*"): (2.0, 1.0),
+    ("ucf101", "raw", "*"): (2.0, 0.5),
+}
+
+
+def mlb_settings(*, features: str, fusion: str, corpus: str = "cremad") -> dict[str, float]:
+    """The authors' `{"alpha", "beta_max"}` for a setting; CREMA-D ResNet Late-Linear (0.5, 10) when
+    the table has no entry."""
+    for key in ((corpus, features, fusion), (corpus, features, "*")):
+        if key in AUTHOR_SETTINGS:
+            alpha, beta_max = AUTHOR_SETTINGS[key]
+            return {"alpha": alpha, "beta_max": beta_max}
+    return {"alpha": 0.5, "beta_max": 10.0}
+
+
+def performance_ratios(scores: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Eq. 5: r_i = mean_{j != i} s_j / s_i for a 1-D tensor of M >= 2 scores; s clamped at eps."""
+    if scores.dim() != 1 or scores.numel() < 2:
+        raise ValueError(f"scores must be a 1-D tensor of M >= 2 values, got shape {tuple(scores.shape)}")
+    s = torch.nan_to_num(scores.float(), nan=eps).clamp_min(eps)  # [M]
+    m = s.numel()
+    off_diagonal = 1.0 - torch.eye(m, dtype=s.dtype, device=s.device)  # [M, M]
+    others_mean = (off_diagonal * s[None, :]).sum(1) / (m - 1)  # [M]; no sum-minus-self cancellation
+    return others_mean / s  # [M]
+
+
+def mlb_coefficients(scores: torch.Tensor, alpha: float, beta_max: float, eps: float = EPS) -> torch.Tensor:
+    """Eq. 5-7: the M balancing coefficients k_i from the M scores s_i (1-D tensor in, 1-D out).
+
+    Finite for any finite alpha > 0 and beta_max: s is clamped at eps (r <= (max s)/eps), tanh is
+    bounded, so k_i lies in [1 - 1, 1 + (beta_max - 1)] = [0, beta_max] (or [beta_max, 1] if
+    beta_max < 1). Use `performance_ratios` for the r_i.
+    """
+    r = performance_ratios(scores, eps)  # [M]
+    beta = torch.where(r > 1, torch.full_like(r, float(beta_max)), torch.full_like(r, 2.0))  # [M]
+    return 1.0 + (beta - 1.0) * torch.tanh(alpha * (r - 1.0))  # [M]
+
+
+class MLB(MultiLoss):
+    """Multi-Loss Balanced. `loss` is the Multi-Loss; `before_step` scales each modality's gradients by
+    k_i and returns `{k_m, r_m, s_m}` for every modality m.
+
+    alpha: slope of tanh (> 0). beta_max: the largest acceleration (paper: >= 1; the authors' scripts
+        also use < 1, which then slows the laggard too). Defaults: the authors' CREMA-D ResNet
+        Late-Linear setting (0.5, 10); see `AUTHOR_SETTINGS` / `mlb_settings` for the others
+        (CREMA-D Conformer: 5.0, 2).
+    eps: floor for s_i.
+    """
+
+    name = "mlb"
+    uses_unimodal_heads = True
+
+    def __init__(self, *, alpha: float = 0.5, beta_max: float = 10.0, eps: float = EPS):
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"mlb alpha must be a finite number > 0, got {alpha!r}")
+        if not (isinstance(beta_max, (int, float)) and math.isfinite(beta_max) and beta_max > 0):
+            raise ValueError(f"mlb beta_max must be a finite number > 0, got {beta_max!r}")
+        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+            raise ValueError(f"mlb eps must be in (0, 1), got {eps!r}")
+        self.alpha = float(alpha)
+        self.beta_max = float(beta_max)
+        self.eps = float(eps)
+
+    def _balance(self, out, label):
+        """s, r, k (each `[M]`, `out.unimodal` order) and their log entries, all still tensors."""
+        scores = true_class_scores(out, label)  # [M]
+        ratios = performance_ratios(scores, self.eps)  # [M]
+        ks = mlb_coefficients(scores, self.alpha, self.beta_max, self.eps)  # [M]
+        logs = {}
+        for i, m in enumerate(out.unimodal):
+            logs |= {f"k_{m}": ks[i], f"r_{m}": ratios[i], f"s_{m}": scores[i]}
+        return ks, logs
+
+    def loss(self, model, batch, out):
+        # k depends only on this forward's unimodal logits: compute it here so the loss terms and
+        # k, r, s reach the host in one sync (a second sync after backward() would stall a GPU step)
+        total, terms = multi_loss_terms(out, batch["label"])
+        ks, balance_logs = self._balance(out, batch["label"])
+        logs = self.log_values(terms | balance_logs)
+        self._pending = (weakref.ref(out), ks, {k: logs[k] for k in balance_logs})
+        return total, {k: logs[k] for k in terms}
+
+    def before_step(self, model, batch, out):
+        pending = getattr(self, "_pending", None)
+        self._pending = None
+        if pending is not None and pending[0]() is out:  # computed by loss() for this very output
+            ks, logs = pending[1], pending[2]
+        else:  # used without our loss(): compute now
+            ks, balance_logs = self._balance(out, batch["label"])
+            logs = self.log_values(balance_logs)
+        for i, m in enumerate(out.unimodal):
+            scale_modality_grads(model, m, ks[i])  # 0-d tensor on the device: no host sync
+        return logs
