@@ -1,0 +1,637 @@
+"""The trainer: shards in, a selected checkpoint and `RUN/metrics.json` out.
+
+One loop in sections (data, model, optimiser, resume, train, validate/select, test). The protocol
+(METHOD.md, "Training protocol"):
+- Adam with the paper's lr / weight decay per encoder type (ResNet 1e-3 / 1e-4, Conformer 5e-5 / 5e-6);
+  the lr is held constant for a warm-up, then follows cosine annealing with warm restarts (`lr_at`).
+- Every epoch ends with a validation pass; the checkpoint with the best VALIDATION fused accuracy is
+  kept (`RUN/checkpoints/best.pt`), and training stops after `patience` epochs without improvement.
+- The test split is evaluated exactly once, at the end, with the selected checkpoint.
+
+Resume is exact on CPU. The data order of an epoch is a pure function of (seed, epoch)
+(`mlb.data.ShardLoader`); a checkpoint (`RUN/checkpoints/last.pt`, written atomically at every epoch
+end and every `checkpoint_every` steps) holds the model, the optimiser, the GradScaler, the balancer,
+the torch/numpy/python RNG states and the position (epoch, batch within the epoch). Resuming replays
+that epoch's order and skips the batches already trained on, so an interrupted and resumed run ends
+with the same weights as an uninterrupted one. Checkpoints load with `torch.load(weights_only=True)`.
+
+Non-finite loss or gradients: the step is skipped (no optimiser update) and counted; after
+`max_bad_steps` such steps in a row the run stops with an error that says so.
+
+Logs: `RUN/dvclive/` (DVCLive, one step per epoch: loss terms, accuracies per head, k/r/s summaries),
+`RUN/steps.jsonl` (one line per training step: lr, loss terms, k_i, r_i, s_i), `RUN/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mlb.data import INPUT_PATHS, MODALITY_FIELDS, ShardFolder, ShardLoader, open_shard_folder
+from mlb.metrics import evaluate
+
+# Paper defaults per input path: (lr, weight decay, batch size). ResNet-18 on raw, Conformer on cached.
+PAPER_OPTIM = {"raw": (1e-3, 1e-4, 32), "cached": (5e-5, 5e-6, 8)}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Config keys that may change between an interrupted run and its resume (they do not change the math).
+RESUMABLE_CHANGES = {"resume", "epochs", "max_steps", "device", "dvclive", "max_bad_steps", "patience"}
+
+
+class TrainConfigError(ValueError):
+    """A bad training setting; the message names the key and the value."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. `validate()` fails early, naming the key and the value."""
+
+    data: Path  # the shard folder of one input path: OUT/shards/<features>/
+    out: Path  # the run folder RUN/
+    features: str = "cached"  # "raw" (ResNet-18) or "cached" (Conformer)
+    method: str = "mlb"
+    fusion: str = "late-linear"
+    method_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"alpha": 0.5, "beta_max": 10}
+    size: str = "paper"  # model size: tiny | small | paper
+    epochs: int = 100
+    max_steps: int | None = None  # stop after this many training steps in all (None: no limit)
+    batch_size: int | None = None  # None: 32 raw, 8 cached
+    eval_batch_size: int | None = None  # None: the training batch size
+    lr: float | None = None  # None: the paper's per encoder type
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0  # constant lr for this long
+    restart_epochs: float = 10.0  # first cosine cycle; later cycles are restart_mult times longer
+    restart_mult: int = 1
+    min_lr_ratio: float = 0.01  # the cosine floor, as a fraction of lr
+    patience: int = 10  # early stopping: epochs without a better validation accuracy
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
+    num_workers: int = 0
+    shuffle_buffer: int = 512
+    checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
+    resume: bool = False
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    dropout: float | None = None
+    expected_meta: dict[str, Any] = field(default_factory=dict)  # extra meta.json keys to require
+    dvclive: bool = True
+
+    def validate(self) -> None:
+        def bad(key: str, why: str) -> TrainConfigError:
+            return TrainConfigError(f"train config {key}={getattr(self, key)!r}: {why}")
+
+        if self.features not in INPUT_PATHS:
+            raise bad("features", f"must be one of {INPUT_PATHS}")
+        if not Path(self.data).is_dir():
+            raise bad("data", "is not a folder (expected OUT/shards/<features>/ with meta.json, sizes.json)")
+        if self.size not in ("tiny", "small", "paper"):
+            raise bad("size", "must be tiny, small or paper")
+        for key in ("epochs", "restart_mult", "patience", "max_bad_steps"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise bad(key, "must be an integer >= 1")
+        for key in ("max_steps", "batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise bad(key, "must be an integer >= 1 (or unset)")
+        for key in ("num_workers", "checkpoint_every", "seed"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                raise bad(key, "must be an integer >= 0")
+        if self.shuffle_buffer < 1:
+            raise bad("shuffle_buffer", "must be >= 1")
+        for key in ("lr", "weight_decay"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value >= (0 if key == "weight_decay" else 1e-12)):
+                raise bad(key, "must be a finite number > 0" if key == "lr" else "must be a finite number >= 0")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise bad("warmup_epochs", "must be >= 0")
+        if not (self.restart_epochs > 0 and math.isfinite(self.restart_epochs)):
+            raise bad("restart_epochs", "must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "must be in [0, 1]")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise bad("device", "must be auto, cpu, cuda or cuda:N")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise bad("device", "CUDA is not available on this machine")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)")
+
+    # Resolved values (the paper's defaults where unset)
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else PAPER_OPTIM[self.features][0]
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else PAPER_OPTIM[self.features][1]
+
+    @property
+    def resolved_batch_size(self) -> int:
+        return self.batch_size if self.batch_size is not None else PAPER_OPTIM[self.features][2]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Saved in every checkpoint; plain ints/floats so it loads with weights_only."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # batches of this epoch already trained on
+    step: int = 0  # training batches processed in all (skipped non-finite steps included)
+    skipped_steps: int = 0  # non-finite loss or gradient: no update
+    bad_in_a_row: int = 0
+    best_val_accuracy: float = -1.0
+    best_epoch: int = -1
+    best_step: int = -1
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+
+
+def lr_at(step: int, *, warmup_steps: int, cycle_steps: int, cycle_mult: int, min_ratio: float) -> float:
+    """The lr factor (times the base lr) at a step: constant 1 during warm-up, then cosine annealing from
+    1 to `min_ratio` with warm restarts (SGDR), cycles of `cycle_steps`, each `cycle_mult` times longer."""
+    if step < warmup_steps:
+        return 1.0
+    t, length = step - warmup_steps, max(cycle_steps, 1)
+    while t >= length:  # find the position inside the current cycle
+        t -= length
+        length *= cycle_mult
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t / length))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    """torch / numpy / python RNG states as tensors and plain lists (loadable with weights_only)."""
+    _kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Never unpickles code: weights_only=True accepts tensors, numbers, strings, lists and dicts."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. CPU runs fp32 (deterministic and exact resume)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def grads_finite(parameters: list[torch.nn.Parameter]) -> bool:
+    """True when every gradient is finite; one host sync for all parameters."""
+    flags = [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def input_dims(folder: ShardFolder) -> dict[str, int]:
+    """Feature size per modality of the cached path, from meta.json (`[T, D]` fields)."""
+    return {m: int(folder.field_shape(f)[-1]) for m, f in MODALITY_FIELDS["cached"].items()}
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())} if a.size else {}
+
+
+def flat_val_metrics(metrics: dict[str, Any], loss: float) -> dict[str, float]:
+    """The flat dict balancers get in `on_epoch_end`: acc, f1, loss, acc_<modality>, f1_<modality>."""
+    flat = {"acc": metrics["fused"]["accuracy"], "f1": metrics["fused"]["macro_f1"],
+            "ece": metrics["fused"]["ece"], "loss": loss}
+    for m, head in metrics["unimodal"].items():
+        flat |= {f"acc_{m}": head["accuracy"], f"f1_{m}": head["macro_f1"]}
+    return flat
+
+
+@torch.no_grad()
+def evaluate_split(model, loader: ShardLoader, device: torch.device, amp_dtype, num_classes: int
+                   ) -> tuple[dict[str, Any], float]:
+    """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy."""
+    model.eval()
+    labels, fused, unimodal = [], [], {}
+    for batch in loader.iterate(0):
+        batch = to_device(batch, device)
+        with autocast(device, amp_dtype):
+            out = model(batch)
+        labels.append(batch["label"].cpu())
+        fused.append(out.fused.float().cpu())  # [B, C]
+        for m, logits in out.unimodal.items():
+            unimodal.setdefault(m, []).append(logits.float().cpu())  # [B, C]
+    label = torch.cat(labels)  # [N]
+    fused_logits = torch.cat(fused)  # [N, C]
+    loss = float(F.cross_entropy(fused_logits, label))
+    metrics = evaluate(label.numpy(), fused_logits.numpy(), {m: torch.cat(v).numpy() for m, v in unimodal.items()},
+                       num_classes)
+    metrics["loss"] = loss
+    return metrics, loss
+
+
+def autocast(device: torch.device, amp_dtype):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+class StepLog:
+    """`RUN/steps.jsonl`: one JSON object per training step. On resume, lines after the checkpoint's
+    step are dropped first, so the file equals an uninterrupted run's."""
+
+    def __init__(self, path: Path, keep_until_step: int) -> None:
+        self.path = path
+        kept, self.records = [], []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                continue
+            if record["step"] <= keep_until_step:
+                kept.append(line)
+                self.records.append(record)
+        write_text = "".join(line + "\n" for line in kept)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(write_text)
+        os.replace(tmp, path)
+        self.file = path.open("a")
+
+    def series(self, epoch: int) -> dict[str, list[float]]:
+        """{name: values} of an epoch's steps already on file (a run resumed mid-epoch), for its summary."""
+        series: dict[str, list[float]] = {}
+        for record in self.records:
+            if record["epoch"] == epoch:
+                for name, value in record.items():
+                    if name not in ("step", "epoch", "lr"):
+                        series.setdefault(name, []).append(value)
+        return series
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class EpochLog:
+    """Per-epoch logging to DVCLive (`RUN/dvclive/`), or nowhere when disabled."""
+
+    def __init__(self, run: Path, enabled: bool, resume: bool) -> None:
+        self.live = None
+        if enabled:
+            from dvclive import Live
+
+            # save_dvc_exp=False: never touch git; dvcyaml=None: the project's dvc.yaml declares the
+            # plots and metrics of RUN/dvclive itself.
+            self.live = Live(dir=str(run / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None,
+                             report=None)
+
+    @staticmethod
+    def drop_epochs_from(run: Path, epoch: int) -> None:
+        """On resume: remove plot rows of epochs >= `epoch` (logged before the run died, to be redone)."""
+        for tsv in (run / "dvclive" / "plots" / "metrics").rglob("*.tsv"):
+            header, *rows = tsv.read_text().splitlines()
+            column = header.split("\t").index("step")
+            kept = [row for row in rows if int(row.split("\t")[column]) < epoch]
+            tsv.write_text("\n".join([header, *kept]) + "\n")
+
+    def log(self, epoch: int, values: dict[str, float]) -> None:
+        if self.live is None:
+            return
+        self.live.step = epoch
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def close(self, summary: dict[str, float] | None = None) -> None:
+        """End the DVCLive run; `summary` values (the selected checkpoint, test metrics) go into
+        dvclive/metrics.json only, so `dvc exp show` lists them."""
+        if self.live is not None:
+            for name, value in (summary or {}).items():  # "test/acc" -> {"test": {"acc": ...}}, as log_metric
+                group, _, key = name.rpartition("/")
+                self.live.summary.setdefault(group, {})[key] = value
+            self.live.end()
+
+
+# --- the trainer -------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None = None) -> dict[str, Any]:
+    """Train, select on validation, test once; write RUN/metrics.json and return its content.
+
+    `on_step(state)` is called after every training step (after any checkpoint of that step): tests use
+    it to interrupt a run.
+    """
+    from mlb.balancing import build_balancer, mlb_settings
+    from mlb.models import build_model
+
+    config.validate()
+    run = Path(config.out)
+    ckpt_dir = run / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    resuming = config.resume and last_path.exists()
+    if last_path.exists() and not config.resume:
+        raise TrainConfigError(f"train config out={str(run)!r}: it already holds a checkpoint ({last_path}); "
+                               "pass resume=True (--resume) or choose another folder")
+    device = resolve_device(config.device)
+    amp_dtype = resolve_precision(config.precision, device)
+
+    # --- data: refuse shards of the wrong kind before reading a sample -------------------------------
+    folder = open_shard_folder(config.data, {"input_path": config.features, **config.expected_meta})
+    batch_size = config.resolved_batch_size
+    loader_kw = {"seed": config.seed, "num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
+    train_loader = ShardLoader(folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer,
+                               **loader_kw)
+    eval_kw = dict(batch_size=config.eval_batch_size or batch_size, shuffle=False, **loader_kw)
+    val_loader = ShardLoader(folder, "validation", **eval_kw)
+    steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch without DDP
+
+    # --- model, balancer, optimiser ------------------------------------------------------------------
+    seed_everything(config.seed)
+    params = dict(config.method_params)
+    if config.method == "mlb":  # the authors' alpha / beta_max for this setting, unless given
+        params = mlb_settings(features=config.features, fusion=config.fusion,
+                              corpus=folder.meta.get("corpus", "cremad")) | params
+    balancer = build_balancer(config.method, **params)
+    model_kw = dict(features=config.features, fusion=config.fusion, num_classes=folder.num_classes,
+                    size=config.size, dropout=config.dropout, **balancer.model_options())
+    if config.features == "cached":
+        model_kw["input_dims"] = input_dims(folder)
+    model = build_model(**model_kw).to(device)
+    balancer.check_model(model)
+    if hasattr(balancer, "sync_logs"):
+        balancer.sync_logs = False  # step logs become floats once, after optimizer.step()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    base_lr = config.resolved_lr
+    optimizer = torch.optim.Adam(parameters, lr=base_lr, weight_decay=config.resolved_weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    schedule = {"warmup_steps": round(config.warmup_epochs * steps_per_epoch),
+                "cycle_steps": max(1, round(config.restart_epochs * steps_per_epoch)),
+                "cycle_mult": config.restart_mult, "min_ratio": config.min_lr_ratio}
+    state = TrainState()
+    run_info = {"config": config.to_json(), "method_params": params, "shard_meta": folder.meta,
+                "num_parameters": sum(p.numel() for p in parameters), "device": str(device),
+                "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
+                "steps_per_epoch": steps_per_epoch, "scheduler": {"name": "constant-warmup+cosine-restarts",
+                                                                   **schedule}}
+
+    def checkpoint() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": dict(run_info["scheduler"], step=state.step), "balancer": balancer.state_dict(),
+                "rng": rng_states(), "state": dataclasses.asdict(state), "config": config.to_json(),
+                "method_params": params, "shard_meta": folder.meta}
+
+    # --- resume ----------------------------------------------------------------------------------------
+    if resuming:
+        saved = load_checkpoint(last_path)
+        check_resumable(saved, config, params, folder.meta)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        balancer.load_state_dict(saved["balancer"])
+        state = TrainState(**saved["state"])
+        set_rng_states(saved["rng"])
+        print(f"mlbpipe train: resuming {last_path} at epoch {state.epoch}, batch {state.batch_in_epoch}, "
+              f"step {state.step}")
+    elif config.resume:
+        print(f"mlbpipe train: --resume given but {last_path} does not exist: starting from scratch")
+    if resuming and (state.epoch >= config.epochs or state.stopped_early) and (run / "metrics.json").exists():
+        print(f"mlbpipe train: {run} is already finished; not evaluating the test split again")
+        return json.loads((run / "metrics.json").read_text())
+    write_json_atomic(run_info, run / "run.json")
+    step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step)
+    if resuming and config.dvclive:
+        EpochLog.drop_epochs_from(run, state.epoch)
+    epoch_log = EpochLog(run, config.dvclive, resume=resuming)
+    started = time.perf_counter()
+
+    # --- train: one epoch per iteration; validation and selection at each epoch end --------------------
+    try:
+        while state.epoch < config.epochs and not state.stopped_early:
+            if config.max_steps is not None and state.step >= config.max_steps:
+                break  # resumed after the step budget was spent
+            model.train()
+            epoch_logs = step_log.series(state.epoch)  # {name: [values]}; non-empty after a mid-epoch resume
+            out_of_steps = False
+            batches = tqdm(train_loader.iterate(state.epoch, skip_batches=state.batch_in_epoch),
+                           total=steps_per_epoch - state.batch_in_epoch, desc=f"epoch {state.epoch}",
+                           leave=False, disable=None)  # disable=None: no bar when not a terminal
+            for batch in batches:
+                batch = to_device(batch, device)
+                lr = base_lr * lr_at(state.step, **schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logs = train_step(model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device)
+                state.step += 1
+                state.batch_in_epoch += 1
+                if logs is None:  # non-finite: no update
+                    state.skipped_steps += 1
+                    state.bad_in_a_row += 1
+                    if state.bad_in_a_row >= config.max_bad_steps:
+                        raise FloatingPointError(
+                            f"mlbpipe train: {state.bad_in_a_row} steps in a row had a non-finite loss or "
+                            f"gradient (step {state.step}, epoch {state.epoch}); stopping. Lower the lr "
+                            f"(now {lr:g}), use --precision fp32, or check the shards for NaN/Inf values.")
+                else:
+                    state.bad_in_a_row = 0
+                    step_log.write({"step": state.step, "epoch": state.epoch, "lr": lr, **logs})
+                    for name, value in logs.items():
+                        epoch_logs.setdefault(name, []).append(value)
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    step_log.file.flush()
+                    save_atomic(checkpoint(), last_path)
+                if on_step is not None:
+                    on_step(state)
+                if config.max_steps is not None and state.step >= config.max_steps:
+                    out_of_steps = True
+                    break
+
+            # --- validate, select, stop early --------------------------------------------------------
+            val_metrics, val_loss = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
+            flat = flat_val_metrics(val_metrics, val_loss)
+            balancer_logs = balancer.on_epoch_end(state.epoch, flat) or {}
+            improved = flat["acc"] > state.best_val_accuracy
+            if improved:
+                state.best_val_accuracy, state.best_epoch, state.best_step = flat["acc"], state.epoch, state.step
+                state.epochs_without_improvement = 0
+                save_atomic({"model": model.state_dict(), "epoch": state.epoch, "step": state.step,
+                             "val_accuracy": flat["acc"], "config": config.to_json()}, best_path)
+            else:
+                state.epochs_without_improvement += 1
+                state.stopped_early = state.epochs_without_improvement >= config.patience
+            epoch_log.log(state.epoch, epoch_summary(epoch_logs, flat, balancer_logs, state, lr_now(optimizer)))
+            print(f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
+                  + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in model.modalities)
+                  + (" (best)" if improved else ""))
+            if out_of_steps and state.batch_in_epoch < steps_per_epoch:
+                save_atomic(checkpoint(), last_path)  # mid-epoch: a resume with more steps continues here
+                break
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            save_atomic(checkpoint(), last_path)
+            if out_of_steps:
+                break
+    finally:
+        step_log.close()
+
+    # --- test once, at the checkpoint selected on validation -------------------------------------------
+    selected = load_checkpoint(best_path)
+    model.load_state_dict(selected["model"])
+    test_loader = ShardLoader(folder, "test", **eval_kw)
+    val_metrics, _ = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
+    test_metrics, _ = evaluate_split(model, test_loader, device, amp_dtype, folder.num_classes)
+    result = {
+        "method": config.method, "fusion": config.fusion, "features": config.features, "seed": config.seed,
+        "method_params": params,
+        "selected": {"epoch": selected["epoch"], "step": selected["step"], "val_accuracy": selected["val_accuracy"],
+                     "criterion": "validation fused accuracy"},
+        "training": {"epochs_run": state.epoch + (1 if state.batch_in_epoch else 0), "steps": state.step,
+                     "skipped_nonfinite_steps": state.skipped_steps, "stopped_early": state.stopped_early,
+                     "seconds_this_process": round(time.perf_counter() - started, 3)},
+        "validation": val_metrics,
+        "test": test_metrics,
+    }
+    write_json_atomic(result, run / "metrics.json")
+    epoch_log.close({"selected/val_acc": selected["val_accuracy"], "selected/epoch": selected["epoch"],
+                     "test/acc": test_metrics["fused"]["accuracy"], "test/f1": test_metrics["fused"]["macro_f1"],
+                     **{f"test/acc_{m}": h["accuracy"] for m, h in test_metrics["unimodal"].items()}})
+    return result
+
+
+def train_step(model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device) -> dict[str, float] | None:
+    """One optimiser step with the balancer's hooks; None when the loss or a gradient is not finite."""
+    from mlb.balancing import floats_for_log
+
+    # A skipped step must leave no trace: the forward pass also updates buffers (BatchNorm running
+    # statistics), which a NaN input would poison. They are small: keep a copy to put back.
+    buffers = [b.detach().clone() for b in model.buffers()]
+    with autocast(device, amp_dtype):
+        out = model(batch)  # fused [B, C], unimodal {m: [B, C]}
+        loss, logs = balancer.loss(model, batch, out)
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss.detach()):
+        _restore(model, buffers)
+        return None
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # real gradient values for the balancer (no-op when disabled)
+    logs = {**logs, **(balancer.before_step(model, batch, out) or {})}
+    if not grads_finite(parameters):
+        optimizer.zero_grad(set_to_none=True)
+        _restore(model, buffers)
+        scaler.update()  # an fp16 scaler lowers its scale after an overflow
+        return None
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():  # training accuracy per head, from this step's outputs
+        label = batch["label"]
+        logs["train_acc"] = (out.fused.argmax(1) == label).float().mean()
+        for m, logits in out.unimodal.items():
+            logs[f"train_acc_{m}"] = (logits.argmax(1) == label).float().mean()
+    return floats_for_log(logs)
+
+
+def _restore(model, buffers: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, saved in zip(model.buffers(), buffers):
+            buffer.copy_(saved)
+
+
+def lr_now(optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def epoch_summary(step_logs: dict[str, list[float]], val: dict[str, float], balancer_logs: dict[str, Any],
+                  state: TrainState, lr: float) -> dict[str, float]:
+    """What DVCLive gets per epoch: train means (loss terms, accuracies), k/r/s mean/min/max, val metrics."""
+    values: dict[str, float] = {"lr": lr, "skipped_steps": float(state.skipped_steps)}
+    for name, series in step_logs.items():
+        if name[:2] in ("k_", "r_", "s_"):
+            for stat, value in summarise(series).items():
+                values[f"train/{name}_{stat}"] = value
+        else:
+            values[f"train/{name}"] = summarise(series).get("mean", float("nan"))
+    values |= {f"val/{k}": v for k, v in val.items()}
+    values |= {f"balancer/{k}": float(v) for k, v in balancer_logs.items() if isinstance(v, (int, float))}
+    return values
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, params: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A resume must continue the same run: same data, model and optimisation settings."""
+    now = config.to_json()
+    for key, value in saved["config"].items():
+        if key not in RESUMABLE_CHANGES and now.get(key) != value:
+            raise TrainConfigError(f"train config {key}={now.get(key)!r} differs from the checkpoint's {value!r}; "
+                                   "a resumed run must use the same settings")
+    if saved["method_params"] != params:
+        raise TrainConfigError(f"method parameters {params!r} differ from the checkpoint's {saved['method_params']!r}")
+    if saved["shard_meta"] != meta:
+        raise TrainConfigError("the shards' meta.json differs from the one the checkpoint was trained on")

@@ -1,0 +1,204 @@
+"""The trainer and `mlbpipe train`: CLI runs on tiny shards, exact resume, honest evaluation, NaN steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from shard_factory import first_key, npy_bytes, replace_member, write_shard_folder
+from typer.testing import CliRunner
+
+import mlb.train as train_module
+from mlb.train import TrainConfig, TrainConfigError, load_checkpoint, lr_at, train
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    """A prepare output folder OUT with both shard paths (cached with small video features: speed)."""
+    out = tmp_path_factory.mktemp("out")
+    write_shard_folder(out / "shards" / "cached", "cached", video_dim=32)
+    write_shard_folder(out / "shards" / "raw", "raw")
+    return out
+
+
+def _config(out_dir: Path, run: Path, features="raw", **kw) -> TrainConfig:
+    base = {"data": out_dir / "shards" / features, "out": run, "features": features, "size": "tiny", "epochs": 3,
+                "batch_size": 8, "seed": 3, "dvclive": False}
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("features", ["cached", "raw"])
+def test_cli_train_few_steps_writes_metrics(out_dir, tmp_path, features):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--features", features, "--data", str(out_dir), "--method", "mlb",
+                                 "--fusion", "late-linear", "--epochs", "2", "--max-steps", "4", "--out", str(run),
+                                 "--size", "tiny", "--batch-size", "8", "--seed", "1", "--alpha", "1.0",
+                                 "--beta-max", "4", "--device", "cpu", "--param", "eps=0.001"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method_params"] == {"alpha": 1.0, "beta_max": 4.0, "eps": 0.001}
+    assert metrics["training"]["steps"] == 4  # 3 batches per epoch: epoch 0 whole, epoch 1 one batch
+    for split, n in (("validation", 12), ("test", 12)):
+        m = metrics[split]
+        assert m["num_samples"] == n
+        assert set(m["unimodal"]) == {"audio", "video"}
+        assert 0 <= m["fused"]["accuracy"] <= 1 and 0 <= m["fused"]["ece"] <= 1
+        assert sum(row["count"] for row in m["agreement"]) == n
+        assert np.asarray(m["fused"]["confusion_matrix"]).sum() == n
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert {"k_audio", "r_audio", "s_audio", "k_video", "loss_fused"} <= set(steps[0])
+    summary = json.loads((run / "dvclive" / "metrics.json").read_text())
+    assert "val" in summary and "test" in summary
+    assert (run / "dvclive" / "plots" / "metrics" / "val" / "acc.tsv").exists()
+
+
+def test_cli_refuses_shards_of_the_wrong_kind(tmp_path):
+    out = tmp_path / "out"
+    write_shard_folder(out / "shards" / "raw", "cached", counts={"train": 4, "validation": 2, "test": 2},
+                       video_dim=8)
+    result = runner.invoke(app, ["train", "--features", "raw", "--data", str(out), "--out", str(tmp_path / "r"),
+                                 "--size", "tiny", "--no-dvclive"])
+    assert result.exit_code == 2
+    assert "'input_path' is 'cached' but the trainer expects 'raw'" in result.output
+    write_shard_folder(out / "shards" / "cached", "cached", counts={"train": 4, "validation": 2, "test": 2},
+                       video_dim=8)
+    result = runner.invoke(app, ["train", "--features", "cached", "--data", str(out), "--out", str(tmp_path / "r"),
+                                 "--expect-meta", "extractors.audio.layer=9", "--no-dvclive"])
+    assert result.exit_code == 2
+    assert "'extractors.audio.layer' is 12 but the trainer expects 9" in result.output
+    assert not (tmp_path / "r" / "checkpoints").exists()  # refused before any training
+    result = runner.invoke(app, ["train", "--features", "cached", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
+    """Interrupt after 5 steps (mid epoch 1; last.pt is from step 4), resume, compare with a straight run."""
+    # Mid-MLP has dropout layers: the torch RNG state must be restored too
+    kw = {"checkpoint_every": 2, "dropout": 0.2, "method": "mlb", "fusion": "mid-mlp", "epochs": 3,
+          "dvclive": True}
+    straight = train(_config(out_dir, tmp_path / "straight", **kw))
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt_at_5(state):
+        if state.step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(_config(out_dir, tmp_path / "resumed", **kw), on_step=interrupt_at_5)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]["step"] == 4
+    with pytest.raises(TrainConfigError, match="already holds a checkpoint"):
+        train(_config(out_dir, tmp_path / "resumed", **kw))
+    with pytest.raises(TrainConfigError, match="lr=0.5 differs"):
+        train(_config(out_dir, tmp_path / "resumed", resume=True, lr=0.5, **kw))
+    resumed = train(_config(out_dir, tmp_path / "resumed", resume=True, **kw))
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["state"] == b["state"] and a["state"]["step"] == 9
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert resumed["test"] == straight["test"] and resumed["validation"] == straight["validation"]
+    for log in ("steps.jsonl", "dvclive/metrics.json", "dvclive/plots/metrics/val/acc.tsv",
+                "dvclive/plots/metrics/train/k_audio_mean.tsv"):
+        assert (tmp_path / "straight" / log).read_text() == (tmp_path / "resumed" / log).read_text(), log
+
+
+def test_resume_at_epoch_boundary_with_loader_workers(out_dir, tmp_path):
+    kw = {"features": "cached", "num_workers": 2, "epochs": 2, "batch_size": 6, "method": "multi-loss"}
+    straight = train(_config(out_dir, tmp_path / "straight", **kw))
+
+    def stop_after_epoch_0(state):
+        if state.step == 4:  # 24 clips / 6: epoch 0 ends at step 4; last.pt saved at the epoch end
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(out_dir, tmp_path / "resumed", **kw), on_step=stop_after_epoch_0)
+    resumed = train(_config(out_dir, tmp_path / "resumed", resume=True, **kw))
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test"] == straight["test"]
+
+
+def test_selection_on_validation_and_test_evaluated_once(out_dir, tmp_path, monkeypatch):
+    calls = []
+    real = train_module.evaluate_split
+
+    def spy(model, loader, *args):
+        metrics, loss = real(model, loader, *args)
+        calls.append((loader.split, metrics["fused"]["accuracy"]))
+        return metrics, loss
+
+    monkeypatch.setattr(train_module, "evaluate_split", spy)
+    result = train(_config(out_dir, tmp_path / "run", epochs=4, patience=10, method="joint"))
+    splits = [s for s, _ in calls]
+    assert splits.count("test") == 1 and splits[-1] == "test"  # once, at the very end
+    per_epoch = [acc for s, acc in calls[:-2]]  # validation at each epoch end, then the final val + test
+    assert splits[:-1] == ["validation"] * 5
+    best = int(np.argmax(per_epoch))  # the first epoch with the best validation accuracy
+    assert result["selected"]["epoch"] == best
+    assert result["validation"]["fused"]["accuracy"] == per_epoch[best]
+
+
+def test_early_stopping(out_dir, tmp_path):
+    result = train(_config(out_dir, tmp_path / "run", epochs=50, patience=2, lr=1e-9))  # lr ~0: barely learns
+    # stops after `patience` epochs without a better validation accuracy than the selected epoch's
+    assert result["training"]["stopped_early"]
+    assert result["training"]["epochs_run"] == result["selected"]["epoch"] + 1 + 2 < 50
+
+
+def _nan_shards(tmp_path: Path, how_many: int) -> Path:
+    folder = write_shard_folder(tmp_path / "shards" / "cached", "cached", video_dim=8,
+                                counts={"train": 16, "validation": 4, "test": 4})
+    # stats.json is already written from clean data: only the samples carry NaN
+    for shard in sorted(folder.glob("train-*.tar"))[:how_many]:
+        key = first_key(shard)
+        replace_member(shard, f"{key}.w2v2.npy", npy_bytes(np.full((5, 16), np.nan, np.float16)))
+    return folder
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    folder = _nan_shards(tmp_path, how_many=1)
+    result = train(TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=2,
+                               batch_size=16, dvclive=False, method="multi-loss"))
+    # one batch per epoch = all 16 clips, one of them NaN: every step is skipped ...
+    assert result["training"]["skipped_nonfinite_steps"] == 2
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path):
+    folder = _nan_shards(tmp_path, how_many=2)
+    config = TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=5, batch_size=8,
+                         dvclive=False, max_bad_steps=3, method="mlb")
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
+        train(config)
+
+
+def test_config_errors_name_key_and_value(out_dir, tmp_path):
+    with pytest.raises(TrainConfigError, match="epochs=0"):
+        train(_config(out_dir, tmp_path / "a", epochs=0))
+    with pytest.raises(TrainConfigError, match="precision='fp8'"):
+        train(_config(out_dir, tmp_path / "a", precision="fp8"))
+    with pytest.raises(TrainConfigError, match="features='video'"):
+        train(_config(out_dir, tmp_path / "a", features="video", data=out_dir))
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        train(_config(out_dir, tmp_path / "a", method="nope"))
+
+
+def test_lr_schedule_constant_warmup_then_cosine_restarts():
+    kw = {"warmup_steps": 3, "cycle_steps": 4, "cycle_mult": 2, "min_ratio": 0.0}
+    factors = [lr_at(s, **kw) for s in range(3 + 4 + 8 + 1)]
+    assert factors[:3] == [1.0, 1.0, 1.0]
+    assert factors[3:7] == pytest.approx([1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5, 0.5 - 0.5 * np.cos(np.pi / 4)])
+    assert factors[7] == 1.0 and factors[11] == pytest.approx(0.5) and factors[15] == 1.0  # cycles of 4, 8
