@@ -57,16 +57,27 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, nu
     probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
     if not len(labels):
         return float("nan")
+    rel = reliability_bins(probabilities, labels, num_bins)
+    count, correct, confidence = (np.asarray(rel[k], dtype=np.float64) for k in ("count", "correct", "confidence_sum"))
+    used = count > 0
+    # |B_m|/n * |acc(B_m) - conf(B_m)| = |correct_m - confidence_sum_m| / n
+    return float(np.abs(correct[used] - confidence[used]).sum() / len(labels))
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = 15) -> dict[str, list]:
+    """Per equal-width confidence bin: clip count, correct count and the sum of confidences.
+
+    Sums (not means) so that bins pool exactly over runs (the reliability diagram over seeds).
+    Bin m holds confidences in ((m-1)/M, m/M]; a confidence of exactly 0 goes to the first bin.
+    """
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
     confidence = probabilities.max(axis=1)  # [N]
     correct = probabilities.argmax(axis=1) == labels  # [N]
     # ceil(conf * M) - 1 is the index of the bin ((m-1)/M, m/M]; clip puts 0 into bin 0.
     bins = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)  # [N]
-    ece = 0.0
-    for m in range(num_bins):
-        in_bin = bins == m
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    return {"count": np.bincount(bins, minlength=num_bins).tolist(),
+            "correct": np.bincount(bins, weights=correct, minlength=num_bins).astype(np.int64).tolist(),
+            "confidence_sum": np.bincount(bins, weights=confidence, minlength=num_bins).tolist()}
 
 
 def agreement_table(head_correct: Mapping[str, np.ndarray], fused_correct: np.ndarray) -> list[dict]:
@@ -96,6 +107,7 @@ def head_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> di
         "accuracy": accuracy(labels, predictions),
         "macro_f1": macro_f1(labels, predictions, num_classes),
         "ece": expected_calibration_error(probabilities, labels),
+        "reliability": reliability_bins(probabilities, labels),
         "confusion_matrix": confusion_matrix(labels, predictions, num_classes).tolist(),
     }
 

@@ -469,6 +469,10 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
         return json.loads((run / "metrics.json").read_text())
     write_json_atomic(run_info, run / "run.json")
     step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step)
+    epochs_file = StepLog(run / "epochs.jsonl", keep_until_step=state.step)  # the per-epoch summaries, too
+    # Selection metric: validation fused accuracy, or one head's for a method that trains only that head.
+    selection_head = getattr(balancer, "selection_head", None)
+    selection_key = f"acc_{selection_head}" if selection_head else "acc"
     if resuming and config.dvclive:
         EpochLog.drop_epochs_from(run, state.epoch)
     epoch_log = EpochLog(run, config.dvclive, resume=resuming)
@@ -519,16 +523,19 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
             val_metrics, val_loss = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
             flat = flat_val_metrics(val_metrics, val_loss)
             balancer_logs = balancer.on_epoch_end(state.epoch, flat) or {}
-            improved = flat["acc"] > state.best_val_accuracy
+            improved = flat[selection_key] > state.best_val_accuracy
             if improved:
-                state.best_val_accuracy, state.best_epoch, state.best_step = flat["acc"], state.epoch, state.step
+                state.best_val_accuracy, state.best_epoch = flat[selection_key], state.epoch
+                state.best_step = state.step
                 state.epochs_without_improvement = 0
                 save_atomic({"model": model.state_dict(), "epoch": state.epoch, "step": state.step,
-                             "val_accuracy": flat["acc"], "config": config.to_json()}, best_path)
+                             "val_accuracy": flat[selection_key], "config": config.to_json()}, best_path)
             else:
                 state.epochs_without_improvement += 1
                 state.stopped_early = state.epochs_without_improvement >= config.patience
-            epoch_log.log(state.epoch, epoch_summary(epoch_logs, flat, balancer_logs, state, lr_now(optimizer)))
+            summary = epoch_summary(epoch_logs, flat, balancer_logs, state, lr_now(optimizer))
+            epoch_log.log(state.epoch, summary)
+            epochs_file.write({"epoch": state.epoch, "step": state.step, **summary})
             print(f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
                   + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in model.modalities)
                   + (" (best)" if improved else ""))
@@ -542,6 +549,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                 break
     finally:
         step_log.close()
+        epochs_file.close()
 
     # --- test once, at the checkpoint selected on validation -------------------------------------------
     selected = load_checkpoint(best_path)
@@ -553,7 +561,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
         "method": config.method, "fusion": config.fusion, "features": config.features, "seed": config.seed,
         "method_params": params,
         "selected": {"epoch": selected["epoch"], "step": selected["step"], "val_accuracy": selected["val_accuracy"],
-                     "criterion": "validation fused accuracy"},
+                     "criterion": f"validation {selection_head + ' head' if selection_head else 'fused'} accuracy"},
         "training": {"epochs_run": state.epoch + (1 if state.batch_in_epoch else 0), "steps": state.step,
                      "skipped_nonfinite_steps": state.skipped_steps, "stopped_early": state.stopped_early,
                      "seconds_this_process": round(time.perf_counter() - started, 3)},

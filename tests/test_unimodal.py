@@ -1,0 +1,37 @@
+"""audio-only / video-only: one encoder trained alone, the reference for the weaker modality's gap."""
+
+from __future__ import annotations
+
+import torch
+from shard_factory import write_shard_folder
+
+from mlb.balancing import build_balancer
+from mlb.models import build_model
+from mlb.train import TrainConfig, load_checkpoint, train
+
+
+def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():
+    torch.manual_seed(0)
+    model = build_model(features="raw", fusion="late-linear", num_classes=6, size="tiny")
+    batch = {"audio": torch.randn(4, 1, 16, 20), "video": torch.randn(4, 3, 3, 16, 16), "label": torch.tensor([0, 1, 2, 3])}
+    balancer = build_balancer("video-only")
+    out = model(batch)
+    loss, logs = balancer.loss(model, batch, out)
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.encoders["audio"].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.encoders["video"].parameters())
+    assert all(p.grad is None or not p.grad.any() for p in model.fusion.parameters())
+    assert model.unimodal_heads["audio"].weight.grad.any()  # the audio head is trained as a probe
+    assert logs["loss"] == logs["loss_video"]
+
+
+def test_trainer_selects_alone_runs_on_their_own_head(tmp_path):
+    data = tmp_path / "raw"
+    write_shard_folder(data, "raw")
+    result = train(TrainConfig(data=data, out=tmp_path / "run", features="raw", method="audio-only", size="tiny",
+                               epochs=2, batch_size=8, dvclive=False, device="cpu"))
+    assert result["selected"]["criterion"] == "validation audio head accuracy"
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["val_accuracy"] == result["selected"]["val_accuracy"]
+    epochs = (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()
+    assert len(epochs) == 2
