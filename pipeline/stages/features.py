@@ -1,0 +1,236 @@
+"""Stage `features`: frozen EfficientNet-B2 on the face crops and Wav2Vec2 on the 16 kHz audio of every clip
+usable for the cached path.
+
+Inputs: `OUT/manifest.jsonl`, `OUT/work/faces.h5` (faces stage), the corpus root (WAVs). Output:
+`OUT/work/features.h5`, made by pipeline.stages.run_per_clip (parallel, resumable, atomic), keyed by clip
+id: `/effb2/<id>` float16 [T_v, 1408] (T_v = frames with a face), `/w2v2/<id>` float16 [T_a, D] and
+`/counts/<id>` int32 [2] = (frames_total, frames_with_face). Its stage config (`read_stage_config`)
+holds the extractor identities under `extractors`, which the shards stage copies into `meta.json`.
+
+Batched: Wav2Vec2 sees `audio_batch_size` clips at once (padded, with an attention mask), EfficientNet
+`frame_batch_size` crops at once, under `torch.inference_mode`, with fp16/bf16 autocast on CUDA. The
+models are built once per process. With a GPU keep `workers` at 1 (one process owns the GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from pipeline.extractors import (
+    WAV2VEC2_SAMPLE_RATE,
+    EffNetB2Config,
+    EffNetB2Extractor,
+    Wav2Vec2Config,
+    Wav2Vec2Extractor,
+)
+from pipeline.stages import ClipJob, run_per_clip
+from pipeline.stages import faces as faces_stage
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class FeaturesConfigError(ValueError):
+    """A features stage parameter has a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Parameters of the features stage (params.yaml: `features`).
+
+    effb2 / w2v2: the extractor configs (see pipeline.extractors).
+    audio_batch_size: clips per Wav2Vec2 call. frame_batch_size: face crops per EfficientNet call.
+    device: "auto" (CUDA when present), "cpu" or "cuda[:N]".
+    """
+
+    effb2: EffNetB2Config = field(default_factory=EffNetB2Config)
+    w2v2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
+    audio_batch_size: int = 8
+    frame_batch_size: int = 64
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("audio_batch_size", "frame_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise FeaturesConfigError(f"features.{key}={value!r}: expected an int >= 1")
+
+
+def load_wave_16k(path: Path) -> np.ndarray:
+    """Mono float32 samples at 16 kHz ([S]); other rates are resampled (CREMA-D WAVs are 16 kHz already)."""
+    import torch
+    import torchaudio.functional as AF
+
+    from pipeline.media import read_wav_mono
+
+    samples, sample_rate = read_wav_mono(path)  # [S]
+    if sample_rate != WAV2VEC2_SAMPLE_RATE:
+        samples = AF.resample(torch.from_numpy(samples), sample_rate, WAV2VEC2_SAMPLE_RATE).numpy()
+    return samples.astype(np.float32, copy=False)
+
+
+def effb2_features(extractor: EffNetB2Extractor, crops: np.ndarray, frame_batch_size: int) -> np.ndarray:
+    """uint8 [K, S, S, 3] → float32 [K, 1408], `frame_batch_size` crops at a time."""
+    parts = [extractor.extract(crops[i : i + frame_batch_size]) for i in range(0, len(crops), frame_batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, extractor.dim), np.float32)
+
+
+def to_float16(clip_id: str, name: str, features: np.ndarray) -> np.ndarray:
+    """float16 for storage; refuse values that float16 cannot hold rather than store inf."""
+    if not np.isfinite(features).all():
+        raise ValueError(f"{clip_id}: {name} features contain NaN or inf")
+    peak = float(np.abs(features).max()) if features.size else 0.0
+    if peak > FLOAT16_MAX:
+        raise ValueError(f"{clip_id}: {name} features reach {peak:.3g}, beyond float16's {FLOAT16_MAX:.0f}")
+    return features.astype(np.float16)
+
+
+@lru_cache(maxsize=2)
+def _extractors(config_json: str) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
+    """Both extractors of a config, built once per process (run_per_clip calls compute once per batch)."""
+    config = json.loads(config_json)
+    return (EffNetB2Extractor(EffNetB2Config(**config["effb2"]), config["device"]),
+            Wav2Vec2Extractor(Wav2Vec2Config(**config["w2v2"]), config["device"]))
+
+
+def extractors_for(config: FeaturesConfig) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
+    keys = {"effb2": asdict(config.effb2), "w2v2": asdict(config.w2v2), "device": config.device}
+    return _extractors(json.dumps(keys, sort_keys=True))
+
+
+def compute_features(jobs: Sequence[ClipJob], config: dict) -> dict:
+    """run_per_clip's compute: {clip id: {"effb2", "w2v2", "counts"}} or why the clip has no features
+    (`no-face: ...` from the faces stage, `decode-error: ...`). `job.path` is the clip's WAV; its face
+    crops come from the faces.h5 named in the config."""
+    import h5py
+
+    effb2, w2v2 = _extractors(json.dumps({k: config[k] for k in ("effb2", "w2v2", "device")}, sort_keys=True))
+    results: dict = {}
+    with h5py.File(config["faces_path"], "r") as faces_h5:
+        waves: dict[str, np.ndarray] = {}
+        for job in jobs:
+            reason = faces_stage.clip_cached_reason(faces_h5, job.id)
+            if reason:  # kept in features.h5's errors, so the shards stage can say why it skips the clip
+                results[job.id] = reason
+                continue
+            try:
+                waves[job.id] = load_wave_16k(Path(job.path))  # [S]
+            except (OSError, RuntimeError, ValueError) as err:  # soundfile raises RuntimeError subclasses
+                results[job.id] = f"decode-error: the WAV of {job.id} could not be read ({err})"
+        ids = list(waves)
+        audio: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), config["audio_batch_size"]):
+            batch = ids[start : start + config["audio_batch_size"]]
+            audio |= dict(zip(batch, w2v2.extract([waves[i] for i in batch]), strict=True))  # [T_a, D] each
+        for clip_id in ids:
+            crops = faces_stage.read_clip_faces(faces_h5, clip_id)  # [K, S, S, 3]
+            counts = faces_stage.clip_face_counts(faces_h5, clip_id)
+            try:
+                results[clip_id] = {
+                    "effb2": to_float16(clip_id, "effb2", effb2_features(effb2, crops, config["frame_batch_size"])),
+                    "w2v2": to_float16(clip_id, "w2v2", audio[clip_id]),
+                    "counts": np.array([counts["frames_total"], counts["frames_with_face"]], np.int32),
+                }
+            except ValueError as err:  # features beyond float16
+                results[clip_id] = f"bad-features: {err}"
+    return results
+
+
+def run_features(manifest_path: str | Path, corpus_root: str | Path, faces_path: str | Path, out_path: str | Path,
+                 config: FeaturesConfig = FeaturesConfig(), *, workers: int = 1, progress: bool = True) -> dict:
+    """Compute and store both feature sets of every clip usable for the cached path (kept, in a split,
+    with at least one face in `faces_path`) into `out_path` (OUT/work/features.h5); the other clips of
+    the faces stage get their reason in the file's `errors`.
+
+    The stage config stored in the file holds the extractor identities under `extractors` (read it
+    with pipeline.stages.read_stage_config). Returns {"clips", "errors": {clip id: message},
+    "extractors"}.
+    """
+    from pipeline.manifest import read_manifest
+    from pipeline.media import resolve_inside
+    from pipeline.stages import read_stage_config
+
+    faces_path = Path(faces_path)
+    read_stage_config(faces_path)  # raises unless the faces stage finished
+    # Every candidate of the faces stage: clips without a face get their reason in features.h5's errors.
+    jobs = [ClipJob(r["id"], str(resolve_inside(corpus_root, r["wav"])))
+            for r in read_manifest(manifest_path) if faces_stage.is_candidate(r)]
+    effb2, w2v2 = extractors_for(config)  # fails early on unusable weights, before any clip
+    identity = {"audio": w2v2.identity(), "video": effb2.identity()}
+    stage_config = {"effb2": asdict(config.effb2), "w2v2": asdict(config.w2v2), "device": config.device,
+                    "audio_batch_size": config.audio_batch_size, "frame_batch_size": config.frame_batch_size,
+                    "faces_path": str(faces_path.resolve()), "faces_fingerprint": _fingerprint_of(faces_path),
+                    "extractors": identity}
+    errors = run_per_clip("features", jobs, compute_features, stage_config, out_path, workers=workers,
+                          progress=progress)
+    return {"clips": len(jobs) - len(errors), "errors": errors, "extractors": identity}
+
+
+def _fingerprint_of(path: Path) -> str:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        return str(h5.attrs["fingerprint"])
+
+
+def read_clip_features(h5, clip_id: str) -> dict:
+    """`{"effb2": float16 [T_v, 1408], "w2v2": float16 [T_a, D], "frames_total", "frames_with_face"}`
+    of one clip from an open features.h5."""
+    frames_total, frames_with_face = (int(v) for v in h5["counts"][clip_id][()])
+    return {"effb2": h5["effb2"][clip_id][()], "w2v2": h5["w2v2"][clip_id][()],
+            "frames_total": frames_total, "frames_with_face": frames_with_face}
+
+
+def cli(
+    manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl (after the faces stage).")],
+    root: Annotated[Path, typer.Option("--root", help="Corpus root the manifest's paths are relative to.")],
+    faces: Annotated[Path, typer.Option(help="OUT/work/faces.h5 from the faces stage.")],
+    out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/features.h5.")],
+    effb2_weights: str = typer.Option("imagenet", help="imagenet | random | PATH to a state_dict file."),
+    effb2_image_size: int = typer.Option(260, help="EfficientNet-B2 input size (native 260)."),
+    w2v2_model: str = typer.Option("facebook/wav2vec2-large-robust", help="Hub id | local folder | random-tiny."),
+    w2v2_layer: int = typer.Option(12, help="Transformer block whose output is kept (1-based)."),
+    dtype: str = typer.Option("float16", help="Autocast dtype on CUDA: float16 | bfloat16 | float32."),
+    seed: int = typer.Option(0, help="Seed of random weights (effb2 random, w2v2 random-tiny)."),
+    audio_batch_size: int = typer.Option(8, help="Clips per Wav2Vec2 call."),
+    frame_batch_size: int = typer.Option(64, help="Face crops per EfficientNet call."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    workers: int = typer.Option(1, help="Processes in parallel (CPU only; output does not depend on it)."),
+) -> None:
+    """EfficientNet-B2 on the face crops and Wav2Vec2 (layer 12) on the WAV of every clip usable for the
+    cached path. Offline with no weights it stops and says how to supply them; `random` / `random-tiny`
+    give seeded random extractors (for demos: labelled random_init in the shard metadata)."""
+    try:
+        config = FeaturesConfig(
+            effb2=EffNetB2Config(weights=effb2_weights, image_size=effb2_image_size, dtype=dtype, seed=seed),
+            w2v2=Wav2Vec2Config(model=w2v2_model, layer=w2v2_layer, dtype=dtype, seed=seed),
+            audio_batch_size=audio_batch_size, frame_batch_size=frame_batch_size, device=device,
+        )
+        summary = run_features(manifest, root, faces, out, config, workers=workers)
+    except (ValueError, RuntimeError) as err:  # config errors, WeightsUnavailableError, no faces.h5
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    print_features_summary(summary)
+
+
+def print_features_summary(summary: dict) -> None:
+    audio, video = summary["extractors"]["audio"], summary["extractors"]["video"]
+    typer.echo(f"features: {summary['clips']} clips with features; audio {audio['model']} layer {audio['layer']} "
+               f"({audio['dim']}-d), video {video['model']} at {video['input_size']} px ({video['dim']}-d)")
+    for name, entry in (("audio", audio), ("video", video)):
+        if entry["random_init"]:
+            typer.echo(f"  note: the {name} extractor has RANDOM weights ({entry['weights']}): "
+                       "features are for demos and tests only", err=True)
+    for clip_id, message in sorted(summary["errors"].items()):
+        typer.echo(f"  {clip_id} skipped: {message}", err=True)
+
+
+if __name__ == "__main__":
+    typer.run(cli)

@@ -1,0 +1,202 @@
+"""Faces stage: MTCNN detection on generated frames, square crops with margin, per-clip counts in
+faces.h5, and a clip without any face marked not usable for the cached path (reason `no-face`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.stages import faces as faces_stage
+from pipeline.stages.faces import FacesConfig, FacesConfigError
+
+CLIP_FRAMES, CLIP_FPS, CLIP_SECONDS = 9, 30, 0.4
+# (clip id, split, has a face): one face clip per split plus one without any face
+TINY_CLIPS = [("1001_DFA_ANG_XX", "train", True), ("1001_IEO_HAP_HI", "train", True),
+              ("1002_DFA_SAD_XX", "test", True), ("1003_TIE_NEU_XX", "validation", False)]
+EMOTIONS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+
+
+def astronaut_frame(width: int = 240, height: int = 180, shift: int = 0) -> np.ndarray:
+    """The astronaut photo (a real face MTCNN finds) scaled into a grey frame, uint8 [H, W, 3]."""
+    frame = np.full((height, width, 3), 90, np.uint8)
+    photo = cv2.resize(skdata.astronaut(), (height, height), interpolation=cv2.INTER_AREA)  # [H, H, 3]
+    left = (width - height) // 2 + shift
+    frame[:, left : left + height] = photo
+    return frame
+
+
+def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    """A 4-clip corpus in the CREMA-D layout (FLV + 16 kHz WAV) and a contract manifest for it, without
+    the index stage: returns (corpus root, OUT folder holding manifest.jsonl)."""
+    from pipeline.synth.media import write_flv, write_wav
+
+    root, out = tmp_path / "corpus", tmp_path / "out"
+    (root / "AudioWAV").mkdir(parents=True)
+    (root / "VideoFlash").mkdir(parents=True)
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    for k, (clip_id, split, has_face) in enumerate(TINY_CLIPS):
+        if has_face:
+            frames = np.stack([astronaut_frame(shift=2 * i - 8 + 6 * k) for i in range(CLIP_FRAMES)])
+        else:
+            frames = np.full((CLIP_FRAMES, 180, 240, 3), 30, np.uint8)
+            frames[:, 60:120, 30:210] = (200, 30, 30)  # an error card: no face anywhere
+        t = np.arange(int(CLIP_SECONDS * 16000)) / 16000
+        voice = 0.3 * np.sin(2 * np.pi * (150 + 40 * k) * t) + 0.01 * rng.standard_normal(t.size)
+        write_flv(root / "VideoFlash" / f"{clip_id}.flv", frames, voice.astype(np.float32), fps=CLIP_FPS)
+        write_wav(root / "AudioWAV" / f"{clip_id}.wav", voice.astype(np.float32))
+        actor, sentence, emotion, level = clip_id.split("_")
+        records.append({
+            "id": clip_id, "corpus": "cremad", "actor": int(actor), "sentence": sentence, "emotion": emotion,
+            "level": level, "label": EMOTIONS.index(emotion), "label_name": emotion,
+            "wav": f"AudioWAV/{clip_id}.wav", "flv": f"VideoFlash/{clip_id}.flv",
+            "audio": {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": CLIP_SECONDS},
+            "video": {"width": 240, "height": 180, "fps": 30.0, "duration": CLIP_FRAMES / CLIP_FPS,
+                      "has_audio": True, "video_codec": "flv1", "audio_codec": "mp3"},
+            "protocol": "vavl-1", "split": split, "status": "ok", "reason": None,
+            "usable": {"raw": True, "cached": True},
+        })
+    write_manifest(records, out / "manifest.jsonl")
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return faces_stage.make_detector(FacesConfig(device="cpu"))
+
+
+# --- pure parts ---------------------------------------------------------------------------------------
+
+def test_crop_face_is_square_centred_and_padded_outside_the_frame():
+    frame = np.full((100, 200, 3), 255, np.uint8)
+    crop = faces_stage.crop_face(frame, np.array([0, 0, 40, 20]), margin=0.25, size=32)
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+    # box side 40 → square side 60 centred on (20, 10): its top-left lies outside the frame (black)
+    assert crop[0, 0].tolist() == [0, 0, 0]
+    assert crop[-1, -1].tolist() == [255, 255, 255]
+
+
+def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
+    frames = np.stack([astronaut_frame(), np.full((180, 240, 3), 90, np.uint8), astronaut_frame(shift=20)])
+    boxes, probs = faces_stage.detect_best_faces(detector, frames, batch_size=2, min_prob=0.9)
+    assert probs[0] > 0.95 and probs[2] > 0.95 and probs[1] == 0
+    assert np.isnan(boxes[1]).all()
+    # the face sits in the upper middle of the photo, and moves with it
+    x1, y1, x2, y2 = boxes[0]
+    assert 90 < (x1 + x2) / 2 < 130 and 15 < (y1 + y2) / 2 < 70
+    assert boxes[2][0] - boxes[0][0] == pytest.approx(20, abs=3)
+
+
+def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
+    frames = np.stack([astronaut_frame(), np.zeros((180, 240, 3), np.uint8), astronaut_frame()])
+    clip = faces_stage.faces_of_frames(detector, frames, FacesConfig(crop_size=48, device="cpu"))
+    assert clip.frames_total == 3 and clip.frames_with_face == 2
+    assert clip.crops.shape == (2, 48, 48, 3) and clip.crops.dtype == np.uint8
+    assert clip.frame_index.tolist() == [0, 2]
+
+
+def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
+    """The generator's talking faces (pipeline.synth.face) at the demo's 160x120, every emotion at full
+    strength, mouth open: MTCNN must find them, or the demo's cached path would be empty."""
+    from pipeline.synth import face
+
+    rng = np.random.default_rng(0)
+    frames = np.concatenate([
+        face.render_frames(face.random_look(rng), face.blend_expression(emotion, 1.5), np.array([1.0]), 160, 120, rng)
+        for emotion in EMOTIONS
+    ])  # [6, 120, 160, 3]
+    _, probs = faces_stage.detect_best_faces(detector, frames, batch_size=6, min_prob=0.9)
+    assert (probs > 0.9).all(), probs
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(FacesConfigError, match="faces.fps"):
+        FacesConfig(fps=0)
+    with pytest.raises(FacesConfigError, match="faces.margin"):
+        FacesConfig(margin=2)
+
+
+# --- the stage on generated clips ---------------------------------------------------------------------
+
+def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
+    root, _ = make_tiny_corpus(tmp_path)
+    path = root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv"
+    every = faces_stage.decode_frames(path)
+    assert every.shape == (CLIP_FRAMES, 180, 240, 3) and every.dtype == np.uint8
+    assert len(faces_stage.decode_frames(path, fps=10)) == 3  # t = 0, 0.1, 0.2 of 0 .. 0.267 s
+
+
+def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
+    root, out = make_tiny_corpus(tmp_path)
+    faces_path = out / "work" / "faces.h5"
+    config = FacesConfig(crop_size=48, device="cpu", batch_size=4)
+    summary = faces_stage.run_faces(out / "manifest.jsonl", root, faces_path, config, progress=False)
+    no_face_id = TINY_CLIPS[3][0]
+    assert summary["clips"] == 4 and list(summary["no_face"]) == [no_face_id]
+    assert summary["frames_total"] == 4 * CLIP_FRAMES and summary["frames_with_face"] == 3 * CLIP_FRAMES
+
+    with h5py.File(faces_path, "r") as h5:
+        for clip_id, _, has_face in TINY_CLIPS:
+            counts = faces_stage.clip_face_counts(h5, clip_id)
+            crops = faces_stage.read_clip_faces(h5, clip_id)
+            assert counts["frames_total"] == CLIP_FRAMES
+            assert counts["frames_with_face"] == (CLIP_FRAMES if has_face else 0) == len(crops)
+            assert crops.shape[1:] == (48, 48, 3) and crops.dtype == np.uint8
+        # JPEG round trip keeps the crop close to a fresh one
+        frame = faces_stage.decode_frames(root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv")[0]
+        fresh = faces_stage.crop_face(frame, h5["box"][TINY_CLIPS[0][0]][0], config.margin, 48)
+        stored = faces_stage.read_clip_faces(h5, TINY_CLIPS[0][0])[0]
+        assert np.abs(fresh.astype(int) - stored.astype(int)).mean() < 4
+    assert faces_stage.clips_with_faces(faces_path) == sorted(c for c, _, has_face in TINY_CLIPS if has_face)
+
+    records = {r["id"]: r for r in read_manifest(out / "manifest.jsonl")}
+    marked = records[no_face_id]
+    assert marked["status"] == "ok" and marked["reason"] is None  # not rejected: still fine for raw
+    assert marked["usable"] == {"raw": True, "cached": False}
+    assert marked["reasons"]["cached"].startswith("no-face: ") and no_face_id in marked["reasons"]["cached"]
+    for clip_id, _, _ in TINY_CLIPS[:3]:
+        assert records[clip_id]["usable"] == {"raw": True, "cached": True} and "reasons" not in records[clip_id]
+
+
+def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path, monkeypatch):
+    root, out = make_tiny_corpus(tmp_path)
+    faces_path = out / "work" / "faces.h5"
+    config = FacesConfig(crop_size=32, device="cpu")
+    faces_stage.run_faces(out / "manifest.jsonl", root, faces_path, config, progress=False)
+    manifest_before = (out / "manifest.jsonl").read_bytes()
+    faces_before = faces_path.read_bytes()
+
+    def must_not_run(jobs, cfg):
+        raise AssertionError("a finished clip was recomputed")
+
+    monkeypatch.setattr(faces_stage, "compute_faces", must_not_run)
+    again = faces_stage.run_faces(out / "manifest.jsonl", root, faces_path, config, progress=False)
+    assert list(again["no_face"]) == [TINY_CLIPS[3][0]]  # a clip marked no-face stays a candidate
+    assert (out / "manifest.jsonl").read_bytes() == manifest_before and faces_path.read_bytes() == faces_before
+
+    monkeypatch.undo()
+    faces_stage.run_faces(out / "manifest.jsonl", root, faces_path, FacesConfig(crop_size=40, device="cpu"),
+                          progress=False)
+    with h5py.File(faces_path, "r") as h5:
+        assert json.loads(h5.attrs["config"])["crop_size"] == 40
+        assert faces_stage.read_clip_faces(h5, TINY_CLIPS[0][0]).shape[1:] == (40, 40, 3)
+
+
+def test_undecodable_video_is_not_usable_for_cached_and_does_not_stop_the_stage(tmp_path):
+    root, out = make_tiny_corpus(tmp_path)
+    broken = root / "VideoFlash" / f"{TINY_CLIPS[1][0]}.flv"
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated after validation
+    summary = faces_stage.run_faces(out / "manifest.jsonl", root, out / "work" / "faces.h5",
+                                    FacesConfig(crop_size=32, device="cpu"), progress=False)
+    assert sorted(summary["no_face"]) == sorted([TINY_CLIPS[1][0], TINY_CLIPS[3][0]])
+    assert "decode-error" in summary["no_face"][TINY_CLIPS[1][0]]
+    record = next(r for r in read_manifest(out / "manifest.jsonl") if r["id"] == TINY_CLIPS[1][0])
+    assert record["usable"]["cached"] is False and record["reasons"]["cached"].startswith("no-face: ")
