@@ -47,22 +47,22 @@ def _not_yet(issue: int, what: str) -> None:
 # synth cremad   -> pipeline.synth.cremad.cli
 # prepare cremad -> pipeline.prepare.cli
 # train          -> pipeline.train_cli (mlb.train)
+from pipeline.synth import cremad as _synth_cremad  # noqa: E402
+
+synth_app.command("cremad")(_synth_cremad.cli)
+from pipeline import prepare as _prepare  # noqa: E402
+
+prepare_app.command("cremad")(_prepare.cli)
+from pipeline import compare_cli as _compare  # noqa: E402
 from pipeline import doctor as _doctor  # noqa: E402
 
+app.command("compare")(_compare.compare)
+app.command("report")(_compare.report)
+
 app.command("doctor")(_doctor.cli)
+from pipeline import train_cli as _train_cli  # noqa: E402
 
-
-@app.command("compare")
-def compare() -> None:
-    """Run methods x fusion heads x folds with the same budget and aggregate mean ± std (not implemented
-    yet: issue 6)."""
-    _not_yet(6, "compare")
-
-
-@app.command("report")
-def report() -> None:
-    """Draw the paper's figures from compare results (not implemented yet: issue 6)."""
-    _not_yet(6, "report")
+app.command("train")(_train_cli.cli)
 
 
 def main() -> None:

@@ -1,0 +1,206 @@
+"""Benchmark: prepare the same N synthetic CREMA-D clips three ways; print clips/s and peak memory.
+
+    .venv/bin/python bench/bench_prepare.py --clips 40 160 [--work /tmp/mlbpipe-bench] [--size 480x360]
+
+(a) ours: `mlbpipe prepare cremad` (index + validate, frames, spectrograms, shards) with 1 and 2 workers;
+(b) baseline, the way public research code does it: one clip after another, OpenCV reads every frame and
+    keeps one per second as a JPEG file, the WAV is resampled and turned into a log STFT in plain numpy
+    and saved as one .npy per clip;
+(c) decode-only through PyAV: every video frame of every FLV decoded (no conversion) and every WAV read:
+    the floor no pipeline can beat on one core.
+Goals (issue 3): (a, 2 workers) >= 3x (b); (a, 1 worker) within 1.5x of (c); peak memory flat in N
+(4x the clips, <= 1.2x the memory).
+
+Each measurement runs in a fresh process, best of --repeat runs; the clock starts after the libraries
+are imported (import time, ~2 s for torch in ours, is printed apart); peak memory is the largest resident
+set of that process or of any worker it started (ru_maxrss; torch alone is ~700 MiB of it). Ours also
+validates every clip (index), which the others do not. The corpus is generated once (480x360 at 30 fps,
+as the real one) and cached under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("ours-1", "ours-2", "baseline", "decode-only")
+
+
+# --- the three ways (each runs in its own process: `bench_prepare.py _run METHOD ROOT OUT`) --------------
+
+
+def run_ours(root: Path, out: Path, workers: int) -> None:
+    from pipeline.prepare import PrepareConfig, Run, prepare
+    from pipeline.stages.index import IndexConfig
+
+    config = PrepareConfig(index=IndexConfig(protocol="speaker-random"))
+    prepare(Run(root=root, out=out, config=config, workers=workers, progress=False),
+            ["index", "frames", "spectrograms", "shards_raw"])  # the ResNet path
+
+
+def run_baseline(root: Path, out: Path) -> None:
+    import cv2
+    import numpy as np
+    import soundfile as sf
+
+    cv2.setNumThreads(1)
+    for wav in sorted((root / "AudioWAV").glob("*.wav")):
+        clip_id = wav.stem
+        # video: read every frame, keep one per second, one JPEG per kept frame
+        frame_dir = out / "frames" / clip_id
+        frame_dir.mkdir(parents=True, exist_ok=True)
+        capture = cv2.VideoCapture(str(root / "VideoFlash" / f"{clip_id}.flv"))
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % round(fps) == 0:
+                frame = cv2.resize(frame, (224, 224))
+                cv2.imwrite(str(frame_dir / f"frame_{index // round(fps):05d}.jpg"), frame)
+            index += 1
+        capture.release()
+        # audio: resample to 22.05 kHz (linear), loop to 3 s, log STFT 512 / 353, one file per clip
+        samples, rate = sf.read(str(wav), dtype="float32")
+        t = np.arange(int(len(samples) * 22050 / rate)) * rate / 22050
+        samples = np.interp(t, np.arange(len(samples)), samples)
+        samples = np.tile(samples, int(np.ceil(66150 / len(samples))))[:66150]
+        padded = np.pad(samples, 256)
+        window = np.hanning(512)
+        frames = np.stack([padded[i * 353 : i * 353 + 512] * window for i in range(188)], axis=1)
+        spectrogram = np.log(np.abs(np.fft.rfft(frames, axis=0)) + 1e-7)
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+        np.save(out / "audio" / f"{clip_id}.npy", spectrogram)
+
+
+def run_decode_only(root: Path) -> None:
+    import av
+    import soundfile as sf
+
+    for flv in sorted((root / "VideoFlash").glob("*.flv")):
+        with av.open(str(flv)) as container:
+            for _ in container.decode(video=0):
+                pass
+        sf.read(str(root / "AudioWAV" / f"{flv.stem}.wav"), dtype="float32")
+
+
+STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported apart as start-up
+    "ours": ("torch", "torchaudio", "av", "h5py", "soundfile", "tqdm", "pipeline.prepare"),
+    "baseline": ("cv2", "numpy", "soundfile"),
+    "decode-only": ("av", "soundfile"),
+}
+
+
+def _run(method: str, root: Path, out: Path) -> None:
+    import importlib
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    begin = time.perf_counter()
+    for module in STARTUP_IMPORTS[method.split("-")[0] if method.startswith("ours") else method]:
+        importlib.import_module(module)
+    start = time.perf_counter()
+    if method.startswith("ours-"):
+        run_ours(root, out, int(method.split("-")[1]))
+    elif method == "baseline":
+        run_baseline(root, out)
+    else:
+        run_decode_only(root)
+    seconds = time.perf_counter() - start
+    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(json.dumps({"seconds": seconds, "startup": start - begin, "peak_mib": peak_kib / 1024}))
+
+
+# --- the driver -------------------------------------------------------------------------------------------
+
+
+def make_corpus(work: Path, clips: int, size: str) -> Path:
+    """A cached synthetic corpus of `clips` good clips (no defects: every way gets the same clean input)."""
+    root = work / f"corpus-{clips}-{size}"
+    if not (root / ".complete").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        width, height = (int(v) for v in size.split("x"))
+        from pipeline.synth import SynthConfig, synth_cremad
+
+        synth_cremad(root, SynthConfig(clips=clips, seed=0, width=width, height=height, workers=2, progress=True))
+        (root / ".complete").write_text("")
+    return root
+
+
+def measure(method: str, root: Path, out: Path, repeat: int) -> dict:
+    """Best (least) time of `repeat` fresh runs, and the largest peak memory seen: on a shared machine
+    the fastest run is the one least disturbed by other work."""
+    runs = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        result = subprocess.run([sys.executable, __file__, "_run", method, str(root), str(out)], cwd=REPO,
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"{method} failed:\n{result.stderr[-3000:]}")
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return {"seconds": min(r["seconds"] for r in runs), "startup": min(r["startup"] for r in runs),
+            "peak_mib": max(r["peak_mib"] for r in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, nargs="+", default=[40, 160])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mlbpipe-bench"))
+    parser.add_argument("--size", default="480x360", help="video size of the synthetic corpus")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the fastest counts)")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.1f}", flush=True)
+
+    results: dict[int, dict[str, dict]] = {}
+    for n in args.clips:
+        root = make_corpus(args.work, n, args.size)
+        results[n] = {}
+        for method in args.methods:
+            r = measure(method, root, args.work / f"out-{n}-{method}", args.repeat)
+            r["clips_per_s"] = n / r["seconds"]
+            results[n][method] = r
+            print(f"N={n:4d} {method:12s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
+                  f"peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)", flush=True)
+
+    print("\nratios")
+    for n, r in results.items():
+        if {"ours-2", "baseline"} <= r.keys():
+            print(f"N={n}: ours (2 workers) / baseline speed = {r['ours-2']['clips_per_s'] / r['baseline']['clips_per_s']:.2f}x"
+                  "  (goal >= 3)")
+        if {"ours-1", "decode-only"} <= r.keys():
+            print(f"N={n}: ours (1 worker) time / decode-only time = {r['ours-1']['seconds'] / r['decode-only']['seconds']:.2f}x"
+                  "  (goal <= 1.5)")
+    if len(results) >= 2:
+        small, large = min(results), max(results)
+        print(f"marginal cost per clip (N={small} -> N={large}, fixed start-up costs cancel out):")
+        marginal = {}
+        for method in args.methods:
+            marginal[method] = (results[large][method]["seconds"] - results[small][method]["seconds"]) / (large - small)
+            print(f"  {method:12s} {1000 * marginal[method]:6.1f} ms/clip")
+        if {"ours-2", "baseline"} <= marginal.keys() and marginal["ours-2"] > 0:
+            print(f"  marginal: baseline / ours (2 workers) = {marginal['baseline'] / marginal['ours-2']:.2f}x (goal >= 3)")
+        if {"ours-1", "decode-only"} <= marginal.keys() and marginal["decode-only"] > 0:
+            print(f"  marginal: ours (1 worker) / decode-only = {marginal['ours-1'] / marginal['decode-only']:.2f}x "
+                  "(goal <= 1.5)")
+        for method in args.methods:
+            ratio = results[large][method]["peak_mib"] / results[small][method]["peak_mib"]
+            print(f"peak memory {method}: N={large} / N={small} = {ratio:.2f}x  (goal <= 1.2 for ours)")
+    print(f"load average after: {os.getloadavg()[0]:.1f} (above the CPU count, other work shared the cores)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "_run":
+        _run(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        main()

@@ -1,0 +1,278 @@
+"""Probe and decode media files: WAV through soundfile, FLV (and other containers) through PyAV.
+
+Everything here works on one file and knows nothing about corpora. Probing never trusts a file: a
+Git LFS pointer stub, an empty file, an unreadable file or a truncated stream each raise `MediaError`
+with a reason code from docs/CONTRACTS.md, so the corpus validator can reject the clip with a reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+# A truncated FLV keeps the duration of its header; the packets end early. Tolerate this much.
+TRUNCATION_TOLERANCE_S = 0.3
+
+
+class MediaError(Exception):
+    """A media file that cannot be used. `code` is a reason code of the manifest contract."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class UnsafePathError(ValueError):
+    """A manifest path that would leave the corpus root."""
+
+
+def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
+    """Join a manifest path (POSIX, relative) to the corpus root, refusing any path that escapes it.
+
+    Absolute paths, `..` components and symlinks that point outside the root are all refused.
+    """
+    rel = PurePosixPath(relative)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise UnsafePathError(f"media path {relative!r} is not a plain relative path inside the corpus root")
+    root_resolved = Path(root).resolve()
+    path = (root_resolved / Path(*rel.parts)).resolve()
+    if not path.is_relative_to(root_resolved):
+        raise UnsafePathError(f"media path {relative!r} resolves to {path}, outside the corpus root {root_resolved}")
+    return path
+
+
+def check_readable(path: Path, relative: str) -> None:
+    """Raise MediaError for the problems that make a file useless before any decoder sees it:
+    missing, unreadable (permissions), empty, or a Git LFS pointer stub."""
+    if not path.is_file():
+        raise MediaError("missing-file", f"{relative} does not exist")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER_PREFIX))
+    except PermissionError as err:
+        raise MediaError("unreadable", f"{relative} cannot be opened ({err.strerror}); check its permissions") from err
+    except OSError as err:
+        raise MediaError("unreadable", f"{relative} cannot be read ({err})") from err
+    if len(head) == 0:
+        raise MediaError("empty-file", f"{relative} is empty (0 bytes)")
+    if head == LFS_POINTER_PREFIX:
+        raise MediaError("lfs-pointer", f"{relative} is a Git LFS pointer stub; run git lfs pull")
+
+
+_SAMPLE_WIDTH = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    sample_rate: int
+    channels: int
+    sample_width: int  # bytes per sample; 0 when the encoding is not PCM/float
+    duration: float  # seconds
+    peak: float  # max |sample| in [0, 1]: a silent file has 0
+
+    def as_dict(self) -> dict:
+        return {
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "sample_width": self.sample_width,
+            "duration": round(self.duration, 4),
+        }
+
+
+def probe_wav(path: Path, relative: str) -> WavInfo:
+    """Open a WAV with soundfile and read its samples once (small files) to measure the peak level."""
+    import soundfile as sf
+
+    check_readable(path, relative)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sample_rate, channels, subtype = f.samplerate, f.channels, f.subtype
+            samples = f.read(dtype="float32", always_2d=True)  # [N, C]
+    except Exception as err:  # soundfile raises RuntimeError/LibsndfileError for corrupt data
+        raise MediaError("decode-error", f"{relative} cannot be decoded as WAV ({err})") from err
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    return WavInfo(
+        sample_rate=int(sample_rate),
+        channels=int(channels),
+        sample_width=_SAMPLE_WIDTH.get(subtype, 0),
+        duration=samples.shape[0] / sample_rate if sample_rate else 0.0,
+        peak=peak,
+    )
+
+
+def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
+    """Samples as float32 in [-1, 1], channels averaged: ([N], sample_rate)."""
+    import soundfile as sf
+
+    samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+    return samples.mean(axis=1), int(sample_rate)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    duration: float  # seconds, measured from the video packets (not the header)
+    has_audio: bool
+    video_codec: str
+    audio_codec: str | None
+
+    def as_dict(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "fps": round(self.fps, 4),
+            "duration": round(self.duration, 4),
+            "has_audio": self.has_audio,
+            "video_codec": self.video_codec,
+            "audio_codec": self.audio_codec,
+        }
+
+
+def probe_video(path: Path, relative: str) -> VideoInfo:
+    """Open a container with PyAV, read every packet (cheap: no decoding) to measure the real stream
+    end, and decode the first video frame to prove the codec works.
+
+    Raises MediaError: `no-video-stream`, `zero-duration` (no packet), `decode-error` (cannot open, cannot
+    decode, or truncated: the packets end well before the duration the header announces); and those of
+    `check_readable`.
+    """
+    import av
+
+    check_readable(path, relative)
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.EOFError as err:  # a valid header and then nothing: streams declared, not one packet
+        raise MediaError("zero-duration", f"{relative} ends before its first media packet (no duration)") from err
+    except Exception as err:
+        raise MediaError("decode-error", f"{relative} cannot be opened as a media container ({err})") from err
+    with container:
+        if not container.streams.video:
+            raise MediaError("no-video-stream", f"{relative} has no video stream")
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        header_duration = container.duration / 1e6 if container.duration else None
+        video_end = 0.0
+        any_end = 0.0
+        decoded_one = False
+        time_bases = {s.index: float(s.time_base) for s in container.streams}  # floats: Fractions are slow
+        try:
+            for packet in container.demux():
+                if packet.pts is None or packet.size == 0:
+                    continue
+                end = (packet.pts + (packet.duration or 0)) * time_bases[packet.stream.index]
+                if packet.stream.index == video.index:
+                    video_end = max(video_end, end)
+                    if not decoded_one:  # prove the codec works on the first picture (cheap: one frame)
+                        decoded_one = bool(video.codec_context.decode(packet))
+                any_end = max(any_end, end)
+        except Exception as err:
+            raise MediaError("decode-error", f"{relative}: reading the stream failed ({err})") from err
+        if video_end <= 0:
+            raise MediaError("zero-duration", f"{relative} has no video packets (no duration)")
+        if not decoded_one:  # a decoder with delay may hold its first picture until flushed
+            try:
+                decoded_one = bool(video.codec_context.decode(None))
+            except Exception:  # noqa: BLE001 (any failure here means the same: undecodable)
+                decoded_one = False
+        if not decoded_one:
+            raise MediaError("decode-error", f"{relative}: no video frame could be decoded")
+        if header_duration is not None and header_duration - any_end > max(
+            TRUNCATION_TOLERANCE_S, 0.1 * header_duration
+        ):
+            raise MediaError(
+                "decode-error",
+                f"{relative} is truncated: its header says {header_duration:.2f} s but the stream ends at "
+                f"{any_end:.2f} s",
+            )
+        fps = float(video.average_rate) if video.average_rate else 0.0
+        width, height = video.codec_context.width, video.codec_context.height
+        # canonical names ("flv1", "mp3"), not decoder names ("flv", "mp3float")
+        video_codec = video.codec_context.codec.canonical_name
+        audio_codec = audio.codec_context.codec.canonical_name if audio is not None else None
+    return VideoInfo(width, height, fps, video_end, audio is not None, video_codec, audio_codec)
+
+
+@functools.cache
+def _reformatter():
+    """One scaler per process: it keeps its swscale context between frames of the same size (building
+    one per frame cost about 1 ms, more than decoding the frame)."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
+
+
+def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarray:
+    """Keep `count` frames of a video at `fps` frames per second, chosen by timestamp, decoding as little
+    as possible.
+
+    Frame k is the first frame whose time is at or after k / fps seconds from the stream's start. The
+    packets are read once (cheap, no decoding); for each kept frame, decoding starts at the last keyframe
+    before it (or carries on from the previous kept frame when that is closer) and stops at it: the same
+    pictures as decoding the whole clip, for a fraction of the work. A clip too short for `count` frames
+    is padded by repeating its last kept frame (deterministic). Frames are resized to size x size (aspect
+    not kept, as the ResNet path expects) with area interpolation.
+
+    Returns uint8 [count, size, size, 3] (RGB).
+    """
+    import av
+
+    reformatter = _reformatter()
+
+    def to_rgb(frame) -> np.ndarray:  # [size, size, 3] uint8
+        return reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+
+    with av.open(str(path), metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.pts is not None and p.size > 0]
+        if not packets:
+            raise MediaError("decode-error", f"{path.name}: no video packet")
+        start = min(p.pts for p in packets)
+        time_base = float(stream.time_base)
+
+        # the pts of each kept frame: the first one at or after k / fps (presentation order)
+        all_pts = sorted({p.pts for p in packets})
+        wanted: list[int] = []
+        for k in range(count):
+            later = next((pts for pts in all_pts if (pts - start) * time_base + 1e-6 >= k / fps), None)
+            if later is None:
+                break  # clip too short: padded below
+            wanted.append(later)
+
+        decoder = stream.codec_context
+        found: dict[int, np.ndarray] = {}
+        position = 0  # index of the next packet to feed the decoder
+        for pts in wanted:
+            if pts in found:
+                continue
+            target = next(i for i, p in enumerate(packets) if p.pts == pts)
+            keyframe = max((i for i in range(target + 1) if packets[i].is_keyframe), default=0)
+            if keyframe > position:  # jump ahead: restart the decoder at the keyframe
+                decoder.flush_buffers()
+                position = keyframe
+            while pts not in found and position < len(packets):
+                for frame in decoder.decode(packets[position]):
+                    if frame.pts in wanted and frame.pts not in found:
+                        found[frame.pts] = to_rgb(frame)
+                position += 1
+            if pts not in found:  # frames still inside the decoder at the end of the stream
+                for frame in decoder.decode(None):
+                    if frame.pts in wanted and frame.pts not in found:
+                        found[frame.pts] = to_rgb(frame)
+    kept = [found[pts] for pts in wanted if pts in found]
+    if not kept:
+        raise MediaError("decode-error", f"{path.name}: no video frame could be decoded")
+    while len(kept) < count:
+        kept.append(kept[-1])
+    return np.stack(kept)  # [count, size, size, 3]

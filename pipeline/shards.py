@@ -1,0 +1,168 @@
+"""Deterministic WebDataset shards (docs/CONTRACTS.md, "Shards").
+
+    with atomic_folder(out / "shards" / "raw") as tmp:
+        sizes = {}
+        for split in ("train", "validation", "test"):
+            sizes |= write_shards(samples_of(split), tmp, split, maxcount=1000)
+        write_sizes_and_meta(tmp, sizes, meta)
+
+A sample is `(key, {field: value})`: key = clip id (no dots, no slashes); field = `"<name>.npy"` for
+a numpy array or `"json"` for a dict. Arrays are written with `np.save` (never object dtype), dicts as
+JSON with sorted keys. Tar members come in the order given, with mtime 0, uid/gid 0, mode 0o644 and
+empty user/group names, so the same samples always give byte-identical tars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.manifest import TMP_MARK, atomic_write_bytes
+
+SHARD_PATTERN = "{split}-{index:06d}.tar"
+
+
+def encode_field(key: str, field: str, value) -> bytes:
+    """Bytes of one tar member; refuses anything but `.npy` arrays and the `json` dict."""
+    if field == "json":
+        if not isinstance(value, dict):
+            raise TypeError(f"{key}: field 'json' must be a dict, got {type(value).__name__}")
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    if field.endswith(".npy") and field.count(".") == 1:
+        array = np.asarray(value)
+        if array.dtype.hasobject:
+            raise TypeError(f"{key}.{field}: object arrays are not allowed in shards (they would need pickle)")
+        # little-endian, C order: the same values always give the same bytes
+        array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    raise ValueError(f"{key}: field {field!r} is neither 'json' nor '<name>.npy' (the only kinds shards may hold)")
+
+
+def _check_key(key: str) -> None:
+    if not key or "." in key or "/" in key or "\\" in key:
+        raise ValueError(f"shard key {key!r} must be non-empty and contain no dots or slashes")
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(
+    samples: Iterable[tuple[str, dict]],
+    out_dir: str | Path,
+    split: str,
+    *,
+    maxcount: int = 1000,
+    maxsize: int | None = None,
+) -> dict[str, int]:
+    """Write `samples` (in the order given) into `<split>-000000.tar`, `<split>-000001.tar`, ... in
+    `out_dir`, starting a new tar after `maxcount` samples or `maxsize` bytes. Each tar is written to a
+    temp file and renamed. Returns {tar name: sample count}; nothing is written for no samples."""
+    if maxcount < 1:
+        raise ValueError(f"maxcount={maxcount!r}: must be at least 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    seen: set[str] = set()
+    tar: tarfile.TarFile | None = None
+    name, tmp, count, nbytes = "", Path(), 0, 0
+    try:
+        for key, fields in samples:
+            _check_key(key)
+            if key in seen:
+                raise ValueError(f"shard key {key!r} appears twice in split {split!r}")
+            seen.add(key)
+            members = [(f"{key}.{field}", encode_field(key, field, fields[field])) for field in sorted(fields)]
+            size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)  # tar header + padded data
+            if tar is not None and (count >= maxcount or (maxsize is not None and nbytes + size > maxsize)):
+                tar.close()
+                os.replace(tmp, out_dir / name)
+                sizes[name], tar = count, None
+            if tar is None:
+                name = SHARD_PATTERN.format(split=split, index=len(sizes))
+                tmp = out_dir / f"{name}{TMP_MARK}{os.getpid()}"
+                tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (spans many samples)
+                count, nbytes = 0, 0
+            for member_name, data in members:
+                _add_member(tar, member_name, data)
+            count += 1
+            nbytes += size
+        if tar is not None:
+            tar.close()
+            os.replace(tmp, out_dir / name)
+            sizes[name], tar = count, None
+    except BaseException:
+        if tar is not None:  # an unfinished tar never gets its final name
+            tar.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    return sizes
+
+
+def write_sizes_and_meta(out_dir: str | Path, sizes: dict[str, int], meta: dict) -> None:
+    """`sizes.json` ({tar name: sample count}) and `meta.json` (the producing config), both atomic."""
+    out_dir = Path(out_dir)
+    atomic_write_bytes(out_dir / "sizes.json", (json.dumps(sizes, sort_keys=True, indent=1) + "\n").encode())
+    atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; on success it replaces `path` as a whole, so a shard
+    folder is always either the complete old one or the complete new one (plus, at worst, a stale
+    `<name>.tmp-*` / `<name>.old-*` folder that the next run removes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in path.parent.glob(f"{path.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_shard(path: str | Path) -> list[tuple[str, dict]]:
+    """Every sample of one tar as (key, {field: array or dict}), refusing pickles and unknown fields.
+    Meant for tests and inspection; training reads shards through mlb.data."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                raise ValueError(f"{path}: member {member.name!r} is not a regular file")
+            key, _, field = member.name.partition(".")
+            data = tar.extractfile(member).read()
+            if field == "json":
+                value = json.loads(data)
+            elif field.endswith(".npy") and field.count(".") == 1:
+                value = np.load(io.BytesIO(data), allow_pickle=False)
+            else:
+                raise ValueError(f"{path}: member {member.name!r} has a field type shards may not hold")
+            samples.setdefault(key, {})[field] = value
+    return list(samples.items())

@@ -1,0 +1,169 @@
+"""Stage `spectrograms`: each kept clip's WAV to a log-Mel (or log-magnitude STFT) spectrogram.
+
+As the paper's public code: resample to 22.05 kHz, loop the clip to exactly 3 s (tiling, then cutting),
+clip to [-1, 1], STFT with a 512-sample Hann window and hop 353 (T = 1 + 66150 // 353 = 188 frames).
+Then either
+- `mel` (default): log(mel_fbank @ |STFT|^2 + 1e-7), F = n_mels; the default 80 is the largest band
+  count that leaves no empty Mel filter at 257 bins and 22.05 kHz (96 leaves one, 128 leave three);
+- `stft`: log(|STFT| + 1e-7), F = 257, exactly what the authors' code fed the ResNet.
+
+Output: `OUT/work/spectrograms.h5`, dataset `/spec/<clip id>` float32 [F, T], made by
+pipeline.stages.run_per_clip (parallel, resumable, atomic).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from pipeline.manifest import read_manifest
+from pipeline.media import read_wav_mono
+from pipeline.stages import ClipJob, run_per_clip
+from pipeline.stages.frames import clips_to_process
+
+KINDS = ("mel", "stft")
+LOG_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig:
+    kind: str = "mel"  # mel | stft
+    sample_rate: int = 22050
+    seconds: float = 3.0
+    n_fft: int = 512  # also the window length
+    hop_length: int = 353
+    n_mels: int = 80  # mel only
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"spectrograms.kind={self.kind!r}: choose one of {', '.join(KINDS)}")
+        for key in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"spectrograms.{key}={getattr(self, key)!r}: must be a positive integer")
+        if self.seconds <= 0:
+            raise ValueError(f"spectrograms.seconds={self.seconds!r}: must be > 0")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """[F, T] of every spectrogram."""
+        bins = self.n_mels if self.kind == "mel" else self.n_fft // 2 + 1
+        return bins, 1 + self.num_samples // self.hop_length
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.seconds * self.sample_rate)
+
+
+def loop_to_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Tile a clip until it reaches `length` samples, then cut: [N] -> [length]."""
+    if samples.size == 0:
+        raise ValueError("cannot loop an empty clip")
+    return np.tile(samples, math.ceil(length / samples.size))[:length]
+
+
+def spectrogram_batch(waves: np.ndarray, config: dict) -> np.ndarray:
+    """[B, num_samples] float32 waveforms at config sample_rate -> [B, F, T] float32 log spectrograms."""
+    import torch
+    import torchaudio.functional as AF
+
+    x = torch.from_numpy(waves)  # [B, S]
+    window = torch.hann_window(config["n_fft"])  # periodic, as librosa's
+    stft = torch.stft(x, n_fft=config["n_fft"], hop_length=config["hop_length"], window=window, center=True,
+                      pad_mode="constant", return_complex=True)  # [B, n_fft//2+1, T]
+    magnitude = stft.abs()
+    if config["kind"] == "stft":
+        return torch.log(magnitude + LOG_EPS).numpy().astype(np.float32)
+    fbank = AF.melscale_fbanks(config["n_fft"] // 2 + 1, 0.0, config["sample_rate"] / 2, config["n_mels"],
+                               config["sample_rate"])  # [n_fft//2+1, n_mels]
+    mel = torch.einsum("bft,fm->bmt", magnitude**2, fbank)  # [B, n_mels, T]
+    return torch.log(mel + LOG_EPS).numpy().astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _resampler(orig: int, new: int):
+    """torchaudio's windowed-sinc resampler, its kernel computed once per rate pair."""
+    import torchaudio.transforms as AT
+
+    return AT.Resample(orig, new)
+
+
+def load_fixed_length(path: str, config: dict) -> np.ndarray:
+    """A WAV, mono, resampled to config sample_rate, looped to exactly `seconds`, clipped to [-1, 1]."""
+    import torch
+
+    samples, sample_rate = read_wav_mono(Path(path))  # [N]
+    if sample_rate != config["sample_rate"]:
+        with torch.no_grad():
+            samples = _resampler(sample_rate, config["sample_rate"])(torch.from_numpy(samples)).numpy()
+    length = round(config["seconds"] * config["sample_rate"])
+    return np.clip(loop_to_length(samples, length), -1.0, 1.0).astype(np.float32)  # [length]
+
+
+def compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
+    """{clip id: {"spec": float32 [F, T]}}, or an error message for a clip whose WAV fails."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads cost more than they give, and workers share the cores
+    try:
+        return _compute_spectrograms(jobs, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
+    results: dict = {}
+    waves, ids = [], []
+    for job in jobs:
+        try:
+            waves.append(load_fixed_length(job.path, config))
+            ids.append(job.id)
+        except (OSError, RuntimeError, ValueError) as err:  # soundfile raises RuntimeError subclasses
+            results[job.id] = f"decode-error: the WAV of {job.id} could not be read ({err})"
+    if waves:
+        specs = spectrogram_batch(np.stack(waves), config)  # [B, F, T]
+        for clip_id, spec in zip(ids, specs, strict=True):
+            results[clip_id] = {"spec": np.ascontiguousarray(spec)}
+    return results
+
+
+def run_spectrograms(manifest_path: str | Path, root: str | Path, out_path: str | Path, config: SpectrogramConfig,
+                     *, workers: int = 1, progress: bool = True) -> dict[str, str]:
+    """Write the spectrogram intermediate; returns per-clip errors {clip id: message}."""
+    jobs = clips_to_process(read_manifest(manifest_path), root, "wav")
+    return run_per_clip("spectrograms", jobs, compute_spectrograms, asdict(config), out_path, workers=workers,
+                        progress=progress)
+
+
+def cli(
+    manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl from the index stage.")],
+    root: Annotated[Path, typer.Option("--root", help="Corpus root the manifest's paths are relative to.")],
+    out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/spectrograms.h5.")],
+    kind: str = typer.Option("mel", help="mel (log-Mel) | stft (log-magnitude STFT, F = 257)."),
+    sample_rate: int = typer.Option(22050, help="Resample the WAV to this rate (Hz)."),
+    seconds: float = typer.Option(3.0, help="Loop or cut every clip to this length."),
+    n_fft: int = typer.Option(512, help="STFT size and window length."),
+    hop_length: int = typer.Option(353, help="STFT hop in samples."),
+    n_mels: int = typer.Option(80, help="Mel bands (kind mel)."),
+    workers: int = typer.Option(1, help="Processes in parallel (output does not depend on it)."),
+) -> None:
+    """Compute a fixed-length log spectrogram of every kept clip's WAV."""
+    try:
+        config = SpectrogramConfig(kind, sample_rate, seconds, n_fft, hop_length, n_mels)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    errors = run_spectrograms(manifest, root, out, config, workers=workers)
+    for clip_id, message in sorted(errors.items()):
+        typer.echo(f"spectrograms: {clip_id} skipped: {message}", err=True)
+
+
+if __name__ == "__main__":
+    typer.run(cli)

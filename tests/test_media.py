@@ -1,0 +1,234 @@
+"""Probing and decoding single media files (pipeline.media) on tiny media made here with PyAV/soundfile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.media import (
+    MediaError,
+    UnsafePathError,
+    check_readable,
+    frames_at_fps,
+    probe_video,
+    probe_wav,
+    resolve_inside,
+)
+
+LFS_STUB = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 12345\n"
+
+
+# --- tiny media factories (also used by test_index.py) ---------------------------------------------------
+
+
+def make_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1,
+             subtype: str = "PCM_16", amplitude: float = 0.3) -> Path:
+    """A 440 Hz tone."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, sample_rate, subtype=subtype)
+    return path
+
+
+def make_flv(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (64, 48),
+             audio: bool = True) -> Path:
+    """An FLV (flv1 video + MP3 audio, as CREMA-D's) whose frame i is a flat grey of level 8 * i, so a
+    test can tell from the pixels which frame it got."""
+    width, height = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="flv") as container:
+        video = container.add_stream("flv", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        stream_a = container.add_stream("mp3", rate=22050, layout="mono") if audio else None
+        for i in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), min(8 * i, 255), np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if stream_a is not None:
+            samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * 22050)) / 22050)).astype(np.float32)
+            step = stream_a.codec_context.frame_size or 1152
+            for start in range(0, len(samples), step):
+                chunk = av.AudioFrame.from_ndarray(samples[None, start : start + step], format="flt", layout="mono")
+                chunk.sample_rate, chunk.pts = 22050, start
+                container.mux(stream_a.encode(chunk))
+            container.mux(stream_a.encode())
+    return path
+
+
+# --- paths --------------------------------------------------------------------------------------------
+
+
+def test_resolve_inside_accepts_plain_relative_paths(tmp_path):
+    (tmp_path / "AudioWAV").mkdir()
+    assert resolve_inside(tmp_path, "AudioWAV/a.wav") == (tmp_path / "AudioWAV" / "a.wav").resolve()
+
+
+@pytest.mark.parametrize("bad", ["../outside.wav", "AudioWAV/../../x.wav", "/etc/passwd", ""])
+def test_resolve_inside_refuses_escaping_paths(tmp_path, bad):
+    with pytest.raises(UnsafePathError):
+        resolve_inside(tmp_path / "root", bad)
+
+
+def test_resolve_inside_refuses_symlink_out_of_root(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    (root / "link.wav").symlink_to(tmp_path / "secret.wav")
+    with pytest.raises(UnsafePathError, match="outside the corpus root"):
+        resolve_inside(root, "link.wav")
+
+
+# --- cheap checks before decoding -----------------------------------------------------------------------
+
+
+def test_lfs_stub_empty_and_missing_files_get_their_reason(tmp_path):
+    (tmp_path / "stub.wav").write_bytes(LFS_STUB)
+    (tmp_path / "empty.flv").write_bytes(b"")
+    with pytest.raises(MediaError, match="run git lfs pull") as err:
+        check_readable(tmp_path / "stub.wav", "stub.wav")
+    assert err.value.code == "lfs-pointer"
+    with pytest.raises(MediaError) as err:
+        check_readable(tmp_path / "empty.flv", "empty.flv")
+    assert err.value.code == "empty-file"
+    with pytest.raises(MediaError) as err:
+        check_readable(tmp_path / "absent.wav", "absent.wav")
+    assert err.value.code == "missing-file"
+
+
+def test_lfs_stub_never_reaches_a_decoder(tmp_path):
+    (tmp_path / "stub.flv").write_bytes(LFS_STUB)
+    with pytest.raises(MediaError) as err:
+        probe_video(tmp_path / "stub.flv", "stub.flv")
+    assert err.value.code == "lfs-pointer"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file(tmp_path):
+    path = make_wav(tmp_path / "a.wav")
+    path.chmod(0)
+    with pytest.raises(MediaError) as err:
+        probe_wav(path, "a.wav")
+    assert err.value.code == "unreadable"
+
+
+# --- probing -------------------------------------------------------------------------------------------
+
+
+def test_probe_wav_facts(tmp_path):
+    info = probe_wav(make_wav(tmp_path / "a.wav", seconds=0.5), "a.wav")
+    assert info.as_dict() == {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": 0.5}
+    assert 0.29 < info.peak < 0.31
+    stereo8 = probe_wav(make_wav(tmp_path / "b.wav", channels=2, subtype="PCM_U8"), "b.wav")
+    assert (stereo8.channels, stereo8.sample_width) == (2, 1)
+
+
+def test_probe_wav_garbage_is_decode_error(tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"RIFF" + os.urandom(200))
+    with pytest.raises(MediaError) as err:
+        probe_wav(tmp_path / "bad.wav", "bad.wav")
+    assert err.value.code == "decode-error"
+
+
+def test_probe_video_facts(tmp_path):
+    info = probe_video(make_flv(tmp_path / "a.flv", seconds=1.5, fps=10), "a.flv")
+    assert (info.width, info.height, info.fps) == (64, 48, 10.0)
+    assert info.has_audio and info.video_codec == "flv1" and info.audio_codec == "mp3"
+    assert 1.3 < info.duration < 1.8
+    silent_film = probe_video(make_flv(tmp_path / "b.flv", audio=False), "b.flv")
+    assert not silent_film.has_audio and silent_film.audio_codec is None
+
+
+def test_truncated_flv_is_decode_error(tmp_path):
+    path = make_flv(tmp_path / "a.flv", seconds=3.0, fps=10)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 7])  # cut mid-tag, as an interrupted download
+    with pytest.raises(MediaError, match="truncated") as err:
+        probe_video(path, "a.flv")
+    assert err.value.code == "decode-error"
+
+
+def test_garbage_flv_is_decode_error(tmp_path):
+    (tmp_path / "bad.flv").write_bytes(os.urandom(4000))
+    with pytest.raises(MediaError) as err:
+        probe_video(tmp_path / "bad.flv", "bad.flv")
+    assert err.value.code == "decode-error"
+
+
+def test_audio_only_container_has_no_video_stream(tmp_path):
+    path = tmp_path / "a.flv"
+    with av.open(str(path), "w", format="flv") as container:
+        stream = container.add_stream("mp3", rate=22050, layout="mono")
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.float32), format="flt", layout="mono")
+        chunk.sample_rate, chunk.pts = 22050, 0
+        container.mux(stream.encode(chunk))
+        container.mux(stream.encode())
+    with pytest.raises(MediaError) as err:
+        probe_video(path, "a.flv")
+    assert err.value.code == "no-video-stream"
+
+
+# --- frames at 1 fps ---------------------------------------------------------------------------------------
+
+
+def _frame_index(frame: np.ndarray) -> int:
+    return round(frame.mean() / 8)
+
+
+def test_frames_are_picked_by_timestamp(tmp_path):
+    frames = frames_at_fps(make_flv(tmp_path / "a.flv", seconds=3.0, fps=10), count=3, fps=1.0, size=32)
+    assert frames.shape == (3, 32, 32, 3) and frames.dtype == np.uint8
+    assert [_frame_index(f) for f in frames] == [0, 10, 20]  # t = 0 s, 1 s, 2 s
+
+
+def test_short_clip_is_padded_with_its_last_kept_frame(tmp_path):
+    frames = frames_at_fps(make_flv(tmp_path / "a.flv", seconds=1.2, fps=10), count=3, fps=1.0, size=16)
+    assert [_frame_index(f) for f in frames] == [0, 10, 10]
+    assert np.array_equal(frames[1], frames[2])
+
+
+def test_permission_denied_is_unreadable(tmp_path, monkeypatch):
+    """The same check as above, also when tests run as root (where chmod 0 does not stop reads)."""
+    import pipeline.media
+
+    path = make_wav(tmp_path / "a.wav")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pipeline.media, "open", denied, raising=False)
+    with pytest.raises(MediaError, match="permissions") as err:
+        check_readable(path, "a.wav")
+    assert err.value.code == "unreadable"
+
+
+def test_keyframe_jumps_give_the_same_pictures_as_decoding_everything(tmp_path):
+    """frames_at_fps skips to the keyframe before each kept frame; with moving texture, a frame decoded
+    without its references would differ from the one a full decode gives."""
+    path = tmp_path / "moving.flv"
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (48, 96, 3), np.uint8)
+    with av.open(str(path), "w", format="flv") as container:
+        video = container.add_stream("flv", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.gop_size = 7  # keyframes at 0, 0.7, 1.4, 2.1 s
+        for i in range(35):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, i : i + 64]), format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    with av.open(str(path)) as container:
+        everything = {f.pts: f.to_ndarray(format="rgb24", width=24, height=24, interpolation="AREA")
+                      for f in container.decode(video=0)}
+    picked = frames_at_fps(path, count=3, fps=1.0, size=24)
+    start = min(everything)
+    for k in range(3):
+        expected = everything[min(p for p in everything if p - start >= 1000 * k)]
+        assert np.array_equal(picked[k], expected)
