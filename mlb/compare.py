@@ -116,16 +116,29 @@ def to_json(summaries: list[GroupSummary]) -> str:
     return json.dumps([s.__dict__ for s in summaries], indent=1, sort_keys=True)
 
 
+def to_metrics(summaries: list[GroupSummary]) -> str:
+    """Nested {features: {method: {fusion: {column: mean}}}} for `dvc metrics show` / `dvc exp show`."""
+    tree: dict = {}
+    for s in summaries:
+        leaf = tree.setdefault(s.group["features"], {}).setdefault(s.group["method"], {}).setdefault(s.group["fusion"], {})
+        for title, key in TABLE_COLUMNS:
+            if key in s.mean:
+                leaf[title.replace(" ", "_").replace("-", "_")] = round(s.mean[key], 6)
+    return json.dumps(tree, indent=1, sort_keys=True)
+
+
 def write_tables(summaries: list[GroupSummary], out_dir: Path) -> dict[str, Path]:
-    """Write compare.md, compare.csv and compare.json into `out_dir`; return their paths."""
+    """Write compare.md, .csv, .json and compare_metrics.json into `out_dir`; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for ext, text in (("md", to_markdown(summaries)), ("csv", to_csv(summaries)), ("json", to_json(summaries))):
-        path = out_dir / f"compare.{ext}"
+    for name, text in (("md", to_markdown(summaries)), ("csv", to_csv(summaries)), ("json", to_json(summaries)),
+                       ("metrics", to_metrics(summaries))):
+        ext = "json" if name == "metrics" else name
+        path = out_dir / (f"compare_metrics.{ext}" if name == "metrics" else f"compare.{ext}")
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-        paths[ext] = path
+        paths[name] = path
     return paths
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mlb.compare import GroupSummary  # noqa: E402
+from mlb.compare import GroupSummary
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 

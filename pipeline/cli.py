@@ -38,31 +38,16 @@ def _root(
     """mlbpipe: balanced audio-visual learning."""
 
 
-def _not_yet(issue: int, what: str) -> None:
-    typer.echo(f"mlbpipe: {what} is not implemented yet (tracked in issue {issue}).", err=True)
-    raise typer.Exit(code=1)
+# --- commands: each module holds one command's thin wrapper; the work is in a pure core function -----
+from pipeline import compare_cli, doctor, prepare, train_cli
+from pipeline.synth import cremad as synth_cremad
 
-
-# --- commands registered by their own modules -------------------------------------------------------
-# synth cremad   -> pipeline.synth.cremad.cli
-# prepare cremad -> pipeline.prepare.cli
-# train          -> pipeline.train_cli (mlb.train)
-from pipeline.synth import cremad as _synth_cremad  # noqa: E402
-
-synth_app.command("cremad")(_synth_cremad.cli)
-from pipeline import prepare as _prepare  # noqa: E402
-
-prepare_app.command("cremad")(_prepare.cli)
-from pipeline import compare_cli as _compare  # noqa: E402
-from pipeline import doctor as _doctor  # noqa: E402
-
-app.command("compare")(_compare.compare)
-app.command("report")(_compare.report)
-
-app.command("doctor")(_doctor.cli)
-from pipeline import train_cli as _train_cli  # noqa: E402
-
-app.command("train")(_train_cli.cli)
+synth_app.command("cremad")(synth_cremad.cli)
+prepare_app.command("cremad")(prepare.cli)
+app.command("train")(train_cli.cli)
+app.command("compare")(compare_cli.compare)
+app.command("report")(compare_cli.report)
+app.command("doctor")(doctor.cli)
 
 
 def main() -> None:

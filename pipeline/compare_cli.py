@@ -19,7 +19,8 @@ def _csv(value: str, name: str, cast=str) -> list:
 
 
 def compare(
-    data: Path = typer.Option(..., "--data", help="The prepare output folder OUT (shards in OUT/shards/<features>/)."),
+    data: Path = typer.Option(None, "--data", help="The prepare output folder OUT (shards in OUT/shards/<features>/); "
+                              "not needed with --aggregate-only."),
     out: Path = typer.Option(..., "--out", help="Runs folder: RUNS/<features>/<method>/<fusion>/seed<k>/, and the "
                              "tables RUNS/compare.{md,csv,json}."),
     features: str = typer.Option("raw", "--features", help="raw (ResNet-18) or cached (Conformer)."),
@@ -47,6 +48,8 @@ def compare(
     from pipeline.train_cli import _parse_params
 
     if not aggregate_only:
+        if data is None:
+            raise typer.BadParameter("is required unless --aggregate-only", param_hint="--data")
         shard_dir = data / "shards" / features
         if not shard_dir.is_dir():
             raise typer.BadParameter(f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data")

@@ -42,7 +42,7 @@ def phenomenon(runs: Path, features: str, fusion: str = "late-linear") -> list[s
             accs.setdefault("fused", []).append(test["fused"]["accuracy"])
         if not accs:
             continue
-        def mean(key: str) -> str:
+        def mean(key: str, accs: dict = accs) -> str:
             return f"{100 * sum(accs[key]) / len(accs[key]):5.1f}" if key in accs else "  n/a"
         fused = "    -" if method.endswith("-only") else mean("fused")
         lines.append(f"  {method:<11} fused {fused}   audio head {mean('audio')}   video head {mean('video')}")
@@ -69,7 +69,7 @@ def main() -> int:
         print(f"  {name:<16} {seconds:7.1f}")
     print(f"  {'total':<16} {total:7.1f}")
 
-    runs = ROOT / params["compare"]["runs"]
+    runs = ROOT / "runs"
     table = runs / "compare.md"
     if table.exists():
         print("\n" + table.read_text())

@@ -172,6 +172,10 @@ def cli(
                                       help="EfficientNet-B2 weights: imagenet | random | PATH to a state_dict."),
     w2v2_model: str = typer.Option("facebook/wav2vec2-large-robust", "--w2v2-model",
                                    help="Wav2Vec2: hub id | local folder | random-tiny."),
+    faces_fps: float = typer.Option(0.0, "--faces-fps", help="Faces: frames per second to keep; 0 = every "
+                                    "frame (the paper's)."),
+    crop_size: int = typer.Option(260, "--crop-size", help="Face crop side and EfficientNet-B2 input size "
+                                  "(its native 260)."),
     device: str = typer.Option("auto", "--device", help="Faces and features: auto | cpu | cuda[:N]."),
     stages: str = typer.Option(",".join(s.name for s in STAGES), "--stages",
                                help="Comma-separated stages to run, in pipeline order."),
@@ -187,9 +191,9 @@ def cli(
             frames=FramesConfig(size=size),
             spectrograms=SpectrogramConfig(kind=spec, n_mels=n_mels),
             shards_raw=ShardsConfig(maxcount=maxcount),
-            faces=FacesConfig(device=device),
-            features=FeaturesConfig(effb2=EffNetB2Config(weights=effb2_weights), w2v2=Wav2Vec2Config(model=w2v2_model),
-                                    device=device),
+            faces=FacesConfig(fps=faces_fps or None, crop_size=crop_size, device=device),
+            features=FeaturesConfig(effb2=EffNetB2Config(weights=effb2_weights, image_size=crop_size),
+                                    w2v2=Wav2Vec2Config(model=w2v2_model), device=device),
             shards_cached=ShardsCachedConfig(maxcount=maxcount),
         )
         if workers < 1:

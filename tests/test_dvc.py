@@ -69,3 +69,52 @@ def test_dvc_repro_is_incremental(tmp_path):
     assert _ran(third) == ["spectrograms", "shards_raw"]
     assert before["sizes.json"] == (shards / "sizes.json").read_bytes()
     assert before["train-000000.tar"] != (shards / "train-000000.tar").read_bytes()  # T changed: 1 + 66150 // 300
+
+
+TINY_ALL = {
+    "synth": {"clips": 24, "actors": 12, "size": "160x120"},  # MTCNN needs faces of >= 40 px
+    "frames": {"size": 32}, "workers": 1, "device": "cpu",
+    "faces": {"fps": 1, "crop_size": 64}, "features": {"effb2_image_size": 64},
+    "train": {"fusion": "late-linear", "seeds": [0], "patience": 2,
+              "raw": {"methods": ["joint", "video-only"], "size": "tiny", "epochs": 2, "batch_size": 8},
+              "cached": {"methods": ["joint"], "size": "tiny", "epochs": 2, "batch_size": 8, "lr": 0.001}},
+}
+
+
+@pytest.mark.integration
+def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path):
+    """synth -> ... -> train (both paths) -> compare -> report; then `dvc exp run -S mlb.raw.alpha=...`."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("pipeline", "mlb", "manifests"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    _set_params(repo / "params.yaml", TINY_ALL)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
+
+    first = _dvc(repo, "repro")
+    stages = [s.split("@")[0] for s in _ran(first)]
+    for stage in ("synth", "index", "shards_raw", "faces", "features", "shards_cached", "train_raw",
+                  "train_raw_mlb", "train_cached", "train_cached_mlb", "compare", "report"):
+        assert stage in stages, stage
+    runs = repo / "runs"
+    table = (runs / "compare.md").read_text()
+    for method in ("joint", "mlb", "video-only"):
+        assert f"| raw | {method} | late-linear | 1 |" in table
+    assert "| cached | mlb | late-linear | 1 |" in table
+    assert (runs / "figures" / "fig3_accuracy.png").is_file() and (runs / "figures" / "report.md").is_file()
+    meta = (repo / "data" / "shards" / "cached" / "meta.json").read_text()
+    assert '"random_init": true' in meta  # the demo's extractors say what they are
+
+    assert _ran(_dvc(repo, "repro")) == []
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "lock"], cwd=repo, check=True)
+    rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0"))
+    assert sorted(rerun) == ["compare", "report", "train_raw_mlb@0"], rerun
