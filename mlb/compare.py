@@ -93,7 +93,9 @@ def to_markdown(summaries: list[GroupSummary]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         cells = [s.group["features"], s.group["method"], s.group["fusion"], str(s.runs)]
-        cells += [_cell(s, key, 100.0) for _, key in TABLE_COLUMNS]
+        # a "*-only" run trains one encoder alone: its fused output is untrained, so only that head counts
+        alone = s.group["method"].endswith("-only")
+        cells += ["-" if alone and ".fused." in key else _cell(s, key, 100.0) for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nAccuracy, macro-F1 and ECE in %, mean ± std over seeds/folds; test metrics at the " \
         "checkpoint selected on validation accuracy.\n"

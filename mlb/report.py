@@ -4,7 +4,12 @@
 - Figure 3: test accuracy by method and fusion head, mean ± std over seeds/folds.
 - Figure 4: the agreement groups (which unimodal heads are right) with the fused accuracy per method.
 - Figure 5: ECE per method, and a reliability diagram of the fused output.
+- Unimodal heads: each method's audio and video head beside the same encoder trained alone (the gap
+  that joint training opens for the weaker modality, and what Multi-Loss and MLB do to it).
 - Training curves: k_i per step and the unimodal heads' validation accuracy per epoch.
+
+Runs of `audio-only` / `video-only` (one encoder trained alone) appear only in the unimodal-heads figure:
+their fused output is not trained.
 
 Every function takes plain data and a path, writes a PNG (and an SVG beside it) and returns the PNG's path.
 """
@@ -56,9 +61,15 @@ def figure_k_vs_r(path: Path, settings=((0.5, 10.0), (1.0, 10.0), (2.0, 5.0), (5
     return _save(fig, path)
 
 
+def is_alone(method: str) -> bool:
+    """`audio-only` / `video-only`: one encoder trained alone, no trained fused output."""
+    return method.endswith("-only")
+
+
 def figure_accuracy(summaries: list[GroupSummary], path: Path, key: str = "test.fused.accuracy",
                     ylabel: str = "test accuracy (%)") -> Path:
     """Paper Figure 3: bars per method, one colour per fusion head, error bars = std over seeds."""
+    summaries = [s for s in summaries if not is_alone(s.group["method"])]
     methods = list(dict.fromkeys(s.group["method"] for s in summaries))
     fusions = list(dict.fromkeys(s.group["fusion"] for s in summaries))
     width = 0.8 / max(1, len(fusions))
@@ -85,7 +96,7 @@ def agreement_by_method(runs: list[dict], fusion: str) -> dict[str, list[dict]]:
     """Mean over seeds of each agreement group's clip share and fused accuracy, per method."""
     per_method: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run["fusion"] != fusion or "agreement" not in run["test"]:
+        if run["fusion"] != fusion or "agreement" not in run["test"] or is_alone(run["method"]):
             continue
         total = sum(row["count"] for row in run["test"]["agreement"]) or 1
         for row in run["test"]["agreement"]:
@@ -138,7 +149,8 @@ def figure_agreement(runs: list[dict], path: Path, fusion: str = "late-linear") 
 def figure_ece(summaries: list[GroupSummary], runs: list[dict], path: Path, fusion: str = "late-linear") -> Path:
     """Paper Figure 5: ECE per method (left) and a reliability diagram of the fused output (right)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    rows = [s for s in summaries if s.group["fusion"] == fusion and "test.fused.ece" in s.mean]
+    rows = [s for s in summaries if s.group["fusion"] == fusion and "test.fused.ece" in s.mean
+            and not is_alone(s.group["method"])]
     left.bar(range(len(rows)), [100 * s.mean["test.fused.ece"] for s in rows],
              yerr=[100 * s.std["test.fused.ece"] for s in rows], capsize=3,
              color=[COLORS[i % len(COLORS)] for i in range(len(rows))])
@@ -174,6 +186,31 @@ def _pooled_reliability(runs: list[dict]):
         return None
     keep = total[0] > 0
     return total[2][keep] / total[0][keep], total[1][keep] / total[0][keep]
+
+
+def figure_heads(summaries: list[GroupSummary], path: Path, fusion: str = "late-linear") -> Path:
+    """Each method's unimodal heads (test accuracy) beside the encoders trained alone."""
+    rows = [s for s in summaries if s.group["fusion"] == fusion]
+    modalities = sorted({k.split(".")[2] for s in rows for k in s.mean if k.startswith("test.unimodal.")
+                         and k.endswith(".accuracy")})
+    width = 0.8 / max(1, len(modalities))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(rows) + 2), 4.2))
+    for j, m in enumerate(modalities):
+        key = f"test.unimodal.{m}.accuracy"
+        xs = [i + (j - (len(modalities) - 1) / 2) * width for i, s in enumerate(rows) if key in s.mean]
+        ax.bar(xs, [100 * s.mean[key] for s in rows if key in s.mean], width,
+               yerr=[100 * s.std[key] for s in rows if key in s.mean], capsize=3, label=f"{m} head",
+               color=COLORS[j % len(COLORS)])
+        alone = next((s for s in rows if s.group["method"] == f"{m}-only" and key in s.mean), None)
+        if alone is not None:  # the same encoder trained alone: the reference line
+            ax.axhline(100 * alone.mean[key], color=COLORS[j % len(COLORS)], ls="--", lw=1,
+                       label=f"{m} encoder trained alone")
+    ax.set_xticks(range(len(rows)), [s.group["method"] for s in rows], rotation=20)
+    ax.set_ylabel("test accuracy of the unimodal head (%)")
+    ax.set_title(f"Unimodal heads vs the encoder trained alone ({fusion})")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -83,9 +83,10 @@ def report(
     out: Path = typer.Option(None, "--out", help="Figures folder [default: RUNS/figures]."),
     fusion: str = typer.Option("late-linear", "--fusion", help="Fusion head of the agreement and ECE figures."),
 ) -> None:
-    """Draw the paper's figures (PNG + SVG): k against r (Fig. 2), accuracy by method and fusion (Fig. 3),
-    agreement groups (Fig. 4), ECE and reliability (Fig. 5), and training curves of k_i and unimodal
-    accuracies for the first seed of each method. Writes FIGURES/report.md linking them."""
+    """Draw the paper's figures (PNG + SVG): k against r (Fig. 2) and, per input path, accuracy by method and
+    fusion (Fig. 3), agreement groups (Fig. 4), ECE and reliability (Fig. 5), the unimodal heads beside the
+    encoders trained alone, and training curves of k_i and unimodal accuracies for the first seed of each
+    method. Writes FIGURES/report.md linking them."""
     from mlb import report as figures
     from mlb.compare import aggregate, load_runs, to_markdown
 
@@ -95,15 +96,19 @@ def report(
         typer.echo(f"mlbpipe report: no finished runs under {runs}: run `mlbpipe compare` first", err=True)
         raise typer.Exit(1)
     summaries = aggregate(all_runs)
-    made = [figures.figure_k_vs_r(out / "fig2_k_vs_r.png"),
-            figures.figure_accuracy(summaries, out / "fig3_accuracy.png"),
-            figures.figure_agreement(all_runs, out / "fig4_agreement.png", fusion),
-            figures.figure_ece(summaries, all_runs, out / "fig5_ece.png", fusion)]
-    firsts = {}
-    for run in all_runs:
-        firsts.setdefault((run["method"], run["fusion"]), run)
-    for (method, fus), run in firsts.items():
-        made.append(figures.figure_training_curves(Path(run["path"]), out / f"curves_{method}_{fus}.png"))
+    made = [figures.figure_k_vs_r(out / "fig2_k_vs_r.png")]
+    for features in sorted({s.group["features"] for s in summaries}):  # one set of figures per input path
+        sub = [s for s in summaries if s.group["features"] == features]
+        sub_runs = [r for r in all_runs if r["features"] == features]
+        made += [figures.figure_accuracy(sub, out / f"fig3_accuracy_{features}.png"),
+                 figures.figure_agreement(sub_runs, out / f"fig4_agreement_{features}.png", fusion),
+                 figures.figure_ece(sub, sub_runs, out / f"fig5_ece_{features}.png", fusion),
+                 figures.figure_heads(sub, out / f"heads_{features}.png", fusion)]
+        firsts = {}
+        for run in sub_runs:  # training curves of the first seed of each (method, fusion)
+            firsts.setdefault((run["method"], run["fusion"]), run)
+        for (method, fus), run in firsts.items():
+            made.append(figures.figure_training_curves(Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png"))
     lines = ["# mlbpipe report", "", to_markdown(summaries), ""]
     lines += [f"![{p.stem}]({p.name})" for p in made]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -70,10 +70,11 @@ def test_report_draws_every_figure(runs_dir):
     result = runner.invoke(app, ["report", "--runs", str(runs)])
     assert result.exit_code == 0, result.output
     figures = runs / "figures"
-    for name in ("fig2_k_vs_r", "fig3_accuracy", "fig4_agreement", "fig5_ece", "curves_mlb_late-linear"):
+    for name in ("fig2_k_vs_r", "fig3_accuracy_raw", "fig4_agreement_raw", "fig5_ece_raw", "heads_raw",
+                 "curves_raw_mlb_late-linear"):
         assert (figures / f"{name}.png").stat().st_size > 10_000, name
         assert (figures / f"{name}.svg").exists()
-    assert "fig3_accuracy.png" in (figures / "report.md").read_text()
+    assert "fig3_accuracy_raw.png" in (figures / "report.md").read_text()
 
 
 def test_compare_rejects_bad_lists(tmp_path):

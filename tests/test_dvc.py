@@ -109,7 +109,7 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     for method in ("joint", "mlb", "video-only"):
         assert f"| raw | {method} | late-linear | 1 |" in table
     assert "| cached | mlb | late-linear | 1 |" in table
-    assert (runs / "figures" / "fig3_accuracy.png").is_file() and (runs / "figures" / "report.md").is_file()
+    assert (runs / "figures" / "fig3_accuracy_cached.png").is_file() and (runs / "figures" / "report.md").is_file()
     meta = (repo / "data" / "shards" / "cached" / "meta.json").read_text()
     assert '"random_init": true' in meta  # the demo's extractors say what they are
 
