@@ -40,10 +40,8 @@ def _set_params(path: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.integration
-def test_dvc_repro_is_incremental(tmp_path):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+def _copy_repo(tmp_path: Path) -> Path:
+    """What `dvc repro` needs of the repository, in a fresh folder (the caller runs `git init`)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("pipeline", "mlb", "manifests"):
@@ -51,6 +49,14 @@ def test_dvc_repro_is_incremental(tmp_path):
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    return repo
+
+
+@pytest.mark.integration
+def test_dvc_repro_is_incremental(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = _copy_repo(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _set_params(repo / "params.yaml", TINY)
 
@@ -86,13 +92,7 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     """synth -> ... -> train (both paths) -> compare -> report; then `dvc exp run -S mlb.raw.alpha=...`."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("pipeline", "mlb", "manifests"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    repo = _copy_repo(tmp_path)
     _set_params(repo / "params.yaml", TINY_ALL)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

@@ -136,6 +136,16 @@ def unimodal_losses(out, label: torch.Tensor) -> dict[str, torch.Tensor]:
     return {m: F.cross_entropy(logits, label) for m, logits in out.unimodal.items()}
 
 
+def fused_loss_with_probes(model, out, label: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of the methods without unimodal losses: CE(fused) plus each unimodal head trained as a
+    probe (`probe_loss`). Returns (total, terms); terms["loss"] is the fused CE alone (what the method
+    optimises), with `loss_fused` and `loss_<m>` beside it."""
+    loss_fused = F.cross_entropy(out.fused, label)
+    probes = probe_loss(model, out, label)
+    total = loss_fused + sum(probes.values())
+    return total, {"loss": loss_fused, "loss_fused": loss_fused} | {f"loss_{m}": v for m, v in probes.items()}
+
+
 def probe_loss(model, out, label: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cross-entropy of each unimodal head on *detached* features: `{modality: scalar}`.
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from mlb.balancing.base import Balancer, probe_loss
+from mlb.balancing.base import Balancer, fused_loss_with_probes
 
 
 class Joint(Balancer):
@@ -23,12 +21,7 @@ class Joint(Balancer):
         self.probe_unimodal = bool(probe_unimodal)
 
     def loss(self, model, batch, out):
-        label = batch["label"]
-        loss_fused = F.cross_entropy(out.fused, label)
-        terms = {"loss_fused": loss_fused}
-        total = loss_fused
-        if self.probe_unimodal:
-            probes = probe_loss(model, out, label)
-            total = total + sum(probes.values())
-            terms |= {f"loss_{m}": v for m, v in probes.items()}
-        return total, self.log_values({"loss": loss_fused, **terms})
+        if not self.probe_unimodal:
+            return super().loss(model, batch, out)  # fused cross-entropy only
+        total, terms = fused_loss_with_probes(model, out, batch["label"])
+        return total, self.log_values(terms)

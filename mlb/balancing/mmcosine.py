@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, probe_loss
+from mlb.balancing.base import Balancer, fused_loss_with_probes
 from mlb.models.fusion import CosineClassifier
 
 
@@ -84,9 +84,5 @@ class MMCosine(Balancer):
         if not self._checked:  # once: the model is fixed for the run
             self.check_scale(model)
             self._checked = True
-        label = batch["label"]
-        loss_fused = F.cross_entropy(out.fused, label)
-        probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
-        total = loss_fused + sum(probes.values())
-        return total, self.log_values({"loss": loss_fused, "loss_fused": loss_fused}
-                                     | {f"loss_{m}": v for m, v in probes.items()})
+        total, terms = fused_loss_with_probes(model, out, batch["label"])
+        return total, self.log_values(terms)

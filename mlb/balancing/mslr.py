@@ -32,9 +32,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, probe_loss
+from mlb.balancing.base import Balancer, fused_loss_with_probes
 
 DEFAULT_INIT = {"audio": 0.7, "video": 1.3}
 
@@ -105,12 +104,8 @@ class MSLR(Balancer):
 
     def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
         self.modalities = tuple(model.modalities)
-        label = batch["label"]
-        loss_fused = F.cross_entropy(out.fused, label)
-        probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
-        total = loss_fused + sum(probes.values())
-        return total, self.log_values({"loss": loss_fused, "loss_fused": loss_fused}
-                                     | {f"loss_{m}": v for m, v in probes.items()})
+        total, terms = fused_loss_with_probes(model, out, batch["label"])
+        return total, self.log_values(terms)
 
     def before_step(self, model, batch: dict, out) -> dict[str, float]:
         logs = {}

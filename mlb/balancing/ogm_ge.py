@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, probe_loss
+from mlb.balancing.base import Balancer, fused_loss_with_probes
 
 SCORE_EPS = 1e-12  # floor for a batch score so ρ = score_v / score_a stays finite
 
@@ -125,12 +125,8 @@ class OGMGE(Balancer):
         return self.start_epoch <= self.epoch <= self.end_epoch
 
     def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
-        label = batch["label"]
-        loss_fused = F.cross_entropy(out.fused, label)
-        probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
-        total = loss_fused + sum(probes.values())
-        return total, self.log_values({"loss": loss_fused, "loss_fused": loss_fused}
-                                     | {f"loss_{m}": v for m, v in probes.items()})
+        total, terms = fused_loss_with_probes(model, out, batch["label"])
+        return total, self.log_values(terms)
 
     def before_step(self, model, batch: dict, out) -> dict[str, float]:
         a, v = model.modalities
