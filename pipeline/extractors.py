@@ -135,7 +135,7 @@ def _imagenet_state_dict_effnet_b2() -> dict:
         raise WeightsUnavailableError(
             f"effb2.weights='imagenet': cannot download the EfficientNet-B2 ImageNet weights ({err}). "
             f"On a machine with network, download {EFFNET_B2_IMAGENET_URL} and either put it at {cached} "
-            "or pass its path as effb2.weights (params.yaml: features.effb2.weights, CLI: --effb2-weights). "
+            "or pass its path as effb2.weights (params.yaml: features.effb2_weights, CLI: --effb2-weights). "
             "For a demo without real weights use effb2.weights=random (features are then meaningless and "
             "labelled random_init in the shard metadata)."
         ) from err
@@ -338,7 +338,7 @@ def _load_wav2vec2_model(config: Wav2Vec2Config):
             f"w2v2.model={config.model!r}: cannot load it ({'HF_HUB_OFFLINE is set; ' if offline else ''}{err}). "
             f"On a machine with network run `huggingface-cli download {config.model} --local-dir DIR` (or "
             "load it once so it lands in the Hugging Face cache), then pass DIR as w2v2.model "
-            "(params.yaml: features.w2v2.model, CLI: --w2v2-model). For a demo without real weights use "
+            "(params.yaml: features.w2v2_model, CLI: --w2v2-model). For a demo without real weights use "
             "w2v2.model=random-tiny (features are then meaningless and labelled random_init in the shard "
             "metadata)."
         ) from err

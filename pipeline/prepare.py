@@ -203,7 +203,11 @@ def cli(
         if "features" in selected:  # cached path: missing weights fail now, not after hours of faces
             from pipeline.stages.features import extractors_for
 
-            extractors_for(config.features)
+            try:
+                extractors_for(config.features)
+            except ValueError as err:
+                raise ValueError(f"{err}\nTo prepare only the ResNet path, add "
+                                 "--stages index,frames,spectrograms,shards_raw.") from err
         prepare(run, selected)
     except (CorpusError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
