@@ -132,11 +132,11 @@ def to_metrics(summaries: list[GroupSummary]) -> str:
 def write_tables(summaries: list[GroupSummary], out_dir: Path) -> dict[str, Path]:
     """Write compare.md, .csv, .json and compare_metrics.json into `out_dir`; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    texts = {"md": ("compare.md", to_markdown(summaries)), "csv": ("compare.csv", to_csv(summaries)),
+             "json": ("compare.json", to_json(summaries)), "metrics": ("compare_metrics.json", to_metrics(summaries))}
     paths = {}
-    for name, text in (("md", to_markdown(summaries)), ("csv", to_csv(summaries)), ("json", to_json(summaries)),
-                       ("metrics", to_metrics(summaries))):
-        ext = "json" if name == "metrics" else name
-        path = out_dir / (f"compare_metrics.{ext}" if name == "metrics" else f"compare.{ext}")
+    for name, (filename, text) in texts.items():
+        path = out_dir / filename
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)

@@ -20,8 +20,9 @@ from mlb.balancing.agm import (
     clip_if_fusion_grad_large_,
     running_mean,
 )
+from mlb.balancing.grads import branch_grad_slices
 from mlb.balancing.mmcosine import MMCosine, cosine_logits
-from mlb.balancing.mslr import MSLR, branch_grad_slices, mslr_ratio
+from mlb.balancing.mslr import MSLR, mslr_ratio
 from mlb.balancing.ogm_ge import OGM, OGMGE, modulate_gradients_, ogm_coefficients, ogm_scores
 from mlb.balancing.pmr import (
     PMR,

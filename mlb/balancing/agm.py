@@ -22,7 +22,7 @@ Late-Linear head with gradient-carrying masked passes, the video terms of ∂out
 (½W_v − ½W_v), so that hook scales the audio side only: it is the same as multiplying the gradients
 of the audio encoder and of its slice of the fusion layer by coeff_a (up to the small gradients of
 the masked passes themselves). We implement that equivalent form for every fusion head: after
-`backward()`, the gradients of `mslr.branch_grad_slices(model, m)` (encoder + its fusion slice) are
+`backward()`, the gradients of `grads.branch_grad_slices(model, m)` (encoder + its fusion slice) are
 multiplied by coeff_m. The masked passes then need no gradient (`torch.no_grad`), which is cheaper;
 they still cost two extra forward passes per step (see bench/). (Running the masked passes under
 no_grad *and* keeping the output hooks, as some re-implementations do, would scale every parameter by
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from mlb.balancing.base import Balancer, floats_for_log, probe_loss
-from mlb.balancing.mslr import branch_grad_slices, scale_gradients_
+from mlb.balancing.grads import branch_grad_slices, scale_grad_slices
 from mlb.models.model import zero_modality
 
 PROB_FLOOR = 1e-8  # the authors' clamp of softmax(out)[y] before the log
@@ -192,7 +192,7 @@ class AGM(Balancer):
         a, v = model.modalities
         for m, k in zip((a, v), self._coeffs):
             if k != 1.0:
-                scale_gradients_(branch_grad_slices(model, m), k)
+                scale_grad_slices(branch_grad_slices(model, m), k)
         self._coeffs = None
         clipped = self.clip and self.active and clip_if_fusion_grad_large_(model)
         return {"agm_clipped": float(clipped)}

@@ -12,13 +12,13 @@ import torch
 from mlb.balancing.base import unwrap
 
 
-def scale_modality_grads(model, m: str, k: torch.Tensor | float) -> None:
-    """Multiply the gradient of every parameter (or parameter slice) of modality m by k.
+def scale_grad_slices(grad_slices, k: torch.Tensor | float) -> None:
+    """Multiply the gradient of every `(parameter, index)` (or its `index` part) by k, in place.
 
     k may be a 0-d tensor on the gradients' device: no host-device sync is needed.
     """
     whole, parts = [], []
-    for p, index in unwrap(model).modality_grad_slices(m):
+    for p, index in grad_slices:
         if p.grad is None:
             continue
         if index is None:
@@ -33,6 +33,19 @@ def scale_modality_grads(model, m: str, k: torch.Tensor | float) -> None:
             torch._foreach_mul_(whole, float(k))
     for g in parts:
         g.mul_(k)
+
+
+def scale_modality_grads(model, m: str, k: torch.Tensor | float) -> None:
+    """Multiply the gradient of every parameter (or parameter slice) of modality m by k."""
+    scale_grad_slices(unwrap(model).modality_grad_slices(m), k)
+
+
+def branch_grad_slices(model, m: str) -> list:
+    """Modality m's encoder and its slice of the fusion layer: `modality_grad_slices(m)` without the
+    unimodal head (a detached probe under the baselines that have no unimodal loss)."""
+    model = unwrap(model)
+    head = {id(p) for p in model.unimodal_heads[m].parameters()}
+    return [(p, idx) for p, idx in model.modality_grad_slices(m) if id(p) not in head]
 
 
 def scale_grads(model, coefficients: dict[str, torch.Tensor | float]) -> None:

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlb.balancing.base import Balancer, fused_loss_with_probes
+from mlb.balancing.grads import branch_grad_slices, scale_grad_slices
 
 DEFAULT_INIT = {"audio": 0.7, "video": 1.3}
 
@@ -48,24 +49,6 @@ def mslr_ratio(history: list[float], now: float, window: int) -> float:
         return 1.0
     past = sum(history[-window:]) / window
     return float(now) / past if past > 0 else 1.0
-
-
-def branch_grad_slices(model, m: str) -> list[tuple[torch.nn.Parameter, tuple[slice, ...] | None]]:
-    """Modality m's encoder and its slice of the fusion layer: `model.modality_grad_slices(m)` without
-    the unimodal head (a detached probe under the baselines)."""
-    head = {id(p) for p in model.unimodal_heads[m].parameters()}
-    return [(p, idx) for p, idx in model.modality_grad_slices(m) if id(p) not in head]
-
-
-def scale_gradients_(grad_slices, coeff: torch.Tensor | float) -> None:
-    """In place: multiply each `(parameter, index)`'s gradient (or its `index` part) by `coeff`."""
-    for p, idx in grad_slices:
-        if p.grad is None:
-            continue
-        if idx is None:
-            p.grad.mul_(coeff)
-        else:
-            p.grad[idx] *= coeff  # a view of the modality's part of a shared tensor
 
 
 # ---- the method --------------------------------------------------------------------------------------
@@ -111,7 +94,7 @@ class MSLR(Balancer):
         logs = {}
         for m in model.modalities:
             k = self.coefficient(m)
-            scale_gradients_(branch_grad_slices(model, m), k)
+            scale_grad_slices(branch_grad_slices(model, m), k)
             logs[f"k_{m}"] = k
             logs[f"r_{m}"] = self.ratio.get(m, 1.0)
         return logs
