@@ -1,6 +1,6 @@
 """Benchmark: prepare the same N synthetic CREMA-D clips three ways; print clips/s and peak memory.
 
-    .venv/bin/python bench/bench_prepare.py --clips 40 160 [--work /tmp/mlbpipe-bench] [--size 480x360]
+    .venv/bin/python bench/bench_prepare.py --clips 160 640 [--repeat 5] [--work /tmp/mlbpipe-bench]
 
 (a) ours: `mlbpipe prepare cremad` (index + validate, frames, spectrograms, shards) with 1 and 2 workers;
 (b) baseline, the way public research code does it: one clip after another, OpenCV reads every frame and
@@ -11,9 +11,11 @@
 Goals (issue 3): (a, 2 workers) >= 3x (b); (a, 1 worker) within 1.5x of (c); peak memory flat in N
 (4x the clips, <= 1.2x the memory).
 
-Each measurement runs in a fresh process, best of --repeat runs; the clock starts after the libraries
-are imported (import time, ~2 s for torch in ours, is printed apart); peak memory is the largest resident
-set of that process or of any worker it started (ru_maxrss; torch alone is ~700 MiB of it). Ours also
+Each measurement runs in a fresh process; --repeat rounds each run every way once, in turn, and the
+figures are medians, the ratios medians of within-round ratios (the machine is shared: noise hits a
+whole round alike). The clock starts after the libraries
+are imported (import time is printed apart); peak memory is the largest resident
+set of that process or of any worker it started (ru_maxrss). Ours also
 validates every clip (index), which the others do not. The corpus is generated once (480x360 at 30 fps,
 as the real one) and cached under --work.
 """
@@ -25,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -94,7 +97,7 @@ def run_decode_only(root: Path) -> None:
 
 
 STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported apart as start-up
-    "ours": ("torch", "torchaudio", "av", "h5py", "soundfile", "tqdm", "pipeline.prepare"),
+    "ours": ("av", "h5py", "soundfile", "soxr", "scipy.fft", "tqdm", "pipeline.prepare"),
     "baseline": ("cv2", "numpy", "soundfile"),
     "decode-only": ("av", "soundfile"),
 }
@@ -117,7 +120,8 @@ def _run(method: str, root: Path, out: Path) -> None:
     seconds = time.perf_counter() - start
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print(json.dumps({"seconds": seconds, "startup": start - begin, "peak_mib": peak_kib / 1024}))
+    print(json.dumps({"seconds": seconds, "startup": start - begin, "peak_mib": peak_kib / 1024,
+                      "torch_imported": "torch" in sys.modules}))
 
 
 # --- the driver -------------------------------------------------------------------------------------------
@@ -136,51 +140,63 @@ def make_corpus(work: Path, clips: int, size: str) -> Path:
     return root
 
 
-def measure(method: str, root: Path, out: Path, repeat: int) -> dict:
-    """Best (least) time of `repeat` fresh runs, and the largest peak memory seen: on a shared machine
-    the fastest run is the one least disturbed by other work."""
-    runs = []
+def run_once(method: str, root: Path, out: Path) -> dict:
+    """One fresh process preparing the corpus one way: {seconds, startup, peak_mib}."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    result = subprocess.run([sys.executable, __file__, "_run", method, str(root), str(out)], cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{method} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(methods: list[str], root: Path, work: Path, n: int, repeat: int) -> tuple[dict, list[dict]]:
+    """`repeat` rounds, each running every method once in turn, so that a slow spell of the shared machine
+    hits all of them alike. Returns the median per method and the rounds themselves (for ratios)."""
+    rounds = []
     for _ in range(repeat):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        result = subprocess.run([sys.executable, __file__, "_run", method, str(root), str(out)], cwd=REPO,
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise SystemExit(f"{method} failed:\n{result.stderr[-3000:]}")
-        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    return {"seconds": min(r["seconds"] for r in runs), "startup": min(r["startup"] for r in runs),
-            "peak_mib": max(r["peak_mib"] for r in runs)}
+        rounds.append({m: run_once(m, root, work / f"out-{n}-{m}") for m in methods})
+    medians = {}
+    for m in methods:
+        medians[m] = {key: statistics.median(r[m][key] for r in rounds) for key in ("seconds", "startup")}
+        medians[m]["peak_mib"] = max(r[m]["peak_mib"] for r in rounds)
+        medians[m]["clips_per_s"] = n / medians[m]["seconds"]
+    return medians, rounds
+
+
+def ratio(rounds: list[dict], top: str, bottom: str) -> str:
+    """Median (and range) over rounds of seconds[top] / seconds[bottom], each ratio within one round."""
+    values = sorted(r[top]["seconds"] / r[bottom]["seconds"] for r in rounds)
+    return f"{statistics.median(values):.2f}x (rounds: {values[0]:.2f}-{values[-1]:.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, nargs="+", default=[40, 160])
+    parser.add_argument("--clips", type=int, nargs="+", default=[160, 640])
     parser.add_argument("--work", type=Path, default=Path("/tmp/mlbpipe-bench"))
     parser.add_argument("--size", default="480x360", help="video size of the synthetic corpus")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the fastest counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds (each runs every method once)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.1f}", flush=True)
 
     results: dict[int, dict[str, dict]] = {}
     for n in args.clips:
         root = make_corpus(args.work, n, args.size)
-        results[n] = {}
-        for method in args.methods:
-            r = measure(method, root, args.work / f"out-{n}-{method}", args.repeat)
-            r["clips_per_s"] = n / r["seconds"]
-            results[n][method] = r
+        results[n], rounds = measure(args.methods, root, args.work, n, args.repeat)
+        for method, r in results[n].items():
             print(f"N={n:4d} {method:12s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
-                  f"peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)", flush=True)
-
-    print("\nratios")
-    for n, r in results.items():
-        if {"ours-2", "baseline"} <= r.keys():
-            print(f"N={n}: ours (2 workers) / baseline speed = {r['ours-2']['clips_per_s'] / r['baseline']['clips_per_s']:.2f}x"
-                  "  (goal >= 3)")
-        if {"ours-1", "decode-only"} <= r.keys():
-            print(f"N={n}: ours (1 worker) time / decode-only time = {r['ours-1']['seconds'] / r['decode-only']['seconds']:.2f}x"
+                  f"peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  [median of {args.repeat}]",
+                  flush=True)
+        if {"ours-2", "baseline"} <= set(args.methods):
+            print(f"N={n}: baseline time / ours (2 workers) time = {ratio(rounds, 'baseline', 'ours-2')}  (goal >= 3)")
+        if {"ours-1", "decode-only"} <= set(args.methods):
+            print(f"N={n}: ours (1 worker) time / decode-only time = {ratio(rounds, 'ours-1', 'decode-only')}"
                   "  (goal <= 1.5)")
+        if {"ours-1", "ours-2"} <= set(args.methods):
+            print(f"N={n}: ours 1 worker / 2 workers = {ratio(rounds, 'ours-1', 'ours-2')} (the machine's parallel gain)")
+
     if len(results) >= 2:
         small, large = min(results), max(results)
         print(f"marginal cost per clip (N={small} -> N={large}, fixed start-up costs cancel out):")
@@ -194,8 +210,8 @@ def main() -> None:
             print(f"  marginal: ours (1 worker) / decode-only = {marginal['ours-1'] / marginal['decode-only']:.2f}x "
                   "(goal <= 1.5)")
         for method in args.methods:
-            ratio = results[large][method]["peak_mib"] / results[small][method]["peak_mib"]
-            print(f"peak memory {method}: N={large} / N={small} = {ratio:.2f}x  (goal <= 1.2 for ours)")
+            growth = results[large][method]["peak_mib"] / results[small][method]["peak_mib"]
+            print(f"peak memory {method}: N={large} / N={small} = {growth:.2f}x  (goal <= 1.2 for ours)")
     print(f"load average after: {os.getloadavg()[0]:.1f} (above the CPU count, other work shared the cores)")
 
 

@@ -17,15 +17,17 @@ TMP_MARK = ".tmp-"  # temp files are named <name>.tmp-<pid>; a later run deletes
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the same folder; on success fsync it and rename it onto `path`, on error
-    delete it. Readers see either the old file or the complete new one, never a partial file."""
+def atomic_output(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path in the same folder; on success fsync it (unless not `durable`) and rename it
+    onto `path`, on error delete it. Readers see either the old file or the complete new one, never a
+    partial file. The rename alone survives a killed process; the fsync also survives a power cut, which
+    scratch files that a rerun can recompute do not need."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
-        if tmp.is_file():
+        if durable and tmp.is_file():
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)

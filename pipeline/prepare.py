@@ -21,6 +21,7 @@ import typer
 
 from pipeline.corpora.cremad import CorpusError
 from pipeline.extractors import EffNetB2Config, Wav2Vec2Config
+from pipeline.stages import shared_workers
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
 from pipeline.stages.frames import FramesConfig
@@ -149,12 +150,13 @@ def prepare(run: Run, stages: list[str] | None = None) -> None:
     unknown = [s for s in stages or [] if s not in names]
     if unknown:
         raise ValueError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-    for stage in STAGES:
-        if stages is None or stage.name in stages:
-            start = time.perf_counter()
-            stage.run(run)
-            if run.progress:
-                typer.echo(f"[{stage.name}] done in {time.perf_counter() - start:.1f} s", err=True)
+    with shared_workers(run.workers):  # the worker processes start once, for every stage
+        for stage in STAGES:
+            if stages is None or stage.name in stages:
+                start = time.perf_counter()
+                stage.run(run)
+                if run.progress:
+                    typer.echo(f"[{stage.name}] done in {time.perf_counter() - start:.1f} s", err=True)
 
 
 def cli(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -18,7 +21,13 @@ from pipeline.cli import app
 from pipeline.manifest import read_manifest
 from pipeline.shards import atomic_folder, read_shard, write_shards, write_sizes_and_meta
 from pipeline.stages import ClipJob, is_complete, run_per_clip
-from pipeline.stages.spectrograms import SpectrogramConfig, loop_to_length, spectrogram_batch
+from pipeline.stages.spectrograms import (
+    SpectrogramConfig,
+    load_fixed_length,
+    loop_to_length,
+    mel_filterbank,
+    spectrogram_batch,
+)
 
 runner = CliRunner()
 
@@ -120,11 +129,42 @@ def test_log_stft_matches_a_plain_numpy_reference():
 
 
 def test_default_mel_bands_leave_no_empty_filter():
+    config = SpectrogramConfig()
+    fbank = mel_filterbank(config.n_fft // 2 + 1, config.sample_rate, config.n_mels)  # [257, 80]
+    assert (fbank.max(axis=0) > 0).all()
+
+
+def test_mel_filterbank_equals_torchaudios_defaults():
     import torchaudio.functional as AF
 
-    config = SpectrogramConfig()
-    fbank = AF.melscale_fbanks(config.n_fft // 2 + 1, 0.0, config.sample_rate / 2, config.n_mels, config.sample_rate)
-    assert (fbank.max(dim=0).values > 0).all()
+    for n_mels in (40, 80, 128):
+        reference = AF.melscale_fbanks(257, 0.0, 11025.0, n_mels, 22050).numpy()  # HTK, no norm
+        np.testing.assert_allclose(mel_filterbank(257, 22050, n_mels), reference, atol=1e-4)  # torch computes in float32
+
+
+def test_log_mel_matches_a_torch_reference():
+    import torch
+    import torchaudio.functional as AF
+
+    config = vars(SpectrogramConfig())
+    wave = np.random.default_rng(2).uniform(-1, 1, (2, 66150)).astype(np.float32)
+    stft = torch.stft(torch.from_numpy(wave), 512, 353, window=torch.hann_window(512), center=True,
+                      pad_mode="constant", return_complex=True)  # [2, 257, 188]
+    fbank = AF.melscale_fbanks(257, 0.0, 11025.0, 80, 22050)  # [257, 80]
+    reference = torch.log(torch.einsum("bft,fm->bmt", stft.abs() ** 2, fbank) + 1e-7).numpy()  # [2, 80, 188]
+    np.testing.assert_allclose(spectrogram_batch(wave, config), reference, atol=1e-3)
+
+
+def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
+    import soundfile as sf
+
+    t = np.arange(16000 * 2) / 16000
+    sf.write(tmp_path / "tone.wav", (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 16000, subtype="PCM_16")
+    wave = load_fixed_length(str(tmp_path / "tone.wav"), vars(SpectrogramConfig()))  # [66150] at 22.05 kHz
+    assert wave.shape == (66150,) and wave.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(wave[:22050]))  # 1 s: 1 Hz per bin
+    assert abs(int(spectrum.argmax()) - 1000) <= 1
+    assert 0.45 < np.abs(wave).max() < 0.55  # level kept
 
 
 def test_config_errors_name_the_key():
@@ -204,6 +244,41 @@ def test_per_clip_output_does_not_depend_on_workers(tmp_path):
     run_per_clip("toy", jobs, _toy_compute, {"scale": 1}, tmp_path / "one.h5", progress=False)
     run_per_clip("toy", jobs, _toy_compute, {"scale": 1}, tmp_path / "two.h5", workers=2, progress=False)
     assert (tmp_path / "one.h5").read_bytes() == (tmp_path / "two.h5").read_bytes()
+
+
+def test_stages_inside_shared_workers_use_one_pool():
+    from pipeline import stages
+
+    with stages.shared_workers(2):
+        with stages.worker_pool(2) as first, stages.worker_pool(2) as second:
+            assert first is second  # started once for every stage of a prepare run
+            assert first.submit(os.getpid).result() != os.getpid()
+        with stages.worker_pool(3) as other:
+            assert other is not first  # another size gets its own pool
+    assert stages._shared_pool is None  # closed on leaving the block
+
+
+def test_the_resnet_path_never_imports_torch(synth_corpus, tmp_path):
+    """torch costs ~1.5 s and ~700 MiB per process: the ResNet-path stages, and so their workers, do
+    without it."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.prepare import PrepareConfig, Run, prepare\n"
+        "from pipeline.stages.index import IndexConfig\n"
+        "from pipeline.stages import shared_workers, worker_pool\n"
+        f"run = Run(Path({str(synth_corpus)!r}), Path({str(tmp_path)!r}), "
+        "PrepareConfig(index=IndexConfig(protocol='speaker-random')), workers=2, progress=False)\n"
+        "with shared_workers(2):\n"
+        "    prepare(run, ['index', 'frames', 'spectrograms', 'shards_raw'])\n"
+        "    with worker_pool(2) as pool:\n"
+        "        in_workers = [pool.submit(eval, \"'torch' in __import__('sys').modules\").result() for _ in range(4)]\n"
+        "assert 'torch' not in sys.modules, 'the main process imported torch'\n"
+        "assert not any(in_workers), 'a worker imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "shards" / "raw" / "sizes.json").is_file()
 
 
 # --- end to end on the synthetic corpus with defects -------------------------------------------------------

@@ -18,12 +18,14 @@ attributes `stage`, `config` (JSON), `fingerprint`, `complete`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +77,11 @@ def is_complete(path: str | Path, fingerprint: str | None = None) -> bool:
         return False
 
 
-# Modules the worker processes need, imported once by the fork server so that each worker starts warm.
-WORKER_PRELOAD = ["numpy", "h5py", "av", "soundfile", "torch", "torchaudio", "pipeline.stages", "pipeline.media"]
+# Imported once by the fork server, so that each worker it forks starts warm. torch is left out on
+# purpose (~1.5 s and ~700 MiB): the ResNet-path stages do not use it, and a stage that does (faces,
+# features) imports it where it needs it (tests/test_prepare.py checks that no worker imports it).
+WORKER_PRELOAD = ["numpy", "h5py", "av", "soundfile", "soxr", "scipy.fft", "pipeline.stages",
+                  "pipeline.media"]
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
@@ -86,6 +91,38 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+
+
+_shared_pool: ProcessPoolExecutor | None = None
+_shared_size = 0
+
+
+@contextlib.contextmanager
+def shared_workers(workers: int) -> Iterator[None]:
+    """Inside this block every stage run with the same `workers` (> 1) uses one pool, started here, in
+    the background, while the caller goes on: `prepare` starts its workers once, not once per stage."""
+    global _shared_pool, _shared_size
+    if workers <= 1 or _shared_pool is not None:
+        yield
+        return
+    _shared_pool, _shared_size = process_pool(workers), workers
+    for _ in range(workers):
+        _shared_pool.submit(int)  # a no-op per worker: the processes start now, not at the first stage
+    try:
+        yield
+    finally:
+        pool, _shared_pool = _shared_pool, None
+        pool.shutdown(cancel_futures=True)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """The shared pool when one of this size is open (see shared_workers), else a new one for this block."""
+    if _shared_pool is not None and _shared_size == workers:
+        yield _shared_pool
+        return
+    with process_pool(workers) as pool:
+        yield pool
 
 
 def _die_with_parent() -> None:
@@ -106,18 +143,15 @@ def _init_worker() -> None:
     _die_with_parent()
     # Each worker is one process on one core: keep the math libraries single-threaded.
     os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:  # never import it just for this (see WORKER_PRELOAD)
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _write_part(path: Path, stage: str, batch_fingerprint: str, results: dict) -> None:
     import h5py
 
-    with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+    # a part is scratch: a part lost to a power cut fails is_part_done and is recomputed, so no fsync
+    with atomic_output(path, durable=False) as tmp, h5py.File(tmp, "w", track_order=True) as f:
         f.attrs["stage"] = stage
         f.attrs["fingerprint"] = batch_fingerprint
         errors = f.create_group("errors")
@@ -172,30 +206,50 @@ def run_per_clip(
     remove_stale_temps(parts_dir)
 
     batches = [jobs[i : i + BATCH_SIZE] for i in range(0, len(jobs), BATCH_SIZE)]
-    todo = []
-    parts = []
+    parts = [parts_dir / f"batch-{index:06d}.h5" for index in range(len(batches))]
+    done = [False] * len(batches)
+    todo = []  # (index, batch, part file, batch fingerprint)
     for index, batch in enumerate(batches):
         bfp = _digest([fingerprint, [job.fingerprint() for job in batch]])
-        part = parts_dir / f"batch-{index:06d}.h5"
-        parts.append(part)
-        if not is_part_done(part, bfp):
-            todo.append((batch, part, bfp))
+        done[index] = is_part_done(parts[index], bfp)
+        if not done[index]:
+            todo.append((index, batch, parts[index], bfp))
 
-    bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(b) for b, _, _ in todo), desc=stage, unit="clip",
+    # The output is written under a temp name while the parts are computed: each finished part is
+    # appended as soon as every part before it is in (id order), so the main process merges while the
+    # workers compute. `complete` is set last: a file without it is never trusted.
+    errors: dict[str, str] = {}
+    merged = 0
+    bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(t[1]) for t in todo), desc=stage, unit="clip",
                disable=not progress, dynamic_ncols=True)
-    with bar:
-        if workers == 1 or len(todo) <= 1:
-            for batch, part, bfp in todo:
-                bar.update(_run_batch(compute, stage, config, batch, part, bfp))
-        else:
-            with process_pool(workers) as pool:
-                pending = {pool.submit(_run_batch, compute, stage, config, b, p, f) for b, p, f in todo}
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        bar.update(future.result())
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w", track_order=True) as out, bar:
+        out.attrs["stage"] = stage
+        out.attrs["config"] = json.dumps(config, sort_keys=True)
+        out.attrs["fingerprint"] = fingerprint
+        out.create_group("errors")
 
-    errors = _merge_parts(parts, out_path, stage, config, fingerprint)
+        def merge_ready() -> None:
+            nonlocal merged
+            while merged < len(parts) and done[merged]:
+                _append_part(out, parts[merged], errors)
+                merged += 1
+
+        merge_ready()
+        if workers == 1 or len(todo) <= 1:
+            for index, batch, part, bfp in todo:
+                bar.update(_run_batch(compute, stage, config, batch, part, bfp))
+                done[index] = True
+                merge_ready()
+        else:
+            with worker_pool(workers) as pool:
+                pending = {pool.submit(_run_batch, compute, stage, config, b, p, f): i for i, b, p, f in todo}
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        bar.update(future.result())
+                        done[pending.pop(future)] = True
+                    merge_ready()
+        out.attrs["complete"] = True
     shutil.rmtree(parts_dir, ignore_errors=True)
     return errors
 
@@ -212,29 +266,20 @@ def is_part_done(part: Path, batch_fingerprint: str) -> bool:
         return False
 
 
-def _merge_parts(parts: list[Path], out_path: Path, stage: str, config: dict, fingerprint: str) -> dict[str, str]:
-    """Copy every part, in id order, into one HDF5 file written under a temp name and renamed."""
+def _append_part(out, part: Path, errors: dict[str, str]) -> None:
+    """Copy one part's datasets and errors into the open output file `out` (h5py.File)."""
     import h5py
 
-    errors: dict[str, str] = {}
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w", track_order=True) as out:
-        out.attrs["stage"] = stage
-        out.attrs["config"] = json.dumps(config, sort_keys=True)
-        out.attrs["fingerprint"] = fingerprint
-        out_errors = out.create_group("errors")
-        for part in parts:
-            with h5py.File(part, "r") as f:
-                for clip_id, message in f["errors"].attrs.items():
-                    out_errors.attrs[clip_id] = message
-                    errors[clip_id] = str(message)
-                for name in f:
-                    if name == "errors":
-                        continue
-                    group = out.require_group(name)
-                    for clip_id, dataset in f[name].items():
-                        group.create_dataset(clip_id, data=dataset[()], track_times=False)
-        out.attrs["complete"] = True  # set last: a file without it is never trusted
-    return errors
+    with h5py.File(part, "r") as f:
+        for clip_id, message in f["errors"].attrs.items():
+            out["errors"].attrs[clip_id] = message
+            errors[clip_id] = str(message)
+        for name in f:
+            if name == "errors":
+                continue
+            group = out.require_group(name)
+            for clip_id in f[name]:
+                f.copy(f[name][clip_id], group, name=clip_id)  # HDF5's own copy: no round trip through numpy
 
 
 def read_stage_config(path: str | Path) -> dict:

@@ -28,7 +28,7 @@ from pipeline.manifest import (
     write_manifest,
 )
 from pipeline.splits import PROTOCOLS, assign_splits, check_speaker_disjoint, speaker_random_split
-from pipeline.stages import process_pool
+from pipeline.stages import worker_pool
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def run_index(
     validate = partial(_validate, str(root), known_bad, validation)
     bar = partial(tqdm, total=len(scan.clips), desc="index", unit="clip", disable=not progress, dynamic_ncols=True)
     if workers > 1:
-        with process_pool(workers) as pool:
+        with worker_pool(workers) as pool:
             records = list(bar(pool.map(validate, scan.clips, chunksize=16)))
     else:
         records = [validate(clip) for clip in bar(scan.clips)]
