@@ -279,7 +279,7 @@ def _append_part(out, part: Path, errors: dict[str, str]) -> None:
                 continue
             group = out.require_group(name)
             for clip_id in f[name]:
-                f.copy(f[name][clip_id], group, name=clip_id)  # HDF5's own copy: no round trip through numpy
+                f.copy(f"{name}/{clip_id}", group, name=clip_id)  # HDF5's own copy: no round trip through numpy
 
 
 def read_stage_config(path: str | Path) -> dict:

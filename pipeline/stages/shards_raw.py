@@ -34,19 +34,20 @@ class ShardsConfig:
 
 def _samples(records: list[dict], frames_file, spec_file, skipped: dict[str, str]) -> Iterator[tuple[str, dict]]:
     """(key, fields) in id order; a clip missing from an intermediate is skipped and noted."""
+    errors = {**dict(spec_file["errors"].attrs), **dict(frames_file["errors"].attrs)}  # read once, not per clip
+    frames, specs = frames_file.get("frames", {}), spec_file.get("spec", {})
     for r in records:
         clip_id = r["id"]
-        if clip_id in frames_file["errors"].attrs or clip_id in spec_file["errors"].attrs:
-            errors = frames_file["errors"].attrs.get(clip_id) or spec_file["errors"].attrs.get(clip_id)
-            skipped[clip_id] = str(errors)
+        if clip_id in errors:
+            skipped[clip_id] = str(errors[clip_id])
             continue
-        if clip_id not in frames_file.get("frames", {}) or clip_id not in spec_file.get("spec", {}):
+        if clip_id not in frames or clip_id not in specs:
             skipped[clip_id] = "missing from an intermediate: rerun the frames and spectrograms stages"
             continue
         meta = {"id": clip_id, "label": r["label"], "label_name": r["label_name"], "actor": r["actor"],
                 "split": r["split"], "corpus": r["corpus"]}
-        yield clip_id, {"spec.npy": spec_file["spec"][clip_id][()],  # float32 [F, T]
-                        "frames.npy": frames_file["frames"][clip_id][()],  # uint8 [3, H, W, 3]
+        yield clip_id, {"spec.npy": specs[clip_id][()],  # float32 [F, T]
+                        "frames.npy": frames[clip_id][()],  # uint8 [3, H, W, 3]
                         "json": meta}
 
 
