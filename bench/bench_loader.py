@@ -16,7 +16,7 @@ Two cache states, because they decide the result:
     .venv/bin/python bench/bench_loader.py --clips 3000 --workers 4 --device cuda --train-step
 
 `--device cuda` also moves every batch to the GPU (pinned memory) and synchronises, so the figure is
-samples/s delivered to the GPU; `--train-step` adds a training step of the paper-size Conformer model
+samples/s delivered to the GPU, and samples the GPU's utilisation with nvidia-smi during each epoch; `--train-step` adds a training step of the paper-size Conformer model
 with MLB on each batch, to see whether the loader keeps the GPU busy.
 """
 
@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -138,6 +139,32 @@ def io_only(data_root: Path, shuffled: bool, seed: int) -> float:
     return time.perf_counter() - start
 
 
+class GpuBusy:
+    """Mean GPU utilisation (%) while the block runs, sampled by `nvidia-smi -lms 100` in the background
+    (the share of time a kernel was running). `percent` is None where nvidia-smi is missing."""
+
+    def __init__(self, device: torch.device):
+        self.index = device.index if device.index is not None else 0
+        self.percent: float | None = None
+
+    def __enter__(self):
+        try:
+            self.process = subprocess.Popen(
+                ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "100"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.process = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.process is None:
+            return
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        samples = [float(line) for line in out.split() if line.strip().replace(".", "", 1).isdigit()]
+        self.percent = sum(samples) / len(samples) if samples else None
+
+
 def time_epoch(batches, device: torch.device, step=None) -> tuple[int, float]:
     start, samples = time.perf_counter(), 0
     for batch in batches:
@@ -214,17 +241,20 @@ def main() -> None:
         results = {}
         for cache in ("cold", "warm"):
             for name, make, data_root in (("shards", shard_batches, shards), ("per-file", per_file_batches, per_file)):
-                best = 0.0
+                best, busy = 0.0, None
                 for repeat in range(args.repeats):
                     if cache == "cold":
                         evict(data_root)
                     else:
                         time_epoch(make(100 + repeat), torch.device("cpu"))  # prime the page cache
-                    samples, seconds = time_epoch(make(repeat), device, step)
+                    with GpuBusy(device) as gpu:
+                        samples, seconds = time_epoch(make(repeat), device, step)
                     assert samples == args.clips, (name, samples)
-                    best = max(best, samples / seconds)
+                    if samples / seconds > best:
+                        best, busy = samples / seconds, gpu.percent
                 results[(cache, name)] = best
-                print(f"  {cache:4s} {name:8s}: {best:8.1f} samples/s")
+                gpu_note = f"  GPU busy {busy:.0f}% of the epoch" if device.type == "cuda" and busy is not None else ""
+                print(f"  {cache:4s} {name:8s}: {best:8.1f} samples/s{gpu_note}")
         for cache in ("cold", "warm"):
             ratio = results[(cache, "shards")] / results[(cache, "per-file")]
             print(f"{cache}: shards / per-file = {ratio:.2f}x (goal >= 5x)")
