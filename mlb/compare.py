@@ -59,6 +59,16 @@ def load_runs(root: Path) -> list[dict]:
     return runs
 
 
+FIRST_METHODS = ("joint", "multi-loss", "mlb")  # tables and figures list these first, the rest by name
+
+
+def _display_order(key: tuple) -> tuple:
+    """(features, method, fusion) in reading order: Joint, Multi-Loss, MLB, then the others by name."""
+    features, method, fusion = key
+    rank = FIRST_METHODS.index(method) if method in FIRST_METHODS else len(FIRST_METHODS)
+    return features, rank, method, fusion
+
+
 def aggregate(runs: list[dict]) -> list[GroupSummary]:
     """Group runs by (features, method, fusion) and average every numeric metric over the group."""
     groups: dict[tuple, list[dict[str, float]]] = {}
@@ -66,7 +76,7 @@ def aggregate(runs: list[dict]) -> list[GroupSummary]:
         key = tuple(str(run[k]) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(flatten({k: run[k] for k in ("validation", "test", "training") if k in run}))
     summaries = []
-    for key in sorted(groups):
+    for key in sorted(groups, key=_display_order):
         flats = groups[key]
         names = sorted(set().union(*flats))
         mean, std = {}, {}

@@ -33,6 +33,14 @@ def test_aggregate_mean_and_sample_std():
     assert "| raw | mlb | late-linear | 2 | 70.0 ± 14.1 |" in table
 
 
+def test_tables_list_joint_multi_loss_and_mlb_first_then_the_baselines_by_name():
+    runs = [_fake_run(m, 0, 0.5) for m in ("pmr", "mlb", "agm", "joint", "multi-loss")]
+    runs.append(_fake_run("joint", 0, 0.5, fusion="mid-mlp"))
+    order = [(s.group["method"], s.group["fusion"]) for s in aggregate(runs)]
+    assert order == [("joint", "late-linear"), ("joint", "mid-mlp"), ("multi-loss", "late-linear"),
+                     ("mlb", "late-linear"), ("agm", "late-linear"), ("pmr", "late-linear")]
+
+
 def test_flatten_keeps_numbers_only():
     assert flatten({"a": {"b": 1, "c": [1, 2], "d": "x", "e": True}, "f": 2.5}) == {"a.b": 1.0, "f": 2.5}
 
