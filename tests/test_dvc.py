@@ -62,7 +62,9 @@ def test_dvc_repro_is_incremental(tmp_path):
 
     # the ResNet path (the cached path's stages have their own tests)
     first = _dvc(repo, "repro", "shards_raw")
-    assert _ran(first) == ["synth", "index", "frames", "spectrograms", "shards_raw"]
+    ran = _ran(first)  # frames and spectrograms are independent: DVC may run them in either order
+    assert ran[:2] == ["synth", "index"] and sorted(ran[2:4]) == ["frames", "spectrograms"], ran
+    assert ran[4:] == ["shards_raw"], ran
     shards = repo / "data" / "shards" / "raw"
     assert (shards / "sizes.json").is_file() and list(shards.glob("train-*.tar"))
     before = {p.name: p.read_bytes() for p in shards.iterdir()}
