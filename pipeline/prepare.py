@@ -21,7 +21,7 @@ import typer
 
 from pipeline.corpora.cremad import CorpusError
 from pipeline.extractors import EffNetB2Config, Wav2Vec2Config
-from pipeline.stages import shared_workers
+from pipeline.stages import report_skipped, shared_workers
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
 from pipeline.stages.frames import FramesConfig
@@ -77,14 +77,14 @@ def _index(run: Run) -> None:
 def _frames(run: Run) -> None:
     from pipeline.stages.frames import run_frames
 
-    _report_errors("frames", run_frames(run.manifest, run.root, run.work("frames"), run.config.frames,
+    report_skipped("frames", run_frames(run.manifest, run.root, run.work("frames"), run.config.frames,
                                         workers=run.workers, progress=run.progress))
 
 
 def _spectrograms(run: Run) -> None:
     from pipeline.stages.spectrograms import run_spectrograms
 
-    _report_errors("spectrograms", run_spectrograms(run.manifest, run.root, run.work("spectrograms"),
+    report_skipped("spectrograms", run_spectrograms(run.manifest, run.root, run.work("spectrograms"),
                                                     run.config.spectrograms, workers=run.workers,
                                                     progress=run.progress))
 
@@ -119,11 +119,6 @@ def _shards_cached(run: Run) -> None:
     print_shard_summary(*run_shards_cached(run.manifest, run.work("features"), run.shards("cached"),
                                            run.config.shards_cached, progress=run.progress))
 # --- end of the cached path --------------------------------------------------------------------------
-
-
-def _report_errors(stage: str, errors: dict[str, str]) -> None:
-    for clip_id, message in sorted(errors.items()):
-        typer.echo(f"{stage}: {clip_id} skipped: {message}", err=True)
 
 
 @dataclass(frozen=True)

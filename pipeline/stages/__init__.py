@@ -282,6 +282,27 @@ def _append_part(out, part: Path, errors: dict[str, str]) -> None:
                 f.copy(f"{name}/{clip_id}", group, name=clip_id)  # HDF5's own copy: no round trip through numpy
 
 
+@contextlib.contextmanager
+def exit_on(*errors: type[BaseException]) -> Iterator[None]:
+    """For the stage CLIs: one of `errors` raised inside (a bad option, a missing input) prints
+    `error: <message>` and exits with code 2 instead of a traceback."""
+    import typer
+
+    try:
+        yield
+    except errors as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+
+
+def report_skipped(stage: str, errors: dict[str, str]) -> None:
+    """Print each clip a stage could not process, with why (stderr)."""
+    import typer
+
+    for clip_id, message in sorted(errors.items()):
+        typer.echo(f"{stage}: {clip_id} skipped: {message}", err=True)
+
+
 def read_stage_config(path: str | Path) -> dict:
     """The config a complete intermediate was made with (raises if it is incomplete)."""
     import h5py

@@ -26,7 +26,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from pipeline.stages import ClipJob, run_per_clip
+from pipeline.stages import ClipJob, exit_on, run_per_clip
 
 NO_FACE = "no-face"
 
@@ -360,13 +360,10 @@ def cli(
 ) -> None:
     """MTCNN face crops of every frame of every kept clip; clips with no face at all are marked
     `usable.cached=false` (reason `no-face`) in the manifest."""
-    try:
+    with exit_on(ValueError):
         config = FacesConfig(fps=fps or None, crop_size=crop_size, margin=margin, min_prob=min_prob,
                              min_face_size=min_face_size, batch_size=batch_size, jpeg_quality=jpeg_quality,
                              device=device)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
     print_faces_summary(run_faces(manifest, root, out, config, workers=workers, update_manifest=update_manifest))
 
 

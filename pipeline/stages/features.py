@@ -31,7 +31,7 @@ from pipeline.extractors import (
     Wav2Vec2Config,
     Wav2Vec2Extractor,
 )
-from pipeline.stages import ClipJob, run_per_clip
+from pipeline.stages import ClipJob, exit_on, run_per_clip
 from pipeline.stages import faces as faces_stage
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -207,16 +207,13 @@ def cli(
     """EfficientNet-B2 on the face crops and Wav2Vec2 (layer 12) on the WAV of every clip usable for the
     cached path. Offline with no weights it stops and says how to supply them; `random` / `random-tiny`
     give seeded random extractors (for demos: labelled random_init in the shard metadata)."""
-    try:
+    with exit_on(ValueError, RuntimeError):  # config errors, WeightsUnavailableError, no faces.h5
         config = FeaturesConfig(
             effb2=EffNetB2Config(weights=effb2_weights, image_size=effb2_image_size, dtype=dtype, seed=seed),
             w2v2=Wav2Vec2Config(model=w2v2_model, layer=w2v2_layer, dtype=dtype, seed=seed),
             audio_batch_size=audio_batch_size, frame_batch_size=frame_batch_size, device=device,
         )
         summary = run_features(manifest, root, faces, out, config, workers=workers)
-    except (ValueError, RuntimeError) as err:  # config errors, WeightsUnavailableError, no faces.h5
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
     print_features_summary(summary)
 
 

@@ -16,7 +16,7 @@ import typer
 
 from pipeline.manifest import read_manifest
 from pipeline.media import MediaError, frames_at_fps, resolve_inside
-from pipeline.stages import ClipJob, run_per_clip
+from pipeline.stages import ClipJob, exit_on, report_skipped, run_per_clip
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,9 @@ def cli(
     workers: int = typer.Option(1, help="Processes decoding in parallel (output does not depend on it)."),
 ) -> None:
     """Decode every kept clip's FLV once and store `count` frames at `fps`, resized to size x size."""
-    try:
+    with exit_on(ValueError):
         config = FramesConfig(fps, count, size)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
-    errors = run_frames(manifest, root, out, config, workers=workers)
-    for clip_id, message in sorted(errors.items()):
-        typer.echo(f"frames: {clip_id} skipped: {message}", err=True)
+    report_skipped("frames", run_frames(manifest, root, out, config, workers=workers))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pipeline.manifest import (
     write_manifest,
 )
 from pipeline.splits import PROTOCOLS, assign_splits, check_speaker_disjoint, speaker_random_split
-from pipeline.stages import worker_pool
+from pipeline.stages import exit_on, worker_pool
 
 
 @dataclass(frozen=True)
@@ -151,12 +151,9 @@ def cli(
     workers: int = typer.Option(1, help="Processes probing clips in parallel."),
 ) -> None:
     """Index and validate a CREMA-D corpus into OUT/manifest.jsonl and print what was kept and rejected."""
-    try:
+    with exit_on(cremad.CorpusError, ValueError):
         config = IndexConfig(protocol, partition, seed, max_duration_mismatch, silence_peak)
         _, summary = run_index(root, out, config, workers=workers)
-    except (cremad.CorpusError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
     print_summary(summary)
 
 

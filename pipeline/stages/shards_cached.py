@@ -21,6 +21,7 @@ import typer
 
 from pipeline.corpora.cremad import EMOTIONS
 from pipeline.splits import SPLITS
+from pipeline.stages import exit_on
 from pipeline.stages import features as features_stage
 
 FEATURE_FIELDS = ("w2v2", "effb2")
@@ -168,11 +169,8 @@ def cli(
 ) -> None:
     """Pack the frozen features into deterministic WebDataset tars per split, with sizes.json, meta.json
     (extractor identities) and stats.json (mean/std per dimension from the train split)."""
-    try:
+    with exit_on(ValueError, RuntimeError):
         sizes, skipped = run_shards_cached(manifest, features, out, ShardsCachedConfig(maxcount))
-    except (ValueError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
     print_shard_summary(sizes, skipped)
 
 

@@ -20,7 +20,7 @@ from pipeline.corpora.cremad import EMOTIONS
 from pipeline.manifest import read_manifest
 from pipeline.shards import atomic_folder, write_shards, write_sizes_and_meta
 from pipeline.splits import SPLITS
-from pipeline.stages import read_stage_config
+from pipeline.stages import exit_on, read_stage_config
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,8 @@ def cli(
     maxcount: int = typer.Option(1000, help="Samples per tar."),
 ) -> None:
     """Pack spectrograms and frames into deterministic WebDataset tars, one set per split."""
-    try:
+    with exit_on(ValueError, RuntimeError):
         sizes, skipped = run_shards_raw(manifest, frames, spectrograms, out, ShardsConfig(maxcount))
-    except (ValueError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
     print_shard_summary(sizes, skipped)
 
 

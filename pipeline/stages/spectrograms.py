@@ -25,7 +25,7 @@ import typer
 
 from pipeline.manifest import read_manifest
 from pipeline.media import read_wav_mono
-from pipeline.stages import ClipJob, run_per_clip
+from pipeline.stages import ClipJob, exit_on, report_skipped, run_per_clip
 from pipeline.stages.frames import clips_to_process
 
 KINDS = ("mel", "stft")
@@ -139,7 +139,7 @@ def compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
     if waves:
         specs = spectrogram_batch(np.stack(waves), config)  # [B, F, T]
         for clip_id, spec in zip(ids, specs, strict=True):
-            results[clip_id] = {"spec": np.ascontiguousarray(spec)}
+            results[clip_id] = {"spec": spec}  # [F, T], a contiguous slice of the batch
     return results
 
 
@@ -164,14 +164,9 @@ def cli(
     workers: int = typer.Option(1, help="Processes in parallel (output does not depend on it)."),
 ) -> None:
     """Compute a fixed-length log spectrogram of every kept clip's WAV."""
-    try:
+    with exit_on(ValueError):
         config = SpectrogramConfig(kind, sample_rate, seconds, n_fft, hop_length, n_mels)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
-    errors = run_spectrograms(manifest, root, out, config, workers=workers)
-    for clip_id, message in sorted(errors.items()):
-        typer.echo(f"spectrograms: {clip_id} skipped: {message}", err=True)
+    report_skipped("spectrograms", run_spectrograms(manifest, root, out, config, workers=workers))
 
 
 if __name__ == "__main__":
