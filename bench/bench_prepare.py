@@ -7,7 +7,10 @@
     keeps one per second as a JPEG file, the WAV is resampled and turned into a log STFT in plain numpy
     and saved as one .npy per clip;
 (c) decode-only through PyAV: every video frame of every FLV decoded (no conversion) and every WAV read:
-    the floor no pipeline can beat on one core.
+    the floor no pipeline can beat on one core;
+(d) ours-1-after-index: ours with 1 worker, the index stage (validation of every file) run before the clock
+    starts: what the frames, spectrograms and shards stages cost by themselves (not a goal; it shows
+    how much of the gap to decode-only is validation).
 Goals (issue 3): (a, 2 workers) >= 3x (b); (a, 1 worker) within 1.5x of (c); peak memory flat in N
 (4x the clips, <= 1.2x the memory).
 
@@ -34,19 +37,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("ours-1", "ours-2", "baseline", "decode-only")
+METHODS = ("ours-1", "ours-2", "baseline", "decode-only", "ours-1-after-index")
 
 
 # --- the three ways (each runs in its own process: `bench_prepare.py _run METHOD ROOT OUT`) --------------
 
 
-def run_ours(root: Path, out: Path, workers: int) -> None:
+RESNET_PATH = ["index", "frames", "spectrograms", "shards_raw"]
+
+
+def run_ours(root: Path, out: Path, workers: int, stages: list[str] = RESNET_PATH) -> None:
     from pipeline.prepare import PrepareConfig, Run, prepare
     from pipeline.stages.index import IndexConfig
 
     config = PrepareConfig(index=IndexConfig(protocol="speaker-random"))
-    prepare(Run(root=root, out=out, config=config, workers=workers, progress=False),
-            ["index", "frames", "spectrograms", "shards_raw"])  # the ResNet path
+    prepare(Run(root=root, out=out, config=config, workers=workers, progress=False), stages)
 
 
 def run_baseline(root: Path, out: Path) -> None:
@@ -97,7 +102,8 @@ def run_decode_only(root: Path) -> None:
 
 
 STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported apart as start-up
-    "ours": ("av", "h5py", "soundfile", "soxr", "scipy.fft", "tqdm", "pipeline.prepare"),
+    "ours": ("av", "h5py", "soundfile", "soxr", "scipy.fft", "tqdm", "pipeline.prepare", "pipeline.stages.index",
+             "pipeline.stages.frames", "pipeline.stages.spectrograms", "pipeline.stages.shards_raw"),
     "baseline": ("cv2", "numpy", "soundfile"),
     "decode-only": ("av", "soundfile"),
 }
@@ -110,8 +116,12 @@ def _run(method: str, root: Path, out: Path) -> None:
     begin = time.perf_counter()
     for module in STARTUP_IMPORTS[method.split("-")[0] if method.startswith("ours") else method]:
         importlib.import_module(module)
+    if method == "ours-1-after-index":
+        run_ours(root, out, 1, ["index"])
     start = time.perf_counter()
-    if method.startswith("ours-"):
+    if method == "ours-1-after-index":
+        run_ours(root, out, 1, RESNET_PATH[1:])
+    elif method.startswith("ours-"):
         run_ours(root, out, int(method.split("-")[1]))
     elif method == "baseline":
         run_baseline(root, out)
@@ -186,7 +196,7 @@ def main() -> None:
         root = make_corpus(args.work, n, args.size)
         results[n], rounds = measure(args.methods, root, args.work, n, args.repeat)
         for method, r in results[n].items():
-            print(f"N={n:4d} {method:12s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
+            print(f"N={n:4d} {method:18s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
                   f"peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  [median of {args.repeat}]",
                   flush=True)
         if {"ours-2", "baseline"} <= set(args.methods):
@@ -194,6 +204,9 @@ def main() -> None:
         if {"ours-1", "decode-only"} <= set(args.methods):
             print(f"N={n}: ours (1 worker) time / decode-only time = {ratio(rounds, 'ours-1', 'decode-only')}"
                   "  (goal <= 1.5)")
+        if {"ours-1-after-index", "decode-only"} <= set(args.methods):
+            print(f"N={n}: ours (1 worker) without the index stage / decode-only = "
+                  f"{ratio(rounds, 'ours-1-after-index', 'decode-only')}  (validation's share of the gap)")
         if {"ours-1", "ours-2"} <= set(args.methods):
             print(f"N={n}: ours 1 worker / 2 workers = {ratio(rounds, 'ours-1', 'ours-2')} (the machine's parallel gain)")
 
@@ -203,7 +216,7 @@ def main() -> None:
         marginal = {}
         for method in args.methods:
             marginal[method] = (results[large][method]["seconds"] - results[small][method]["seconds"]) / (large - small)
-            print(f"  {method:12s} {1000 * marginal[method]:6.1f} ms/clip")
+            print(f"  {method:18s} {1000 * marginal[method]:6.1f} ms/clip")
         if {"ours-2", "baseline"} <= marginal.keys() and marginal["ours-2"] > 0:
             print(f"  marginal: baseline / ours (2 workers) = {marginal['baseline'] / marginal['ours-2']:.2f}x (goal >= 3)")
         if {"ours-1", "decode-only"} <= marginal.keys() and marginal["decode-only"] > 0:

@@ -163,22 +163,24 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         header_duration = container.duration / 1e6 if container.duration else None
-        video_end = 0.0
-        any_end = 0.0
-        decoded_one = False
-        time_bases = {s.index: float(s.time_base) for s in container.streams}  # floats: Fractions are slow
+        ends: dict[int, int] = {}  # stream index -> largest pts + duration, in that stream's time base
+        video_index, decoded_one = video.index, False
         try:
-            for packet in container.demux():
-                if packet.pts is None or packet.size == 0:
+            for packet in container.demux():  # plain ints per packet: this loop runs for every clip
+                pts = packet.pts
+                if pts is None or packet.size == 0:
                     continue
-                end = (packet.pts + (packet.duration or 0)) * time_bases[packet.stream.index]
-                if packet.stream.index == video.index:
-                    video_end = max(video_end, end)
-                    if not decoded_one:  # prove the codec works on the first picture (cheap: one frame)
-                        decoded_one = bool(video.codec_context.decode(packet))
-                any_end = max(any_end, end)
+                index = packet.stream_index
+                end = pts + (packet.duration or 0)
+                if end > ends.get(index, 0):
+                    ends[index] = end
+                if not decoded_one and index == video_index:  # prove the codec works on the first picture
+                    decoded_one = bool(video.codec_context.decode(packet))
         except Exception as err:
             raise MediaError("decode-error", f"{relative}: reading the stream failed ({err})") from err
+        time_bases = {s.index: float(s.time_base) for s in container.streams}
+        video_end = ends.get(video_index, 0) * time_bases[video_index]  # seconds
+        any_end = max((end * time_bases[i] for i, end in ends.items()), default=0.0)
         if video_end <= 0:
             raise MediaError("zero-duration", f"{relative} has no video packets (no duration)")
         if not decoded_one:  # a decoder with delay may hold its first picture until flushed
@@ -238,11 +240,13 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
         packets = [p for p in container.demux(stream) if p.pts is not None and p.size > 0]
         if not packets:
             raise MediaError("decode-error", f"{path.name}: no video packet")
-        start = min(p.pts for p in packets)
+        packet_pts = [p.pts for p in packets]  # read once: each attribute access goes through PyAV
+        keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
+        start = min(packet_pts)
         time_base = float(stream.time_base)
 
         # the pts of each kept frame: the first one at or after k / fps (presentation order)
-        all_pts = sorted({p.pts for p in packets})
+        all_pts = sorted(set(packet_pts))
         wanted: list[int] = []
         for k in range(count):
             later = next((pts for pts in all_pts if (pts - start) * time_base + 1e-6 >= k / fps), None)
@@ -256,8 +260,8 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
         for pts in wanted:
             if pts in found:
                 continue
-            target = next(i for i, p in enumerate(packets) if p.pts == pts)
-            keyframe = max((i for i in range(target + 1) if packets[i].is_keyframe), default=0)
+            target = packet_pts.index(pts)
+            keyframe = max((i for i in keyframes if i <= target), default=0)
             if keyframe > position:  # jump ahead: restart the decoder at the keyframe
                 decoder.flush_buffers()
                 position = keyframe
