@@ -36,6 +36,12 @@ class UnsafePathError(ValueError):
     """A manifest path that would leave the corpus root."""
 
 
+@functools.lru_cache(maxsize=16)
+def _resolved_root(root: str) -> Path:
+    """The corpus root with its symlinks resolved, once per process (it is joined to every clip's path)."""
+    return Path(root).resolve()
+
+
 def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
     """Join a manifest path (POSIX, relative) to the corpus root, refusing any path that escapes it.
 
@@ -44,7 +50,7 @@ def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
     rel = PurePosixPath(relative)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise UnsafePathError(f"media path {relative!r} is not a plain relative path inside the corpus root")
-    root_resolved = Path(root).resolve()
+    root_resolved = _resolved_root(os.path.abspath(root))  # absolute: a later chdir cannot fool the cache
     path = (root_resolved / Path(*rel.parts)).resolve()
     if not path.is_relative_to(root_resolved):
         raise UnsafePathError(f"media path {relative!r} resolves to {path}, outside the corpus root {root_resolved}")
