@@ -232,3 +232,11 @@ def test_keyframe_jumps_give_the_same_pictures_as_decoding_everything(tmp_path):
     for k in range(3):
         expected = everything[min(p for p in everything if p - start >= 1000 * k)]
         assert np.array_equal(picked[k], expected)
+
+
+def test_resolve_inside_follows_the_working_folder_for_a_relative_root(tmp_path, monkeypatch):
+    """The resolved root is cached per process; a relative root must still mean the current folder."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        assert resolve_inside(".", "x.wav") == (tmp_path / name / "x.wav").resolve()
