@@ -21,7 +21,7 @@ import typer
 
 from pipeline.corpora.cremad import CorpusError
 from pipeline.extractors import EffNetB2Config, Wav2Vec2Config
-from pipeline.stages import report_skipped, shared_workers
+from pipeline.stages import exit_on, report_skipped, shared_workers
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
 from pipeline.stages.frames import FramesConfig
@@ -182,7 +182,7 @@ def cli(
     WebDataset shards. Writes OUT/manifest.jsonl and OUT/shards/raw/; reruns skip finished work.
     Then the Conformer path: MTCNN faces, frozen EfficientNet-B2 + Wav2Vec2 features, OUT/shards/cached/
     (offline, pass local weights, or `--effb2-weights random --w2v2-model random-tiny` for a demo)."""
-    try:
+    with exit_on(CorpusError, ValueError):
         config = PrepareConfig(
             index=IndexConfig(protocol=protocol, partition=partition, seed=seed),
             frames=FramesConfig(size=size),
@@ -206,6 +206,3 @@ def cli(
                 raise ValueError(f"{err}\nTo prepare only the ResNet path, add "
                                  "--stages index,frames,spectrograms,shards_raw.") from err
         prepare(run, selected)
-    except (CorpusError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
