@@ -38,9 +38,10 @@ def make_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channel
 
 
 def make_flv(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (64, 48),
-             audio: bool = True) -> Path:
+             audio: bool = True, audio_seconds: float | None = None) -> Path:
     """An FLV (flv1 video + MP3 audio, as CREMA-D's) whose frame i is a flat grey of level 8 * i, so a
-    test can tell from the pixels which frame it got."""
+    test can tell from the pixels which frame it got. The audio lasts `audio_seconds` (default: as long
+    as the video)."""
     width, height = size
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="flv") as container:
@@ -53,7 +54,8 @@ def make_flv(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, i
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if stream_a is not None:
-            samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * 22050)) / 22050)).astype(np.float32)
+            n_samples = int((seconds if audio_seconds is None else audio_seconds) * 22050)
+            samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n_samples) / 22050)).astype(np.float32)
             step = stream_a.codec_context.frame_size or 1152
             for start in range(0, len(samples), step):
                 chunk = av.AudioFrame.from_ndarray(samples[None, start : start + step], format="flt", layout="mono")
@@ -153,6 +155,15 @@ def test_truncated_flv_is_decode_error(tmp_path):
     with pytest.raises(MediaError, match="truncated") as err:
         probe_video(path, "a.flv")
     assert err.value.code == "decode-error"
+
+
+def test_video_shorter_than_the_audio_is_not_truncated(tmp_path):
+    """probe_video reads the video packets alone first; when they end early, the audio packets decide."""
+    path = make_flv(tmp_path / "a.flv", seconds=1.0, fps=10, audio_seconds=3.0)
+    with av.open(str(path)) as container:
+        assert container.duration / 1e6 > 2.5  # the header announces the audio's length
+    info = probe_video(path, "a.flv")
+    assert 0.9 < info.duration < 1.2  # the video's own end
 
 
 def test_garbage_flv_is_decode_error(tmp_path):
