@@ -102,7 +102,7 @@ def run_decode_only(root: Path) -> None:
 
 
 STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported apart as start-up
-    "ours": ("av", "h5py", "soundfile", "soxr", "scipy.fft", "tqdm", "pipeline.prepare", "pipeline.stages.index",
+    "ours": ("av", "cv2", "h5py", "soundfile", "soxr", "scipy.fft", "tqdm", "pipeline.prepare", "pipeline.stages.index",
              "pipeline.stages.frames", "pipeline.stages.spectrograms", "pipeline.stages.shards_raw"),
     "baseline": ("cv2", "numpy", "soundfile"),
     "decode-only": ("av", "soundfile"),

@@ -245,6 +245,19 @@ def _reformatter():
     return VideoReformatter()
 
 
+def resized_rgb(frame, size: int) -> np.ndarray:
+    """A decoded av.VideoFrame resized to size x size (aspect not kept, as the ResNet path expects) with
+    area interpolation: uint8 [size, size, 3] RGB.
+
+    swscale scales into RGBA: its SIMD path, ~1.5x faster than scaling into RGB24 (which has none), and
+    within about one grey level of the exact area average, as RGB24 is. OpenCV then drops the alpha
+    channel (microseconds)."""
+    import cv2
+
+    rgba = _reformatter().reformat(frame, width=size, height=size, format="rgba", interpolation="AREA")
+    return cv2.cvtColor(rgba.to_ndarray(), cv2.COLOR_RGBA2RGB)  # [size, size, 4] -> [size, size, 3]
+
+
 def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarray:
     """Keep `count` frames of a video at `fps` frames per second, chosen by timestamp, decoding as little
     as possible.
@@ -253,17 +266,14 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
     packets are read once (cheap, no decoding); for each kept frame, decoding starts at the last keyframe
     before it (or carries on from the previous kept frame when that is closer) and stops at it: the same
     pictures as decoding the whole clip, for a fraction of the work. A clip too short for `count` frames
-    is padded by repeating its last kept frame (deterministic). Frames are resized to size x size (aspect
-    not kept, as the ResNet path expects) with area interpolation.
+    is padded by repeating its last kept frame (deterministic). Frames are resized by `resized_rgb`.
 
     Returns uint8 [count, size, size, 3] (RGB).
     """
     import av
 
-    reformatter = _reformatter()
-
     def to_rgb(frame) -> np.ndarray:  # [size, size, 3] uint8
-        return reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+        return resized_rgb(frame, size)
 
     with av.open(str(path), metadata_errors="ignore") as container:
         stream = container.streams.video[0]

@@ -17,6 +17,7 @@ from pipeline.media import (
     frames_at_fps,
     probe_video,
     probe_wav,
+    resized_rgb,
     resolve_inside,
 )
 
@@ -236,13 +237,28 @@ def test_keyframe_jumps_give_the_same_pictures_as_decoding_everything(tmp_path):
             container.mux(video.encode(frame))
         container.mux(video.encode())
     with av.open(str(path)) as container:
-        everything = {f.pts: f.to_ndarray(format="rgb24", width=24, height=24, interpolation="AREA")
-                      for f in container.decode(video=0)}
+        everything = {f.pts: resized_rgb(f, 24) for f in container.decode(video=0)}
     picked = frames_at_fps(path, count=3, fps=1.0, size=24)
     start = min(everything)
     for k in range(3):
         expected = everything[min(p for p in everything if p - start >= 1000 * k)]
         assert np.array_equal(picked[k], expected)
+
+
+def test_resized_rgb_is_as_close_to_the_area_average_as_scaling_into_rgb24():
+    """resized_rgb scales into RGBA (faster): no further from OpenCV's exact area average than swscale's
+    scaling into RGB24, on a CREMA-D-sized picture (480x360 -> 224x224)."""
+    import cv2
+
+    y, x = np.mgrid[0:360, 0:480]
+    picture = np.stack([x * 255 / 479, y * 255 / 359, 127 + 100 * np.sin(x / 9.0) * np.cos(y / 7.0)], axis=-1)
+    frame = av.VideoFrame.from_ndarray(picture.astype(np.uint8), format="rgb24").reformat(format="yuv420p")
+    exact = cv2.resize(frame.to_ndarray(format="rgb24").astype(np.float32), (224, 224),
+                       interpolation=cv2.INTER_AREA)  # [224, 224, 3]
+    rgb24 = frame.to_ndarray(format="rgb24", width=224, height=224, interpolation="AREA")
+    ours = resized_rgb(frame, 224)
+    assert ours.shape == (224, 224, 3) and ours.dtype == np.uint8
+    assert np.abs(ours - exact).mean() <= np.abs(rgb24 - exact).mean() + 0.1 < 3
 
 
 def test_resolve_inside_follows_the_working_folder_for_a_relative_root(tmp_path, monkeypatch):

@@ -80,7 +80,7 @@ def is_complete(path: str | Path, fingerprint: str | None = None) -> bool:
 # Imported once by the fork server, so that each worker it forks starts warm. torch is left out on
 # purpose (~1.5 s and ~700 MiB): the ResNet-path stages do not use it, and a stage that does (faces,
 # features) imports it where it needs it (tests/test_prepare.py checks that no worker imports it).
-WORKER_PRELOAD = ["numpy", "h5py", "av", "soundfile", "soxr", "scipy.fft", "pipeline.stages",
+WORKER_PRELOAD = ["numpy", "h5py", "av", "cv2", "soundfile", "soxr", "scipy.fft", "pipeline.stages",
                   "pipeline.media"]
 
 
