@@ -245,17 +245,26 @@ def _reformatter():
     return VideoReformatter()
 
 
-def resized_rgb(frame, size: int) -> np.ndarray:
+def resized_rgb(frame, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """A decoded av.VideoFrame resized to size x size (aspect not kept, as the ResNet path expects) with
-    area interpolation: uint8 [size, size, 3] RGB.
+    area interpolation: uint8 [size, size, 3] RGB, written into `out` when given (C-contiguous).
 
     swscale scales into RGBA: its SIMD path, ~1.5x faster than scaling into RGB24 (which has none), and
     within about one grey level of the exact area average, as RGB24 is. OpenCV then drops the alpha
     channel (microseconds)."""
+    rgba = _reformatter().reformat(frame, width=size, height=size, format="rgba", interpolation="AREA")
+    cv2 = _opencv()
+    return cv2.cvtColor(rgba.to_ndarray(), cv2.COLOR_RGBA2RGB, dst=out)  # [size, size, 4] -> [size, size, 3]
+
+
+@functools.cache
+def _opencv():
+    """OpenCV, set to one thread for this process: waking its pool costs more than the microseconds of
+    work per frame, and each pipeline process is meant to use one core."""
     import cv2
 
-    rgba = _reformatter().reformat(frame, width=size, height=size, format="rgba", interpolation="AREA")
-    return cv2.cvtColor(rgba.to_ndarray(), cv2.COLOR_RGBA2RGB)  # [size, size, 4] -> [size, size, 3]
+    cv2.setNumThreads(1)
+    return cv2
 
 
 def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarray:
@@ -271,9 +280,6 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
     Returns uint8 [count, size, size, 3] (RGB).
     """
     import av
-
-    def to_rgb(frame) -> np.ndarray:  # [size, size, 3] uint8
-        return resized_rgb(frame, size)
 
     with av.open(str(path), metadata_errors="ignore") as container:
         stream = container.streams.video[0]
@@ -294,8 +300,15 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
                 break  # clip too short: padded below
             wanted.append(later)
 
+        # each kept picture is resized straight into a slot of one array (no copy per frame)
+        pictures = np.empty((max(len(wanted), 1), size, size, 3), np.uint8)  # [slots, size, size, 3]
+        found: dict[int, int] = {}  # pts -> slot
+
+        def keep(frame) -> None:
+            found[frame.pts] = len(found)
+            resized_rgb(frame, size, out=pictures[found[frame.pts]])
+
         decoder = stream.codec_context
-        found: dict[int, np.ndarray] = {}
         position = 0  # index of the next packet to feed the decoder
         for pts in wanted:
             if pts in found:
@@ -308,15 +321,14 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
             while pts not in found and position < len(packets):
                 for frame in decoder.decode(packets[position]):
                     if frame.pts in wanted and frame.pts not in found:
-                        found[frame.pts] = to_rgb(frame)
+                        keep(frame)
                 position += 1
             if pts not in found:  # frames still inside the decoder at the end of the stream
                 for frame in decoder.decode(None):
                     if frame.pts in wanted and frame.pts not in found:
-                        found[frame.pts] = to_rgb(frame)
-    kept = [found[pts] for pts in wanted if pts in found]
-    if not kept:
+                        keep(frame)
+    slots = [found[pts] for pts in wanted if pts in found]
+    if not slots:
         raise MediaError("decode-error", f"{path.name}: no video frame could be decoded")
-    while len(kept) < count:
-        kept.append(kept[-1])
-    return np.stack(kept)  # [count, size, size, 3]
+    slots += [slots[-1]] * (count - len(slots))  # a short clip repeats its last kept frame
+    return pictures if slots == list(range(len(pictures))) else pictures[slots]  # [count, size, size, 3]
