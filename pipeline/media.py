@@ -199,8 +199,7 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
                 if pts is None or packet.size == 0:
                     continue
                 end = pts + (packet.duration or 0)
-                if end > video_end_pts:
-                    video_end_pts = end
+                video_end_pts = max(video_end_pts, end)
                 if not decoded_one:  # prove the codec works on the first picture
                     decoded_one = bool(video.codec_context.decode(packet))
         except Exception as err:
