@@ -17,8 +17,8 @@ Goals (issue 3): (a, 2 workers) >= 3x (b); (a, 1 worker) within 1.5x of (c); pea
 Each measurement runs in a fresh process; --repeat rounds each run every way once, in turn, and the
 figures are medians, the ratios medians of within-round ratios (the machine is shared: noise hits a
 whole round alike). The clock starts after the libraries
-are imported (import time is printed apart). CPU time (user + system, workers included) is printed beside
-wall time: on a shared machine it does not count the time a process waited for a core, so its ratios move
+are imported (import time is printed apart). CPU time (user + system; not for ours-2, whose workers the fork server
+starts) is printed beside wall time: on a shared machine it does not count the time a process waited for a core, so its ratios move
 less from run to run. Peak memory is the largest resident
 set of that process or of any worker it started (ru_maxrss). Ours also
 validates every clip (index), which the others do not. The corpus is generated once (480x360 at 30 fps,
@@ -39,7 +39,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("ours-1", "ours-2", "baseline", "decode-only", "ours-1-after-index")
+# The pairs compared by a ratio run next to each other in every round (ours-1 and decode-only, ours-2 and
+# baseline), each pair in alternate order from round to round: a drift of the shared machine within a
+# round then hits both sides of a ratio alike.
+METHODS = ("ours-1", "decode-only", "ours-1-after-index", "ours-2", "baseline")
 
 
 # --- the three ways (each runs in its own process: `bench_prepare.py _run METHOD ROOT OUT`) --------------
@@ -172,10 +175,17 @@ def run_once(method: str, root: Path, out: Path) -> dict:
 
 def measure(methods: list[str], root: Path, work: Path, n: int, repeat: int) -> tuple[dict, list[dict]]:
     """`repeat` rounds, each running every method once in turn, so that a slow spell of the shared machine
-    hits all of them alike. Returns the median per method and the rounds themselves (for ratios)."""
+    hits all of them alike (see METHODS for the order). Returns the median per method and the rounds
+    themselves (for ratios)."""
     rounds = []
-    for _ in range(repeat):
-        rounds.append({m: run_once(m, root, work / f"out-{n}-{m}") for m in methods})
+    for index in range(repeat):
+        order = list(methods)
+        if index % 2:  # odd rounds: each pair the other way round
+            for first, second in (("ours-1", "decode-only"), ("ours-2", "baseline")):
+                if first in order and second in order:
+                    i, j = order.index(first), order.index(second)
+                    order[i], order[j] = second, first
+        rounds.append({m: run_once(m, root, work / f"out-{n}-{m}") for m in order})
     medians = {}
     for m in methods:
         medians[m] = {key: statistics.median(r[m][key] for r in rounds) for key in ("seconds", "cpu_seconds", "startup")}
@@ -205,8 +215,10 @@ def main() -> None:
         root = make_corpus(args.work, n, args.size)
         results[n], rounds = measure(args.methods, root, args.work, n, args.repeat)
         for method, r in results[n].items():
+            # ours-2's workers are children of the fork server, not of the measured process: no CPU time
+            cpu = "     n/a" if method == "ours-2" else f"{r['cpu_seconds']:6.2f} s"
             print(f"N={n:4d} {method:18s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
-                  f"cpu {r['cpu_seconds']:7.2f} s  peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  "
+                  f"cpu {cpu}  peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  "
                   f"[median of {args.repeat}]", flush=True)
         if {"ours-2", "baseline"} <= set(args.methods):
             print(f"N={n}: baseline time / ours (2 workers) time = {ratio(rounds, 'baseline', 'ours-2')}  (goal >= 3)")
