@@ -121,7 +121,8 @@ def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
-    return samples.mean(axis=1), int(sample_rate)
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)  # [N]; CREMA-D is mono already
+    return mono, int(sample_rate)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ pipeline.stages.run_per_clip (parallel, resumable, atomic).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,11 +60,22 @@ class SpectrogramConfig:
         return round(self.seconds * self.sample_rate)
 
 
-def loop_to_length(samples: np.ndarray, length: int) -> np.ndarray:
-    """Tile a clip until it reaches `length` samples, then cut: [N] -> [length]."""
+def loop_into(samples: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write a clip into `out`, tiled until `out` is full, then cut, and clipped to [-1, 1]: [N] -> out [L]."""
     if samples.size == 0:
         raise ValueError("cannot loop an empty clip")
-    return np.tile(samples, math.ceil(length / samples.size))[:length]
+    filled = min(samples.size, out.size)
+    np.clip(samples[:filled], -1.0, 1.0, out=out[:filled])
+    while filled < out.size:  # double what is there: whole periods, the last one cut
+        step = min(filled, out.size - filled)
+        out[filled : filled + step] = out[:step]
+        filled += step
+    return out
+
+
+def loop_to_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Tile a clip until it reaches `length` samples, then cut, clipped to [-1, 1]: [N] -> float32 [length]."""
+    return loop_into(samples, np.empty(length, np.float32))
 
 
 def hann_window(length: int) -> np.ndarray:
@@ -97,23 +107,33 @@ def spectrogram_batch(waves: np.ndarray, config: dict) -> np.ndarray:
     Plain numpy/scipy (no torch: the worker processes start in a fraction of a second without it).
     Centred frames with zero padding of n_fft // 2 on each side, as torch.stft(center=True) and librosa.
     """
+    half = config["n_fft"] // 2
+    return spectrogram_of_padded(np.pad(waves.astype(np.float32, copy=False), ((0, 0), (half, half))), config)
+
+
+def spectrogram_of_padded(padded: np.ndarray, config: dict) -> np.ndarray:
+    """spectrogram_batch of waveforms already padded with n_fft // 2 zeros on each side: float32
+    [B, num_samples + n_fft] -> [B, F, T]. The log and the square work in place (same values, fewer
+    passes over memory)."""
     import scipy.fft
     from numpy.lib.stride_tricks import sliding_window_view
 
     n_fft, hop = config["n_fft"], config["hop_length"]
-    padded = np.pad(waves.astype(np.float32, copy=False), ((0, 0), (n_fft // 2, n_fft // 2)))  # [B, S + n_fft]
     frames = sliding_window_view(padded, n_fft, axis=1)[:, ::hop]  # [B, T, n_fft] (a view, no copy)
     magnitude = np.abs(scipy.fft.rfft(frames * hann_window(n_fft), axis=-1))  # [B, T, n_fft // 2 + 1]
     if config["kind"] == "stft":
-        spec = np.log(magnitude + LOG_EPS)  # [B, T, F]
+        spec = magnitude  # [B, T, F]
     else:
         fbank = mel_filterbank(n_fft // 2 + 1, config["sample_rate"], config["n_mels"])  # [n_fft//2+1, n_mels]
-        spec = np.log((magnitude**2) @ fbank + LOG_EPS)  # [B, T, n_mels]
+        spec = np.square(magnitude, out=magnitude) @ fbank  # [B, T, n_mels]
+    spec += LOG_EPS
+    np.log(spec, out=spec)
     return np.ascontiguousarray(spec.transpose(0, 2, 1), dtype=np.float32)  # [B, F, T]
 
 
-def load_fixed_length(path: str, config: dict) -> np.ndarray:
-    """A WAV, mono, resampled to config sample_rate, looped to exactly `seconds`, clipped to [-1, 1].
+def load_fixed_length(path: str, config: dict, out: np.ndarray | None = None) -> np.ndarray:
+    """A WAV, mono, resampled to config sample_rate, looped to exactly `seconds`, clipped to [-1, 1]:
+    float32 [num_samples], written into `out` when given.
 
     Resampling is libsoxr's high-quality band-limited resampler (what librosa.load, which the authors'
     code calls, uses by default)."""
@@ -122,22 +142,26 @@ def load_fixed_length(path: str, config: dict) -> np.ndarray:
     samples, sample_rate = read_wav_mono(Path(path))  # [N]
     if sample_rate != config["sample_rate"]:
         samples = soxr.resample(samples, sample_rate, config["sample_rate"], quality="HQ")  # [N * ratio]
-    length = round(config["seconds"] * config["sample_rate"])
-    return np.clip(loop_to_length(samples, length), -1.0, 1.0).astype(np.float32)  # [length]
+    if out is None:
+        out = np.empty(round(config["seconds"] * config["sample_rate"]), np.float32)
+    return loop_into(samples, out)  # [num_samples]
 
 
 def compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
     """{clip id: {"spec": float32 [F, T]}}, or an error message for a clip whose WAV fails."""
     results: dict = {}
-    waves, ids = [], []
+    half = config["n_fft"] // 2
+    length = round(config["seconds"] * config["sample_rate"])
+    padded = np.zeros((len(jobs), length + 2 * half), np.float32)  # [B, S + n_fft]: each WAV goes in its row
+    ids = []
     for job in jobs:
         try:
-            waves.append(load_fixed_length(job.path, config))
+            load_fixed_length(job.path, config, out=padded[len(ids), half : half + length])
             ids.append(job.id)
         except (OSError, RuntimeError, ValueError) as err:  # soundfile raises RuntimeError subclasses
             results[job.id] = f"decode-error: the WAV of {job.id} could not be read ({err})"
-    if waves:
-        specs = spectrogram_batch(np.stack(waves), config)  # [B, F, T]
+    if ids:
+        specs = spectrogram_of_padded(padded[: len(ids)], config)  # [B, F, T]
         for clip_id, spec in zip(ids, specs, strict=True):
             results[clip_id] = {"spec": spec}  # [F, T], a contiguous slice of the batch
     return results
