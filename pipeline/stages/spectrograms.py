@@ -61,11 +61,11 @@ class SpectrogramConfig:
 
 
 def loop_into(samples: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Write a clip into `out`, tiled until `out` is full, then cut, and clipped to [-1, 1]: [N] -> out [L]."""
+    """Write a clip into `out`, tiled until `out` is full, then cut: [N] -> out [L]."""
     if samples.size == 0:
         raise ValueError("cannot loop an empty clip")
     filled = min(samples.size, out.size)
-    np.clip(samples[:filled], -1.0, 1.0, out=out[:filled])
+    out[:filled] = samples[:filled]
     while filled < out.size:  # double what is there: whole periods, the last one cut
         step = min(filled, out.size - filled)
         out[filled : filled + step] = out[:step]
@@ -74,8 +74,8 @@ def loop_into(samples: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def loop_to_length(samples: np.ndarray, length: int) -> np.ndarray:
-    """Tile a clip until it reaches `length` samples, then cut, clipped to [-1, 1]: [N] -> float32 [length]."""
-    return loop_into(samples, np.empty(length, np.float32))
+    """Tile a clip until it reaches `length` samples, then cut: [N] -> [length]."""
+    return loop_into(samples, np.empty(length, samples.dtype))
 
 
 def hann_window(length: int) -> np.ndarray:
@@ -144,7 +144,7 @@ def load_fixed_length(path: str, config: dict, out: np.ndarray | None = None) ->
         samples = soxr.resample(samples, sample_rate, config["sample_rate"], quality="HQ")  # [N * ratio]
     if out is None:
         out = np.empty(round(config["seconds"] * config["sample_rate"]), np.float32)
-    return loop_into(samples, out)  # [num_samples]
+    return loop_into(np.clip(samples, -1.0, 1.0), out)  # [num_samples]
 
 
 def compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
