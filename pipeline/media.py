@@ -164,7 +164,7 @@ def _latest_stream_end(path: Path, relative: str) -> float:
 
 def probe_video(path: Path, relative: str) -> VideoInfo:
     """Open a container with PyAV, read every video packet (cheap: no decoding) to measure the real stream
-    end, and decode the first video frame to prove the codec works.
+    end, and decode the first video frame (at reduced size where the decoder can) to prove it decodes.
 
     Only the video stream is read at first: demuxing the audio packets too (MP3 in CREMA-D's FLVs) costs
     more than the video ones. When the video ends well before the duration the header announces, every
