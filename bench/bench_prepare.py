@@ -16,12 +16,11 @@ Goals (issue 3): (a, 2 workers) >= 3x (b); (a, 1 worker) within 1.5x of (c); pea
 
 Each measurement runs in a fresh process; --repeat rounds each run every way once, in turn, and the
 figures are medians, the ratios medians of within-round ratios (the machine is shared: noise hits a
-whole round alike). The clock starts after the libraries
-are imported (import time is printed apart). CPU time (user + system; not for ours-2, whose workers the fork server
-starts) is printed beside wall time: on a shared machine it does not count the time a process waited for a core, so its ratios move
-less from run to run. Peak memory is the largest resident
-set of that process or of any worker it started (ru_maxrss). Ours also
-validates every clip (index), which the others do not. The corpus is generated once (480x360 at 30 fps,
+whole round alike). The clock starts after the libraries are imported (import time is printed apart).
+CPU time (user + system; not for ours-2, whose workers the fork server starts) is printed beside wall
+time: it does not count the time a process waited for a core. Peak memory is the largest resident set
+of that process or of any worker it started (ru_maxrss). Ours also validates every clip (index), which
+the others do not. The corpus is generated once (480x360 at 30 fps,
 as the real one) and cached under --work.
 """
 
