@@ -305,8 +305,8 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
         found: dict[int, int] = {}  # pts -> slot
 
         def keep(frame) -> None:
-            found[frame.pts] = len(found)
-            resized_rgb(frame, size, out=pictures[found[frame.pts]])
+            slot = found[frame.pts] = len(found)
+            resized_rgb(frame, size, out=pictures[slot])
 
         decoder = stream.codec_context
         position = 0  # index of the next packet to feed the decoder

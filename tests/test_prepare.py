@@ -24,7 +24,7 @@ from pipeline.stages import ClipJob, is_complete, run_per_clip
 from pipeline.stages.spectrograms import (
     SpectrogramConfig,
     load_fixed_length,
-    loop_to_length,
+    loop_into,
     mel_filterbank,
     spectrogram_batch,
 )
@@ -103,9 +103,9 @@ def test_atomic_folder_replaces_the_whole_folder(tmp_path):
 # --- spectrograms ------------------------------------------------------------------------------------------
 
 
-def test_loop_to_length_tiles_then_cuts():
-    assert loop_to_length(np.array([1.0, 2.0, 3.0]), 7).tolist() == [1, 2, 3, 1, 2, 3, 1]
-    assert loop_to_length(np.arange(10.0), 4).tolist() == [0, 1, 2, 3]
+def test_loop_into_tiles_then_cuts():
+    assert loop_into(np.array([1.0, 2.0, 3.0]), np.empty(7)).tolist() == [1, 2, 3, 1, 2, 3, 1]
+    assert loop_into(np.arange(10.0), np.empty(4)).tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(("kind", "shape"), [("mel", (80, 188)), ("stft", (257, 188))])

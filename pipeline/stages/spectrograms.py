@@ -73,10 +73,6 @@ def loop_into(samples: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def loop_to_length(samples: np.ndarray, length: int) -> np.ndarray:
-    """Tile a clip until it reaches `length` samples, then cut: [N] -> [length]."""
-    return loop_into(samples, np.empty(length, samples.dtype))
-
 
 def hann_window(length: int) -> np.ndarray:
     """Periodic Hann window (as torch.hann_window and librosa use for STFTs): float32 [length]."""
@@ -143,7 +139,7 @@ def load_fixed_length(path: str, config: dict, out: np.ndarray | None = None) ->
     if sample_rate != config["sample_rate"]:
         samples = soxr.resample(samples, sample_rate, config["sample_rate"], quality="HQ")  # [N * ratio]
     if out is None:
-        out = np.empty(round(config["seconds"] * config["sample_rate"]), np.float32)
+        out = np.empty(SpectrogramConfig(**config).num_samples, np.float32)
     return loop_into(np.clip(samples, -1.0, 1.0), out)  # [num_samples]
 
 
@@ -151,7 +147,7 @@ def compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
     """{clip id: {"spec": float32 [F, T]}}, or an error message for a clip whose WAV fails."""
     results: dict = {}
     half = config["n_fft"] // 2
-    length = round(config["seconds"] * config["sample_rate"])
+    length = SpectrogramConfig(**config).num_samples
     padded = np.zeros((len(jobs), length + 2 * half), np.float32)  # [B, S + n_fft]: each WAV goes in its row
     ids = []
     for job in jobs:
