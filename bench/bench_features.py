@@ -41,9 +41,18 @@ def large_robust_config():
     """The architecture of facebook/wav2vec2-large-robust (its config.json values), random weights."""
     from transformers import Wav2Vec2Config
 
-    return Wav2Vec2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                          conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True,
-                          num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, layerdrop=0.0)
+    return Wav2Vec2Config(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        conv_bias=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        layerdrop=0.0,
+    )
 
 
 def face_frames(n: int, width: int, height: int, seed: int) -> np.ndarray:
@@ -93,17 +102,22 @@ def bench_step(step: str, args: argparse.Namespace) -> dict:
         detector = make_detector(config)
         frames = face_frames(args.frames, width, height, seed=0)
         found = []
-        seconds = _timed(lambda i: found.append(faces_of_frames(detector, frames, config).frames_with_face),
-                         args.clips, device)
+        seconds = _timed(
+            lambda i: found.append(faces_of_frames(detector, frames, config).frames_with_face),
+            args.clips,
+            device,
+        )
         extra = {"frames_with_face": f"{min(found)}-{max(found)} of {args.frames}"}
     elif step == "effb2":
         from pipeline.extractors import EffNetB2Config, EffNetB2Extractor
         from pipeline.stages.features import effb2_features
 
-        extractor = EffNetB2Extractor(EffNetB2Config(weights="random", image_size=args.image_size, dtype=args.dtype),
-                                      device)
-        crops = np.random.default_rng(0).integers(0, 256, (args.frames, args.image_size, args.image_size, 3),
-                                                  dtype=np.uint8)
+        extractor = EffNetB2Extractor(
+            EffNetB2Config(weights="random", image_size=args.image_size, dtype=args.dtype), device
+        )
+        crops = np.random.default_rng(0).integers(
+            0, 256, (args.frames, args.image_size, args.image_size, 3), dtype=np.uint8
+        )
         seconds = _timed(lambda i: effb2_features(extractor, crops, args.batch_size), args.clips, device)
         extra = {"image_size": args.image_size}
     elif step == "w2v2":
@@ -120,16 +134,20 @@ def bench_step(step: str, args: argparse.Namespace) -> dict:
             torch.manual_seed(0)
             model = Wav2Vec2Model(large_robust_config()).eval()
             model.encoder.layers = model.encoder.layers[:12]  # what build_wav2vec2 does
-            extractor = Wav2Vec2Extractor(Wav2Vec2Config(model="random-tiny", layer=12, dtype=args.dtype), device,
-                                          model=model)
+            extractor = Wav2Vec2Extractor(
+                Wav2Vec2Config(model="random-tiny", layer=12, dtype=args.dtype), device, model=model
+            )
         elif args.w2v2_model == "tiny":
-            extractor = Wav2Vec2Extractor(Wav2Vec2Config(model="random-tiny", dtype=args.dtype), device,
-                                          model=random_tiny_wav2vec2())
+            extractor = Wav2Vec2Extractor(
+                Wav2Vec2Config(model="random-tiny", dtype=args.dtype), device, model=random_tiny_wav2vec2()
+            )
         else:
             config = Wav2Vec2Config(model=args.w2v2_model, dtype=args.dtype)
             extractor = Wav2Vec2Extractor(config, device, model=build_wav2vec2(config))
         rng = np.random.default_rng(0)
-        batch = [rng.standard_normal(int(args.seconds * 16000)).astype(np.float32) for _ in range(args.w2v2_batch)]
+        batch = [
+            rng.standard_normal(int(args.seconds * 16000)).astype(np.float32) for _ in range(args.w2v2_batch)
+        ]
         calls = max(1, args.clips // args.w2v2_batch)
         seconds = _timed(lambda i: extractor.extract(batch), calls, device)
         seconds *= args.clips / (calls * args.w2v2_batch)  # per args.clips clips
@@ -139,9 +157,15 @@ def bench_step(step: str, args: argparse.Namespace) -> dict:
     else:
         raise ValueError(f"unknown step {step!r}")
 
-    result = {"step": step, "device": device, "clips": args.clips, "seconds": round(seconds, 3),
-              "clips_per_s": round(args.clips / seconds, 3),
-              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
+    result = {
+        "step": step,
+        "device": device,
+        "clips": args.clips,
+        "seconds": round(seconds, 3),
+        "clips_per_s": round(args.clips / seconds, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **extra,
+    }
     if device.startswith("cuda"):
         result["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["gpu"] = torch.cuda.get_device_name()
@@ -172,17 +196,25 @@ def check_against_cpu(args: argparse.Namespace) -> dict:
     def rel(a, b):
         return float(np.abs(a - b).max() / np.abs(a).max())
 
-    return {"step": "check", "device": args.device, "dtype": args.dtype,
-            "effb2_rel_max_diff": rel(on_cpu, on_device),
-            "w2v2_rel_max_diff": max(rel(a, b) for a, b in zip(audio_cpu, audio_device)),
-            "w2v2_shapes_equal": all(a.shape == b.shape for a, b in zip(audio_cpu, audio_device))}
+    return {
+        "step": "check",
+        "device": args.device,
+        "dtype": args.dtype,
+        "effb2_rel_max_diff": rel(on_cpu, on_device),
+        "w2v2_rel_max_diff": max(rel(a, b) for a, b in zip(audio_cpu, audio_device)),
+        "w2v2_shapes_equal": all(a.shape == b.shape for a, b in zip(audio_cpu, audio_device)),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", default="faces,effb2,w2v2",
-                        help="comma-separated: faces, effb2, w2v2, and check (features on --device vs CPU)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps",
+        default="faces,effb2,w2v2",
+        help="comma-separated: faces, effb2, w2v2, and check (features on --device vs CPU)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--clips", type=int, default=4, help="timed clips per step (after one warm-up clip)")
     parser.add_argument("--frames", type=int, default=75, help="video frames per clip (2.5 s at 30 fps)")
@@ -190,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.5, help="audio seconds per clip")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per MTCNN / EfficientNet call")
     parser.add_argument("--w2v2-batch", type=int, default=4, help="clips per Wav2Vec2 call")
-    parser.add_argument("--w2v2-model", default="large", help="large (random, large-robust shape) | tiny | FOLDER")
+    parser.add_argument(
+        "--w2v2-model", default="large", help="large (random, large-robust shape) | tiny | FOLDER"
+    )
     parser.add_argument("--image-size", type=int, default=260, help="EfficientNet-B2 input size")
     parser.add_argument("--dtype", default="float16", help="autocast dtype on CUDA (CPU computes in float32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
@@ -206,11 +240,14 @@ def main(argv: list[str] | None = None) -> None:
             results.append(result)
     print(f"\n{'step':<6} {'device':<7} {'clips/s':>8} {'s/clip':>8} {'peak RSS MiB':>13} {'GPU MiB':>8}")
     for r in results:
-        print(f"{r['step']:<6} {r['device']:<7} {r['clips_per_s']:>8.3f} {1 / r['clips_per_s']:>8.2f} "
-              f"{r['peak_rss_mib']:>13.0f} {r.get('gpu_peak_mib', '-'):>8}")
+        print(
+            f"{r['step']:<6} {r['device']:<7} {r['clips_per_s']:>8.3f} {1 / r['clips_per_s']:>8.2f} "
+            f"{r['peak_rss_mib']:>13.0f} {r.get('gpu_peak_mib', '-'):>8}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,10 @@ AUDIO_DIM, VIDEO_DIM = 768, 1408
 
 def make_clip(rng: np.random.Generator) -> dict[str, np.ndarray]:
     t_a, t_v = int(rng.integers(100, 200)), int(rng.integers(50, 100))  # ~2-4 s at 50 Hz / 25 fps
-    return {"w2v2.npy": rng.normal(size=(t_a, AUDIO_DIM)).astype(np.float16),
-            "effb2.npy": rng.normal(size=(t_v, VIDEO_DIM)).astype(np.float16)}
+    return {
+        "w2v2.npy": rng.normal(size=(t_a, AUDIO_DIM)).astype(np.float16),
+        "effb2.npy": rng.normal(size=(t_v, VIDEO_DIM)).astype(np.float16),
+    }
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -81,11 +83,20 @@ def write_both_layouts(root: Path, clips: int, shard_size: int, seed: int) -> tu
                 _add(tar, f"{clip_id}.json", json.dumps({"id": clip_id, "label": label}).encode())
                 labels[clip_id] = label
         sizes[name] = min(first + shard_size, clips) - first
-    meta = {"input_path": "cached", "corpus": "bench", "num_classes": 6, "label_names": list("ABCDEF"),
-            "fields": {"w2v2.npy": {"dtype": "float16", "shape": ["T_a", AUDIO_DIM]},
-                       "effb2.npy": {"dtype": "float16", "shape": ["T_v", VIDEO_DIM]}}}
-    stats = {"w2v2": {"mean": [0.0] * AUDIO_DIM, "std": [1.0] * AUDIO_DIM},
-             "effb2": {"mean": [0.0] * VIDEO_DIM, "std": [1.0] * VIDEO_DIM}}
+    meta = {
+        "input_path": "cached",
+        "corpus": "bench",
+        "num_classes": 6,
+        "label_names": list("ABCDEF"),
+        "fields": {
+            "w2v2.npy": {"dtype": "float16", "shape": ["T_a", AUDIO_DIM]},
+            "effb2.npy": {"dtype": "float16", "shape": ["T_v", VIDEO_DIM]},
+        },
+    }
+    stats = {
+        "w2v2": {"mean": [0.0] * AUDIO_DIM, "std": [1.0] * AUDIO_DIM},
+        "effb2": {"mean": [0.0] * VIDEO_DIM, "std": [1.0] * VIDEO_DIM},
+    }
     for name, obj in (("sizes.json", sizes), ("meta.json", meta), ("stats.json", stats)):
         (shards / name).write_text(json.dumps(obj))
     (per_file / "labels.json").write_text(json.dumps(labels))
@@ -150,8 +161,18 @@ class GpuBusy:
     def __enter__(self):
         try:
             self.process = subprocess.Popen(
-                ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                 "-lms", "100"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    f"--id={self.index}",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "100",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         except OSError:
             self.process = None
         return self
@@ -169,7 +190,9 @@ def time_epoch(batches, device: torch.device, step=None) -> tuple[int, float]:
     start, samples = time.perf_counter(), 0
     for batch in batches:
         if device.type == "cuda":
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {
+                k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+            }
             if step is not None:
                 step(batch)
             torch.cuda.synchronize()
@@ -182,8 +205,12 @@ def make_train_step(device: torch.device):
     from mlb.balancing import build_balancer
     from mlb.models import build_model
 
-    model = build_model(features="cached", fusion="late-linear", size="paper",
-                        input_dims={"audio": AUDIO_DIM, "video": VIDEO_DIM}).to(device)
+    model = build_model(
+        features="cached",
+        fusion="late-linear",
+        size="paper",
+        input_dims={"audio": AUDIO_DIM, "video": VIDEO_DIM},
+    ).to(device)
     balancer = build_balancer("mlb", alpha=5.0, beta_max=2.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
 
@@ -205,10 +232,16 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="epochs timed per (layout, cache state); best kept")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="epochs timed per (layout, cache state); best kept"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train-step", action="store_true", help="CUDA only: also run a training step per batch")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the data (default: a temp folder)")
+    parser.add_argument(
+        "--train-step", action="store_true", help="CUDA only: also run a training step per batch"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write the data (default: a temp folder)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -219,28 +252,46 @@ def main() -> None:
         t0 = time.perf_counter()
         shards, per_file = write_both_layouts(root, args.clips, args.shard_size, args.seed)
         megabytes = sum(p.stat().st_size for p in shards.glob("*.tar")) / 1e6
-        print(f"wrote {args.clips} clips ({megabytes:.0f} MB of features) twice in {time.perf_counter() - t0:.1f} s; "
-              f"{len(list(shards.glob('*.tar')))} shards vs {2 * args.clips} .npy files; batch {args.batch_size}, "
-              f"{args.workers} worker(s), device {device}")
+        print(
+            f"wrote {args.clips} clips ({megabytes:.0f} MB of features) twice in {time.perf_counter() - t0:.1f} s; "
+            f"{len(list(shards.glob('*.tar')))} shards vs {2 * args.clips} .npy files; batch {args.batch_size}, "
+            f"{args.workers} worker(s), device {device}"
+        )
         folder = open_shard_folder(shards)
         pin = device.type == "cuda"
         step = make_train_step(device) if args.train_step and device.type == "cuda" else None
 
         def shard_batches(epoch):
-            loader = ShardLoader(folder, "train", args.batch_size, shuffle=True, seed=args.seed,
-                                 num_workers=args.workers, shuffle_buffer=256, pin_memory=pin)
+            loader = ShardLoader(
+                folder,
+                "train",
+                args.batch_size,
+                shuffle=True,
+                seed=args.seed,
+                num_workers=args.workers,
+                shuffle_buffer=256,
+                pin_memory=pin,
+            )
             return loader.iterate(epoch)
 
         def per_file_batches(epoch):
             generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
             return torch.utils.data.DataLoader(
-                PerFileDataset(per_file, folder), batch_size=args.batch_size, shuffle=True,
-                num_workers=args.workers, generator=generator, pin_memory=pin,
-                collate_fn=lambda examples: collate(examples, "cached"))
+                PerFileDataset(per_file, folder),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                generator=generator,
+                pin_memory=pin,
+                collate_fn=lambda examples: collate(examples, "cached"),
+            )
 
         results = {}
         for cache in ("cold", "warm"):
-            for name, make, data_root in (("shards", shard_batches, shards), ("per-file", per_file_batches, per_file)):
+            for name, make, data_root in (
+                ("shards", shard_batches, shards),
+                ("per-file", per_file_batches, per_file),
+            ):
                 best, busy = 0.0, None
                 for repeat in range(args.repeats):
                     if cache == "cold":
@@ -253,7 +304,11 @@ def main() -> None:
                     if samples / seconds > best:
                         best, busy = samples / seconds, gpu.percent
                 results[(cache, name)] = best
-                gpu_note = f"  GPU busy {busy:.0f}% of the epoch" if device.type == "cuda" and busy is not None else ""
+                gpu_note = (
+                    f"  GPU busy {busy:.0f}% of the epoch"
+                    if device.type == "cuda" and busy is not None
+                    else ""
+                )
                 print(f"  {cache:4s} {name:8s}: {best:8.1f} samples/s{gpu_note}")
         for cache in ("cold", "warm"):
             ratio = results[(cache, "shards")] / results[(cache, "per-file")]
@@ -267,8 +322,10 @@ def main() -> None:
                 else:
                     io_only(data_root, shuffled, args.seed)
                 seconds[name] = io_only(data_root, shuffled, args.seed)
-            print(f"  read only, {cache}: shards {megabytes / seconds['shards']:.0f} MB/s, per-file "
-                  f"{megabytes / seconds['per-file']:.0f} MB/s = {seconds['per-file'] / seconds['shards']:.2f}x")
+            print(
+                f"  read only, {cache}: shards {megabytes / seconds['shards']:.0f} MB/s, per-file "
+                f"{megabytes / seconds['per-file']:.0f} MB/s = {seconds['per-file'] / seconds['shards']:.2f}x"
+            )
         _ = decode_sample  # the shard path's decoder; the per-file path uses the same np.load call
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -106,8 +106,20 @@ def run_decode_only(root: Path) -> None:
 
 
 STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported apart as start-up
-    "ours": ("av", "cv2", "h5py", "soundfile", "soxr", "scipy.fft", "tqdm", "pipeline.prepare", "pipeline.stages.index",
-             "pipeline.stages.frames", "pipeline.stages.spectrograms", "pipeline.stages.shards_raw"),
+    "ours": (
+        "av",
+        "cv2",
+        "h5py",
+        "soundfile",
+        "soxr",
+        "scipy.fft",
+        "tqdm",
+        "pipeline.prepare",
+        "pipeline.stages.index",
+        "pipeline.stages.frames",
+        "pipeline.stages.spectrograms",
+        "pipeline.stages.shards_raw",
+    ),
     "baseline": ("cv2", "numpy", "soundfile"),
     "decode-only": ("av", "soundfile"),
 }
@@ -133,10 +145,21 @@ def _run(method: str, root: Path, out: Path) -> None:
         run_decode_only(root)
     seconds = time.perf_counter() - start
     cpu_seconds = _cpu_seconds() - cpu_start
-    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "startup": start - begin,
-                      "peak_mib": peak_kib / 1024, "torch_imported": "torch" in sys.modules}))
+    peak_kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "startup": start - begin,
+                "peak_mib": peak_kib / 1024,
+                "torch_imported": "torch" in sys.modules,
+            }
+        )
+    )
 
 
 def _cpu_seconds() -> float:
@@ -156,7 +179,9 @@ def make_corpus(work: Path, clips: int, size: str) -> Path:
         width, height = (int(v) for v in size.split("x"))
         from pipeline.synth import SynthConfig, synth_cremad
 
-        synth_cremad(root, SynthConfig(clips=clips, seed=0, width=width, height=height, workers=2, progress=True))
+        synth_cremad(
+            root, SynthConfig(clips=clips, seed=0, width=width, height=height, workers=2, progress=True)
+        )
         (root / ".complete").write_text("")
     return root
 
@@ -165,8 +190,13 @@ def run_once(method: str, root: Path, out: Path) -> dict:
     """One fresh process preparing the corpus one way: {seconds, startup, peak_mib}."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    result = subprocess.run([sys.executable, __file__, "_run", method, str(root), str(out)], cwd=REPO,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, __file__, "_run", method, str(root), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit(f"{method} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -187,7 +217,9 @@ def measure(methods: list[str], root: Path, work: Path, n: int, repeat: int) -> 
         rounds.append({m: run_once(m, root, work / f"out-{n}-{m}") for m in order})
     medians = {}
     for m in methods:
-        medians[m] = {key: statistics.median(r[m][key] for r in rounds) for key in ("seconds", "cpu_seconds", "startup")}
+        medians[m] = {
+            key: statistics.median(r[m][key] for r in rounds) for key in ("seconds", "cpu_seconds", "startup")
+        }
         medians[m]["peak_mib"] = max(r[m]["peak_mib"] for r in rounds)
         medians[m]["clips_per_s"] = n / medians[m]["seconds"]
     return medians, rounds
@@ -216,34 +248,53 @@ def main() -> None:
         for method, r in results[n].items():
             # ours-2's workers are children of the fork server, not of the measured process: no CPU time
             cpu = "     n/a" if method == "ours-2" else f"{r['cpu_seconds']:6.2f} s"
-            print(f"N={n:4d} {method:18s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
-                  f"cpu {cpu}  peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  "
-                  f"[median of {args.repeat}]", flush=True)
+            print(
+                f"N={n:4d} {method:18s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
+                f"cpu {cpu}  peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  "
+                f"[median of {args.repeat}]",
+                flush=True,
+            )
         if {"ours-2", "baseline"} <= set(args.methods):
-            print(f"N={n}: baseline time / ours (2 workers) time = {ratio(rounds, 'baseline', 'ours-2')}  (goal >= 3)")
+            print(
+                f"N={n}: baseline time / ours (2 workers) time = {ratio(rounds, 'baseline', 'ours-2')}  (goal >= 3)"
+            )
         if {"ours-1", "decode-only"} <= set(args.methods):
-            print(f"N={n}: ours (1 worker) time / decode-only time = {ratio(rounds, 'ours-1', 'decode-only')}"
-                  "  (goal <= 1.5)")
-            print(f"N={n}: ours (1 worker) CPU time / decode-only CPU time = "
-                  f"{ratio(rounds, 'ours-1', 'decode-only', 'cpu_seconds')}  (the same, blind to waiting for a core)")
+            print(
+                f"N={n}: ours (1 worker) time / decode-only time = {ratio(rounds, 'ours-1', 'decode-only')}"
+                "  (goal <= 1.5)"
+            )
+            print(
+                f"N={n}: ours (1 worker) CPU time / decode-only CPU time = "
+                f"{ratio(rounds, 'ours-1', 'decode-only', 'cpu_seconds')}  (the same, blind to waiting for a core)"
+            )
         if {"ours-1-after-index", "decode-only"} <= set(args.methods):
-            print(f"N={n}: ours (1 worker) without the index stage / decode-only = "
-                  f"{ratio(rounds, 'ours-1-after-index', 'decode-only')}  (validation's share of the gap)")
+            print(
+                f"N={n}: ours (1 worker) without the index stage / decode-only = "
+                f"{ratio(rounds, 'ours-1-after-index', 'decode-only')}  (validation's share of the gap)"
+            )
         if {"ours-1", "ours-2"} <= set(args.methods):
-            print(f"N={n}: ours 1 worker / 2 workers = {ratio(rounds, 'ours-1', 'ours-2')} (the machine's parallel gain)")
+            print(
+                f"N={n}: ours 1 worker / 2 workers = {ratio(rounds, 'ours-1', 'ours-2')} (the machine's parallel gain)"
+            )
 
     if len(results) >= 2:
         small, large = min(results), max(results)
         print(f"marginal cost per clip (N={small} -> N={large}, fixed start-up costs cancel out):")
         marginal = {}
         for method in args.methods:
-            marginal[method] = (results[large][method]["seconds"] - results[small][method]["seconds"]) / (large - small)
+            marginal[method] = (results[large][method]["seconds"] - results[small][method]["seconds"]) / (
+                large - small
+            )
             print(f"  {method:18s} {1000 * marginal[method]:6.1f} ms/clip")
         if {"ours-2", "baseline"} <= marginal.keys() and marginal["ours-2"] > 0:
-            print(f"  marginal: baseline / ours (2 workers) = {marginal['baseline'] / marginal['ours-2']:.2f}x (goal >= 3)")
+            print(
+                f"  marginal: baseline / ours (2 workers) = {marginal['baseline'] / marginal['ours-2']:.2f}x (goal >= 3)"
+            )
         if {"ours-1", "decode-only"} <= marginal.keys() and marginal["decode-only"] > 0:
-            print(f"  marginal: ours (1 worker) / decode-only = {marginal['ours-1'] / marginal['decode-only']:.2f}x "
-                  "(goal <= 1.5)")
+            print(
+                f"  marginal: ours (1 worker) / decode-only = {marginal['ours-1'] / marginal['decode-only']:.2f}x "
+                "(goal <= 1.5)"
+            )
         for method in args.methods:
             growth = results[large][method]["peak_mib"] / results[small][method]["peak_mib"]
             print(f"peak memory {method}: N={large} / N={small} = {growth:.2f}x  (goal <= 1.2 for ours)")

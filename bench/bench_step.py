@@ -35,12 +35,36 @@ from mlb.models import build_model
 # ~3 s of Wav2Vec2 at 50 Hz (768-d) and 90 face frames of EfficientNet-B2 (1408-d)), batch 32 (ResNet)
 # or 8 (Conformer) as the authors trained.
 INPUTS = {
-    "tiny": {"spec": (32, 24), "frame": 32, "t_audio": 10, "t_video": 5, "d_audio": 12, "d_video": 20,
-             "batch_raw": 8, "batch_cached": 8},
-    "small": {"spec": (128, 94), "frame": 112, "t_audio": 75, "t_video": 45, "d_audio": 768,
-              "d_video": 1408, "batch_raw": 16, "batch_cached": 8},
-    "paper": {"spec": (257, 188), "frame": 224, "t_audio": 150, "t_video": 90, "d_audio": 768,
-              "d_video": 1408, "batch_raw": 32, "batch_cached": 8},
+    "tiny": {
+        "spec": (32, 24),
+        "frame": 32,
+        "t_audio": 10,
+        "t_video": 5,
+        "d_audio": 12,
+        "d_video": 20,
+        "batch_raw": 8,
+        "batch_cached": 8,
+    },
+    "small": {
+        "spec": (128, 94),
+        "frame": 112,
+        "t_audio": 75,
+        "t_video": 45,
+        "d_audio": 768,
+        "d_video": 1408,
+        "batch_raw": 16,
+        "batch_cached": 8,
+    },
+    "paper": {
+        "spec": (257, 188),
+        "frame": 224,
+        "t_audio": 150,
+        "t_video": 90,
+        "d_audio": 768,
+        "d_video": 1408,
+        "batch_raw": 32,
+        "batch_cached": 8,
+    },
 }
 
 
@@ -52,8 +76,11 @@ def make_batch(features: str, size: str, batch_size: int, device: torch.device, 
     if features == "raw":
         f, t = shape["spec"]
         s = shape["frame"]
-        batch = {"audio": torch.randn(batch_size, 1, f, t, generator=g),
-                 "video": torch.randn(batch_size, 3, 3, s, s, generator=g), "label": label}
+        batch = {
+            "audio": torch.randn(batch_size, 1, f, t, generator=g),
+            "video": torch.randn(batch_size, 3, 3, s, s, generator=g),
+            "label": label,
+        }
     else:
         batch = {"label": label}
         for m in ("audio", "video"):
@@ -65,9 +92,22 @@ def make_batch(features: str, size: str, batch_size: int, device: torch.device, 
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def run_bench(*, features: str, fusion: str, size: str, methods: list[str], device: str, batch_size: int | None,
-              steps: int, warmup: int, repeats: int, amp: bool, sync_logs: bool, phases: bool = False,
-              seed: int = 0) -> dict:
+def run_bench(
+    *,
+    features: str,
+    fusion: str,
+    size: str,
+    methods: list[str],
+    device: str,
+    batch_size: int | None,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    amp: bool,
+    sync_logs: bool,
+    phases: bool = False,
+    seed: int = 0,
+) -> dict:
     """Median seconds per step for each method, and the ratios. Pure: returns a dict.
 
     phases: also time each phase of a step (forward, loss, backward, before_step, optimizer) with a
@@ -81,8 +121,13 @@ def run_bench(*, features: str, fusion: str, size: str, methods: list[str], devi
     for name in methods:
         balancer = build_balancer(name)
         torch.manual_seed(seed)  # the same initial weights for every method (MMCosine's cosine head aside)
-        model = build_model(features=features, fusion=fusion, size=size, **balancer.model_options(),
-                            input_dims={"audio": shape["d_audio"], "video": shape["d_video"]}).to(dev)
+        model = build_model(
+            features=features,
+            fusion=fusion,
+            size=size,
+            **balancer.model_options(),
+            input_dims={"audio": shape["d_audio"], "video": shape["d_video"]},
+        ).to(dev)
         balancer.check_model(model)
         balancer.sync_logs = sync_logs
         runs[name] = (model, balancer, torch.optim.Adam(model.parameters(), lr=1e-4))
@@ -91,8 +136,9 @@ def run_bench(*, features: str, fusion: str, size: str, methods: list[str], devi
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    phase_times = {name: {p: [] for p in ("forward", "loss", "backward", "before_step", "optimizer")}
-                   for name in methods}
+    phase_times = {
+        name: {p: [] for p in ("forward", "loss", "backward", "before_step", "optimizer")} for name in methods
+    }
 
     def mark(record, phase, start):
         if record is not None:
@@ -126,7 +172,7 @@ def run_bench(*, features: str, fusion: str, size: str, methods: list[str], devi
     sync()
     times = {name: [] for name in methods}
     for r in range(repeats):
-        order = methods[r % len(methods):] + methods[:r % len(methods)]
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for name in order:
             sync()
             start = time.perf_counter()
@@ -136,23 +182,35 @@ def run_bench(*, features: str, fusion: str, size: str, methods: list[str], devi
             times[name].append((time.perf_counter() - start) / steps)
     if phases:  # separate, synchronised passes: they must not disturb the whole-step timings above
         for r in range(repeats):
-            for name in methods[r % len(methods):] + methods[:r % len(methods)]:
+            for name in methods[r % len(methods) :] + methods[: r % len(methods)]:
                 for _ in range(steps):
                     sync()
                     step(*runs[name], record=phase_times[name])
     median = {name: statistics.median(ts) for name, ts in times.items()}
     result = {
-        "config": {"features": features, "fusion": fusion, "size": size, "batch_size": bs, "device": str(dev),
-                   "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
-                   "threads": torch.get_num_threads(), "amp_bf16": amp, "sync_logs": sync_logs,
-                   "steps": steps, "warmup": warmup, "repeats": repeats, "torch": torch.__version__},
+        "config": {
+            "features": features,
+            "fusion": fusion,
+            "size": size,
+            "batch_size": bs,
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+            "threads": torch.get_num_threads(),
+            "amp_bf16": amp,
+            "sync_logs": sync_logs,
+            "steps": steps,
+            "warmup": warmup,
+            "repeats": repeats,
+            "torch": torch.__version__,
+        },
         "median_step_s": median,
         "samples_per_s": {name: bs / t for name, t in median.items()},
         "min_step_s": {name: min(ts) for name, ts in times.items()},
     }
     if phases:
-        result["median_phase_s"] = {name: {p: statistics.median(v) for p, v in ph.items()}
-                                    for name, ph in phase_times.items()}
+        result["median_phase_s"] = {
+            name: {p: statistics.median(v) for p, v in ph.items()} for name, ph in phase_times.items()
+        }
     if "joint" in median:
         result["relative_to_joint"] = {name: t / median["joint"] for name, t in median.items()}
     if "mlb" in median and "multi-loss" in median:
@@ -161,7 +219,9 @@ def run_bench(*, features: str, fusion: str, size: str, methods: list[str], devi
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--features", choices=["raw", "cached"], default="raw")
     parser.add_argument("--fusion", default="late-linear")
     parser.add_argument("--size", choices=sorted(INPUTS), default="tiny")
@@ -181,10 +241,20 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
-    result = run_bench(features=args.features, fusion=args.fusion, size=args.size,
-                       methods=[m.strip() for m in args.methods.split(",") if m.strip()], device=args.device,
-                       batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-                       amp=args.amp, sync_logs=not args.no_sync_logs, phases=args.phases)
+    result = run_bench(
+        features=args.features,
+        fusion=args.fusion,
+        size=args.size,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        device=args.device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        amp=args.amp,
+        sync_logs=not args.no_sync_logs,
+        phases=args.phases,
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -32,15 +32,26 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="bench_synth_"))
         try:
             start = time.perf_counter()
-            summary = synth_cremad(out, SynthConfig(clips=args.clips, width=width, height=height, seed=args.seed,
-                                                    workers=workers, progress=False))
+            summary = synth_cremad(
+                out,
+                SynthConfig(
+                    clips=args.clips,
+                    width=width,
+                    height=height,
+                    seed=args.seed,
+                    workers=workers,
+                    progress=False,
+                ),
+            )
             seconds = time.perf_counter() - start
             size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        print(f"workers={workers}: {seconds:6.1f} s  {args.clips / seconds:5.2f} clips/s  "
-              f"{summary.audio_seconds / seconds:5.1f}x real time  {size_mb:.0f} MB"
-              f"  [{'OK' if seconds < 120 or args.clips != 200 else 'SLOW'}: target 200 clips < 120 s]")
+        print(
+            f"workers={workers}: {seconds:6.1f} s  {args.clips / seconds:5.2f} clips/s  "
+            f"{summary.audio_seconds / seconds:5.1f}x real time  {size_mb:.0f} MB"
+            f"  [{'OK' if seconds < 120 or args.clips != 200 else 'SLOW'}: target 200 clips < 120 s]"
+        )
 
 
 if __name__ == "__main__":

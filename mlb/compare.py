@@ -74,7 +74,9 @@ def aggregate(runs: list[dict]) -> list[GroupSummary]:
     groups: dict[tuple, list[dict[str, float]]] = {}
     for run in runs:
         key = tuple(str(run[k]) for k in GROUP_KEYS)
-        groups.setdefault(key, []).append(flatten({k: run[k] for k in ("validation", "test", "training") if k in run}))
+        groups.setdefault(key, []).append(
+            flatten({k: run[k] for k in ("validation", "test", "training") if k in run})
+        )
     summaries = []
     for key in sorted(groups, key=_display_order):
         flats = groups[key]
@@ -86,7 +88,9 @@ def aggregate(runs: list[dict]) -> list[GroupSummary]:
                 continue
             m = sum(values) / len(values)
             mean[name] = m
-            std[name] = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            std[name] = (
+                math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            )
         summaries.append(GroupSummary(dict(zip(GROUP_KEYS, key)), len(flats), mean, std))
     return summaries
 
@@ -107,8 +111,11 @@ def to_markdown(summaries: list[GroupSummary]) -> str:
         alone = s.group["method"].endswith("-only")
         cells += ["-" if alone and ".fused." in key else _cell(s, key, 100.0) for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nAccuracy, macro-F1 and ECE in %, mean ± std over seeds/folds; test metrics at the " \
+    return (
+        "\n".join(lines)
+        + "\n\nAccuracy, macro-F1 and ECE in %, mean ± std over seeds/folds; test metrics at the "
         "checkpoint selected on validation accuracy.\n"
+    )
 
 
 def to_csv(summaries: list[GroupSummary]) -> str:
@@ -132,7 +139,11 @@ def to_metrics(summaries: list[GroupSummary]) -> str:
     """Nested {features: {method: {fusion: {column: mean}}}} for `dvc metrics show` / `dvc exp show`."""
     tree: dict = {}
     for s in summaries:
-        leaf = tree.setdefault(s.group["features"], {}).setdefault(s.group["method"], {}).setdefault(s.group["fusion"], {})
+        leaf = (
+            tree.setdefault(s.group["features"], {})
+            .setdefault(s.group["method"], {})
+            .setdefault(s.group["fusion"], {})
+        )
         for title, key in TABLE_COLUMNS:
             if key in s.mean:
                 leaf[title.replace(" ", "_").replace("-", "_")] = round(s.mean[key], 6)
@@ -142,8 +153,12 @@ def to_metrics(summaries: list[GroupSummary]) -> str:
 def write_tables(summaries: list[GroupSummary], out_dir: Path) -> dict[str, Path]:
     """Write compare.md, .csv, .json and compare_metrics.json into `out_dir`; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts = {"md": ("compare.md", to_markdown(summaries)), "csv": ("compare.csv", to_csv(summaries)),
-             "json": ("compare.json", to_json(summaries)), "metrics": ("compare_metrics.json", to_metrics(summaries))}
+    texts = {
+        "md": ("compare.md", to_markdown(summaries)),
+        "csv": ("compare.csv", to_csv(summaries)),
+        "json": ("compare.json", to_json(summaries)),
+        "metrics": ("compare_metrics.json", to_metrics(summaries)),
+    }
     paths = {}
     for name, (filename, text) in texts.items():
         path = out_dir / filename
@@ -161,8 +176,15 @@ def run_dir_for(root: Path, features: str, method: str, fusion: str, seed: int) 
     return Path(root) / features / method / fusion / f"seed{seed}"
 
 
-def run_comparison(base, methods: list[str], fusions: list[str], seeds: list[int], root: Path,
-                   method_params: dict[str, dict] | None = None, log=print) -> tuple[list[dict], list[dict]]:
+def run_comparison(
+    base,
+    methods: list[str],
+    fusions: list[str],
+    seeds: list[int],
+    root: Path,
+    method_params: dict[str, dict] | None = None,
+    log=print,
+) -> tuple[list[dict], list[dict]]:
     """Train every (method, fusion, seed) with the same budget as `base` (an `mlb.train.TrainConfig`).
 
     Every run gets the same epochs, batch size, learning rate and early stopping; only the method, its
@@ -194,8 +216,15 @@ def run_comparison(base, methods: list[str], fusions: list[str], seeds: list[int
             skipped.append({"method": method, "fusion": fusion, "seed": seed, "reason": reason})
             log(f"[{i}/{len(combos)}] {method} / {fusion} / seed {seed}: skipped ({reason})")
             continue
-        config = dataclasses.replace(base, method=method, fusion=fusion, seed=seed, out=run_dir, resume=True,
-                                     method_params=dict(method_params.get(method, {})))
+        config = dataclasses.replace(
+            base,
+            method=method,
+            fusion=fusion,
+            seed=seed,
+            out=run_dir,
+            resume=True,
+            method_params=dict(method_params.get(method, {})),
+        )
         log(f"[{i}/{len(combos)}] {method} / {fusion} / seed {seed} -> {run_dir}")
         runs.append({**train(config), "path": str(run_dir)})
     return runs, skipped

@@ -84,10 +84,14 @@ def read_sizes(folder: Path) -> dict[str, int]:
     """`sizes.json` as {tar name: sample count}; names must be plain `<split>-NNNNNN.tar` that exist."""
     sizes = read_json(Path(folder) / "sizes.json")
     if not isinstance(sizes, dict):
-        raise ShardError(f"{folder}/sizes.json must be an object {{tar name: count}}, got {type(sizes).__name__}")
+        raise ShardError(
+            f"{folder}/sizes.json must be an object {{tar name: count}}, got {type(sizes).__name__}"
+        )
     for name, count in sizes.items():
         if not _SHARD_NAME.match(name):
-            raise ShardError(f"{folder}/sizes.json lists {name!r}: shard names must look like train-000000.tar")
+            raise ShardError(
+                f"{folder}/sizes.json lists {name!r}: shard names must look like train-000000.tar"
+            )
         if not isinstance(count, int) or count < 0:
             raise ShardError(f"{folder}/sizes.json: count of {name} must be an integer >= 0, got {count!r}")
         if not (Path(folder) / name).is_file():
@@ -149,9 +153,13 @@ class ShardFolder:
     @cached_property
     def normalisers(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """`stats.json` as float32 (mean, 1 / std) arrays per key, converted once rather than per sample."""
-        return {key: (np.asarray(value["mean"], dtype=np.float32),
-                      1.0 / np.maximum(np.asarray(value["std"], dtype=np.float32), _STD_FLOOR))
-                for key, value in self.stats.items()}
+        return {
+            key: (
+                np.asarray(value["mean"], dtype=np.float32),
+                1.0 / np.maximum(np.asarray(value["std"], dtype=np.float32), _STD_FLOOR),
+            )
+            for key, value in self.stats.items()
+        }
 
     def field_shape(self, field_name: str) -> list[Any]:
         """The shape recorded in `meta.json` for a field; symbolic (str/None) dims are variable."""
@@ -168,7 +176,9 @@ def open_shard_folder(path: Path, expected_meta: Mapping[str, Any] | None = None
         if key not in meta:
             raise ShardMetaError(f"{path}/meta.json has no key {key!r}")
     if meta["input_path"] not in INPUT_PATHS:
-        raise ShardMetaError(f"{path}/meta.json 'input_path' is {meta['input_path']!r}, not one of {INPUT_PATHS}")
+        raise ShardMetaError(
+            f"{path}/meta.json 'input_path' is {meta['input_path']!r}, not one of {INPUT_PATHS}"
+        )
     if expected_meta:
         check_meta(meta, expected_meta)
     for modality, field_name in MODALITY_FIELDS[meta["input_path"]].items():
@@ -180,7 +190,9 @@ def open_shard_folder(path: Path, expected_meta: Mapping[str, Any] | None = None
     if meta["input_path"] == "cached":
         for field_name in MODALITY_FIELDS["cached"].values():
             if field_name.removesuffix(".npy") not in stats:
-                raise ShardError(f"{path}/stats.json lacks {field_name.removesuffix('.npy')!r} (cached features)")
+                raise ShardError(
+                    f"{path}/stats.json lacks {field_name.removesuffix('.npy')!r} (cached features)"
+                )
     return ShardFolder(path=path, meta=meta, sizes=read_sizes(path), stats=stats)
 
 
@@ -197,8 +209,9 @@ def check_member_name(name: str, where: str = "tar") -> bool:
     return True
 
 
-def read_tar_samples(shards: Iterator[dict[str, Any]], sizes: Mapping[str, int] | None = None
-                     ) -> Iterator[dict[str, Any]]:
+def read_tar_samples(
+    shards: Iterator[dict[str, Any]], sizes: Mapping[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """Stage 4: `{"url": path}` items to samples `{"__key__", "__url__", "<field>": bytes, ...}`.
 
     With `sizes` (`sizes.json`), a tar that holds another number of clips than listed is an error.
@@ -334,7 +347,9 @@ def collate(examples: list[dict[str, Any]], input_path: str) -> dict[str, Any]:
         else:
             shapes = {a.shape for a in arrays}
             if len(shapes) != 1:
-                raise ShardError(f"{modality} shapes differ within a batch {sorted(shapes)} (ids {batch['id']})")
+                raise ShardError(
+                    f"{modality} shapes differ within a batch {sorted(shapes)} (ids {batch['id']})"
+                )
             batch[modality] = torch.from_numpy(np.stack(arrays))  # [B, 1, F, T] or [B, N, 3, H, W]
     return batch
 
@@ -353,7 +368,7 @@ def shard_order(shards: list[str], seed: int, epoch: int, shuffle: bool) -> list
 
 def assigned_shards(order: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
     """The shards one worker of one rank reads: the same slicing as wds.split_by_node/split_by_worker."""
-    return order[rank::world_size][worker::max(num_workers, 1)]
+    return order[rank::world_size][worker :: max(num_workers, 1)]
 
 
 def _shuffle_buffer(samples: Iterator[dict], bufsize: int, rng: np.random.Generator) -> Iterator[dict]:
@@ -431,8 +446,10 @@ class ShardLoader:
         order = shard_order(self.shards, self.seed, epoch, self.shuffle)
         total = 0
         for worker in range(max(self.num_workers, 1)):
-            n = sum(self.folder.sizes[s] for s in assigned_shards(order, rank, self.world_size, worker,
-                                                                   self.num_workers))
+            n = sum(
+                self.folder.sizes[s]
+                for s in assigned_shards(order, rank, self.world_size, worker, self.num_workers)
+            )
             total += n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
         return total
 
@@ -443,8 +460,13 @@ class ShardLoader:
     def _pipeline(self, epoch: int):
         import webdataset as wds
 
-        folder, urls = self.folder, [str(self.folder.path / name) for name in
-                                     shard_order(self.shards, self.seed, epoch, self.shuffle)]
+        folder, urls = (
+            self.folder,
+            [
+                str(self.folder.path / name)
+                for name in shard_order(self.shards, self.seed, epoch, self.shuffle)
+            ],
+        )
 
         def shuffle_stage(samples):
             _, _, worker, _ = wds.utils.pytorch_worker_info()
@@ -481,8 +503,13 @@ class ShardLoader:
         else:
             # Our own generator: the loader must not draw from the global torch RNG (resume replays it).
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            source = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=self.num_workers,
-                                                 generator=generator, pin_memory=self.pin_memory)
+            source = torch.utils.data.DataLoader(
+                pipeline,
+                batch_size=None,
+                num_workers=self.num_workers,
+                generator=generator,
+                pin_memory=self.pin_memory,
+            )
         limit = self.num_batches(epoch)
         for index, batch in enumerate(source):
             if index >= limit:  # equal work across DDP ranks

@@ -58,7 +58,9 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, nu
     if not len(labels):
         return float("nan")
     rel = reliability_bins(probabilities, labels, num_bins)
-    count, correct, confidence = (np.asarray(rel[k], dtype=np.float64) for k in ("count", "correct", "confidence_sum"))
+    count, correct, confidence = (
+        np.asarray(rel[k], dtype=np.float64) for k in ("count", "correct", "confidence_sum")
+    )
     used = count > 0
     # |B_m|/n * |acc(B_m) - conf(B_m)| = |correct_m - confidence_sum_m| / n
     return float(np.abs(correct[used] - confidence[used]).sum() / len(labels))
@@ -75,9 +77,11 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: in
     correct = probabilities.argmax(axis=1) == labels  # [N]
     # ceil(conf * M) - 1 is the index of the bin ((m-1)/M, m/M]; clip puts 0 into bin 0.
     bins = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)  # [N]
-    return {"count": np.bincount(bins, minlength=num_bins).tolist(),
-            "correct": np.bincount(bins, weights=correct, minlength=num_bins).astype(np.int64).tolist(),
-            "confidence_sum": np.bincount(bins, weights=confidence, minlength=num_bins).tolist()}
+    return {
+        "count": np.bincount(bins, minlength=num_bins).tolist(),
+        "correct": np.bincount(bins, weights=correct, minlength=num_bins).astype(np.int64).tolist(),
+        "confidence_sum": np.bincount(bins, weights=confidence, minlength=num_bins).tolist(),
+    }
 
 
 def agreement_table(head_correct: Mapping[str, np.ndarray], fused_correct: np.ndarray) -> list[dict]:
@@ -94,8 +98,13 @@ def agreement_table(head_correct: Mapping[str, np.ndarray], fused_correct: np.nd
         for name, want in zip(names, combination):
             in_group &= np.asarray(head_correct[name], dtype=bool) == want
         count = int(in_group.sum())
-        rows.append({**{f"{name}_correct": want for name, want in zip(names, combination)}, "count": count,
-                     "fused_accuracy": float(fused_correct[in_group].mean()) if count else None})
+        rows.append(
+            {
+                **{f"{name}_correct": want for name, want in zip(names, combination)},
+                "count": count,
+                "fused_accuracy": float(fused_correct[in_group].mean()) if count else None,
+            }
+        )
     return rows
 
 
@@ -112,8 +121,9 @@ def head_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> di
     }
 
 
-def evaluate(labels: np.ndarray, fused_logits: np.ndarray, unimodal_logits: Mapping[str, np.ndarray],
-             num_classes: int) -> dict:
+def evaluate(
+    labels: np.ndarray, fused_logits: np.ndarray, unimodal_logits: Mapping[str, np.ndarray], num_classes: int
+) -> dict:
     """All metrics of one split: `fused`, one entry per unimodal head, and the agreement table."""
     labels = np.asarray(labels)
     fused_correct = np.asarray(fused_logits).argmax(axis=1) == labels

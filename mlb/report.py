@@ -40,7 +40,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def figure_k_vs_r(path: Path, settings=((0.5, 10.0), (1.0, 10.0), (2.0, 5.0), (5.0, 2.0), (2.0, 1.0))) -> Path:
+def figure_k_vs_r(
+    path: Path, settings=((0.5, 10.0), (1.0, 10.0), (2.0, 5.0), (5.0, 2.0), (2.0, 1.0))
+) -> Path:
     """Paper Figure 2: k = f(r) for several (α, β_max), two modalities."""
     import torch
 
@@ -66,8 +68,12 @@ def is_alone(method: str) -> bool:
     return method.endswith("-only")
 
 
-def figure_accuracy(summaries: list[GroupSummary], path: Path, key: str = "test.fused.accuracy",
-                    ylabel: str = "test accuracy (%)") -> Path:
+def figure_accuracy(
+    summaries: list[GroupSummary],
+    path: Path,
+    key: str = "test.fused.accuracy",
+    ylabel: str = "test accuracy (%)",
+) -> Path:
     """Paper Figure 3: bars per method, one colour per fusion head, error bars = std over seeds."""
     summaries = [s for s in summaries if not is_alone(s.group["method"])]
     methods = list(dict.fromkeys(s.group["method"] for s in summaries))
@@ -107,8 +113,13 @@ def agreement_by_method(runs: list[dict], fusion: str) -> dict[str, list[dict]]:
         table[method] = []
         for name, values in groups.items():
             accs = [a for _, a in values if a is not None]
-            table[method].append({"group": name, "share": float(np.mean([s for s, _ in values])),
-                                  "fused_accuracy": float(np.mean(accs)) if accs else None})
+            table[method].append(
+                {
+                    "group": name,
+                    "share": float(np.mean([s for s, _ in values])),
+                    "fused_accuracy": float(np.mean(accs)) if accs else None,
+                }
+            )
     return table
 
 
@@ -135,8 +146,10 @@ def figure_agreement(runs: list[dict], path: Path, fusion: str = "late-linear") 
         xs = [g + (j - (len(methods) - 1) / 2) * width for g in range(len(groups))]
         ys = [100 * (rows[name]["fused_accuracy"] or 0.0) if name in rows else 0.0 for name in groups]
         ax.bar(xs, ys, width, label=method, color=COLORS[j % len(COLORS)])
-    shares = {name: np.mean([r["share"] for rows in table.values() for r in rows if r["group"] == name])
-              for name in groups}
+    shares = {
+        name: np.mean([r["share"] for rows in table.values() for r in rows if r["group"] == name])
+        for name in groups
+    }
     ax.set_xticks(range(len(groups)), [f"{name}\n({100 * shares[name]:.0f}% of clips)" for name in groups])
     ax.set_ylabel("fused accuracy in the group (%)")
     ax.set_title(f"Which unimodal heads are right, and what the fused output does ({fusion})")
@@ -146,14 +159,23 @@ def figure_agreement(runs: list[dict], path: Path, fusion: str = "late-linear") 
     return _save(fig, path)
 
 
-def figure_ece(summaries: list[GroupSummary], runs: list[dict], path: Path, fusion: str = "late-linear") -> Path:
+def figure_ece(
+    summaries: list[GroupSummary], runs: list[dict], path: Path, fusion: str = "late-linear"
+) -> Path:
     """Paper Figure 5: ECE per method (left) and a reliability diagram of the fused output (right)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    rows = [s for s in summaries if s.group["fusion"] == fusion and "test.fused.ece" in s.mean
-            and not is_alone(s.group["method"])]
-    left.bar(range(len(rows)), [100 * s.mean["test.fused.ece"] for s in rows],
-             yerr=[100 * s.std["test.fused.ece"] for s in rows], capsize=3,
-             color=[COLORS[i % len(COLORS)] for i in range(len(rows))])
+    rows = [
+        s
+        for s in summaries
+        if s.group["fusion"] == fusion and "test.fused.ece" in s.mean and not is_alone(s.group["method"])
+    ]
+    left.bar(
+        range(len(rows)),
+        [100 * s.mean["test.fused.ece"] for s in rows],
+        yerr=[100 * s.std["test.fused.ece"] for s in rows],
+        capsize=3,
+        color=[COLORS[i % len(COLORS)] for i in range(len(rows))],
+    )
     left.set_xticks(range(len(rows)), [s.group["method"] for s in rows], rotation=20)
     left.set_ylabel("ECE (%, 15 bins; lower is better)")
     left.set_title(f"Calibration of the fused output ({fusion})")
@@ -161,7 +183,9 @@ def figure_ece(summaries: list[GroupSummary], runs: list[dict], path: Path, fusi
 
     right.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
     for i, s in enumerate(rows):
-        bins = _pooled_reliability([r for r in runs if r["method"] == s.group["method"] and r["fusion"] == fusion])
+        bins = _pooled_reliability(
+            [r for r in runs if r["method"] == s.group["method"] and r["fusion"] == fusion]
+        )
         if bins is None:
             continue
         conf, acc = bins
@@ -191,20 +215,37 @@ def _pooled_reliability(runs: list[dict]):
 def figure_heads(summaries: list[GroupSummary], path: Path, fusion: str = "late-linear") -> Path:
     """Each method's unimodal heads (test accuracy) beside the encoders trained alone."""
     rows = [s for s in summaries if s.group["fusion"] == fusion]
-    modalities = sorted({k.split(".")[2] for s in rows for k in s.mean if k.startswith("test.unimodal.")
-                         and k.endswith(".accuracy")})
+    modalities = sorted(
+        {
+            k.split(".")[2]
+            for s in rows
+            for k in s.mean
+            if k.startswith("test.unimodal.") and k.endswith(".accuracy")
+        }
+    )
     width = 0.8 / max(1, len(modalities))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(rows) + 2), 4.2))
     for j, m in enumerate(modalities):
         key = f"test.unimodal.{m}.accuracy"
         xs = [i + (j - (len(modalities) - 1) / 2) * width for i, s in enumerate(rows) if key in s.mean]
-        ax.bar(xs, [100 * s.mean[key] for s in rows if key in s.mean], width,
-               yerr=[100 * s.std[key] for s in rows if key in s.mean], capsize=3, label=f"{m} head",
-               color=COLORS[j % len(COLORS)])
+        ax.bar(
+            xs,
+            [100 * s.mean[key] for s in rows if key in s.mean],
+            width,
+            yerr=[100 * s.std[key] for s in rows if key in s.mean],
+            capsize=3,
+            label=f"{m} head",
+            color=COLORS[j % len(COLORS)],
+        )
         alone = next((s for s in rows if s.group["method"] == f"{m}-only" and key in s.mean), None)
         if alone is not None:  # the same encoder trained alone: the reference line
-            ax.axhline(100 * alone.mean[key], color=COLORS[j % len(COLORS)], ls="--", lw=1,
-                       label=f"{m} encoder trained alone")
+            ax.axhline(
+                100 * alone.mean[key],
+                color=COLORS[j % len(COLORS)],
+                ls="--",
+                lw=1,
+                label=f"{m} encoder trained alone",
+            )
     ax.set_xticks(range(len(rows)), [s.group["method"] for s in rows], rotation=20)
     ax.set_ylabel("test accuracy of the unimodal head (%)")
     ax.set_title(f"Unimodal heads vs the encoder trained alone ({fusion})")
@@ -229,17 +270,25 @@ def figure_training_curves(run_dir: Path, path: Path) -> Path:
         left.plot(xs, ys, lw=0.6, alpha=0.35, color=COLORS[i % len(COLORS)])
         window = max(1, len(ys) // 30)
         smooth = np.convolve(ys, np.ones(window) / window, mode="valid") if len(ys) >= window else ys
-        left.plot(xs[window - 1:], smooth, lw=1.6, color=COLORS[i % len(COLORS)], label=name)
+        left.plot(xs[window - 1 :], smooth, lw=1.6, color=COLORS[i % len(COLORS)], label=name)
     left.axhline(1.0, color="grey", ls=":", lw=1)
     left.set_xlabel("training step")
     left.set_ylabel("k_i (gradient multiplier)")
-    left.set_title("Balancing coefficients per step" if k_names else "No balancing coefficients (method has none)")
+    left.set_title(
+        "Balancing coefficients per step" if k_names else "No balancing coefficients (method has none)"
+    )
     if k_names:
         left.legend(fontsize=8)
     acc_names = sorted({k for row in epochs for k in row if k.startswith("val/acc")})
     for i, name in enumerate(acc_names):
-        right.plot([row["epoch"] for row in epochs if name in row], [100 * row[name] for row in epochs if name in row],
-                   marker="o", ms=3, color=COLORS[i % len(COLORS)], label=name.removeprefix("val/"))
+        right.plot(
+            [row["epoch"] for row in epochs if name in row],
+            [100 * row[name] for row in epochs if name in row],
+            marker="o",
+            ms=3,
+            color=COLORS[i % len(COLORS)],
+            label=name.removeprefix("val/"),
+        )
     right.set_xlabel("epoch")
     right.set_ylabel("validation accuracy (%)")
     right.set_title("Fused and unimodal heads on validation")

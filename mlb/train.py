@@ -113,8 +113,12 @@ class TrainConfig:
             raise bad("shuffle_buffer", "must be >= 1")
         for key in ("lr", "weight_decay"):
             value = getattr(self, key)
-            if value is not None and not (math.isfinite(value) and value >= (0 if key == "weight_decay" else 1e-12)):
-                raise bad(key, "must be a finite number > 0" if key == "lr" else "must be a finite number >= 0")
+            if value is not None and not (
+                math.isfinite(value) and value >= (0 if key == "weight_decay" else 1e-12)
+            ):
+                raise bad(
+                    key, "must be a finite number > 0" if key == "lr" else "must be a finite number >= 0"
+                )
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise bad("warmup_epochs", "must be >= 0")
         if not (self.restart_epochs > 0 and math.isfinite(self.restart_epochs)):
@@ -190,8 +194,12 @@ def rng_states() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     states = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": version, "internal": list(internal), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -202,8 +210,9 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = states["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in states and torch.cuda.is_available():
@@ -267,16 +276,21 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 def flat_val_metrics(metrics: dict[str, Any], loss: float) -> dict[str, float]:
     """The flat dict balancers get in `on_epoch_end`: acc, f1, loss, acc_<modality>, f1_<modality>."""
-    flat = {"acc": metrics["fused"]["accuracy"], "f1": metrics["fused"]["macro_f1"],
-            "ece": metrics["fused"]["ece"], "loss": loss}
+    flat = {
+        "acc": metrics["fused"]["accuracy"],
+        "f1": metrics["fused"]["macro_f1"],
+        "ece": metrics["fused"]["ece"],
+        "loss": loss,
+    }
     for m, head in metrics["unimodal"].items():
         flat |= {f"acc_{m}": head["accuracy"], f"f1_{m}": head["macro_f1"]}
     return flat
 
 
 @torch.no_grad()
-def evaluate_split(model, loader: ShardLoader, device: torch.device, amp_dtype, num_classes: int
-                   ) -> tuple[dict[str, Any], float]:
+def evaluate_split(
+    model, loader: ShardLoader, device: torch.device, amp_dtype, num_classes: int
+) -> tuple[dict[str, Any], float]:
     """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy."""
     model.eval()
     labels, fused, unimodal = [], [], {}
@@ -291,8 +305,12 @@ def evaluate_split(model, loader: ShardLoader, device: torch.device, amp_dtype, 
     label = torch.cat(labels)  # [N]
     fused_logits = torch.cat(fused)  # [N, C]
     loss = float(F.cross_entropy(fused_logits, label))
-    metrics = evaluate(label.numpy(), fused_logits.numpy(), {m: torch.cat(v).numpy() for m, v in unimodal.items()},
-                       num_classes)
+    metrics = evaluate(
+        label.numpy(),
+        fused_logits.numpy(),
+        {m: torch.cat(v).numpy() for m, v in unimodal.items()},
+        num_classes,
+    )
     metrics["loss"] = loss
     return metrics, loss
 
@@ -351,8 +369,9 @@ class EpochLog:
 
             # save_dvc_exp=False: never touch git; dvcyaml=None: the project's dvc.yaml declares the
             # plots and metrics of RUN/dvclive itself.
-            self.live = Live(dir=str(run / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None,
-                             report=None)
+            self.live = Live(
+                dir=str(run / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None
+            )
 
     @staticmethod
     def drop_epochs_from(run: Path, epoch: int) -> None:
@@ -400,8 +419,10 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     resuming = config.resume and last_path.exists()
     if last_path.exists() and not config.resume:
-        raise TrainConfigError(f"train config out={str(run)!r}: it already holds a checkpoint ({last_path}); "
-                               "pass resume=True (--resume) or choose another folder")
+        raise TrainConfigError(
+            f"train config out={str(run)!r}: it already holds a checkpoint ({last_path}); "
+            "pass resume=True (--resume) or choose another folder"
+        )
     device = resolve_device(config.device)
     amp_dtype = resolve_precision(config.precision, device)
 
@@ -409,8 +430,9 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     folder = open_shard_folder(config.data, {"input_path": config.features, **config.expected_meta})
     batch_size = config.resolved_batch_size
     loader_kw = {"seed": config.seed, "num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
-    train_loader = ShardLoader(folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer,
-                               **loader_kw)
+    train_loader = ShardLoader(
+        folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer, **loader_kw
+    )
     eval_kw = dict(batch_size=config.eval_batch_size or batch_size, shuffle=False, **loader_kw)
     val_loader = ShardLoader(folder, "validation", **eval_kw)
     steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch without DDP
@@ -419,11 +441,21 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     seed_everything(config.seed)
     params = dict(config.method_params)
     if config.method == "mlb":  # the authors' alpha / beta_max for this setting, unless given
-        params = mlb_settings(features=config.features, fusion=config.fusion,
-                              corpus=folder.meta.get("corpus", "cremad")) | params
+        params = (
+            mlb_settings(
+                features=config.features, fusion=config.fusion, corpus=folder.meta.get("corpus", "cremad")
+            )
+            | params
+        )
     balancer = build_balancer(config.method, **params)
-    model_kw = dict(features=config.features, fusion=config.fusion, num_classes=folder.num_classes,
-                    size=config.size, dropout=config.dropout, **balancer.model_options())
+    model_kw = dict(
+        features=config.features,
+        fusion=config.fusion,
+        num_classes=folder.num_classes,
+        size=config.size,
+        dropout=config.dropout,
+        **balancer.model_options(),
+    )
     if config.features == "cached":
         model_kw["input_dims"] = input_dims(folder)
     model = build_model(**model_kw).to(device)
@@ -434,21 +466,37 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     base_lr = config.resolved_lr
     optimizer = torch.optim.Adam(parameters, lr=base_lr, weight_decay=config.resolved_weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    schedule = {"warmup_steps": round(config.warmup_epochs * steps_per_epoch),
-                "cycle_steps": max(1, round(config.restart_epochs * steps_per_epoch)),
-                "cycle_mult": config.restart_mult, "min_ratio": config.min_lr_ratio}
+    schedule = {
+        "warmup_steps": round(config.warmup_epochs * steps_per_epoch),
+        "cycle_steps": max(1, round(config.restart_epochs * steps_per_epoch)),
+        "cycle_mult": config.restart_mult,
+        "min_ratio": config.min_lr_ratio,
+    }
     state = TrainState()
-    run_info = {"config": config.to_json(), "method_params": params, "shard_meta": folder.meta,
-                "num_parameters": sum(p.numel() for p in parameters), "device": str(device),
-                "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
-                "steps_per_epoch": steps_per_epoch, "scheduler": {"name": "constant-warmup+cosine-restarts",
-                                                                   **schedule}}
+    run_info = {
+        "config": config.to_json(),
+        "method_params": params,
+        "shard_meta": folder.meta,
+        "num_parameters": sum(p.numel() for p in parameters),
+        "device": str(device),
+        "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
+        "steps_per_epoch": steps_per_epoch,
+        "scheduler": {"name": "constant-warmup+cosine-restarts", **schedule},
+    }
 
     def checkpoint() -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": dict(run_info["scheduler"], step=state.step), "balancer": balancer.state_dict(),
-                "rng": rng_states(), "state": dataclasses.asdict(state), "config": config.to_json(),
-                "method_params": params, "shard_meta": folder.meta}
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "scheduler": dict(run_info["scheduler"], step=state.step),
+            "balancer": balancer.state_dict(),
+            "rng": rng_states(),
+            "state": dataclasses.asdict(state),
+            "config": config.to_json(),
+            "method_params": params,
+            "shard_meta": folder.meta,
+        }
 
     # --- resume ----------------------------------------------------------------------------------------
     if resuming:
@@ -460,8 +508,10 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
         balancer.load_state_dict(saved["balancer"])
         state = TrainState(**saved["state"])
         set_rng_states(saved["rng"])
-        print(f"mlbpipe train: resuming {last_path} at epoch {state.epoch}, batch {state.batch_in_epoch}, "
-              f"step {state.step}")
+        print(
+            f"mlbpipe train: resuming {last_path} at epoch {state.epoch}, batch {state.batch_in_epoch}, "
+            f"step {state.step}"
+        )
     elif config.resume:
         print(f"mlbpipe train: --resume given but {last_path} does not exist: starting from scratch")
     if resuming and (state.epoch >= config.epochs or state.stopped_early) and (run / "metrics.json").exists():
@@ -486,9 +536,13 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
             model.train()
             epoch_logs = step_log.series(state.epoch)  # {name: [values]}; non-empty after a mid-epoch resume
             out_of_steps = False
-            batches = tqdm(train_loader.iterate(state.epoch, skip_batches=state.batch_in_epoch),
-                           total=steps_per_epoch - state.batch_in_epoch, desc=f"epoch {state.epoch}",
-                           leave=False, disable=None)  # disable=None: no bar when not a terminal
+            batches = tqdm(
+                train_loader.iterate(state.epoch, skip_batches=state.batch_in_epoch),
+                total=steps_per_epoch - state.batch_in_epoch,
+                desc=f"epoch {state.epoch}",
+                leave=False,
+                disable=None,
+            )  # disable=None: no bar when not a terminal
             for batch in batches:
                 batch = to_device(batch, device)
                 lr = base_lr * lr_at(state.step, **schedule)
@@ -504,7 +558,8 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                         raise FloatingPointError(
                             f"mlbpipe train: {state.bad_in_a_row} steps in a row had a non-finite loss or "
                             f"gradient (step {state.step}, epoch {state.epoch}); stopping. Lower the lr "
-                            f"(now {lr:g}), use --precision fp32, or check the shards for NaN/Inf values.")
+                            f"(now {lr:g}), use --precision fp32, or check the shards for NaN/Inf values."
+                        )
                 else:
                     state.bad_in_a_row = 0
                     step_log.write({"step": state.step, "epoch": state.epoch, "lr": lr, **logs})
@@ -528,17 +583,27 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                 state.best_val_accuracy, state.best_epoch = flat[selection_key], state.epoch
                 state.best_step = state.step
                 state.epochs_without_improvement = 0
-                save_atomic({"model": model.state_dict(), "epoch": state.epoch, "step": state.step,
-                             "val_accuracy": flat[selection_key], "config": config.to_json()}, best_path)
+                save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "epoch": state.epoch,
+                        "step": state.step,
+                        "val_accuracy": flat[selection_key],
+                        "config": config.to_json(),
+                    },
+                    best_path,
+                )
             else:
                 state.epochs_without_improvement += 1
                 state.stopped_early = state.epochs_without_improvement >= config.patience
             summary = epoch_summary(epoch_logs, flat, balancer_logs, state, lr_now(optimizer))
             epoch_log.log(state.epoch, summary)
             epochs_file.write({"epoch": state.epoch, "step": state.step, **summary})
-            print(f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
-                  + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in model.modalities)
-                  + (" (best)" if improved else ""))
+            print(
+                f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
+                + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in model.modalities)
+                + (" (best)" if improved else "")
+            )
             if out_of_steps and state.batch_in_epoch < steps_per_epoch:
                 save_atomic(checkpoint(), last_path)  # mid-epoch: a resume with more steps continues here
                 break
@@ -558,24 +623,43 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     val_metrics, _ = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
     test_metrics, _ = evaluate_split(model, test_loader, device, amp_dtype, folder.num_classes)
     result = {
-        "method": config.method, "fusion": config.fusion, "features": config.features, "seed": config.seed,
+        "method": config.method,
+        "fusion": config.fusion,
+        "features": config.features,
+        "seed": config.seed,
         "method_params": params,
-        "selected": {"epoch": selected["epoch"], "step": selected["step"], "val_accuracy": selected["val_accuracy"],
-                     "criterion": f"validation {selection_head + ' head' if selection_head else 'fused'} accuracy"},
-        "training": {"epochs_run": state.epoch + (1 if state.batch_in_epoch else 0), "steps": state.step,
-                     "skipped_nonfinite_steps": state.skipped_steps, "stopped_early": state.stopped_early,
-                     "seconds_this_process": round(time.perf_counter() - started, 3)},
+        "selected": {
+            "epoch": selected["epoch"],
+            "step": selected["step"],
+            "val_accuracy": selected["val_accuracy"],
+            "criterion": f"validation {selection_head + ' head' if selection_head else 'fused'} accuracy",
+        },
+        "training": {
+            "epochs_run": state.epoch + (1 if state.batch_in_epoch else 0),
+            "steps": state.step,
+            "skipped_nonfinite_steps": state.skipped_steps,
+            "stopped_early": state.stopped_early,
+            "seconds_this_process": round(time.perf_counter() - started, 3),
+        },
         "validation": val_metrics,
         "test": test_metrics,
     }
     write_json_atomic(result, run / "metrics.json")
-    epoch_log.close({"selected/val_acc": selected["val_accuracy"], "selected/epoch": selected["epoch"],
-                     "test/acc": test_metrics["fused"]["accuracy"], "test/f1": test_metrics["fused"]["macro_f1"],
-                     **{f"test/acc_{m}": h["accuracy"] for m, h in test_metrics["unimodal"].items()}})
+    epoch_log.close(
+        {
+            "selected/val_acc": selected["val_accuracy"],
+            "selected/epoch": selected["epoch"],
+            "test/acc": test_metrics["fused"]["accuracy"],
+            "test/f1": test_metrics["fused"]["macro_f1"],
+            **{f"test/acc_{m}": h["accuracy"] for m, h in test_metrics["unimodal"].items()},
+        }
+    )
     return result
 
 
-def train_step(model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device) -> dict[str, float] | None:
+def train_step(
+    model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device
+) -> dict[str, float] | None:
     """One optimiser step with the balancer's hooks; None when the loss or a gradient is not finite."""
     from mlb.balancing import floats_for_log
 
@@ -617,8 +701,13 @@ def lr_now(optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def epoch_summary(step_logs: dict[str, list[float]], val: dict[str, float], balancer_logs: dict[str, Any],
-                  state: TrainState, lr: float) -> dict[str, float]:
+def epoch_summary(
+    step_logs: dict[str, list[float]],
+    val: dict[str, float],
+    balancer_logs: dict[str, Any],
+    state: TrainState,
+    lr: float,
+) -> dict[str, float]:
     """What DVCLive gets per epoch: train means (loss terms, accuracies), k/r/s mean/min/max, val metrics."""
     values: dict[str, float] = {"lr": lr, "skipped_steps": float(state.skipped_steps)}
     for name, series in step_logs.items():
@@ -632,14 +721,20 @@ def epoch_summary(step_logs: dict[str, list[float]], val: dict[str, float], bala
     return values
 
 
-def check_resumable(saved: dict[str, Any], config: TrainConfig, params: dict[str, Any], meta: dict[str, Any]) -> None:
+def check_resumable(
+    saved: dict[str, Any], config: TrainConfig, params: dict[str, Any], meta: dict[str, Any]
+) -> None:
     """A resume must continue the same run: same data, model and optimisation settings."""
     now = config.to_json()
     for key, value in saved["config"].items():
         if key not in RESUMABLE_CHANGES and now.get(key) != value:
-            raise TrainConfigError(f"train config {key}={now.get(key)!r} differs from the checkpoint's {value!r}; "
-                                   "a resumed run must use the same settings")
+            raise TrainConfigError(
+                f"train config {key}={now.get(key)!r} differs from the checkpoint's {value!r}; "
+                "a resumed run must use the same settings"
+            )
     if saved["method_params"] != params:
-        raise TrainConfigError(f"method parameters {params!r} differ from the checkpoint's {saved['method_params']!r}")
+        raise TrainConfigError(
+            f"method parameters {params!r} differ from the checkpoint's {saved['method_params']!r}"
+        )
     if saved["shard_meta"] != meta:
         raise TrainConfigError("the shards' meta.json differs from the one the checkpoint was trained on")

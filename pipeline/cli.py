@@ -19,8 +19,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-synth_app = typer.Typer(help="Generate a synthetic corpus in the exact layout of a real one.", no_args_is_help=True)
-prepare_app = typer.Typer(help="Prepare a raw corpus: index, validate, split, features, shards.", no_args_is_help=True)
+synth_app = typer.Typer(
+    help="Generate a synthetic corpus in the exact layout of a real one.", no_args_is_help=True
+)
+prepare_app = typer.Typer(
+    help="Prepare a raw corpus: index, validate, split, features, shards.", no_args_is_help=True
+)
 app.add_typer(synth_app, name="synth")
 app.add_typer(prepare_app, name="prepare")
 
@@ -33,7 +37,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """mlbpipe: balanced audio-visual learning."""
 

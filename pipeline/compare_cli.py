@@ -15,28 +15,51 @@ def _csv(value: str, name: str, cast=str) -> list:
     try:
         return [cast(v) for v in items]
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of {cast.__name__}", param_hint=name) from None
+        raise typer.BadParameter(
+            f"{value!r} is not a comma-separated list of {cast.__name__}", param_hint=name
+        ) from None
 
 
 def compare(
-    data: Path = typer.Option(None, "--data", help="The prepare output folder OUT (shards in OUT/shards/<features>/); "
-                              "not needed with --aggregate-only."),
-    out: Path = typer.Option(..., "--out", help="Runs folder: RUNS/<features>/<method>/<fusion>/seed<k>/, and the "
-                             "tables RUNS/compare.{md,csv,json}."),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="The prepare output folder OUT (shards in OUT/shards/<features>/); "
+        "not needed with --aggregate-only.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Runs folder: RUNS/<features>/<method>/<fusion>/seed<k>/, and the "
+        "tables RUNS/compare.{md,csv,json}.",
+    ),
     features: str = typer.Option("raw", "--features", help="raw (ResNet-18) or cached (Conformer)."),
-    methods: str = typer.Option("joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."),
+    methods: str = typer.Option(
+        "joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."
+    ),
     fusions: str = typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (or folds prepared separately)."),
+    seeds: str = typer.Option(
+        "0,1,2", "--seeds", help="Comma-separated seeds (or folds prepared separately)."
+    ),
     epochs: int = typer.Option(20, "--epochs", min=1, help="The same epoch budget for every method."),
     size: str = typer.Option("small", "--size", help="Model size: tiny, small, paper."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="[default: 32 raw, 8 cached]"),
     lr: float = typer.Option(None, "--lr", help="[default: the paper's per encoder type]"),
-    patience: int = typer.Option(10, "--patience", min=1, help="Early stopping patience in epochs (all methods)."),
-    method_param: list[str] = typer.Option([], "--method-param", help="METHOD.KEY=VALUE, e.g. mlb.alpha=2 "
-                                           "(repeatable); unset keys keep the authors' defaults."),
+    patience: int = typer.Option(
+        10, "--patience", min=1, help="Early stopping patience in epochs (all methods)."
+    ),
+    method_param: list[str] = typer.Option(
+        [],
+        "--method-param",
+        help="METHOD.KEY=VALUE, e.g. mlb.alpha=2 (repeatable); unset keys keep the authors' defaults.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    aggregate_only: bool = typer.Option(False, "--aggregate-only", help="Do not train: only aggregate the runs "
-                                        "already in RUNS (e.g. after DVC's matrix stages trained them)."),
+    aggregate_only: bool = typer.Option(
+        False,
+        "--aggregate-only",
+        help="Do not train: only aggregate the runs "
+        "already in RUNS (e.g. after DVC's matrix stages trained them).",
+    ),
 ) -> None:
     """Train methods x fusion heads x seeds with the same budget and aggregate mean ± std into one table.
 
@@ -52,19 +75,37 @@ def compare(
             raise typer.BadParameter("is required unless --aggregate-only", param_hint="--data")
         shard_dir = data / "shards" / features
         if not shard_dir.is_dir():
-            raise typer.BadParameter(f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data")
+            raise typer.BadParameter(
+                f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
+            )
         params: dict[str, dict] = {}
         for key, value in _parse_params(method_param).items():
             method, sep, name = key.partition(".")
             if not sep:
                 raise typer.BadParameter(f"{key!r} must be METHOD.KEY", param_hint="--method-param")
             params.setdefault(method.replace("_", "-"), {})[name] = value
-        base = TrainConfig(data=shard_dir, out=out, features=features, size=size, epochs=epochs,
-                           batch_size=batch_size, lr=lr, patience=patience, device=device)
+        base = TrainConfig(
+            data=shard_dir,
+            out=out,
+            features=features,
+            size=size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            device=device,
+        )
         try:
             base.validate()
-            _, skipped = run_comparison(base, _csv(methods, "--methods"), _csv(fusions, "--fusions"),
-                                        _csv(seeds, "--seeds", int), out, params, log=typer.echo)
+            _, skipped = run_comparison(
+                base,
+                _csv(methods, "--methods"),
+                _csv(fusions, "--fusions"),
+                _csv(seeds, "--seeds", int),
+                out,
+                params,
+                log=typer.echo,
+            )
         except (TrainConfigError, ValueError) as err:
             typer.echo(f"mlbpipe compare: error: {err}", err=True)
             raise typer.Exit(2) from None
@@ -81,7 +122,9 @@ def compare(
 def report(
     runs: Path = typer.Option(..., "--runs", help="The runs folder of `mlbpipe compare` (RUNS)."),
     out: Path = typer.Option(None, "--out", help="Figures folder [default: RUNS/figures]."),
-    fusion: str = typer.Option("late-linear", "--fusion", help="Fusion head of the agreement and ECE figures."),
+    fusion: str = typer.Option(
+        "late-linear", "--fusion", help="Fusion head of the agreement and ECE figures."
+    ),
 ) -> None:
     """Draw the paper's figures (PNG + SVG): k against r (Fig. 2) and, per input path, accuracy by method and
     fusion (Fig. 3), agreement groups (Fig. 4), ECE and reliability (Fig. 5), the unimodal heads beside the
@@ -100,15 +143,21 @@ def report(
     for features in sorted({s.group["features"] for s in summaries}):  # one set of figures per input path
         sub = [s for s in summaries if s.group["features"] == features]
         sub_runs = [r for r in all_runs if r["features"] == features]
-        made += [figures.figure_accuracy(sub, out / f"fig3_accuracy_{features}.png"),
-                 figures.figure_agreement(sub_runs, out / f"fig4_agreement_{features}.png", fusion),
-                 figures.figure_ece(sub, sub_runs, out / f"fig5_ece_{features}.png", fusion),
-                 figures.figure_heads(sub, out / f"heads_{features}.png", fusion)]
+        made += [
+            figures.figure_accuracy(sub, out / f"fig3_accuracy_{features}.png"),
+            figures.figure_agreement(sub_runs, out / f"fig4_agreement_{features}.png", fusion),
+            figures.figure_ece(sub, sub_runs, out / f"fig5_ece_{features}.png", fusion),
+            figures.figure_heads(sub, out / f"heads_{features}.png", fusion),
+        ]
         firsts = {}
         for run in sub_runs:  # training curves of the first seed of each (method, fusion)
             firsts.setdefault((run["method"], run["fusion"]), run)
         for (method, fus), run in firsts.items():
-            made.append(figures.figure_training_curves(Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png"))
+            made.append(
+                figures.figure_training_curves(
+                    Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png"
+                )
+            )
     lines = ["# mlbpipe report", "", to_markdown(summaries), ""]
     lines += [f"![{p.stem}]({p.name})" for p in made]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -42,10 +42,14 @@ def phenomenon(runs: Path, features: str, fusion: str = "late-linear") -> list[s
             accs.setdefault("fused", []).append(test["fused"]["accuracy"])
         if not accs:
             continue
+
         def mean(key: str, accs: dict = accs) -> str:
             return f"{100 * sum(accs[key]) / len(accs[key]):5.1f}" if key in accs else "  n/a"
+
         fused = "    -" if method.endswith("-only") else mean("fused")
-        lines.append(f"  {method:<11} fused {fused}   audio head {mean('audio')}   video head {mean('video')}")
+        lines.append(
+            f"  {method:<11} fused {fused}   audio head {mean('audio')}   video head {mean('video')}"
+        )
     return lines
 
 
@@ -54,8 +58,11 @@ def main() -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call `python`
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TQDM_MININTERVAL", "5")  # fewer progress-bar lines in a log
-    print("mlbpipe demo: `dvc repro` on the built-in synthetic CREMA-D (random-init feature extractors: the "
-          "cached-path numbers show the pipeline works, not what real weights give)\n", flush=True)
+    print(
+        "mlbpipe demo: `dvc repro` on the built-in synthetic CREMA-D (random-init feature extractors: the "
+        "cached-path numbers show the pipeline works, not what real weights give)\n",
+        flush=True,
+    )
     timings = []
     total = time.perf_counter()
     for name in stage_names():

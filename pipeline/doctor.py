@@ -14,8 +14,21 @@ from pathlib import Path
 import typer
 
 PACKAGES = (
-    "torch", "torchaudio", "torchvision", "numpy", "av", "soundfile", "opencv-python-headless", "webdataset",
-    "transformers", "efficientnet-pytorch", "facenet-pytorch", "h5py", "dvc", "dvclive", "typer",
+    "torch",
+    "torchaudio",
+    "torchvision",
+    "numpy",
+    "av",
+    "soundfile",
+    "opencv-python-headless",
+    "webdataset",
+    "transformers",
+    "efficientnet-pytorch",
+    "facenet-pytorch",
+    "h5py",
+    "dvc",
+    "dvclive",
+    "typer",
 )
 WAV2VEC2_DEFAULT = "facebook/wav2vec2-large-robust"
 LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
@@ -50,7 +63,11 @@ def _version(dist: str) -> str | None:
 def check_packages(report: DoctorReport) -> None:
     for dist in PACKAGES:
         version = _version(dist)
-        fix = "pip install --no-deps facenet-pytorch==2.6.0" if dist == "facenet-pytorch" else "make test (sets up .venv)"
+        fix = (
+            "pip install --no-deps facenet-pytorch==2.6.0"
+            if dist == "facenet-pytorch"
+            else "make test (sets up .venv)"
+        )
         report.add(f"package {dist}", version is not None, version or f"missing: {fix}")
 
 
@@ -77,23 +94,40 @@ def check_weights(report: DoctorReport, wav2vec2: str = WAV2VEC2_DEFAULT) -> Non
         hit = try_to_load_from_cache(wav2vec2, "config.json")
         found = isinstance(hit, str)
         where = hit if found else f"{wav2vec2} not in the Hugging Face cache"
-    report.add("weights wav2vec2", found, where if found else
-               f"{where}: download it once online (huggingface-cli download {wav2vec2}) or pass a local folder; "
-               "the demo uses a random-init model instead", warn_only=True)
+    report.add(
+        "weights wav2vec2",
+        found,
+        where
+        if found
+        else f"{where}: download it once online (huggingface-cli download {wav2vec2}) or pass a local folder; "
+        "the demo uses a random-init model instead",
+        warn_only=True,
+    )
 
     import torch
 
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
     hits = sorted(ckpt_dir.glob("efficientnet-b2-*.pth")) if ckpt_dir.is_dir() else []
-    report.add("weights efficientnet-b2", bool(hits), str(hits[0]) if hits else
-               f"not in {ckpt_dir}: download it once online, or pass weights_path=FILE; "
-               "the demo uses a random-init model instead", warn_only=True)
+    report.add(
+        "weights efficientnet-b2",
+        bool(hits),
+        str(hits[0])
+        if hits
+        else f"not in {ckpt_dir}: download it once online, or pass weights_path=FILE; "
+        "the demo uses a random-init model instead",
+        warn_only=True,
+    )
 
 
 def check_disk(report: DoctorReport, path: Path, need_gib: float = 5.0) -> None:
     free = shutil.disk_usage(path if path.exists() else Path.cwd()).free / 2**30
-    report.add("disk free", free >= need_gib, f"{free:.1f} GiB free at {path}" + ("" if free >= need_gib else
-               f" (under {need_gib:.0f} GiB: the real corpus needs more)"), warn_only=True)
+    report.add(
+        "disk free",
+        free >= need_gib,
+        f"{free:.1f} GiB free at {path}"
+        + ("" if free >= need_gib else f" (under {need_gib:.0f} GiB: the real corpus needs more)"),
+        warn_only=True,
+    )
 
 
 def check_corpus(report: DoctorReport, root: Path) -> None:
@@ -107,14 +141,19 @@ def check_corpus(report: DoctorReport, root: Path) -> None:
             report.add(f"corpus {folder}", False, f"no {root / folder}/*{ext}: is {root} a CREMA-D copy?")
             continue
         sample = files[:: max(1, len(files) // 50)]
-        stubs = sum(1 for f in sample if f.stat().st_size < 1024 and f.read_bytes()[: len(LFS_HEADER)] == LFS_HEADER)
+        stubs = sum(
+            1 for f in sample if f.stat().st_size < 1024 and f.read_bytes()[: len(LFS_HEADER)] == LFS_HEADER
+        )
         detail = f"{len(files)} files (real CREMA-D: 7442)"
         if stubs:
             detail += f"; {stubs} of {len(sample)} sampled are Git LFS pointer stubs: run git lfs pull"
         report.add(f"corpus {folder}", stubs == 0, detail)
     demographics = root / "VideoDemographics.csv"
-    report.add("corpus VideoDemographics.csv", demographics.is_file(),
-               f"{demographics} {'found' if demographics.is_file() else 'missing'}")
+    report.add(
+        "corpus VideoDemographics.csv",
+        demographics.is_file(),
+        f"{demographics} {'found' if demographics.is_file() else 'missing'}",
+    )
 
 
 def run_doctor(root: Path | None = None, wav2vec2: str = WAV2VEC2_DEFAULT) -> DoctorReport:
@@ -130,7 +169,9 @@ def run_doctor(root: Path | None = None, wav2vec2: str = WAV2VEC2_DEFAULT) -> Do
 
 def cli(
     root: Path = typer.Option(None, "--root", help="A corpus root to check for the CREMA-D layout."),
-    wav2vec2: str = typer.Option(WAV2VEC2_DEFAULT, "--wav2vec2", help="Wav2Vec2 hub id or local folder to look for."),
+    wav2vec2: str = typer.Option(
+        WAV2VEC2_DEFAULT, "--wav2vec2", help="Wav2Vec2 hub id or local folder to look for."
+    ),
 ) -> None:
     """Report versions, devices, local extractor weights, free disk and whether a corpus root looks like
     CREMA-D. Nothing is downloaded. Exits 1 when a check fails (warnings do not fail)."""

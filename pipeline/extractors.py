@@ -55,6 +55,7 @@ class WeightsUnavailableError(ValueError):
 
 # --- devices and precision ----------------------------------------------------------------------------
 
+
 def resolve_device(device: str = "auto") -> str:
     """`"auto"` → `"cuda"` when a GPU is visible, else `"cpu"`; any other value is returned as given."""
     import torch
@@ -93,6 +94,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # --- EfficientNet-B2 ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class EffNetB2Config:
     """EfficientNet-B2 on face crops, frozen, global average pooled to 1408-d per frame.
@@ -111,7 +113,9 @@ class EffNetB2Config:
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, str) or not self.weights:
-            raise ExtractorConfigError(f"effb2.weights={self.weights!r}: expected 'imagenet', 'random' or a file path")
+            raise ExtractorConfigError(
+                f"effb2.weights={self.weights!r}: expected 'imagenet', 'random' or a file path"
+            )
         if self.weights not in ("imagenet", "random") and not Path(self.weights).is_file():
             raise ExtractorConfigError(
                 f"effb2.weights={self.weights!r}: no such file (expected 'imagenet', 'random' or a path "
@@ -250,6 +254,7 @@ class EffNetB2Extractor:
 
 # --- Wav2Vec2 -----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Wav2Vec2Config:
     """transformers Wav2Vec2, frozen, eval mode; the output of transformer block `layer` (see module doc).
@@ -271,9 +276,13 @@ class Wav2Vec2Config:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
-            raise ExtractorConfigError(f"w2v2.model={self.model!r}: expected a hub id, a folder or 'random-tiny'")
+            raise ExtractorConfigError(
+                f"w2v2.model={self.model!r}: expected a hub id, a folder or 'random-tiny'"
+            )
         if not isinstance(self.layer, int) or self.layer < 1:
-            raise ExtractorConfigError(f"w2v2.layer={self.layer!r}: expected an int >= 1 (1-based block index)")
+            raise ExtractorConfigError(
+                f"w2v2.layer={self.layer!r}: expected an int >= 1 (1-based block index)"
+            )
         _check_dtype("w2v2.dtype", self.dtype)
 
 
@@ -349,7 +358,9 @@ def build_wav2vec2(config: Wav2Vec2Config):
     model = _load_wav2vec2_model(config)
     n_layers = len(model.encoder.layers)
     if config.layer > n_layers:
-        raise ExtractorConfigError(f"w2v2.layer={config.layer}: model {config.model!r} has only {n_layers} layers")
+        raise ExtractorConfigError(
+            f"w2v2.layer={config.layer}: model {config.model!r} has only {n_layers} layers"
+        )
     # Blocks after `layer` cannot change its output: drop them (half the compute for the 24-layer model).
     model.encoder.layers = model.encoder.layers[: config.layer]
     model.config.num_hidden_layers = config.layer
@@ -384,9 +395,13 @@ class Wav2Vec2Extractor:
             weights_id = f"random-tiny:seed={self.config.seed}"
         elif Path(model).is_dir():
             files = sorted(Path(model).glob("*.safetensors")) or sorted(Path(model).glob("*.bin"))
-            weights_id = "sha256:" + hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+            weights_id = (
+                "sha256:" + hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+            )
         else:  # a hub id: pin the exact revision that was loaded
-            weights_id = f"hf:{model}@{getattr(self.model.config, '_commit_hash', None) or 'unknown-revision'}"
+            weights_id = (
+                f"hf:{model}@{getattr(self.model.config, '_commit_hash', None) or 'unknown-revision'}"
+            )
         return {
             "model": Path(model).name if Path(model).is_dir() else model,
             "library": "transformers",

@@ -123,6 +123,8 @@ def format_summary(summary: dict, *, max_ids: int = 5) -> str:
     splits = summary["kept_by_split"]
     lines.append("  kept per split: " + ", ".join(f"{k} {v}" for k, v in splits.items()))
     if "none" in splits:
-        lines.append(f"  note: {splits['none']} kept clips are outside the split protocol (e.g. not in the VAVL "
-                     "clip list) and go to no shard")
+        lines.append(
+            f"  note: {splits['none']} kept clips are outside the split protocol (e.g. not in the VAVL "
+            "clip list) and go to no shard"
+        )
     return "\n".join(lines)

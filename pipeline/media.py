@@ -53,7 +53,9 @@ def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
     root_resolved = _resolved_root(os.path.abspath(root))  # absolute: a later chdir cannot fool the cache
     path = (root_resolved / Path(*rel.parts)).resolve()
     if not path.is_relative_to(root_resolved):
-        raise UnsafePathError(f"media path {relative!r} resolves to {path}, outside the corpus root {root_resolved}")
+        raise UnsafePathError(
+            f"media path {relative!r} resolves to {path}, outside the corpus root {root_resolved}"
+        )
     return path
 
 
@@ -66,7 +68,9 @@ def check_readable(path: Path, relative: str) -> None:
         with open(path, "rb") as f:
             head = f.read(len(LFS_POINTER_PREFIX))
     except PermissionError as err:
-        raise MediaError("unreadable", f"{relative} cannot be opened ({err.strerror}); check its permissions") from err
+        raise MediaError(
+            "unreadable", f"{relative} cannot be opened ({err.strerror}); check its permissions"
+        ) from err
     except OSError as err:
         raise MediaError("unreadable", f"{relative} cannot be read ({err})") from err
     if len(head) == 0:
@@ -180,7 +184,9 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.EOFError as err:  # a valid header and then nothing: streams declared, not one packet
-        raise MediaError("zero-duration", f"{relative} ends before its first media packet (no duration)") from err
+        raise MediaError(
+            "zero-duration", f"{relative} ends before its first media packet (no duration)"
+        ) from err
     except Exception as err:
         raise MediaError("decode-error", f"{relative} cannot be opened as a media container ({err})") from err
     with container:
@@ -218,7 +224,8 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
 
         def ends_early(end: float) -> bool:
             return header_duration is not None and header_duration - end > max(
-                TRUNCATION_TOLERANCE_S, 0.1 * header_duration)
+                TRUNCATION_TOLERANCE_S, 0.1 * header_duration
+            )
 
         any_end = video_end
         if ends_early(video_end):  # rare: see whether another stream reaches the announced end

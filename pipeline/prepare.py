@@ -77,23 +77,41 @@ def _index(run: Run) -> None:
 def _frames(run: Run) -> None:
     from pipeline.stages.frames import run_frames
 
-    report_skipped("frames", run_frames(run.manifest, run.root, run.work("frames"), run.config.frames,
-                                        workers=run.workers, progress=run.progress))
+    report_skipped(
+        "frames",
+        run_frames(
+            run.manifest,
+            run.root,
+            run.work("frames"),
+            run.config.frames,
+            workers=run.workers,
+            progress=run.progress,
+        ),
+    )
 
 
 def _spectrograms(run: Run) -> None:
     from pipeline.stages.spectrograms import run_spectrograms
 
-    report_skipped("spectrograms", run_spectrograms(run.manifest, run.root, run.work("spectrograms"),
-                                                    run.config.spectrograms, workers=run.workers,
-                                                    progress=run.progress))
+    report_skipped(
+        "spectrograms",
+        run_spectrograms(
+            run.manifest,
+            run.root,
+            run.work("spectrograms"),
+            run.config.spectrograms,
+            workers=run.workers,
+            progress=run.progress,
+        ),
+    )
 
 
 def _shards_raw(run: Run) -> None:
     from pipeline.stages.shards_raw import print_shard_summary, run_shards_raw
 
-    sizes, skipped = run_shards_raw(run.manifest, run.work("frames"), run.work("spectrograms"), run.shards("raw"),
-                                    run.config.shards_raw)
+    sizes, skipped = run_shards_raw(
+        run.manifest, run.work("frames"), run.work("spectrograms"), run.shards("raw"), run.config.shards_raw
+    )
     print_shard_summary(sizes, skipped)
 
 
@@ -101,23 +119,48 @@ def _shards_raw(run: Run) -> None:
 def _faces(run: Run) -> None:
     from pipeline.stages.faces import print_faces_summary, run_faces
 
-    print_faces_summary(run_faces(run.manifest, run.root, run.work("faces"), run.config.faces, workers=run.workers,
-                                  progress=run.progress))
+    print_faces_summary(
+        run_faces(
+            run.manifest,
+            run.root,
+            run.work("faces"),
+            run.config.faces,
+            workers=run.workers,
+            progress=run.progress,
+        )
+    )
 
 
 def _features(run: Run) -> None:
     from pipeline.stages.features import print_features_summary, run_features
 
     # one process: the models are big, and a GPU belongs to one process
-    print_features_summary(run_features(run.manifest, run.root, run.work("faces"), run.work("features"),
-                                        run.config.features, progress=run.progress))
+    print_features_summary(
+        run_features(
+            run.manifest,
+            run.root,
+            run.work("faces"),
+            run.work("features"),
+            run.config.features,
+            progress=run.progress,
+        )
+    )
 
 
 def _shards_cached(run: Run) -> None:
     from pipeline.stages.shards_cached import print_shard_summary, run_shards_cached
 
-    print_shard_summary(*run_shards_cached(run.manifest, run.work("features"), run.shards("cached"),
-                                           run.config.shards_cached, progress=run.progress))
+    print_shard_summary(
+        *run_shards_cached(
+            run.manifest,
+            run.work("features"),
+            run.shards("cached"),
+            run.config.shards_cached,
+            progress=run.progress,
+        )
+    )
+
+
 # --- end of the cached path --------------------------------------------------------------------------
 
 
@@ -157,7 +200,9 @@ def prepare(run: Run, stages: list[str] | None = None) -> None:
 def cli(
     root: Annotated[Path, typer.Option("--root", help="Corpus root (holds AudioWAV/ and VideoFlash/).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder: manifest.jsonl, work/, shards/.")],
-    workers: int = typer.Option(1, "--workers", help="Parallel processes (the output does not depend on it)."),
+    workers: int = typer.Option(
+        1, "--workers", help="Parallel processes (the output does not depend on it)."
+    ),
     protocol: str = typer.Option("vavl", "--protocol", help="Splits: vavl (the paper's) | speaker-random."),
     partition: int = typer.Option(1, "--partition", help="VAVL partition 1-5."),
     seed: int = typer.Option(0, "--seed", help="Seed of the speaker-random protocol."),
@@ -165,17 +210,26 @@ def cli(
     spec: str = typer.Option("mel", "--spec", help="mel (log-Mel) | stft (log-magnitude STFT, F = 257)."),
     n_mels: int = typer.Option(80, "--n-mels", help="Mel bands (--spec mel)."),
     maxcount: int = typer.Option(1000, "--maxcount", help="Samples per shard tar."),
-    effb2_weights: str = typer.Option("imagenet", "--effb2-weights",
-                                      help="EfficientNet-B2 weights: imagenet | random | PATH to a state_dict."),
-    w2v2_model: str = typer.Option("facebook/wav2vec2-large-robust", "--w2v2-model",
-                                   help="Wav2Vec2: hub id | local folder | random-tiny."),
-    faces_fps: float = typer.Option(0.0, "--faces-fps", help="Faces: frames per second to keep; 0 = every "
-                                    "frame (the paper's)."),
-    crop_size: int = typer.Option(260, "--crop-size", help="Face crop side and EfficientNet-B2 input size "
-                                  "(its native 260)."),
+    effb2_weights: str = typer.Option(
+        "imagenet",
+        "--effb2-weights",
+        help="EfficientNet-B2 weights: imagenet | random | PATH to a state_dict.",
+    ),
+    w2v2_model: str = typer.Option(
+        "facebook/wav2vec2-large-robust",
+        "--w2v2-model",
+        help="Wav2Vec2: hub id | local folder | random-tiny.",
+    ),
+    faces_fps: float = typer.Option(
+        0.0, "--faces-fps", help="Faces: frames per second to keep; 0 = every frame (the paper's)."
+    ),
+    crop_size: int = typer.Option(
+        260, "--crop-size", help="Face crop side and EfficientNet-B2 input size (its native 260)."
+    ),
     device: str = typer.Option("auto", "--device", help="Faces and features: auto | cpu | cuda[:N]."),
-    stages: str = typer.Option(",".join(s.name for s in STAGES), "--stages",
-                               help="Comma-separated stages to run, in pipeline order."),
+    stages: str = typer.Option(
+        ",".join(s.name for s in STAGES), "--stages", help="Comma-separated stages to run, in pipeline order."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Prepare CREMA-D for the ResNet path: index + validate, split, 1 fps frames, log-Mel spectrograms,
@@ -189,8 +243,11 @@ def cli(
             spectrograms=SpectrogramConfig(kind=spec, n_mels=n_mels),
             shards_raw=ShardsConfig(maxcount=maxcount),
             faces=FacesConfig(fps=faces_fps or None, crop_size=crop_size, device=device),
-            features=FeaturesConfig(effb2=EffNetB2Config(weights=effb2_weights, image_size=crop_size),
-                                    w2v2=Wav2Vec2Config(model=w2v2_model), device=device),
+            features=FeaturesConfig(
+                effb2=EffNetB2Config(weights=effb2_weights, image_size=crop_size),
+                w2v2=Wav2Vec2Config(model=w2v2_model),
+                device=device,
+            ),
             shards_cached=ShardsCachedConfig(maxcount=maxcount),
         )
         if workers < 1:
@@ -203,6 +260,8 @@ def cli(
             try:
                 extractors_for(config.features)
             except ValueError as err:
-                raise ValueError(f"{err}\nTo prepare only the ResNet path, add "
-                                 "--stages index,frames,spectrograms,shards_raw.") from err
+                raise ValueError(
+                    f"{err}\nTo prepare only the ResNet path, add "
+                    "--stages index,frames,spectrograms,shards_raw."
+                ) from err
         prepare(run, selected)

@@ -39,14 +39,18 @@ def encode_field(key: str, field: str, value) -> bytes:
     if field.endswith(".npy") and field.count(".") == 1:
         array = np.asarray(value)
         if array.dtype.hasobject:
-            raise TypeError(f"{key}.{field}: object arrays are not allowed in shards (they would need pickle)")
+            raise TypeError(
+                f"{key}.{field}: object arrays are not allowed in shards (they would need pickle)"
+            )
         # little-endian, C order: the same values always give the same bytes
         array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
         # exactly what np.save writes, in one copy of the data (np.save into a BytesIO makes three)
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
         return b"".join([header.getvalue(), memoryview(array.reshape(-1).view(np.uint8))])
-    raise ValueError(f"{key}: field {field!r} is neither 'json' nor '<name>.npy' (the only kinds shards may hold)")
+    raise ValueError(
+        f"{key}: field {field!r} is neither 'json' nor '<name>.npy' (the only kinds shards may hold)"
+    )
 
 
 def _check_key(key: str) -> None:
@@ -54,7 +58,9 @@ def _check_key(key: str) -> None:
         raise ValueError(f"shard key {key!r} must be non-empty and contain no dots or slashes")
 
 
-COPY_BUFFER = 1 << 22  # tarfile copies a member in pieces of this size (its default, 16 KiB, means ~30 per frame array)
+COPY_BUFFER = (
+    1 << 22
+)  # tarfile copies a member in pieces of this size (its default, 16 KiB, means ~30 per frame array)
 
 
 class _BytesReader:
@@ -105,7 +111,9 @@ def write_shards(
             if key in seen:
                 raise ValueError(f"shard key {key!r} appears twice in split {split!r}")
             seen.add(key)
-            members = [(f"{key}.{field}", encode_field(key, field, fields[field])) for field in sorted(fields)]
+            members = [
+                (f"{key}.{field}", encode_field(key, field, fields[field])) for field in sorted(fields)
+            ]
             size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)  # tar header + padded data
             if tar is not None and (count >= maxcount or (maxsize is not None and nbytes + size > maxsize)):
                 tar.close()
@@ -114,8 +122,8 @@ def write_shards(
             if tar is None:
                 name = SHARD_PATTERN.format(split=split, index=len(sizes))
                 tmp = out_dir / f"{name}{TMP_MARK}{os.getpid()}"
-                tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT,  # noqa: SIM115 (spans many samples)
-                                   copybufsize=COPY_BUFFER)
+                # one tar spans many samples: no context manager
+                tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT, copybufsize=COPY_BUFFER)  # noqa: SIM115
                 count, nbytes = 0, 0
             for member_name, data in members:
                 _add_member(tar, member_name, data)

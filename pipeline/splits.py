@@ -20,7 +20,9 @@ def speaker_random_split(actors: list[int] | set[int], seed: int) -> dict[int, s
     least one actor. Needs at least 3 actors."""
     ordered = sorted(set(actors))
     if len(ordered) < 3:
-        raise ValueError(f"speaker-random needs at least 3 actors to fill train/validation/test; found {ordered}")
+        raise ValueError(
+            f"speaker-random needs at least 3 actors to fill train/validation/test; found {ordered}"
+        )
     random.Random(seed).shuffle(ordered)
     n = len(ordered)
     n_val = max(1, round(n * VAVL_FRACTIONS["validation"]))
@@ -34,13 +36,17 @@ def speaker_random_split(actors: list[int] | set[int], seed: int) -> dict[int, s
     return split
 
 
-def assign_splits(records: list[dict], actor_split: dict[int, str], protocol: str, clips: set[str] | None = None) -> None:
+def assign_splits(
+    records: list[dict], actor_split: dict[int, str], protocol: str, clips: set[str] | None = None
+) -> None:
     """Set `protocol` and `split` on every record in place. A clip whose actor has no split, or that is
     not in `clips` (when given), gets split None: it takes no part in this protocol."""
     for record in records:
         record["protocol"] = protocol
         in_protocol = clips is None or record["id"] in clips
-        record["split"] = actor_split.get(record["actor"]) if in_protocol and record["actor"] is not None else None
+        record["split"] = (
+            actor_split.get(record["actor"]) if in_protocol and record["actor"] is not None else None
+        )
 
 
 def check_speaker_disjoint(records: list[dict]) -> None:

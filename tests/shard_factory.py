@@ -37,8 +37,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def make_sample(input_path: str, label: int, rng: np.random.Generator, *, spec_shape=(16, 20), frame_hw=(16, 16),
-                audio_dim=16, video_dim=1408, signal=(0.5, 1.0)) -> dict[str, np.ndarray]:
+def make_sample(
+    input_path: str,
+    label: int,
+    rng: np.random.Generator,
+    *,
+    spec_shape=(16, 20),
+    frame_hw=(16, 16),
+    audio_dim=16,
+    video_dim=1408,
+    signal=(0.5, 1.0),
+) -> dict[str, np.ndarray]:
     """Arrays of one clip: noise plus `signal[modality] * pattern[label]` (the pattern is fixed per class)."""
     audio_signal, video_signal = signal
     if input_path == "raw":
@@ -55,23 +64,44 @@ def make_sample(input_path: str, label: int, rng: np.random.Generator, *, spec_s
     return {"w2v2.npy": w2v2.astype(np.float16), "effb2.npy": effb2.astype(np.float16)}
 
 
-def make_meta(input_path: str, *, spec_shape=(16, 20), frame_hw=(16, 16), audio_dim=16, video_dim=1408) -> dict:
+def make_meta(
+    input_path: str, *, spec_shape=(16, 20), frame_hw=(16, 16), audio_dim=16, video_dim=1408
+) -> dict:
     if input_path == "raw":
-        fields = {"spec.npy": {"dtype": "float32", "shape": list(spec_shape)},
-                  "frames.npy": {"dtype": "uint8", "shape": [3, *frame_hw, 3]}}
+        fields = {
+            "spec.npy": {"dtype": "float32", "shape": list(spec_shape)},
+            "frames.npy": {"dtype": "uint8", "shape": [3, *frame_hw, 3]},
+        }
     else:
-        fields = {"w2v2.npy": {"dtype": "float16", "shape": ["T_a", audio_dim]},
-                  "effb2.npy": {"dtype": "float16", "shape": ["T_v", video_dim]}}
-    meta = {"input_path": input_path, "corpus": "cremad", "num_classes": len(LABEL_NAMES),
-            "label_names": LABEL_NAMES, "fields": fields, "config": {"factory": "tests.shard_factory"}}
+        fields = {
+            "w2v2.npy": {"dtype": "float16", "shape": ["T_a", audio_dim]},
+            "effb2.npy": {"dtype": "float16", "shape": ["T_v", video_dim]},
+        }
+    meta = {
+        "input_path": input_path,
+        "corpus": "cremad",
+        "num_classes": len(LABEL_NAMES),
+        "label_names": LABEL_NAMES,
+        "fields": fields,
+        "config": {"factory": "tests.shard_factory"},
+    }
     if input_path == "cached":
-        meta["extractors"] = {"audio": {"model": "random-w2v2", "layer": 12, "random_init": True},
-                              "video": {"model": "random-effb2", "input_size": 260, "random_init": True}}
+        meta["extractors"] = {
+            "audio": {"model": "random-w2v2", "layer": 12, "random_init": True},
+            "video": {"model": "random-effb2", "input_size": 260, "random_init": True},
+        }
     return meta
 
 
-def write_shard_folder(folder: Path, input_path: str, *, counts: dict[str, int] | None = None, shard_size: int = 8,
-                       seed: int = 0, **shape_kw) -> Path:
+def write_shard_folder(
+    folder: Path,
+    input_path: str,
+    *,
+    counts: dict[str, int] | None = None,
+    shard_size: int = 8,
+    seed: int = 0,
+    **shape_kw,
+) -> Path:
     """Write `<split>-NNNNNN.tar`, `sizes.json`, `meta.json` (and `stats.json` for cached) into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,15 +118,21 @@ def write_shard_folder(folder: Path, input_path: str, *, counts: dict[str, int] 
         clips.sort(key=lambda c: c[0])
         for shard_index in range(0, max(count, 1), shard_size):
             name = f"{split}-{shard_index // shard_size:06d}.tar"
-            chunk = clips[shard_index:shard_index + shard_size]
+            chunk = clips[shard_index : shard_index + shard_size]
             with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as tar:
                 for clip_id, label, arrays in chunk:
                     for field_name, array in arrays.items():
                         _add(tar, f"{clip_id}.{field_name}", npy_bytes(array))
                         if split == "train":
                             train_arrays.setdefault(field_name, []).append(array)
-                    info = {"id": clip_id, "label": label, "label_name": LABEL_NAMES[label],
-                            "actor": int(clip_id[:4]), "split": split, "corpus": "cremad"}
+                    info = {
+                        "id": clip_id,
+                        "label": label,
+                        "label_name": LABEL_NAMES[label],
+                        "actor": int(clip_id[:4]),
+                        "split": split,
+                        "corpus": "cremad",
+                    }
                     _add(tar, f"{clip_id}.json", json.dumps(info).encode())
             sizes[name] = len(chunk)
     (folder / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True))
@@ -105,7 +141,10 @@ def write_shard_folder(folder: Path, input_path: str, *, counts: dict[str, int] 
         stats = {}
         for field_name, arrays in train_arrays.items():
             stacked = np.concatenate([a.astype(np.float64) for a in arrays])  # [sum T, D]
-            stats[field_name.removesuffix(".npy")] = {"mean": stacked.mean(0).tolist(), "std": stacked.std(0).tolist()}
+            stats[field_name.removesuffix(".npy")] = {
+                "mean": stacked.mean(0).tolist(),
+                "std": stacked.std(0).tolist(),
+            }
         (folder / "stats.json").write_text(json.dumps(stats))
     return folder
 

@@ -63,12 +63,17 @@ def test_extreme_alpha_and_beta_stay_finite():
     k = mlb_coefficients(s, alpha=1e6, beta_max=1e6)
     assert k.tolist() == pytest.approx([0.0, 1e6], abs=1e-6, rel=1e-6)
     # tiny alpha: almost no balancing: k_v = 1 + (1e6 - 1)·tanh(1e-9) = 1.000999999
-    assert mlb_coefficients(s, alpha=1e-9, beta_max=1e6).tolist() == pytest.approx([1.0, 1.000999999], rel=1e-6)
+    assert mlb_coefficients(s, alpha=1e-9, beta_max=1e6).tolist() == pytest.approx(
+        [1.0, 1.000999999], rel=1e-6
+    )
     # beta_max = 1 only slows the leader; the laggard keeps k = 1
-    assert mlb_coefficients(s, alpha=0.5, beta_max=1.0).tolist() == pytest.approx([0.755081338, 1.0], rel=1e-6)
+    assert mlb_coefficients(s, alpha=0.5, beta_max=1.0).tolist() == pytest.approx(
+        [0.755081338, 1.0], rel=1e-6
+    )
     # beta_max < 1 (the authors' UCF101 setting 0.5): the laggard is slowed too, k_v = 1 - 0.5·tanh(0.5)
     assert mlb_coefficients(s, alpha=0.5, beta_max=0.5).tolist() == pytest.approx(
-        [0.755081338, 0.768941421], rel=1e-6)
+        [0.755081338, 0.768941421], rel=1e-6
+    )
 
 
 def test_ratios_need_two_modalities():
@@ -76,8 +81,15 @@ def test_ratios_need_two_modalities():
         performance_ratios(torch.tensor([0.5]))
 
 
-@pytest.mark.parametrize("params, key", [({"alpha": 0.0}, "alpha"), ({"alpha": float("nan")}, "alpha"),
-                                          ({"beta_max": -1.0}, "beta_max"), ({"eps": 0.0}, "eps")])
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"beta_max": -1.0}, "beta_max"),
+        ({"eps": 0.0}, "eps"),
+    ],
+)
 def test_bad_hyper_parameters_fail_early(params, key):
     with pytest.raises(ValueError, match=key):
         MLB(**params)
@@ -86,18 +98,27 @@ def test_bad_hyper_parameters_fail_early(params, key):
 # ---- gradient scaling: exactly k_i on every parameter of modality i ---------------------------------
 def _raw_batch(b=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"audio": torch.randn(b, 1, 32, 24, generator=g), "video": torch.randn(b, 3, 3, 32, 32, generator=g),
-            "label": torch.randint(0, 6, (b,), generator=g)}
+    return {
+        "audio": torch.randn(b, 1, 32, 24, generator=g),
+        "video": torch.randn(b, 3, 3, 32, 32, generator=g),
+        "label": torch.randint(0, 6, (b,), generator=g),
+    }
 
 
 def _three_modality_model_and_batch():
     """M = 3: three tiny Conformer encoders and a Late-Linear fusion."""
     torch.manual_seed(0)
     mods, dim, c = ("a", "b", "c"), 8, 4
-    encoders = {m: ConformerEncoder(5, dim=dim, num_layers=1, heads=2, ffn_dim=8, conv_kernel=3, dropout=0.0)
-                for m in mods}
-    model = MultimodalModel(encoders, LateLinear(mods, dim, c), {m: torch.nn.Linear(dim, c) for m in mods},
-                            fusion_name="late-linear")
+    encoders = {
+        m: ConformerEncoder(5, dim=dim, num_layers=1, heads=2, ffn_dim=8, conv_kernel=3, dropout=0.0)
+        for m in mods
+    }
+    model = MultimodalModel(
+        encoders,
+        LateLinear(mods, dim, c),
+        {m: torch.nn.Linear(dim, c) for m in mods},
+        fusion_name="late-linear",
+    )
     g = torch.Generator().manual_seed(1)
     batch = {m: torch.randn(5, 7, 5, generator=g) for m in mods}
     batch["label"] = torch.randint(0, c, (5,), generator=g)
@@ -122,16 +143,22 @@ def test_before_step_scales_each_modality_by_k(case):
     else:
         features, fusion = case.split("-", 1)
         torch.manual_seed(0)
-        model_a = build_model(features=features, fusion=fusion, size="tiny", input_dims={"audio": 5, "video": 7})
+        model_a = build_model(
+            features=features, fusion=fusion, size="tiny", input_dims={"audio": 5, "video": 7}
+        )
         if features == "raw":
             batch = _raw_batch()
         else:
             g = torch.Generator().manual_seed(2)
             mask = torch.ones(6, 9, dtype=torch.bool)
             mask[0, 5:] = False
-            batch = {"audio": torch.randn(6, 9, 5, generator=g), "audio_mask": mask,
-                     "video": torch.randn(6, 4, 7, generator=g), "video_mask": torch.ones(6, 4, dtype=torch.bool),
-                     "label": torch.randint(0, 6, (6,), generator=g)}
+            batch = {
+                "audio": torch.randn(6, 9, 5, generator=g),
+                "audio_mask": mask,
+                "video": torch.randn(6, 4, 7, generator=g),
+                "video_mask": torch.ones(6, 4, dtype=torch.bool),
+                "label": torch.randint(0, 6, (6,), generator=g),
+            }
     model_b = copy.deepcopy(model_a)
     alpha, beta_max = 2.0, 4.0
 
@@ -181,8 +208,8 @@ def test_before_step_scales_each_modality_by_k(case):
 def test_late_linear_weight_split_by_columns_and_bias_shared():
     torch.manual_seed(0)
     model = build_model(features="raw", fusion="late-linear", size="tiny")
-    (_, idx_a), = [(p, i) for p, i in model.modality_grad_slices("audio") if p is model.fusion.weight]
-    (_, idx_v), = [(p, i) for p, i in model.modality_grad_slices("video") if p is model.fusion.weight]
+    ((_, idx_a),) = [(p, i) for p, i in model.modality_grad_slices("audio") if p is model.fusion.weight]
+    ((_, idx_v),) = [(p, i) for p, i in model.modality_grad_slices("video") if p is model.fusion.weight]
     assert idx_a == (slice(None), slice(0, 16)) and idx_v == (slice(None), slice(16, 32))
     assert model.shared_parameters() == [model.fusion.bias]
 
@@ -191,10 +218,11 @@ def test_late_linear_weight_split_by_columns_and_bias_shared():
 def _hand_output():
     # one sample, 2 classes, label 0. fused (0, 0): CE = ln 2. audio (ln 3, 0): p = 3/4, CE = ln(4/3).
     # video (0, ln 3): p = 1/4, CE = ln 4. Multi-Loss = ln 2 + ln(4/3) + ln 4 = ln(32/3) = 2.367123614.
-    out = ModelOutput(fused=torch.tensor([[0.0, 0.0]]),
-                      unimodal={"audio": torch.tensor([[math.log(3), 0.0]]),
-                                "video": torch.tensor([[0.0, math.log(3)]])},
-                      features={})
+    out = ModelOutput(
+        fused=torch.tensor([[0.0, 0.0]]),
+        unimodal={"audio": torch.tensor([[math.log(3), 0.0]]), "video": torch.tensor([[0.0, math.log(3)]])},
+        features={},
+    )
     return out, {"label": torch.tensor([0])}
 
 

@@ -43,8 +43,11 @@ LN2 = math.log(2)
 # ---- tiny model, batch and gradients -----------------------------------------------------------------
 def _batch(b=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"audio": torch.randn(b, 1, 32, 24, generator=g), "video": torch.randn(b, 3, 3, 32, 32, generator=g),
-            "label": torch.randint(0, 6, (b,), generator=g)}
+    return {
+        "audio": torch.randn(b, 1, 32, 24, generator=g),
+        "video": torch.randn(b, 3, 3, 32, 32, generator=g),
+        "label": torch.randint(0, 6, (b,), generator=g),
+    }
 
 
 def _model(fusion="late-linear", seed=0, **options):
@@ -110,8 +113,11 @@ def test_ogm_scales_only_the_leader_encoder_exactly():
     model, batch = _model(), _batch()
     ogm = OGM(alpha=0.8)  # no noise: exact
     out, _, _, before = _backward(ogm, model, batch)
-    c = ogm_coefficients(ogm_scores(out.fused_parts["audio"], batch["label"]),
-                         ogm_scores(out.fused_parts["video"], batch["label"]), alpha=0.8)
+    c = ogm_coefficients(
+        ogm_scores(out.fused_parts["audio"], batch["label"]),
+        ogm_scores(out.fused_parts["video"], batch["label"]),
+        alpha=0.8,
+    )
     logs = ogm.before_step(model, batch, out)
     after = _grads(model)
     k = {"audio": c["coeff_a"].item(), "video": c["coeff_v"].item()}
@@ -208,7 +214,11 @@ def test_mslr_scales_each_branch_but_not_the_probe_heads():
 def test_agm_shapley_outputs():
     # out_a = ½(pred − pred_za + pred_zv) = ½(2 − 0.5 + 1, 0 − 0 + 1) = (1.25, 0.5)
     # out_v = ½(pred − pred_zv + pred_za) = ½(2 − 1 + 0.5, 0 − 1 + 0) = (0.75, −0.5)
-    pred, pred_za, pred_zv = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[1.0, 1.0]])
+    pred, pred_za, pred_zv = (
+        torch.tensor([[2.0, 0.0]]),
+        torch.tensor([[0.5, 0.0]]),
+        torch.tensor([[1.0, 1.0]]),
+    )
     out_a, out_v = agm_shapley(pred, pred_za, pred_zv)
     assert out_a.tolist() == [[1.25, 0.5]] and out_v.tolist() == [[0.75, -0.5]]
     torch.testing.assert_close(out_a + out_v, pred)
@@ -269,8 +279,9 @@ def test_agm_steps_use_earlier_means_and_scale_each_branch():
     target_a = math.exp(first_means[1] - first_means[0])
     assert logs["target_audio"] == pytest.approx(target_a, rel=1e-6)
     assert logs["k_audio"] == pytest.approx(math.exp(1.5 * min(target_a - logs["r_audio"], 10.0)), rel=1e-6)
-    assert agm.mean_score == pytest.approx([(first_means[0] + logs["s_audio"]) / 2,
-                                            (first_means[1] + logs["s_video"]) / 2])
+    assert agm.mean_score == pytest.approx(
+        [(first_means[0] + logs["s_audio"]) / 2, (first_means[1] + logs["s_video"]) / 2]
+    )
     agm.before_step(model, second, out)
     after = _grads(model)
     k = {"audio": logs["k_audio"], "video": logs["k_video"]}
@@ -290,7 +301,7 @@ def test_agm_clips_the_global_norm_when_a_fusion_gradient_leaves_the_unit_box():
     assert all((p.grad == 0.5).all() for p in model.parameters())
     model.fusion.weight.grad[0, 0] = -3.0
     assert clip_if_fusion_grad_large_(model)
-    total = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+    total = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
     assert total.item() == pytest.approx(1.0, rel=1e-4)
 
 
@@ -327,7 +338,11 @@ def test_prototypes_are_class_means_with_ema():
     # a non-finite row is left out of both the sum and the count
     nan_row = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [5.0, 6.0]])
     sums_nan, counts_nan = class_sums(nan_row, torch.tensor([0, 0, 2]), 3)
-    assert sums_nan.tolist() == [[1.0, 2.0], [0.0, 0.0], [5.0, 6.0]] and counts_nan.tolist() == [1.0, 0.0, 1.0]
+    assert sums_nan.tolist() == [[1.0, 2.0], [0.0, 0.0], [5.0, 6.0]] and counts_nan.tolist() == [
+        1.0,
+        0.0,
+        1.0,
+    ]
     first = update_prototypes(sums, counts, None, momentum=0.2)
     assert first.tolist() == [[2.0, 3.0], [0.0, 0.0], [5.0, 6.0]]
     # EMA: 0.8·mean + 0.2·previous; class 1 (unseen) keeps its previous prototype
@@ -356,10 +371,15 @@ def test_pmr_loss_adds_the_weaker_modality_prototype_ce():
     # p = 0.952574127; video feature (3, 4), prototypes (0, 0), (3, 4): logits (−5, 0), p = 0.006692851.
     # rho = 142.3 > 1: video is weaker: loss = ln 2 + 1.0·(−ln 0.006692851) = 0.693147 + 5.006715 = 5.699863
     pmr = PMR(alpha=1.0)
-    pmr.prototypes = {"audio": torch.tensor([[0.0, 0.0], [3.0, 0.0]]),
-                      "video": torch.tensor([[0.0, 0.0], [3.0, 4.0]])}
-    out = ModelOutput(fused=torch.zeros(1, 2), unimodal={},
-                      features={"audio": torch.tensor([[0.0, 0.0]]), "video": torch.tensor([[3.0, 4.0]])})
+    pmr.prototypes = {
+        "audio": torch.tensor([[0.0, 0.0], [3.0, 0.0]]),
+        "video": torch.tensor([[0.0, 0.0], [3.0, 4.0]]),
+    }
+    out = ModelOutput(
+        fused=torch.zeros(1, 2),
+        unimodal={},
+        features={"audio": torch.tensor([[0.0, 0.0]]), "video": torch.tensor([[3.0, 4.0]])},
+    )
     _, logs = pmr.loss(_stub_model(), {"label": torch.tensor([0])}, out)
     assert logs["pmr_active"] == 1.0 and logs["pmr_ratio"] == pytest.approx(142.327110, rel=1e-5)
     assert (logs["pmr_weight_audio"], logs["pmr_weight_video"]) == (0.0, 1.0)
@@ -370,9 +390,14 @@ def test_pmr_loss_adds_the_weaker_modality_prototype_ce():
 def test_pmr_first_epoch_has_no_prototypes_then_uses_the_epoch_means():
     pmr = PMR(momentum=0.0)
     model = _stub_model()
-    out = ModelOutput(fused=torch.zeros(2, 2), unimodal={},
-                      features={"audio": torch.tensor([[1.0, 1.0], [3.0, 3.0]]),
-                                "video": torch.tensor([[2.0, 0.0], [0.0, 2.0]])})
+    out = ModelOutput(
+        fused=torch.zeros(2, 2),
+        unimodal={},
+        features={
+            "audio": torch.tensor([[1.0, 1.0], [3.0, 3.0]]),
+            "video": torch.tensor([[2.0, 0.0], [0.0, 2.0]]),
+        },
+    )
     _, logs = pmr.loss(model, {"label": torch.tensor([0, 0])}, out)
     assert logs["pmr_active"] == 0.0 and logs["loss"] == pytest.approx(LN2)
     pmr.on_epoch_end(0, {})
@@ -388,8 +413,11 @@ def test_pmr_first_epoch_has_no_prototypes_then_uses_the_epoch_means():
 
 
 def _diverging_epoch(pmr):
-    out = ModelOutput(fused=torch.zeros(1, 2), unimodal={},
-                      features={"audio": torch.tensor([[1e6, 0.0]]), "video": torch.tensor([[1.0, 0.0]])})
+    out = ModelOutput(
+        fused=torch.zeros(1, 2),
+        unimodal={},
+        features={"audio": torch.tensor([[1e6, 0.0]]), "video": torch.tensor([[1.0, 0.0]])},
+    )
     pmr.loss(_stub_model(), {"label": torch.tensor([1])}, out)
     return pmr.on_epoch_end(0, {})
 
@@ -399,8 +427,11 @@ def test_pmr_divergence_is_reported_not_crashing():
     with pytest.warns(PMRDivergenceWarning, match="exploding"):
         logs = _diverging_epoch(pmr)
     assert logs["pmr_diverged"] == 1.0 and pmr.diverged and not pmr.active
-    out = ModelOutput(fused=torch.zeros(1, 2), unimodal={},
-                      features={"audio": torch.zeros(1, 2), "video": torch.zeros(1, 2)})
+    out = ModelOutput(
+        fused=torch.zeros(1, 2),
+        unimodal={},
+        features={"audio": torch.zeros(1, 2), "video": torch.zeros(1, 2)},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         _, logs = pmr.loss(_stub_model(), {"label": torch.tensor([0])}, out)
@@ -410,8 +441,11 @@ def test_pmr_divergence_is_reported_not_crashing():
     # a non-finite prototype loss during a step is caught too
     pmr = PMR()
     pmr.prototypes = {"audio": torch.zeros(2, 2), "video": torch.zeros(2, 2)}
-    bad = ModelOutput(fused=torch.zeros(1, 2), unimodal={},
-                      features={"audio": torch.tensor([[float("nan"), 0.0]]), "video": torch.zeros(1, 2)})
+    bad = ModelOutput(
+        fused=torch.zeros(1, 2),
+        unimodal={},
+        features={"audio": torch.tensor([[float("nan"), 0.0]]), "video": torch.zeros(1, 2)},
+    )
     with pytest.warns(PMRDivergenceWarning, match="non-finite"):
         _, logs = pmr.loss(_stub_model(), {"label": torch.tensor([0])}, bad)
     assert logs["pmr_diverged"] == 1.0 and logs["pmr_active"] == 0.0
@@ -422,7 +456,9 @@ def test_cosine_logits_scaling():
     # feature (3, 4) has cosines (0.6, 0.8, −0.6) with (1, 0), (0, 2), (−1, 0); times s = 10
     features, weight = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])
     torch.testing.assert_close(cosine_logits(features, weight, 10.0), torch.tensor([[6.0, 8.0, -6.0]]))
-    torch.testing.assert_close(cosine_logits(5 * features, 7 * weight, 50.0), torch.tensor([[30.0, 40.0, -30.0]]))
+    torch.testing.assert_close(
+        cosine_logits(5 * features, 7 * weight, 50.0), torch.tensor([[30.0, 40.0, -30.0]])
+    )
 
 
 def test_mmcosine_model_is_the_sum_of_per_modality_cosine_logits():
@@ -432,8 +468,9 @@ def test_mmcosine_model_is_the_sum_of_per_modality_cosine_logits():
     MMCosine.check_model(model)
     out = model(batch)
     w, d = model.fusion.weight, out.features["audio"].shape[1]
-    expected = (cosine_logits(out.features["audio"], w[:, :d], 10.0)
-                + cosine_logits(out.features["video"], w[:, d:], 10.0))
+    expected = cosine_logits(out.features["audio"], w[:, :d], 10.0) + cosine_logits(
+        out.features["video"], w[:, d:], 10.0
+    )
     torch.testing.assert_close(out.fused, expected)
     assert out.fused.abs().max() <= 20.0 + 1e-5  # |out_m| ≤ s each
     _, logs = mm.loss(model, batch, out)
@@ -450,11 +487,20 @@ def test_mmcosine_refuses_a_linear_or_mismatched_head():
 
 
 # ---- every method: defaults, bad settings, and a few training steps ----------------------------------
-@pytest.mark.parametrize("name, params, key", [
-    ("ogm-ge", {"alpha": 0.0}, "alpha"), ("agm", {"alpha": float("nan")}, "alpha"), ("ogm", {"end_epoch": -1}, "end_epoch"),
-    ("mslr", {"window": 0}, "window"), ("mslr", {"init": {"audio": -1.0}}, "init"),
-    ("agm", {"alpha": -1.0}, "alpha"), ("pmr", {"momentum": 1.0}, "momentum"),
-    ("pmr", {"on_divergence": "ignore"}, "on_divergence"), ("mmcosine", {"scale": 0.0}, "scale")])
+@pytest.mark.parametrize(
+    "name, params, key",
+    [
+        ("ogm-ge", {"alpha": 0.0}, "alpha"),
+        ("agm", {"alpha": float("nan")}, "alpha"),
+        ("ogm", {"end_epoch": -1}, "end_epoch"),
+        ("mslr", {"window": 0}, "window"),
+        ("mslr", {"init": {"audio": -1.0}}, "init"),
+        ("agm", {"alpha": -1.0}, "alpha"),
+        ("pmr", {"momentum": 1.0}, "momentum"),
+        ("pmr", {"on_divergence": "ignore"}, "on_divergence"),
+        ("mmcosine", {"scale": 0.0}, "scale"),
+    ],
+)
 def test_bad_settings_fail_early_naming_the_key(name, params, key):
     with pytest.raises(ValueError, match=key):
         build_balancer(name, **params)
@@ -467,10 +513,21 @@ def test_authors_defaults():
     assert MMCosine().scale == 10.0
 
 
-@pytest.mark.parametrize("name, fusion", [
-    ("ogm-ge", "late-linear"), ("ogm", "late-linear"), ("mslr", "late-linear"), ("mslr", "gated"),
-    ("agm", "late-linear"), ("agm", "mid-mlp"), ("pmr", "late-linear"), ("pmr", "film"),
-    ("mmcosine", "late-linear"), ("mmcosine", "mid-mlp")])
+@pytest.mark.parametrize(
+    "name, fusion",
+    [
+        ("ogm-ge", "late-linear"),
+        ("ogm", "late-linear"),
+        ("mslr", "late-linear"),
+        ("mslr", "gated"),
+        ("agm", "late-linear"),
+        ("agm", "mid-mlp"),
+        ("pmr", "late-linear"),
+        ("pmr", "film"),
+        ("mmcosine", "late-linear"),
+        ("mmcosine", "mid-mlp"),
+    ],
+)
 def test_smoke_training_steps(name, fusion):
     """2 epochs x 2 steps on a tiny model and random data: finite losses, parameters move, logs are
     floats, per-epoch hooks run, and the state survives torch.save / weights_only load."""
@@ -496,8 +553,12 @@ def test_smoke_training_steps(name, fusion):
         assert logs["pmr_active"] == 1.0 and "pmr_ratio" in logs
     if name in ("ogm-ge", "ogm", "mslr", "agm"):
         assert {"k_audio", "k_video"} <= set(logs)
-    moved = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.equal(p, start[n])]
-    assert any(n.startswith("encoders.audio") for n in moved) and any(n.startswith("encoders.video") for n in moved)
+    moved = [
+        n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.equal(p, start[n])
+    ]
+    assert any(n.startswith("encoders.audio") for n in moved) and any(
+        n.startswith("encoders.video") for n in moved
+    )
     buffer = io.BytesIO()
     torch.save(balancer.state_dict(), buffer)
     buffer.seek(0)

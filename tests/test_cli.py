@@ -61,7 +61,9 @@ def test_doctor_accepts_a_cremad_layout(tmp_path):
 def test_doctor_names_lfs_stubs(tmp_path):
     for folder, name in (("AudioWAV", "1001_DFA_ANG_XX.wav"), ("VideoFlash", "1001_DFA_ANG_XX.flv")):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / name).write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+        (tmp_path / folder / name).write_bytes(
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n"
+        )
     result = runner.invoke(app, ["doctor", "--root", str(tmp_path)])
     assert result.exit_code == 1
     assert "git lfs pull" in result.output

@@ -74,7 +74,9 @@ def test_raw_batches_shapes_and_imagenet_normalisation(raw_dir):
     assert b["audio"].shape == (4, 1, 16, 20) and b["audio"].dtype == torch.float32
     assert b["video"].shape == (4, 3, 3, 16, 16) and "audio_mask" not in b
     # Undo the ImageNet normalisation: back to the uint8 pixels / 255.
-    pixels = b["video"] * torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+    pixels = b["video"] * torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(
+        1, 1, 3, 1, 1
+    )
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
     assert torch.allclose(pixels * 255, (pixels * 255).round(), atol=1e-3)
 
@@ -83,8 +85,9 @@ def test_order_is_seeded_reproducible_and_changes_with_epoch(cached_dir):
     folder = open_shard_folder(cached_dir)
 
     def ids(seed, epoch, workers=0):
-        loader = ShardLoader(folder, "train", batch_size=4, shuffle=True, seed=seed, num_workers=workers,
-                             shuffle_buffer=6)
+        loader = ShardLoader(
+            folder, "train", batch_size=4, shuffle=True, seed=seed, num_workers=workers, shuffle_buffer=6
+        )
         return [i for b in loader.iterate(epoch) for i in b["id"]]
 
     first = ids(1, 0)

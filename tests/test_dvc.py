@@ -18,10 +18,21 @@ TINY = {"synth": {"clips": 6, "size": "64x48"}, "frames": {"size": 32}, "workers
 
 
 def _dvc(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False,
-                            timeout=300)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -76,16 +87,25 @@ def test_dvc_repro_is_incremental(tmp_path):
     third = _dvc(repo, "repro", "shards_raw")
     assert _ran(third) == ["spectrograms", "shards_raw"]
     assert before["sizes.json"] == (shards / "sizes.json").read_bytes()
-    assert before["train-000000.tar"] != (shards / "train-000000.tar").read_bytes()  # T changed: 1 + 66150 // 300
+    assert (
+        before["train-000000.tar"] != (shards / "train-000000.tar").read_bytes()
+    )  # T changed: 1 + 66150 // 300
 
 
 TINY_ALL = {
     "synth": {"clips": 24, "actors": 12, "size": "160x120"},  # MTCNN needs faces of >= 40 px
-    "frames": {"size": 32}, "workers": 1, "device": "cpu",
-    "faces": {"fps": 1, "crop_size": 64}, "features": {"effb2_image_size": 64},
-    "train": {"fusion": "late-linear", "seeds": [0], "patience": 2,
-              "raw": {"methods": ["joint", "video-only"], "size": "tiny", "epochs": 2, "batch_size": 8},
-              "cached": {"methods": ["joint"], "size": "tiny", "epochs": 2, "batch_size": 8, "lr": 0.001}},
+    "frames": {"size": 32},
+    "workers": 1,
+    "device": "cpu",
+    "faces": {"fps": 1, "crop_size": 64},
+    "features": {"effb2_image_size": 64},
+    "train": {
+        "fusion": "late-linear",
+        "seeds": [0],
+        "patience": 2,
+        "raw": {"methods": ["joint", "video-only"], "size": "tiny", "epochs": 2, "batch_size": 8},
+        "cached": {"methods": ["joint"], "size": "tiny", "epochs": 2, "batch_size": 8, "lr": 0.001},
+    },
 }
 
 
@@ -103,15 +123,29 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
 
     first = _dvc(repo, "repro")
     stages = [s.split("@")[0] for s in _ran(first)]
-    for stage in ("synth", "index", "shards_raw", "faces", "features", "shards_cached", "train_raw",
-                  "train_raw_mlb", "train_cached", "train_cached_mlb", "compare", "report"):
+    for stage in (
+        "synth",
+        "index",
+        "shards_raw",
+        "faces",
+        "features",
+        "shards_cached",
+        "train_raw",
+        "train_raw_mlb",
+        "train_cached",
+        "train_cached_mlb",
+        "compare",
+        "report",
+    ):
         assert stage in stages, stage
     runs = repo / "runs"
     table = (runs / "compare.md").read_text()
     for method in ("joint", "mlb", "video-only"):
         assert f"| raw | {method} | late-linear | 1 |" in table
     assert "| cached | mlb | late-linear | 1 |" in table
-    assert (runs / "figures" / "fig3_accuracy_cached.png").is_file() and (runs / "figures" / "report.md").is_file()
+    assert (runs / "figures" / "fig3_accuracy_cached.png").is_file() and (
+        runs / "figures" / "report.md"
+    ).is_file()
     meta = (repo / "data" / "shards" / "cached" / "meta.json").read_text()
     assert '"random_init": true' in meta  # the demo's extractors say what they are
 

@@ -18,8 +18,12 @@ from pipeline.stages.faces import FacesConfig, FacesConfigError
 
 CLIP_FRAMES, CLIP_FPS, CLIP_SECONDS = 9, 30, 0.4
 # (clip id, split, has a face): one face clip per split plus one without any face
-TINY_CLIPS = [("1001_DFA_ANG_XX", "train", True), ("1001_IEO_HAP_HI", "train", True),
-              ("1002_DFA_SAD_XX", "test", True), ("1003_TIE_NEU_XX", "validation", False)]
+TINY_CLIPS = [
+    ("1001_DFA_ANG_XX", "train", True),
+    ("1001_IEO_HAP_HI", "train", True),
+    ("1002_DFA_SAD_XX", "test", True),
+    ("1003_TIE_NEU_XX", "validation", False),
+]
 EMOTIONS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 
 
@@ -54,16 +58,35 @@ def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
         write_flv(root / "VideoFlash" / f"{clip_id}.flv", frames, voice.astype(np.float32), fps=CLIP_FPS)
         write_wav(root / "AudioWAV" / f"{clip_id}.wav", voice.astype(np.float32))
         actor, sentence, emotion, level = clip_id.split("_")
-        records.append({
-            "id": clip_id, "corpus": "cremad", "actor": int(actor), "sentence": sentence, "emotion": emotion,
-            "level": level, "label": EMOTIONS.index(emotion), "label_name": emotion,
-            "wav": f"AudioWAV/{clip_id}.wav", "flv": f"VideoFlash/{clip_id}.flv",
-            "audio": {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": CLIP_SECONDS},
-            "video": {"width": 240, "height": 180, "fps": 30.0, "duration": CLIP_FRAMES / CLIP_FPS,
-                      "has_audio": True, "video_codec": "flv1", "audio_codec": "mp3"},
-            "protocol": "vavl-1", "split": split, "status": "ok", "reason": None,
-            "usable": {"raw": True, "cached": True},
-        })
+        records.append(
+            {
+                "id": clip_id,
+                "corpus": "cremad",
+                "actor": int(actor),
+                "sentence": sentence,
+                "emotion": emotion,
+                "level": level,
+                "label": EMOTIONS.index(emotion),
+                "label_name": emotion,
+                "wav": f"AudioWAV/{clip_id}.wav",
+                "flv": f"VideoFlash/{clip_id}.flv",
+                "audio": {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": CLIP_SECONDS},
+                "video": {
+                    "width": 240,
+                    "height": 180,
+                    "fps": 30.0,
+                    "duration": CLIP_FRAMES / CLIP_FPS,
+                    "has_audio": True,
+                    "video_codec": "flv1",
+                    "audio_codec": "mp3",
+                },
+                "protocol": "vavl-1",
+                "split": split,
+                "status": "ok",
+                "reason": None,
+                "usable": {"raw": True, "cached": True},
+            }
+        )
     write_manifest(records, out / "manifest.jsonl")
     return root, out
 
@@ -74,6 +97,7 @@ def detector():
 
 
 # --- pure parts ---------------------------------------------------------------------------------------
+
 
 def test_crop_face_is_square_centred_and_padded_outside_the_frame():
     frame = np.full((100, 200, 3), 255, np.uint8)
@@ -109,10 +133,14 @@ def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
     from pipeline.synth import face
 
     rng = np.random.default_rng(0)
-    frames = np.concatenate([
-        face.render_frames(face.random_look(rng), face.blend_expression(emotion, 1.5), np.array([1.0]), 160, 120, rng)
-        for emotion in EMOTIONS
-    ])  # [6, 120, 160, 3]
+    frames = np.concatenate(
+        [
+            face.render_frames(
+                face.random_look(rng), face.blend_expression(emotion, 1.5), np.array([1.0]), 160, 120, rng
+            )
+            for emotion in EMOTIONS
+        ]
+    )  # [6, 120, 160, 3]
     _, probs = faces_stage.detect_best_faces(detector, frames, batch_size=6, min_prob=0.9)
     assert (probs > 0.9).all(), probs
 
@@ -125,6 +153,7 @@ def test_config_errors_name_the_key():
 
 
 # --- the stage on generated clips ---------------------------------------------------------------------
+
 
 def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
     root, _ = make_tiny_corpus(tmp_path)
@@ -163,7 +192,9 @@ def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
     assert marked["usable"] == {"raw": True, "cached": False}
     assert marked["reasons"]["cached"].startswith("no-face: ") and no_face_id in marked["reasons"]["cached"]
     for clip_id, _, _ in TINY_CLIPS[:3]:
-        assert records[clip_id]["usable"] == {"raw": True, "cached": True} and "reasons" not in records[clip_id]
+        assert (
+            records[clip_id]["usable"] == {"raw": True, "cached": True} and "reasons" not in records[clip_id]
+        )
 
 
 def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path, monkeypatch):
@@ -180,11 +211,14 @@ def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path,
     monkeypatch.setattr(faces_stage, "compute_faces", must_not_run)
     again = faces_stage.run_faces(out / "manifest.jsonl", root, faces_path, config, progress=False)
     assert list(again["no_face"]) == [TINY_CLIPS[3][0]]  # a clip marked no-face stays a candidate
-    assert (out / "manifest.jsonl").read_bytes() == manifest_before and faces_path.read_bytes() == faces_before
+    assert (
+        out / "manifest.jsonl"
+    ).read_bytes() == manifest_before and faces_path.read_bytes() == faces_before
 
     monkeypatch.undo()
-    faces_stage.run_faces(out / "manifest.jsonl", root, faces_path, FacesConfig(crop_size=40, device="cpu"),
-                          progress=False)
+    faces_stage.run_faces(
+        out / "manifest.jsonl", root, faces_path, FacesConfig(crop_size=40, device="cpu"), progress=False
+    )
     with h5py.File(faces_path, "r") as h5:
         assert json.loads(h5.attrs["config"])["crop_size"] == 40
         assert faces_stage.read_clip_faces(h5, TINY_CLIPS[0][0]).shape[1:] == (40, 40, 3)
@@ -194,8 +228,13 @@ def test_undecodable_video_is_not_usable_for_cached_and_does_not_stop_the_stage(
     root, out = make_tiny_corpus(tmp_path)
     broken = root / "VideoFlash" / f"{TINY_CLIPS[1][0]}.flv"
     broken.write_bytes(broken.read_bytes()[:200])  # truncated after validation
-    summary = faces_stage.run_faces(out / "manifest.jsonl", root, out / "work" / "faces.h5",
-                                    FacesConfig(crop_size=32, device="cpu"), progress=False)
+    summary = faces_stage.run_faces(
+        out / "manifest.jsonl",
+        root,
+        out / "work" / "faces.h5",
+        FacesConfig(crop_size=32, device="cpu"),
+        progress=False,
+    )
     assert sorted(summary["no_face"]) == sorted([TINY_CLIPS[1][0], TINY_CLIPS[3][0]])
     assert "decode-error" in summary["no_face"][TINY_CLIPS[1][0]]
     record = next(r for r in read_manifest(out / "manifest.jsonl") if r["id"] == TINY_CLIPS[1][0])

@@ -59,6 +59,7 @@ def waves(lengths, seed: int = 0) -> list[np.ndarray]:
 
 # --- EfficientNet-B2 ----------------------------------------------------------------------------------
 
+
 def test_effb2_shapes_dtypes_and_seeded_random_init(effb2_random):
     features = effb2_random.extract(crops(3))
     assert features.shape == (3, 1408) and features.dtype == np.float32
@@ -116,6 +117,7 @@ def test_extractor_config_errors_name_the_key(tmp_path):
 
 # --- Wav2Vec2 -----------------------------------------------------------------------------------------
 
+
 def test_w2v2_shapes_and_padding_free_batching(w2v2_random):
     batch = waves([16000, 7000, 12345])
     outputs = w2v2_random.extract(batch)
@@ -168,15 +170,26 @@ def test_w2v2_unknown_hub_id_offline_says_how_to_supply_it():
 
 # --- the stages end to end: faces → features → shards ---------------------------------------------------
 
+
 def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, monkeypatch):
     from mlb.data import ShardMetaError, check_meta, open_shard_folder
 
     root, out = make_tiny_corpus(tmp_path)
-    manifest, faces_path, features_path = out / "manifest.jsonl", out / "work" / "faces.h5", out / "work" / "features.h5"
-    faces_stage.run_faces(manifest, root, faces_path, faces_stage.FacesConfig(crop_size=SMALL, device="cpu"),
-                          progress=False)
-    config = features_stage.FeaturesConfig(effb2=effb2_random.config, w2v2=w2v2_random.config,
-                                           audio_batch_size=2, frame_batch_size=4, device="cpu")
+    manifest, faces_path, features_path = (
+        out / "manifest.jsonl",
+        out / "work" / "faces.h5",
+        out / "work" / "features.h5",
+    )
+    faces_stage.run_faces(
+        manifest, root, faces_path, faces_stage.FacesConfig(crop_size=SMALL, device="cpu"), progress=False
+    )
+    config = features_stage.FeaturesConfig(
+        effb2=effb2_random.config,
+        w2v2=w2v2_random.config,
+        audio_batch_size=2,
+        frame_batch_size=4,
+        device="cpu",
+    )
     summary = features_stage.run_features(manifest, root, faces_path, features_path, config, progress=False)
     assert summary["clips"] == 3 and list(summary["errors"]) == [TINY_CLIPS[3][0]]  # no face: not computed
     assert summary["errors"][TINY_CLIPS[3][0]].startswith("no-face: ")
@@ -193,8 +206,13 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
     sizes, skipped = shards_cached.run_shards_cached(manifest, features_path, folder, progress=False)
     assert sizes == {"test-000000.tar": 1, "train-000000.tar": 2}
     assert list(skipped) == [TINY_CLIPS[3][0]] and skipped[TINY_CLIPS[3][0]].startswith("no-face: ")
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "sizes.json", "stats.json",
-                                                        "test-000000.tar", "train-000000.tar"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "meta.json",
+        "sizes.json",
+        "stats.json",
+        "test-000000.tar",
+        "train-000000.tar",
+    ]
     assert json.loads((folder / "sizes.json").read_text()) == sizes
 
     samples = dict(read_shard(folder / "train-000000.tar") + read_shard(folder / "test-000000.tar"))
@@ -203,7 +221,11 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
         assert sorted(sample) == ["effb2.npy", "json", "w2v2.npy"]
         assert sample["effb2.npy"].dtype == np.float16 and sample["effb2.npy"].shape[1] == 1408
         assert sample["w2v2.npy"].dtype == np.float16 and sample["w2v2.npy"].shape[1] == 32
-        assert sample["json"]["frames_with_face"] == sample["effb2.npy"].shape[0] == sample["json"]["frames_total"]
+        assert (
+            sample["json"]["frames_with_face"]
+            == sample["effb2.npy"].shape[0]
+            == sample["json"]["frames_total"]
+        )
         assert sample["w2v2.npy"].shape[0] == w2v2_random.output_length(6400)  # 0.4 s at 16 kHz
         assert sample["json"]["id"] == clip_id and sample["json"]["label_name"] == clip_id.split("_")[2]
     # the shards hold what the in-memory extractors give (float16-rounded)
@@ -212,8 +234,9 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
         expected = effb2_random.extract(faces_stage.read_clip_faces(h5, first))
     np.testing.assert_allclose(samples[first]["effb2.npy"].astype(np.float32), expected, rtol=2e-3, atol=1e-3)
     wave = features_stage.load_wave_16k(root / "AudioWAV" / f"{first}.wav")
-    np.testing.assert_allclose(samples[first]["w2v2.npy"].astype(np.float32), w2v2_random.extract([wave])[0],
-                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        samples[first]["w2v2.npy"].astype(np.float32), w2v2_random.extract([wave])[0], rtol=2e-3, atol=2e-3
+    )
 
     # stats: per dimension over every time step of the train clips only
     stats = json.loads((folder / "stats.json").read_text())
@@ -224,13 +247,21 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
         np.testing.assert_allclose(stats[name]["std"], rows.std(axis=0), atol=1e-6)
 
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["input_path"] == "cached" and meta["fields"]["w2v2.npy"] == {"dtype": "float16", "shape": ["T_a", 32]}
+    assert meta["input_path"] == "cached" and meta["fields"]["w2v2.npy"] == {
+        "dtype": "float16",
+        "shape": ["T_a", 32],
+    }
     assert meta["extractors"]["audio"]["layer"] == 12 and meta["extractors"]["audio"]["random_init"] is True
-    assert meta["extractors"]["video"]["input_size"] == SMALL and meta["extractors"]["video"]["dtype"] == "float16"
+    assert (
+        meta["extractors"]["video"]["input_size"] == SMALL
+        and meta["extractors"]["video"]["dtype"] == "float16"
+    )
     assert str(tmp_path) not in (folder / "meta.json").read_text()  # no machine paths: same bytes anywhere
 
     # the trainer side reads the folder and refuses features of another kind
-    open_shard_folder(folder, expected_meta={"extractors": {"audio": {"layer": 12}, "video": {"input_size": SMALL}}})
+    open_shard_folder(
+        folder, expected_meta={"extractors": {"audio": {"layer": 12}, "video": {"input_size": SMALL}}}
+    )
     with pytest.raises(ShardMetaError, match="extractors.video.input_size"):
         check_meta(meta, {"extractors": {"video": {"input_size": 260}}})
 
@@ -247,8 +278,19 @@ def test_prepare_cremad_runs_the_cached_stages_and_says_how_to_get_missing_weigh
 
     root, out = make_tiny_corpus(tmp_path)
     runner = CliRunner()
-    args = ["prepare", "cremad", "--root", str(root), "--out", str(out), "--stages", "faces,features,shards_cached",
-            "--device", "cpu", "--quiet"]
+    args = [
+        "prepare",
+        "cremad",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--stages",
+        "faces,features,shards_cached",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")

@@ -18,7 +18,9 @@ from pipeline.stages.index import IndexConfig, run_index
 runner = CliRunner()
 
 
-def make_clip(root: Path, clip_id: str, *, wav_name: str | None = None, seconds: float = 1.0, **wav_kwargs) -> None:
+def make_clip(
+    root: Path, clip_id: str, *, wav_name: str | None = None, seconds: float = 1.0, **wav_kwargs
+) -> None:
     make_wav(root / "AudioWAV" / f"{wav_name or clip_id}.wav", seconds=seconds, **wav_kwargs)
     make_flv(root / "VideoFlash" / f"{clip_id}.flv", seconds=seconds, fps=5, size=(32, 24))
 
@@ -48,8 +50,18 @@ def test_parse_clip_name():
     assert fixed.id == "1040_ITH_SAD_XX" and fixed.fixes == ("wav-name-_X",)
 
 
-@pytest.mark.parametrize("stem", ["1001_DFA_ANGRY_XX", "1001_DFA_XYZ_XX", "0999_DFA_ANG_XX", "1001_ABC_ANG_XX",
-                                  "1001_DFA_ANG_ZZ", "1001-DFA-ANG-XX", "hello"])
+@pytest.mark.parametrize(
+    "stem",
+    [
+        "1001_DFA_ANGRY_XX",
+        "1001_DFA_XYZ_XX",
+        "0999_DFA_ANG_XX",
+        "1001_ABC_ANG_XX",
+        "1001_DFA_ANG_ZZ",
+        "1001-DFA-ANG-XX",
+        "hello",
+    ],
+)
 def test_names_that_do_not_parse(stem):
     assert cremad.parse_clip_name(stem) is None
 
@@ -72,8 +84,19 @@ def test_prepare_exits_2_naming_the_path_and_the_fix(tmp_path, make_root):
     root = tmp_path / "corpus"
     if make_root == "empty":
         (root / "AudioWAV").mkdir(parents=True)
-    result = runner.invoke(app, ["prepare", "cremad", "--root", str(root), "--out", str(tmp_path / "out"),
-                                 "--stages", "index,frames,spectrograms,shards_raw"])
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "cremad",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--stages",
+            "index,frames,spectrograms,shards_raw",
+        ],
+    )
     assert result.exit_code == 2
     output = " ".join(result.output.split())  # the message may wrap
     assert str(root) in output and "mlbpipe synth cremad" in output
@@ -85,14 +108,23 @@ def test_prepare_exits_2_naming_the_path_and_the_fix(tmp_path, make_root):
 @pytest.fixture(scope="module")
 def indexed(mini_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    records, summary = run_index(mini_corpus, out, IndexConfig(protocol="speaker-random", seed=3), progress=False)
+    records, summary = run_index(
+        mini_corpus, out, IndexConfig(protocol="speaker-random", seed=3), progress=False
+    )
     return out, {r["id"]: r for r in records}, summary
 
 
 def test_every_clip_is_in_the_manifest_with_a_status(indexed):
     _, by_id, summary = indexed
-    assert sorted(by_id) == ["1001_DFA_ANG_XX", "1001_IEO_NEU_LO", "1002_DFA_DIS_XX", "1002_IEO_HAP_HI",
-                             "1003_TIE_SAD_XX", "1040_ITH_SAD_XX", "1064_TIE_SAD_XX"]
+    assert sorted(by_id) == [
+        "1001_DFA_ANG_XX",
+        "1001_IEO_NEU_LO",
+        "1002_DFA_DIS_XX",
+        "1002_IEO_HAP_HI",
+        "1003_TIE_SAD_XX",
+        "1040_ITH_SAD_XX",
+        "1064_TIE_SAD_XX",
+    ]
     assert summary["kept"] + summary["rejected"] == len(by_id) == summary["clips"]
     assert summary["ignored_files"] == ["AudioWAV/notes.txt"]
 
@@ -155,7 +187,9 @@ def test_rerun_skips_probing_when_nothing_changed(mini_corpus, indexed, monkeypa
 
 def test_index_is_identical_with_two_workers(mini_corpus, indexed, tmp_path):
     out, _, _ = indexed
-    run_index(mini_corpus, tmp_path, IndexConfig(protocol="speaker-random", seed=3), workers=2, progress=False)
+    run_index(
+        mini_corpus, tmp_path, IndexConfig(protocol="speaker-random", seed=3), workers=2, progress=False
+    )
     assert (tmp_path / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
 
 
@@ -163,7 +197,10 @@ def test_index_is_identical_with_two_workers(mini_corpus, indexed, tmp_path):
 
 
 def test_manifest_round_trip_is_sorted_and_atomic(tmp_path):
-    records = [{"id": "b", "status": "ok", "split": "train"}, {"id": "a", "status": "rejected", "reason": "x: y"}]
+    records = [
+        {"id": "b", "status": "ok", "split": "train"},
+        {"id": "a", "status": "rejected", "reason": "x: y"},
+    ]
     write_manifest(records, tmp_path / "m.jsonl")
     assert [r["id"] for r in read_manifest(tmp_path / "m.jsonl")] == ["a", "b"]
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]  # no temp file left behind

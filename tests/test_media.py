@@ -27,8 +27,14 @@ LFS_STUB = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 6
 # --- tiny media factories (also used by test_index.py) ---------------------------------------------------
 
 
-def make_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1,
-             subtype: str = "PCM_16", amplitude: float = 0.3) -> Path:
+def make_wav(
+    path: Path,
+    seconds: float = 1.0,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    amplitude: float = 0.3,
+) -> Path:
     """A 440 Hz tone."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     tone = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
@@ -38,8 +44,14 @@ def make_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channel
     return path
 
 
-def make_flv(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (64, 48),
-             audio: bool = True, audio_seconds: float | None = None) -> Path:
+def make_flv(
+    path: Path,
+    seconds: float = 1.0,
+    fps: int = 10,
+    size: tuple[int, int] = (64, 48),
+    audio: bool = True,
+    audio_seconds: float | None = None,
+) -> Path:
     """An FLV (flv1 video + MP3 audio, as CREMA-D's) whose frame i is a flat grey of level 8 * i, so a
     test can tell from the pixels which frame it got. The audio lasts `audio_seconds` (default: as long
     as the video)."""
@@ -50,7 +62,9 @@ def make_flv(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, i
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         stream_a = container.add_stream("mp3", rate=22050, layout="mono") if audio else None
         for i in range(round(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), min(8 * i, 255), np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                np.full((height, width, 3), min(8 * i, 255), np.uint8), format="rgb24"
+            )
             frame.pts = i
             container.mux(video.encode(frame))
         container.mux(video.encode())
@@ -59,7 +73,9 @@ def make_flv(path: Path, seconds: float = 1.0, fps: int = 10, size: tuple[int, i
             samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n_samples) / 22050)).astype(np.float32)
             step = stream_a.codec_context.frame_size or 1152
             for start in range(0, len(samples), step):
-                chunk = av.AudioFrame.from_ndarray(samples[None, start : start + step], format="flt", layout="mono")
+                chunk = av.AudioFrame.from_ndarray(
+                    samples[None, start : start + step], format="flt", layout="mono"
+                )
                 chunk.sample_rate, chunk.pts = 22050, start
                 container.mux(stream_a.encode(chunk))
             container.mux(stream_a.encode())
@@ -253,8 +269,9 @@ def test_resized_rgb_is_as_close_to_the_area_average_as_scaling_into_rgb24():
     y, x = np.mgrid[0:360, 0:480]
     picture = np.stack([x * 255 / 479, y * 255 / 359, 127 + 100 * np.sin(x / 9.0) * np.cos(y / 7.0)], axis=-1)
     frame = av.VideoFrame.from_ndarray(picture.astype(np.uint8), format="rgb24").reformat(format="yuv420p")
-    exact = cv2.resize(frame.to_ndarray(format="rgb24").astype(np.float32), (224, 224),
-                       interpolation=cv2.INTER_AREA)  # [224, 224, 3]
+    exact = cv2.resize(
+        frame.to_ndarray(format="rgb24").astype(np.float32), (224, 224), interpolation=cv2.INTER_AREA
+    )  # [224, 224, 3]
     rgb24 = frame.to_ndarray(format="rgb24", width=224, height=224, interpolation="AREA")
     ours = resized_rgb(frame, 224)
     assert ours.shape == (224, 224, 3) and ours.dtype == np.uint8

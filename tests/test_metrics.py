@@ -25,7 +25,9 @@ def test_ece_hand_example():
 def test_ece_bin_edges_are_right_closed():
     # Confidence exactly 1/3 lies in bin (4/15, 5/15]; with 2 bins 0.5 lies in (0, 0.5], 0.75 in (0.5, 1].
     p = np.array([[0.5, 0.5], [0.75, 0.25]])
-    assert expected_calibration_error(p, np.array([0, 1]), num_bins=2) == pytest.approx(0.5 * 0.5 + 0.5 * 0.75)
+    assert expected_calibration_error(p, np.array([0, 1]), num_bins=2) == pytest.approx(
+        0.5 * 0.5 + 0.5 * 0.75
+    )
     perfect = np.eye(3)
     assert expected_calibration_error(perfect, np.arange(3)) == 0.0
 
@@ -53,12 +55,18 @@ def test_agreement_table_two_heads():
 
 
 def test_agreement_table_three_heads_and_empty_groups():
-    rows = agreement_table({"a": np.array([1, 0]), "b": np.array([1, 0]), "c": np.array([0, 0])},
-                           np.array([1, 1]))
+    rows = agreement_table(
+        {"a": np.array([1, 0]), "b": np.array([1, 0]), "c": np.array([0, 0])}, np.array([1, 1])
+    )
     assert len(rows) == 8 and sum(r["count"] for r in rows) == 2
     by_key = {(r["a_correct"], r["b_correct"], r["c_correct"]): r for r in rows}
-    assert by_key[(True, True, False)] == {"a_correct": True, "b_correct": True, "c_correct": False, "count": 1,
-                                           "fused_accuracy": 1.0}
+    assert by_key[(True, True, False)] == {
+        "a_correct": True,
+        "b_correct": True,
+        "c_correct": False,
+        "count": 1,
+        "fused_accuracy": 1.0,
+    }
     assert by_key[(True, True, True)]["fused_accuracy"] is None
 
 

@@ -15,8 +15,11 @@ DIMS = {"audio": 12, "video": 20}
 
 def raw_batch(b=B, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"audio": torch.randn(b, 1, 32, 24, generator=g), "video": torch.randn(b, 3, 3, 32, 32, generator=g),
-            "label": torch.arange(b) % C}
+    return {
+        "audio": torch.randn(b, 1, 32, 24, generator=g),
+        "video": torch.randn(b, 3, 3, 32, 32, generator=g),
+        "label": torch.arange(b) % C,
+    }
 
 
 def cached_batch(b=B, seed=0):
@@ -25,9 +28,13 @@ def cached_batch(b=B, seed=0):
     lengths_v = torch.tensor([5, 5, 2, 4, 3, 5, 1, 5])[:b]
     mask_a = torch.arange(10)[None, :] < lengths_a[:, None]  # [B, 10]
     mask_v = torch.arange(5)[None, :] < lengths_v[:, None]  # [B, 5]
-    return {"audio": torch.randn(b, 10, DIMS["audio"], generator=g), "audio_mask": mask_a,
-            "video": torch.randn(b, 5, DIMS["video"], generator=g), "video_mask": mask_v,
-            "label": torch.arange(b) % C}
+    return {
+        "audio": torch.randn(b, 10, DIMS["audio"], generator=g),
+        "audio_mask": mask_a,
+        "video": torch.randn(b, 5, DIMS["video"], generator=g),
+        "video_mask": mask_v,
+        "label": torch.arange(b) % C,
+    }
 
 
 BATCHES = {"raw": raw_batch, "cached": cached_batch}
@@ -75,8 +82,9 @@ def test_late_linear_parts_sum_to_the_fused_logits():
 
 def test_cosine_classifier_for_mmcosine():
     torch.manual_seed(0)
-    model = build_model(features="raw", fusion="late-linear", size="tiny", classifier="cosine",
-                        cosine_scale=10.0)
+    model = build_model(
+        features="raw", fusion="late-linear", size="tiny", classifier="cosine", cosine_scale=10.0
+    )
     out = model(raw_batch())
     assert model.fusion.bias is None and model.shared_parameters() == []
     for logits in [*out.fused_parts.values(), *out.unimodal.values()]:
@@ -155,18 +163,25 @@ def test_zero_modality_keeps_the_rest():
 
 def test_paper_size_gives_512_features():
     torch.manual_seed(0)
-    model = build_model(features="cached", fusion="late-linear", size="paper",
-                        input_dims={"audio": 32, "video": 1408}).eval()
+    model = build_model(
+        features="cached", fusion="late-linear", size="paper", input_dims={"audio": 32, "video": 1408}
+    ).eval()
     assert len(model.encoders["audio"].conformer.conformer_layers) == 5
     with torch.no_grad():
         out = model(cached_batch(b=2) | {"audio": torch.randn(2, 10, 32), "video": torch.randn(2, 5, 1408)})
     assert out.features["audio"].shape == (2, 512) and out.fused.shape == (2, 6)
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"features": "spectral"}, "spectral"), ({"features": "raw", "fusion": "concat"}, "concat"),
-    ({"features": "raw", "size": "huge"}, "huge"), ({"features": "cached"}, "input_dims"),
-    ({"features": "raw", "classifier": "arc"}, "arc")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"features": "spectral"}, "spectral"),
+        ({"features": "raw", "fusion": "concat"}, "concat"),
+        ({"features": "raw", "size": "huge"}, "huge"),
+        ({"features": "cached"}, "input_dims"),
+        ({"features": "raw", "classifier": "arc"}, "arc"),
+    ],
+)
 def test_bad_config_fails_early_naming_the_value(kwargs, key):
     with pytest.raises(ValueError, match=key):
         build_model(**kwargs)

@@ -37,7 +37,10 @@ runner = CliRunner()
 
 def _samples(n: int):
     for i in range(n):
-        yield f"clip_{i:03d}", {"spec.npy": np.full((4, 5), i, np.float32), "json": {"id": f"clip_{i:03d}", "b": 1}}
+        yield (
+            f"clip_{i:03d}",
+            {"spec.npy": np.full((4, 5), i, np.float32), "json": {"id": f"clip_{i:03d}", "b": 1}},
+        )
 
 
 def test_shards_are_byte_identical_and_split_by_maxcount(tmp_path):
@@ -48,11 +51,19 @@ def test_shards_are_byte_identical_and_split_by_maxcount(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with tarfile.open(tmp_path / "a" / "train-000000.tar") as tar:
         members = tar.getmembers()
-    assert [m.name for m in members] == ["clip_000.json", "clip_000.spec.npy", "clip_001.json", "clip_001.spec.npy"]
+    assert [m.name for m in members] == [
+        "clip_000.json",
+        "clip_000.spec.npy",
+        "clip_001.json",
+        "clip_001.spec.npy",
+    ]
     assert {(m.mtime, m.uid, m.gid, m.mode, m.uname, m.gname) for m in members} == {(0, 0, 0, 0o644, "", "")}
     samples = read_shard(tmp_path / "a" / "train-000001.tar")
     assert [k for k, _ in samples] == ["clip_002", "clip_003"]
-    assert samples[0][1]["spec.npy"].dtype == np.float32 and samples[0][1]["json"] == {"id": "clip_002", "b": 1}
+    assert samples[0][1]["spec.npy"].dtype == np.float32 and samples[0][1]["json"] == {
+        "id": "clip_002",
+        "b": 1,
+    }
     assert not list((tmp_path / "a").glob("*.tmp-*"))
 
 
@@ -62,12 +73,15 @@ def test_json_fields_have_sorted_keys(tmp_path):
         assert tar.extractfile("k.json").read() == b'{"a":2,"z":1}'
 
 
-@pytest.mark.parametrize(("key", "fields", "error"), [
-    ("a.b", {"json": {}}, "dots"),
-    ("a", {"x.npy": np.array([{"x": 1}], dtype=object)}, "object arrays"),
-    ("a", {"x.pickle": b"..."}, "neither"),
-    ("a", {"x.jpg": b"..."}, "neither"),
-])
+@pytest.mark.parametrize(
+    ("key", "fields", "error"),
+    [
+        ("a.b", {"json": {}}, "dots"),
+        ("a", {"x.npy": np.array([{"x": 1}], dtype=object)}, "object arrays"),
+        ("a", {"x.pickle": b"..."}, "neither"),
+        ("a", {"x.jpg": b"..."}, "neither"),
+    ],
+)
 def test_shard_writer_refuses_what_readers_must_refuse(tmp_path, key, fields, error):
     with pytest.raises((ValueError, TypeError), match=error):
         write_shards([(key, fields)], tmp_path, "train")
@@ -139,7 +153,9 @@ def test_mel_filterbank_equals_torchaudios_defaults():
 
     for n_mels in (40, 80, 128):
         reference = AF.melscale_fbanks(257, 0.0, 11025.0, n_mels, 22050).numpy()  # HTK, no norm
-        np.testing.assert_allclose(mel_filterbank(257, 22050, n_mels), reference, atol=1e-4)  # torch computes in float32
+        np.testing.assert_allclose(
+            mel_filterbank(257, 22050, n_mels), reference, atol=1e-4
+        )  # torch computes in float32
 
 
 def test_log_mel_matches_a_torch_reference():
@@ -148,8 +164,15 @@ def test_log_mel_matches_a_torch_reference():
 
     config = vars(SpectrogramConfig())
     wave = np.random.default_rng(2).uniform(-1, 1, (2, 66150)).astype(np.float32)
-    stft = torch.stft(torch.from_numpy(wave), 512, 353, window=torch.hann_window(512), center=True,
-                      pad_mode="constant", return_complex=True)  # [2, 257, 188]
+    stft = torch.stft(
+        torch.from_numpy(wave),
+        512,
+        353,
+        window=torch.hann_window(512),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )  # [2, 257, 188]
     fbank = AF.melscale_fbanks(257, 0.0, 11025.0, 80, 22050)  # [257, 80]
     reference = torch.log(torch.einsum("bft,fm->bmt", stft.abs() ** 2, fbank) + 1e-7).numpy()  # [2, 80, 188]
     np.testing.assert_allclose(spectrogram_batch(wave, config), reference, atol=1e-3)
@@ -159,7 +182,12 @@ def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
     import soundfile as sf
 
     t = np.arange(16000 * 2) / 16000
-    sf.write(tmp_path / "tone.wav", (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 16000, subtype="PCM_16")
+    sf.write(
+        tmp_path / "tone.wav",
+        (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32),
+        16000,
+        subtype="PCM_16",
+    )
     wave = load_fixed_length(str(tmp_path / "tone.wav"), vars(SpectrogramConfig()))  # [66150] at 22.05 kHz
     assert wave.shape == (66150,) and wave.dtype == np.float32
     spectrum = np.abs(np.fft.rfft(wave[:22050]))  # 1 s: 1 Hz per bin
@@ -284,7 +312,17 @@ def test_the_resnet_path_never_imports_torch(synth_corpus, tmp_path):
 # --- end to end on the synthetic corpus with defects -------------------------------------------------------
 
 RAW_STAGES = "index,frames,spectrograms,shards_raw"  # the ResNet path only (the cached path has its tests)
-PREPARE = ["prepare", "cremad", "--protocol", "speaker-random", "--size", "32", "--quiet", "--stages", RAW_STAGES]
+PREPARE = [
+    "prepare",
+    "cremad",
+    "--protocol",
+    "speaker-random",
+    "--size",
+    "32",
+    "--quiet",
+    "--stages",
+    RAW_STAGES,
+]
 
 
 @pytest.fixture(scope="module")
@@ -336,8 +374,10 @@ def test_every_good_clip_is_in_exactly_one_shard_of_its_split(prepared):
 def test_arrays_have_the_documented_shapes_and_dtypes(prepared):
     _, out = prepared
     meta = json.loads((out / "shards" / "raw" / "meta.json").read_text())
-    assert meta["fields"] == {"spec.npy": {"dtype": "float32", "shape": [80, 188]},
-                              "frames.npy": {"dtype": "uint8", "shape": [3, 32, 32, 3]}}
+    assert meta["fields"] == {
+        "spec.npy": {"dtype": "float32", "shape": [80, 188]},
+        "frames.npy": {"dtype": "uint8", "shape": [3, 32, 32, 3]},
+    }
     assert (meta["input_path"], meta["num_classes"], meta["label_names"][0]) == ("raw", 6, "ANG")
     assert meta["config"]["spectrograms"]["hop_length"] == 353 and meta["skipped"] == {}
     for samples in _shard_contents(out / "shards" / "raw").values():
@@ -346,8 +386,14 @@ def test_arrays_have_the_documented_shapes_and_dtypes(prepared):
             assert fields["spec.npy"].dtype == np.float32 and fields["spec.npy"].shape == (80, 188)
             assert np.isfinite(fields["spec.npy"]).all()
             assert fields["frames.npy"].dtype == np.uint8 and fields["frames.npy"].shape == (3, 32, 32, 3)
-            assert fields["json"]["id"] == key and set(fields["json"]) == {"id", "label", "label_name", "actor",
-                                                                            "split", "corpus"}
+            assert fields["json"]["id"] == key and set(fields["json"]) == {
+                "id",
+                "label",
+                "label_name",
+                "actor",
+                "split",
+                "corpus",
+            }
             assert fields["frames.npy"].std() > 0  # a picture, not a blank
 
 
@@ -359,7 +405,9 @@ def test_a_second_run_gives_byte_identical_output_whatever_the_workers(prepared,
     first = sorted(p.name for p in (out / "shards" / "raw").iterdir())
     assert first == sorted(p.name for p in (tmp_path / "shards" / "raw").iterdir())
     for name in first:
-        assert (tmp_path / "shards" / "raw" / name).read_bytes() == (out / "shards" / "raw" / name).read_bytes()
+        assert (tmp_path / "shards" / "raw" / name).read_bytes() == (
+            out / "shards" / "raw" / name
+        ).read_bytes()
 
 
 def test_rerun_in_place_skips_finished_stages(prepared, monkeypatch):
@@ -397,7 +445,9 @@ def test_stage_engine_is_shared(prepared):
     for name, dataset in (("frames", "frames"), ("spectrograms", "spec")):
         assert stages_mod.is_complete(out / "work" / f"{name}.h5")
         with h5py.File(out / "work" / f"{name}.h5") as f:
-            assert len(f[dataset]) == sum(1 for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok")
+            assert len(f[dataset]) == sum(
+                1 for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"
+            )
 
 
 def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
@@ -407,8 +457,9 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
 
     from pipeline.manifest import remove_stale_temps
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     (tmp_path / f"frames.h5.tmp-{dead_pid}").write_bytes(b"half")
     (tmp_path / f"manifest.jsonl.tmp-{os.getpid()}").write_bytes(b"being written")  # a live writer

@@ -18,9 +18,27 @@ from pathlib import Path
 import pytest
 from shard_factory import write_shard_folder
 
-PREPARE = ["prepare", "cremad", "--protocol", "speaker-random", "--size", "32", "--quiet", "--workers", "2",
-           "--effb2-weights", "random", "--w2v2-model", "random-tiny", "--device", "cpu", "--faces-fps", "2",
-           "--crop-size", "64"]
+PREPARE = [
+    "prepare",
+    "cremad",
+    "--protocol",
+    "speaker-random",
+    "--size",
+    "32",
+    "--quiet",
+    "--workers",
+    "2",
+    "--effb2-weights",
+    "random",
+    "--w2v2-model",
+    "random-tiny",
+    "--device",
+    "cpu",
+    "--faces-fps",
+    "2",
+    "--crop-size",
+    "64",
+]
 KILLS = 6  # SIGKILLs of prepare, at seeded random moments
 
 
@@ -31,13 +49,21 @@ def _cli(*args: str) -> list[str]:
 def _digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` that a user reads (the manifest and the shards)."""
     files = [folder / "manifest.jsonl", *sorted((folder / "shards").rglob("*"))]
-    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()
+    }
 
 
 def _kill_after(cmd: list[str], seconds: float, cwd: Path) -> bool:
     """Start `cmd` in its own process group, SIGKILL the whole group after `seconds`; True if killed."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
     try:
         proc.wait(timeout=seconds)
         return False
@@ -55,17 +81,26 @@ def _leftovers(folder: Path) -> list[str]:
 def test_prepare_killed_at_random_points_gives_the_same_bytes(synth_corpus_defects, tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     started = time.perf_counter()
-    subprocess.run(_cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(clean)), check=True,
-                   capture_output=True)
+    subprocess.run(
+        _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(clean)),
+        check=True,
+        capture_output=True,
+    )
     full = time.perf_counter() - started
     rng = random.Random(8)
     interrupted = 0
     for _ in range(KILLS):  # each kill lands somewhere in one of the stages, the rerun goes on from there
-        interrupted += _kill_after(_cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(killed)),
-                                   rng.uniform(0.15, 0.6) * full, tmp_path)
+        interrupted += _kill_after(
+            _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(killed)),
+            rng.uniform(0.15, 0.6) * full,
+            tmp_path,
+        )
         assert not _leftovers(killed), _leftovers(killed)  # temp files are only ever in the same folder
-    subprocess.run(_cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(killed)), check=True,
-                   capture_output=True)
+    subprocess.run(
+        _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(killed)),
+        check=True,
+        capture_output=True,
+    )
     assert interrupted >= 3
     want, got = _digest(clean), _digest(killed)
     assert len(want) >= 8 and any(k.startswith("shards/cached/") for k in want)
@@ -77,8 +112,28 @@ def test_prepare_killed_at_random_points_gives_the_same_bytes(synth_corpus_defec
 def test_train_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
     data = tmp_path / "out"
     write_shard_folder(data / "shards" / "raw", "raw", counts={"train": 96})
-    args = ["train", "--features", "raw", "--data", str(data), "--method", "mlb", "--size", "tiny", "--epochs", "4",
-            "--batch-size", "8", "--seed", "5", "--device", "cpu", "--checkpoint-every", "1", "--no-dvclive"]
+    args = [
+        "train",
+        "--features",
+        "raw",
+        "--data",
+        str(data),
+        "--method",
+        "mlb",
+        "--size",
+        "tiny",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+        "--no-dvclive",
+    ]
     started = time.perf_counter()
     subprocess.run(_cli(*args, "--out", str(tmp_path / "clean")), check=True, capture_output=True)
     full = time.perf_counter() - started
@@ -92,7 +147,9 @@ def test_train_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
     subprocess.run(_cli(*args, "--out", str(run), "--resume"), check=True, capture_output=True)
     want = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())
-    assert any(0 < n < want["training"]["steps"] for n in steps_at_kill), f"no kill landed mid-run: {steps_at_kill}"
+    assert any(0 < n < want["training"]["steps"] for n in steps_at_kill), (
+        f"no kill landed mid-run: {steps_at_kill}"
+    )
     for key in ("selected", "validation", "test"):
         assert got[key] == want[key], key
     assert (run / "steps.jsonl").read_text() == (tmp_path / "clean" / "steps.jsonl").read_text()

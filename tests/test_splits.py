@@ -24,8 +24,11 @@ def test_vavl_partitions_are_speaker_disjoint_63_14_14(partition):
     groups = _actors_per_split(actor_split)
     assert {k: len(v) for k, v in groups.items()} == {"train": 63, "validation": 14, "test": 14}
     assert groups["train"] | groups["validation"] | groups["test"] == set(cremad.ACTORS)
-    assert not (groups["train"] & groups["validation"] or groups["train"] & groups["test"]
-                or groups["validation"] & groups["test"])
+    assert not (
+        groups["train"] & groups["validation"]
+        or groups["train"] & groups["test"]
+        or groups["validation"] & groups["test"]
+    )
     assert len(clips) == 5820
     # clip by clip: the published Split_Set agrees with the split of the clip's actor
     with open(cremad.MANIFESTS_DIR / f"vavl_labels_partition_{partition}.csv", newline="") as f:
@@ -74,7 +77,9 @@ def test_assigned_clips_never_share_an_actor_across_splits():
     records = [{"id": f"{a}_DFA_ANG_XX", "actor": a} for a in range(1001, 1021)]
     records += [{"id": f"{a}_IEO_SAD_HI", "actor": a} for a in range(1001, 1021)]
     records.append({"id": "bad", "actor": None})
-    assign_splits(records, speaker_random_split({r["actor"] for r in records if r["actor"]}, 0), "speaker-random-0")
+    assign_splits(
+        records, speaker_random_split({r["actor"] for r in records if r["actor"]}, 0), "speaker-random-0"
+    )
     check_speaker_disjoint(records)
     by_actor: dict[int, set[str]] = {}
     for r in records:

@@ -19,9 +19,24 @@ from pipeline.cli import app
 from pipeline.synth import SynthConfig, synth_cremad
 from pipeline.synth.cremad import EMOTIONS, MANIFEST_DIR, choose_clips, load_actor_splits, parse_id, plan_clip
 
-REASON_CODES = {"missing-file", "lfs-pointer", "empty-file", "unreadable", "decode-error", "no-video-stream",
-                "no-audio-stream", "zero-duration", "duration-mismatch", "bad-audio-format", "silent-audio",
-                "bad-name", "duplicate-id", "known-bad", "no-face", "ok"}
+REASON_CODES = {
+    "missing-file",
+    "lfs-pointer",
+    "empty-file",
+    "unreadable",
+    "decode-error",
+    "no-video-stream",
+    "no-audio-stream",
+    "zero-duration",
+    "duration-mismatch",
+    "bad-audio-format",
+    "silent-audio",
+    "bad-name",
+    "duplicate-id",
+    "known-bad",
+    "no-face",
+    "ok",
+}
 
 
 def real_wav_bytes() -> dict[str, int]:
@@ -30,36 +45,55 @@ def real_wav_bytes() -> dict[str, int]:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def video_frames(path: Path, every: int = 1) -> np.ndarray:
     """Decoded RGB frames, uint8 [T, H, W, 3], every `every`-th frame."""
     with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % every == 0]
+        frames = [
+            f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % every == 0
+        ]
     return np.stack(frames)
 
 
 # --- command line ------------------------------------------------------------------------------------
 
+
 def test_help_describes_options():
     result = CliRunner().invoke(app, ["synth", "cremad", "--help"])
     assert result.exit_code == 0, result.output
-    for option in ("--clips", "--actors", "--clips-per-actor", "--audio-cue", "--video-cue", "--audio-noise",
-                   "--video-noise", "--seed", "--workers", "--with-defects"):
+    for option in (
+        "--clips",
+        "--actors",
+        "--clips-per-actor",
+        "--audio-cue",
+        "--video-cue",
+        "--audio-noise",
+        "--video-noise",
+        "--seed",
+        "--workers",
+        "--with-defects",
+    ):
         assert option in result.output
 
 
-@pytest.mark.parametrize("args", [
-    ["synth", "nosuchcorpus", "OUT"],
-    ["synth", "cremad", "OUT", "--clips", "-3"],
-    ["synth", "cremad", "OUT", "--actors", "0"],
-    ["synth", "cremad", "OUT", "--clips", "99999"],
-    ["synth", "cremad", "OUT", "--audio-noise", "1.5"],
-    ["synth", "cremad", "OUT", "--size", "big"],
-    ["synth", "cremad", "OUT", "--clip-list", "ogm"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["synth", "nosuchcorpus", "OUT"],
+        ["synth", "cremad", "OUT", "--clips", "-3"],
+        ["synth", "cremad", "OUT", "--actors", "0"],
+        ["synth", "cremad", "OUT", "--clips", "99999"],
+        ["synth", "cremad", "OUT", "--audio-noise", "1.5"],
+        ["synth", "cremad", "OUT", "--size", "big"],
+        ["synth", "cremad", "OUT", "--clip-list", "ogm"],
+    ],
+)
 def test_bad_options_exit_2(tmp_path, args):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
     result = CliRunner().invoke(app, args)
@@ -76,16 +110,28 @@ def test_unwritable_out_exits_2(tmp_path):
 
 
 def test_cli_generates_and_reports(tmp_path):
-    result = CliRunner().invoke(app, ["synth", "cremad", str(tmp_path), "--clips", "2", "--size", "160x120",
-                                      "--fps", "5"])
+    result = CliRunner().invoke(
+        app, ["synth", "cremad", str(tmp_path), "--clips", "2", "--size", "160x120", "--fps", "5"]
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 2 clips" in result.output and "per emotion" in result.output
     assert len(list((tmp_path / "AudioWAV").glob("*.wav"))) == 2
 
 
-@pytest.mark.parametrize("key,value", [("clips", -1), ("actors", 0), ("clips_per_actor", -2), ("audio_cue", -0.1),
-                                       ("video_noise", 2.0), ("width", 63), ("workers", 0), ("seed", -1),
-                                       ("clip_list", "x")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("clips", -1),
+        ("actors", 0),
+        ("clips_per_actor", -2),
+        ("audio_cue", -0.1),
+        ("video_noise", 2.0),
+        ("width", 63),
+        ("workers", 0),
+        ("seed", -1),
+        ("clip_list", "x"),
+    ],
+)
 def test_config_errors_name_key_and_value(key, value):
     with pytest.raises(ValueError, match=key) as err:
         SynthConfig(**{key: value})
@@ -93,6 +139,7 @@ def test_config_errors_name_key_and_value(key, value):
 
 
 # --- choosing clips ------------------------------------------------------------------------------------
+
 
 def test_small_corpus_is_balanced_and_covers_every_split():
     clips = choose_clips(SynthConfig(clips=12))
@@ -119,6 +166,7 @@ def test_label_noise_fraction():
 
 
 # --- the corpus on disk ------------------------------------------------------------------------------
+
 
 def test_layout_and_naming(synth_corpus):
     wavs = sorted(p.stem for p in (synth_corpus / "AudioWAV").glob("*.wav"))
@@ -159,6 +207,7 @@ def test_flv_audio_is_the_wav_sound(synth_corpus):
     x, _ = sf.read(str(wav), dtype="float32")
     with av.open(str(synth_corpus / "VideoFlash" / f"{wav.stem}.flv")) as container:
         mp3 = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])
+
     # loudness envelopes (20 ms windows) agree once the MP3's encoder delay (a few windows) is skipped
     def envelope(s: np.ndarray, rate: int) -> np.ndarray:
         w = rate // 50
@@ -166,7 +215,7 @@ def test_flv_audio_is_the_wav_sound(synth_corpus):
 
     a, b = envelope(x, 16000), envelope(mp3, 22050)
     n = min(len(a), len(b)) - 5
-    best = max(np.corrcoef(a[:n], b[lag: lag + n])[0, 1] for lag in range(5))
+    best = max(np.corrcoef(a[:n], b[lag : lag + n])[0, 1] for lag in range(5))
     assert best > 0.95
 
 
@@ -174,7 +223,9 @@ def test_mtcnn_finds_a_face_in_sampled_frames(synth_corpus):
     from facenet_pytorch import MTCNN
 
     mtcnn = MTCNN(device="cpu", min_face_size=40)  # heads are >= 100 px high here; smaller scales cost time
-    frames = np.concatenate([video_frames(p, every=25) for p in sorted((synth_corpus / "VideoFlash").glob("*.flv"))])
+    frames = np.concatenate(
+        [video_frames(p, every=25) for p in sorted((synth_corpus / "VideoFlash").glob("*.flv"))]
+    )
     _, probs = mtcnn.detect(list(frames))  # frames: [N, 360, 480, 3]
     found = np.mean([p is not None and p[0] is not None and p[0] > 0.9 for p in probs])
     assert len(frames) >= 36 and found >= 0.95, f"face found in {found:.0%} of {len(frames)} frames"
@@ -192,6 +243,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
 
 # --- cue strength ------------------------------------------------------------------------------------
 
+
 def audio_stats(wav: Path) -> np.ndarray:
     """Per-clip prosody: loudness, spectral centroid, mean and spread of pitch, share of loud frames."""
     x, rate = sf.read(str(wav), dtype="float32")
@@ -202,7 +254,7 @@ def audio_stats(wav: Path) -> np.ndarray:
     spec = np.abs(np.fft.rfft(frames[loud], 1024))  # [L, 513]
     centroid = (spec * np.fft.rfftfreq(1024, 1 / rate)).sum(1) / (spec.sum(1) + 1e-8)
     autocorr = np.fft.irfft(spec**2, 1024)  # [L, 1024]
-    lag = rate // 500 + autocorr[:, rate // 500: rate // 60].argmax(1)
+    lag = rate // 500 + autocorr[:, rate // 500 : rate // 60].argmax(1)
     f0 = np.log(rate / lag)
     return np.array([np.log(rms[loud]).mean(), np.log(centroid).mean(), f0.mean(), f0.std(), loud.mean()])
 
@@ -235,22 +287,40 @@ def test_cue_strength_changes_separability(tmp_path):
     accuracy = {}
     for name, cue in (("none", 0.0), ("strong", 1.5)):
         root = tmp_path / name
-        summary = synth_cremad(root, SynthConfig(actors=6, clips_per_actor=6, audio_cue=cue, video_cue=cue,
-                                                 audio_noise=0, video_noise=0, width=160, height=120, fps=5,
-                                                 seed=1, progress=False))
+        summary = synth_cremad(
+            root,
+            SynthConfig(
+                actors=6,
+                clips_per_actor=6,
+                audio_cue=cue,
+                video_cue=cue,
+                audio_noise=0,
+                video_noise=0,
+                width=160,
+                height=120,
+                fps=5,
+                seed=1,
+                progress=False,
+            ),
+        )
         ids = summary.clip_ids
         labels = np.array([parse_id(i)[2] for i in ids])
         actors = np.array([parse_id(i)[0] for i in ids])
         audio = np.stack([audio_stats(root / "AudioWAV" / f"{i}.wav") for i in ids])
         video = np.stack([video_stats(root / "VideoFlash" / f"{i}.flv") for i in ids])
-        accuracy[name] = (nearest_centroid_accuracy(audio, labels, actors),
-                          nearest_centroid_accuracy(video, labels, actors))
+        accuracy[name] = (
+            nearest_centroid_accuracy(audio, labels, actors),
+            nearest_centroid_accuracy(video, labels, actors),
+        )
     for m, modality in enumerate(("audio", "video")):
         strong, none = accuracy["strong"][m], accuracy["none"][m]
-        assert strong >= 0.5 and strong >= none + 0.3, f"{modality}: strong cue {strong:.2f}, no cue {none:.2f}"
+        assert strong >= 0.5 and strong >= none + 0.3, (
+            f"{modality}: strong cue {strong:.2f}, no cue {none:.2f}"
+        )
 
 
 # --- defects -----------------------------------------------------------------------------------------
+
 
 def test_defects_are_listed_and_present(synth_corpus_defects):
     records = json.loads((synth_corpus_defects / "synth_defects.json").read_text())
@@ -261,7 +331,13 @@ def test_defects_are_listed_and_present(synth_corpus_defects):
         assert r["expected_reason"] == r["acceptable_reasons"][0]
         assert (synth_corpus_defects / r["file"]).exists() == (r["expected_reason"] != "missing-file"), r
     ids = {r["id"] for r in records}
-    for real_bad in ("1076_MTI_NEU_XX", "1076_MTI_SAD_XX", "1064_TIE_SAD_XX", "1064_IEO_DIS_MD", "1040_ITH_SAD_XX"):
+    for real_bad in (
+        "1076_MTI_NEU_XX",
+        "1076_MTI_SAD_XX",
+        "1064_TIE_SAD_XX",
+        "1064_IEO_DIS_MD",
+        "1040_ITH_SAD_XX",
+    ):
         assert real_bad in ids
     assert not list(synth_corpus_defects.rglob(".*.part"))  # no temporary file left behind
     kinds = {r["expected_reason"] for r in records}

@@ -28,18 +28,56 @@ def out_dir(tmp_path_factory):
 
 
 def _config(out_dir: Path, run: Path, features="raw", **kw) -> TrainConfig:
-    base = {"data": out_dir / "shards" / features, "out": run, "features": features, "size": "tiny", "epochs": 3,
-                "batch_size": 8, "seed": 3, "dvclive": False}
+    base = {
+        "data": out_dir / "shards" / features,
+        "out": run,
+        "features": features,
+        "size": "tiny",
+        "epochs": 3,
+        "batch_size": 8,
+        "seed": 3,
+        "dvclive": False,
+    }
     return TrainConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize("features", ["cached", "raw"])
 def test_cli_train_few_steps_writes_metrics(out_dir, tmp_path, features):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--features", features, "--data", str(out_dir), "--method", "mlb",
-                                 "--fusion", "late-linear", "--epochs", "2", "--max-steps", "4", "--out", str(run),
-                                 "--size", "tiny", "--batch-size", "8", "--seed", "1", "--alpha", "1.0",
-                                 "--beta-max", "4", "--device", "cpu", "--param", "eps=0.001"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            features,
+            "--data",
+            str(out_dir),
+            "--method",
+            "mlb",
+            "--fusion",
+            "late-linear",
+            "--epochs",
+            "2",
+            "--max-steps",
+            "4",
+            "--out",
+            str(run),
+            "--size",
+            "tiny",
+            "--batch-size",
+            "8",
+            "--seed",
+            "1",
+            "--alpha",
+            "1.0",
+            "--beta-max",
+            "4",
+            "--device",
+            "cpu",
+            "--param",
+            "eps=0.001",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method_params"] == {"alpha": 1.0, "beta_max": 4.0, "eps": 0.001}
@@ -61,28 +99,64 @@ def test_cli_train_few_steps_writes_metrics(out_dir, tmp_path, features):
 
 def test_cli_refuses_shards_of_the_wrong_kind(tmp_path):
     out = tmp_path / "out"
-    write_shard_folder(out / "shards" / "raw", "cached", counts={"train": 4, "validation": 2, "test": 2},
-                       video_dim=8)
-    result = runner.invoke(app, ["train", "--features", "raw", "--data", str(out), "--out", str(tmp_path / "r"),
-                                 "--size", "tiny", "--no-dvclive"])
+    write_shard_folder(
+        out / "shards" / "raw", "cached", counts={"train": 4, "validation": 2, "test": 2}, video_dim=8
+    )
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            "raw",
+            "--data",
+            str(out),
+            "--out",
+            str(tmp_path / "r"),
+            "--size",
+            "tiny",
+            "--no-dvclive",
+        ],
+    )
     assert result.exit_code == 2
     assert "'input_path' is 'cached' but the trainer expects 'raw'" in result.output
-    write_shard_folder(out / "shards" / "cached", "cached", counts={"train": 4, "validation": 2, "test": 2},
-                       video_dim=8)
-    result = runner.invoke(app, ["train", "--features", "cached", "--data", str(out), "--out", str(tmp_path / "r"),
-                                 "--expect-meta", "extractors.audio.layer=9", "--no-dvclive"])
+    write_shard_folder(
+        out / "shards" / "cached", "cached", counts={"train": 4, "validation": 2, "test": 2}, video_dim=8
+    )
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            "cached",
+            "--data",
+            str(out),
+            "--out",
+            str(tmp_path / "r"),
+            "--expect-meta",
+            "extractors.audio.layer=9",
+            "--no-dvclive",
+        ],
+    )
     assert result.exit_code == 2
     assert "'extractors.audio.layer' is 12 but the trainer expects 9" in result.output
     assert not (tmp_path / "r" / "checkpoints").exists()  # refused before any training
-    result = runner.invoke(app, ["train", "--features", "cached", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["train", "--features", "cached", "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
     """Interrupt after 5 steps (mid epoch 1; last.pt is from step 4), resume, compare with a straight run."""
     # Mid-MLP has dropout layers: the torch RNG state must be restored too
-    kw = {"checkpoint_every": 2, "dropout": 0.2, "method": "mlb", "fusion": "mid-mlp", "epochs": 3,
-          "dvclive": True}
+    kw = {
+        "checkpoint_every": 2,
+        "dropout": 0.2,
+        "method": "mlb",
+        "fusion": "mid-mlp",
+        "epochs": 3,
+        "dvclive": True,
+    }
     straight = train(_config(out_dir, tmp_path / "straight", **kw))
 
     class Interrupt(Exception):
@@ -108,8 +182,12 @@ def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     assert resumed["test"] == straight["test"] and resumed["validation"] == straight["validation"]
-    for log in ("steps.jsonl", "dvclive/metrics.json", "dvclive/plots/metrics/val/acc.tsv",
-                "dvclive/plots/metrics/train/k_audio_mean.tsv"):
+    for log in (
+        "steps.jsonl",
+        "dvclive/metrics.json",
+        "dvclive/plots/metrics/val/acc.tsv",
+        "dvclive/plots/metrics/train/k_audio_mean.tsv",
+    ):
         assert (tmp_path / "straight" / log).read_text() == (tmp_path / "resumed" / log).read_text(), log
 
 
@@ -158,8 +236,12 @@ def test_early_stopping(out_dir, tmp_path):
 
 
 def _nan_shards(tmp_path: Path, how_many: int) -> Path:
-    folder = write_shard_folder(tmp_path / "shards" / "cached", "cached", video_dim=8,
-                                counts={"train": 16, "validation": 4, "test": 4})
+    folder = write_shard_folder(
+        tmp_path / "shards" / "cached",
+        "cached",
+        video_dim=8,
+        counts={"train": 16, "validation": 4, "test": 4},
+    )
     # stats.json is already written from clean data: only the samples carry NaN
     for shard in sorted(folder.glob("train-*.tar"))[:how_many]:
         key = first_key(shard)
@@ -169,8 +251,18 @@ def _nan_shards(tmp_path: Path, how_many: int) -> Path:
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     folder = _nan_shards(tmp_path, how_many=1)
-    result = train(TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=2,
-                               batch_size=16, dvclive=False, method="multi-loss"))
+    result = train(
+        TrainConfig(
+            data=folder,
+            out=tmp_path / "run",
+            features="cached",
+            size="tiny",
+            epochs=2,
+            batch_size=16,
+            dvclive=False,
+            method="multi-loss",
+        )
+    )
     # one batch per epoch = all 16 clips, one of them NaN: every step is skipped ...
     assert result["training"]["skipped_nonfinite_steps"] == 2
     weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
@@ -179,8 +271,17 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
 
 def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path):
     folder = _nan_shards(tmp_path, how_many=2)
-    config = TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=5, batch_size=8,
-                         dvclive=False, max_bad_steps=3, method="mlb")
+    config = TrainConfig(
+        data=folder,
+        out=tmp_path / "run",
+        features="cached",
+        size="tiny",
+        epochs=5,
+        batch_size=8,
+        dvclive=False,
+        max_bad_steps=3,
+        method="mlb",
+    )
     with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
         train(config)
 
@@ -200,5 +301,7 @@ def test_lr_schedule_constant_warmup_then_cosine_restarts():
     kw = {"warmup_steps": 3, "cycle_steps": 4, "cycle_mult": 2, "min_ratio": 0.0}
     factors = [lr_at(s, **kw) for s in range(3 + 4 + 8 + 1)]
     assert factors[:3] == [1.0, 1.0, 1.0]
-    assert factors[3:7] == pytest.approx([1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5, 0.5 - 0.5 * np.cos(np.pi / 4)])
+    assert factors[3:7] == pytest.approx(
+        [1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5, 0.5 - 0.5 * np.cos(np.pi / 4)]
+    )
     assert factors[7] == 1.0 and factors[11] == pytest.approx(0.5) and factors[15] == 1.0  # cycles of 4, 8

@@ -13,7 +13,11 @@ from mlb.train import TrainConfig, load_checkpoint, train
 def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():
     torch.manual_seed(0)
     model = build_model(features="raw", fusion="late-linear", num_classes=6, size="tiny")
-    batch = {"audio": torch.randn(4, 1, 16, 20), "video": torch.randn(4, 3, 3, 16, 16), "label": torch.tensor([0, 1, 2, 3])}
+    batch = {
+        "audio": torch.randn(4, 1, 16, 20),
+        "video": torch.randn(4, 3, 3, 16, 16),
+        "label": torch.tensor([0, 1, 2, 3]),
+    }
     balancer = build_balancer("video-only")
     out = model(batch)
     loss, logs = balancer.loss(model, batch, out)
@@ -28,8 +32,19 @@ def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():
 def test_trainer_selects_alone_runs_on_their_own_head(tmp_path):
     data = tmp_path / "raw"
     write_shard_folder(data, "raw")
-    result = train(TrainConfig(data=data, out=tmp_path / "run", features="raw", method="audio-only", size="tiny",
-                               epochs=2, batch_size=8, dvclive=False, device="cpu"))
+    result = train(
+        TrainConfig(
+            data=data,
+            out=tmp_path / "run",
+            features="raw",
+            method="audio-only",
+            size="tiny",
+            epochs=2,
+            batch_size=8,
+            dvclive=False,
+            device="cpu",
+        )
+    )
     assert result["selected"]["criterion"] == "validation audio head accuracy"
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["val_accuracy"] == result["selected"]["val_accuracy"]

@@ -45,8 +45,12 @@ def _register_module(module_name: str) -> None:
             return
         raise  # a real import error inside the module: surface it
     for obj in vars(module).values():
-        if (isinstance(obj, type) and issubclass(obj, Balancer) and obj.__module__ == module.__name__
-                and obj.name != Balancer.name):
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Balancer)
+            and obj.__module__ == module.__name__
+            and obj.name != Balancer.name
+        ):
             if obj.name in METHODS and METHODS[obj.name] is not obj:
                 raise ValueError(f"two balancers named {obj.name!r}: {METHODS[obj.name]} and {obj}")
             METHODS[obj.name] = obj

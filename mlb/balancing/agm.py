@@ -53,8 +53,9 @@ MAX_GAP = 10.0  # the authors' cap on target − r inside exp(α ·)
 
 
 # ---- pure math ---------------------------------------------------------------------------------------
-def agm_shapley(pred: torch.Tensor, pred_za: torch.Tensor, pred_zv: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def agm_shapley(
+    pred: torch.Tensor, pred_za: torch.Tensor, pred_zv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-masking Shapley outputs `(out_a, out_v)`, each `[B, C]`, from the full prediction and the
     predictions with audio zeroed (`pred_za`) and video zeroed (`pred_zv`)."""
     out_a = 0.5 * (pred - pred_za + pred_zv)  # [B, C]
@@ -68,8 +69,9 @@ def agm_score(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return -probs.clamp_min(PROB_FLOOR).log().mean()
 
 
-def agm_coefficients(score_a: float, score_v: float, mean_a: float, mean_v: float, alpha: float,
-                     max_gap: float = MAX_GAP) -> dict[str, float]:
+def agm_coefficients(
+    score_a: float, score_v: float, mean_a: float, mean_v: float, alpha: float, max_gap: float = MAX_GAP
+) -> dict[str, float]:
     """AGM's rule on this step's scores and the running means of the earlier steps' scores.
 
     Returns `{"r_a", "r_v", "target_a", "target_v", "coeff_a", "coeff_v"}` as floats.
@@ -80,8 +82,14 @@ def agm_coefficients(score_a: float, score_v: float, mean_a: float, mean_v: floa
     target_v = math.exp(mean_a - mean_v)
     coeff_a = math.exp(alpha * min(target_a - r_a, max_gap))
     coeff_v = math.exp(alpha * min(target_v - r_v, max_gap))
-    return {"r_a": r_a, "r_v": r_v, "target_a": target_a, "target_v": target_v,
-            "coeff_a": coeff_a, "coeff_v": coeff_v}
+    return {
+        "r_a": r_a,
+        "r_v": r_v,
+        "target_a": target_a,
+        "target_v": target_v,
+        "coeff_a": coeff_a,
+        "coeff_v": coeff_v,
+    }
 
 
 def running_mean(mean: float, count: int, value: float) -> float:
@@ -119,13 +127,22 @@ class AGM(Balancer):
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 
-    def __init__(self, *, alpha: float = 1.5, max_gap: float = MAX_GAP, clip: bool = True,
-                 start_epoch: int = 0, end_epoch: int | None = None):
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.5,
+        max_gap: float = MAX_GAP,
+        clip: bool = True,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+    ):
         if not alpha > 0:
             raise ValueError(f"agm alpha must be > 0, got {alpha!r}")
         if start_epoch < 0 or (end_epoch is not None and end_epoch < start_epoch):
-            raise ValueError(f"agm needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
-                             f"end_epoch={end_epoch!r}")
+            raise ValueError(
+                f"agm needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
+                f"end_epoch={end_epoch!r}"
+            )
         self.alpha = float(alpha)
         self.max_gap = float(max_gap)
         self.clip = bool(clip)
@@ -140,8 +157,10 @@ class AGM(Balancer):
     def check_model(cls, model) -> None:
         super().check_model(model)
         if len(model.modalities) != 2:
-            raise ValueError(f"method {cls.name!r} is defined for exactly 2 modalities (two-player "
-                             f"Shapley split), got {model.modalities}")
+            raise ValueError(
+                f"method {cls.name!r} is defined for exactly 2 modalities (two-player "
+                f"Shapley split), got {model.modalities}"
+            )
 
     @property
     def active(self) -> bool:
@@ -169,21 +188,35 @@ class AGM(Balancer):
         loss_fused = F.cross_entropy(out.fused, label)
         probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
         total = loss_fused + sum(probes.values())
-        logs = floats_for_log({"loss": loss_fused, "loss_fused": loss_fused,  # one sync: AGM needs floats
-                               f"s_{a}": agm_score(out_a, label), f"s_{v}": agm_score(out_v, label)}
-                              | {f"loss_{m}": val for m, val in probes.items()})
+        logs = floats_for_log(
+            {
+                "loss": loss_fused,
+                "loss_fused": loss_fused,  # one sync: AGM needs floats
+                f"s_{a}": agm_score(out_a, label),
+                f"s_{v}": agm_score(out_v, label),
+            }
+            | {f"loss_{m}": val for m, val in probes.items()}
+        )
         score_a, score_v = logs[f"s_{a}"], logs[f"s_{v}"]
         if not (math.isfinite(score_a) and math.isfinite(score_v)):
             # a non-finite output (the trainer skips this step): keep the running means clean
             self._coeffs = (1.0, 1.0)
             return total, logs | {f"k_{a}": 1.0, f"k_{v}": 1.0}
         c = agm_coefficients(score_a, score_v, *self.mean_score, self.alpha, self.max_gap)
-        self.mean_score = [running_mean(self.mean_score[0], self.iterations, score_a),
-                           running_mean(self.mean_score[1], self.iterations, score_v)]
+        self.mean_score = [
+            running_mean(self.mean_score[0], self.iterations, score_a),
+            running_mean(self.mean_score[1], self.iterations, score_v),
+        ]
         self.iterations += 1
         self._coeffs = (c["coeff_a"], c["coeff_v"]) if self.active else (1.0, 1.0)
-        logs |= {f"r_{a}": c["r_a"], f"r_{v}": c["r_v"], f"target_{a}": c["target_a"],
-                 f"target_{v}": c["target_v"], f"k_{a}": self._coeffs[0], f"k_{v}": self._coeffs[1]}
+        logs |= {
+            f"r_{a}": c["r_a"],
+            f"r_{v}": c["r_v"],
+            f"target_{a}": c["target_a"],
+            f"target_{v}": c["target_v"],
+            f"k_{a}": self._coeffs[0],
+            f"k_{v}": self._coeffs[1],
+        }
         return total, logs
 
     def before_step(self, model, batch: dict, out) -> dict[str, float]:

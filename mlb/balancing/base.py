@@ -154,10 +154,7 @@ def probe_loss(model, out, label: torch.Tensor) -> dict[str, torch.Tensor]:
     encoder or the fusion: the method's training of the multimodal model is unchanged.
     """
     heads = unwrap(model).unimodal_heads
-    return {
-        m: F.cross_entropy(heads[m](feat.detach()), label)
-        for m, feat in out.features.items()
-    }
+    return {m: F.cross_entropy(heads[m](feat.detach()), label) for m, feat in out.features.items()}
 
 
 def true_class_scores(out, label: torch.Tensor) -> torch.Tensor:

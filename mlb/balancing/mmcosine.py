@@ -68,17 +68,21 @@ class MMCosine(Balancer):
     def check_model(cls, model) -> None:
         super().check_model(model)
         if not cosine_scales(model):
-            raise ValueError(f"method 'mmcosine' needs a model built with classifier='cosine' (see "
-                             f"MMCosine.model_options()); fusion={getattr(model, 'fusion_name', None)!r} "
-                             "has a plain linear output layer")
+            raise ValueError(
+                f"method 'mmcosine' needs a model built with classifier='cosine' (see "
+                f"MMCosine.model_options()); fusion={getattr(model, 'fusion_name', None)!r} "
+                "has a plain linear output layer"
+            )
 
     def check_scale(self, model) -> None:
         """Fail when the model's cosine head was built with another s than this method's."""
         self.check_model(model)
         scales = cosine_scales(model)
         if any(abs(s - self.scale) > 1e-9 for s in scales):
-            raise ValueError(f"method 'mmcosine' has scale={self.scale:g} but the model's cosine head was "
-                             f"built with cosine_scale={scales}; build it with {self.model_options()}")
+            raise ValueError(
+                f"method 'mmcosine' has scale={self.scale:g} but the model's cosine head was "
+                f"built with cosine_scale={scales}; build it with {self.model_options()}"
+            )
 
     def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
         if not self._checked:  # once: the model is fixed for the run

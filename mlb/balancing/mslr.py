@@ -65,8 +65,9 @@ class MSLR(Balancer):
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 
-    def __init__(self, *, init: dict[str, float] | None = None, window: int = 20,
-                 acc_key: str = "acc_{modality}"):
+    def __init__(
+        self, *, init: dict[str, float] | None = None, window: int = 20, acc_key: str = "acc_{modality}"
+    ):
         init = dict(DEFAULT_INIT if init is None else init)
         for m, value in init.items():
             if not value > 0:

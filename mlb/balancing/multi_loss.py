@@ -13,7 +13,11 @@ def multi_loss_terms(out, label: torch.Tensor) -> tuple[torch.Tensor, dict[str, 
     loss_fused = F.cross_entropy(out.fused, label)
     per_modality = unimodal_losses(out, label)  # {m: scalar}
     total = loss_fused + sum(per_modality.values())
-    return total, {"loss": total, "loss_fused": loss_fused, **{f"loss_{m}": v for m, v in per_modality.items()}}
+    return total, {
+        "loss": total,
+        "loss_fused": loss_fused,
+        **{f"loss_{m}": v for m, v in per_modality.items()},
+    }
 
 
 class MultiLoss(Balancer):

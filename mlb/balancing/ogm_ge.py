@@ -47,8 +47,7 @@ def ogm_scores(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return probs.gather(1, label[:, None]).sum()
 
 
-def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float
-                     ) -> dict[str, torch.Tensor]:
+def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
     """The OGM rule on two scores: `{"ratio_a", "ratio_v", "coeff_a", "coeff_v"}` (0-d tensors).
 
     ρ_v = score_v / score_a, ρ_a = 1 / ρ_v. If ρ_v > 1 video leads: coeff_v = 1 − tanh(α·relu(ρ_v)),
@@ -100,8 +99,10 @@ class OGMGE(Balancer):
         if not alpha > 0:
             raise ValueError(f"ogm alpha must be > 0, got {alpha!r}")
         if start_epoch < 0 or end_epoch < start_epoch:
-            raise ValueError(f"ogm needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
-                             f"end_epoch={end_epoch!r}")
+            raise ValueError(
+                f"ogm needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
+                f"end_epoch={end_epoch!r}"
+            )
         self.alpha = float(alpha)
         self.ge = bool(ge)
         self.start_epoch = int(start_epoch)
@@ -118,7 +119,9 @@ class OGMGE(Balancer):
                 "Use mlb, agm or mmcosine for other fusion heads."
             )
         if len(model.modalities) != 2:
-            raise ValueError(f"method {cls.name!r} is defined for exactly 2 modalities, got {model.modalities}")
+            raise ValueError(
+                f"method {cls.name!r} is defined for exactly 2 modalities, got {model.modalities}"
+            )
 
     @property
     def active(self) -> bool:
@@ -131,8 +134,10 @@ class OGMGE(Balancer):
     def before_step(self, model, batch: dict, out) -> dict[str, float]:
         a, v = model.modalities
         if set(out.fused_parts) != {a, v}:
-            raise ValueError(f"method {self.name!r} needs ModelOutput.fused_parts for {a!r} and {v!r} "
-                             f"(the Late-Linear halves); got {sorted(out.fused_parts)}")
+            raise ValueError(
+                f"method {self.name!r} needs ModelOutput.fused_parts for {a!r} and {v!r} "
+                f"(the Late-Linear halves); got {sorted(out.fused_parts)}"
+            )
         label = batch["label"]
         score_a = ogm_scores(out.fused_parts[a], label)
         score_v = ogm_scores(out.fused_parts[v], label)
@@ -142,11 +147,17 @@ class OGMGE(Balancer):
                 modulate_gradients_(model.encoders[m].parameters(), coeff.to(out.fused.device), noise=self.ge)
         # k = the coefficient applied this step (1 outside the modulation window)
         one = torch.ones_like(c["coeff_a"])
-        return self.log_values({
-            f"k_{a}": c["coeff_a"] if self.active else one, f"k_{v}": c["coeff_v"] if self.active else one,
-            f"r_{a}": c["ratio_a"], f"r_{v}": c["ratio_v"], f"s_{a}": score_a, f"s_{v}": score_v,
-            "ogm_active": float(self.active),
-        })
+        return self.log_values(
+            {
+                f"k_{a}": c["coeff_a"] if self.active else one,
+                f"k_{v}": c["coeff_v"] if self.active else one,
+                f"r_{a}": c["ratio_a"],
+                f"r_{v}": c["ratio_v"],
+                f"s_{a}": score_a,
+                f"s_{v}": score_v,
+                "ogm_active": float(self.active),
+            }
+        )
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
         self.epoch += 1

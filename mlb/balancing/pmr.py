@@ -59,8 +59,9 @@ def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor) -> torch.
     return -torch.cdist(features.float(), prototypes.float(), compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def class_sums(features: torch.Tensor, label: torch.Tensor, num_classes: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def class_sums(
+    features: torch.Tensor, label: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class feature sums `[C, D]` and counts `[C]` of one batch (detached, float32). Rows with a
     non-finite value are left out (a NaN batch, which the trainer skips, must not poison the means)."""
     f = features.detach().float()  # [B, D]
@@ -71,8 +72,9 @@ def class_sums(features: torch.Tensor, label: torch.Tensor, num_classes: int
     return sums, counts
 
 
-def update_prototypes(sums: torch.Tensor, counts: torch.Tensor, previous: torch.Tensor | None,
-                      momentum: float) -> torch.Tensor:
+def update_prototypes(
+    sums: torch.Tensor, counts: torch.Tensor, previous: torch.Tensor | None, momentum: float
+) -> torch.Tensor:
     """Class means from `sums [C, D]` / `counts [C]`, EMA'd with `previous [C, D]` when there is one:
     (1 − momentum)·mean + momentum·previous. A class with count 0 keeps `previous` (zeros if none)."""
     seen = counts > 0  # [C]
@@ -123,15 +125,25 @@ class PMR(Balancer):
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 
-    def __init__(self, *, alpha: float = 1.0, momentum: float = 0.2, start_epoch: int = 0,
-                 end_epoch: int = 100, max_prototype_norm: float = 1e4, on_divergence: str = "disable"):
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.0,
+        momentum: float = 0.2,
+        start_epoch: int = 0,
+        end_epoch: int = 100,
+        max_prototype_norm: float = 1e4,
+        on_divergence: str = "disable",
+    ):
         if not alpha >= 0:
             raise ValueError(f"pmr alpha must be >= 0, got {alpha!r}")
         if not 0 <= momentum < 1:
             raise ValueError(f"pmr momentum must be in [0, 1), got {momentum!r}")
         if start_epoch < 0 or end_epoch < start_epoch:
-            raise ValueError(f"pmr needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
-                             f"end_epoch={end_epoch!r}")
+            raise ValueError(
+                f"pmr needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
+                f"end_epoch={end_epoch!r}"
+            )
         if on_divergence not in ("disable", "raise"):
             raise ValueError(f"pmr on_divergence must be 'disable' or 'raise', got {on_divergence!r}")
         self.alpha = float(alpha)
@@ -150,21 +162,29 @@ class PMR(Balancer):
     def check_model(cls, model) -> None:
         super().check_model(model)
         if len(model.modalities) != 2:
-            raise ValueError(f"method {cls.name!r} is defined for exactly 2 modalities, got {model.modalities}")
+            raise ValueError(
+                f"method {cls.name!r} is defined for exactly 2 modalities, got {model.modalities}"
+            )
 
     @property
     def active(self) -> bool:
-        return (not self.diverged and bool(self.prototypes)
-                and self.start_epoch <= self.epoch <= self.end_epoch)
+        return (
+            not self.diverged and bool(self.prototypes) and self.start_epoch <= self.epoch <= self.end_epoch
+        )
 
     def _report_divergence(self, what: str) -> None:
-        message = (f"PMR diverged at epoch {self.epoch}: {what}. The MLB paper reports exploding "
-                   "prototypes with ResNet encoders.")
+        message = (
+            f"PMR diverged at epoch {self.epoch}: {what}. The MLB paper reports exploding "
+            "prototypes with ResNet encoders."
+        )
         if self.on_divergence == "raise":
             raise BalancerDivergedError(message)
         if not self.diverged:
-            warnings.warn(message + " The prototype term is off for the rest of the run (fused CE only).",
-                          PMRDivergenceWarning, stacklevel=3)
+            warnings.warn(
+                message + " The prototype term is off for the rest of the run (fused CE only).",
+                PMRDivergenceWarning,
+                stacklevel=3,
+            )
         self.diverged = True
 
     def _accumulate(self, out, label: torch.Tensor) -> None:
@@ -191,30 +211,41 @@ class PMR(Balancer):
             proto_a = F.cross_entropy(logits_a, label)
             proto_v = F.cross_entropy(logits_v, label)
             ratio_f, proto_a_f, proto_v_f, fused_f = torch.stack(
-                [ratio, proto_a.detach(), proto_v.detach(), loss_fused.detach().float()]).tolist()
+                [ratio, proto_a.detach(), proto_v.detach(), loss_fused.detach().float()]
+            ).tolist()
             if not math.isfinite(fused_f):  # the model's output itself is bad: the trainer skips the step
                 active = False
             elif all(math.isfinite(x) for x in (ratio_f, proto_a_f, proto_v_f)):
                 w_a, w_v = pmr_weights(ratio_f, self.alpha)
                 objective = objective + w_a * proto_a + w_v * proto_v
-                values |= {"pmr_ratio": ratio_f, f"loss_proto_{a}": proto_a_f, f"loss_proto_{v}": proto_v_f,
-                           f"pmr_weight_{a}": w_a, f"pmr_weight_{v}": w_v}
+                values |= {
+                    "pmr_ratio": ratio_f,
+                    f"loss_proto_{a}": proto_a_f,
+                    f"loss_proto_{v}": proto_v_f,
+                    f"pmr_weight_{a}": w_a,
+                    f"pmr_weight_{v}": w_v,
+                }
             else:
-                self._report_divergence(f"non-finite prototype loss (ratio {ratio_f}, CE_a {proto_a_f}, "
-                                        f"CE_v {proto_v_f})")
+                self._report_divergence(
+                    f"non-finite prototype loss (ratio {ratio_f}, CE_a {proto_a_f}, CE_v {proto_v_f})"
+                )
                 active = False
         values |= {"loss": objective, "pmr_active": float(active), "pmr_diverged": float(self.diverged)}
         return objective + sum(probes.values()), self.log_values(values)
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
         if self._sums:
-            new = {m: update_prototypes(s, self._counts[m], self.prototypes.get(m), self.momentum)
-                   for m, s in self._sums.items()}
+            new = {
+                m: update_prototypes(s, self._counts[m], self.prototypes.get(m), self.momentum)
+                for m, s in self._sums.items()
+            }
             bad = [m for m, p in new.items() if prototypes_diverged(p, self.max_prototype_norm)]
             if bad:
                 norms = {m: float(new[m].norm(dim=1).max()) for m in bad}
-                self._report_divergence(f"prototypes of {bad} are non-finite or exploding "
-                                        f"(max row norm {norms}, limit {self.max_prototype_norm:g})")
+                self._report_divergence(
+                    f"prototypes of {bad} are non-finite or exploding "
+                    f"(max row norm {norms}, limit {self.max_prototype_norm:g})"
+                )
             else:
                 self.prototypes = new
         self._sums, self._counts = {}, {}
@@ -225,8 +256,11 @@ class PMR(Balancer):
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "diverged": self.diverged,
-                "prototypes": {m: p.detach().cpu() for m, p in self.prototypes.items()}}
+        return {
+            "epoch": self.epoch,
+            "diverged": self.diverged,
+            "prototypes": {m: p.detach().cpu() for m, p in self.prototypes.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])

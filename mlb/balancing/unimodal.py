@@ -25,16 +25,19 @@ class _Alone(Balancer):
     def check_model(cls, model) -> None:
         super().check_model(model)
         if cls.modality not in unwrap(model).modalities:
-            raise ValueError(f"method {cls.name!r} needs modality {cls.modality!r}; the model has "
-                             f"{unwrap(model).modalities}")
+            raise ValueError(
+                f"method {cls.name!r} needs modality {cls.modality!r}; the model has "
+                f"{unwrap(model).modalities}"
+            )
 
     def loss(self, model, batch, out):
         label = batch["label"]
         own = F.cross_entropy(out.unimodal[self.modality], label)
         probes = {m: v for m, v in probe_loss(model, out, label).items() if m != self.modality}
         total = own + sum(probes.values())
-        return total, self.log_values({"loss": own, f"loss_{self.modality}": own,
-                                       **{f"loss_{m}": v for m, v in probes.items()}})
+        return total, self.log_values(
+            {"loss": own, f"loss_{self.modality}": own, **{f"loss_{m}": v for m, v in probes.items()}}
+        )
 
 
 class AudioOnly(_Alone):

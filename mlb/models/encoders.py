@@ -23,12 +23,39 @@ import torchaudio
 from torch import nn
 
 SIZES: dict[str, dict] = {
-    "tiny": {"resnet_widths": (4, 8, 8, 16), "dim": 16, "conformer_layers": 2, "heads": 2,
-             "ffn_dim": 32, "conv_kernel": 3, "dropout": 0.0, "fusion_hidden": 8, "tf_layers": 2},
-    "small": {"resnet_widths": (16, 32, 64, 128), "dim": 128, "conformer_layers": 5, "heads": 4,
-              "ffn_dim": 256, "conv_kernel": 15, "dropout": 0.1, "fusion_hidden": 64, "tf_layers": 2},
-    "paper": {"resnet_widths": (64, 128, 256, 512), "dim": 512, "conformer_layers": 5, "heads": 8,
-              "ffn_dim": 1024, "conv_kernel": 31, "dropout": 0.1, "fusion_hidden": 64, "tf_layers": 2},
+    "tiny": {
+        "resnet_widths": (4, 8, 8, 16),
+        "dim": 16,
+        "conformer_layers": 2,
+        "heads": 2,
+        "ffn_dim": 32,
+        "conv_kernel": 3,
+        "dropout": 0.0,
+        "fusion_hidden": 8,
+        "tf_layers": 2,
+    },
+    "small": {
+        "resnet_widths": (16, 32, 64, 128),
+        "dim": 128,
+        "conformer_layers": 5,
+        "heads": 4,
+        "ffn_dim": 256,
+        "conv_kernel": 15,
+        "dropout": 0.1,
+        "fusion_hidden": 64,
+        "tf_layers": 2,
+    },
+    "paper": {
+        "resnet_widths": (64, 128, 256, 512),
+        "dim": 512,
+        "conformer_layers": 5,
+        "heads": 8,
+        "ffn_dim": 1024,
+        "conv_kernel": 31,
+        "dropout": 0.1,
+        "fusion_hidden": 64,
+        "tf_layers": 2,
+    },
 }
 
 
@@ -58,8 +85,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -75,7 +103,10 @@ class ResNet18Trunk(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
         stages, in_ch = [], widths[0]
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
@@ -139,7 +170,9 @@ class _MaskedConvolution(nn.Module):
         seq = conv_module.sequential
         # torchaudio 2.x layout: pointwise conv, GLU, depthwise conv, norm, SiLU, pointwise, dropout
         if not (isinstance(seq[2], nn.Conv1d) and seq[2].groups == seq[2].in_channels > 1):
-            raise RuntimeError("unexpected torchaudio Conformer convolution layout; update _MaskedConvolution")
+            raise RuntimeError(
+                "unexpected torchaudio Conformer convolution layout; update _MaskedConvolution"
+            )
         self.inner = conv_module
         self._state = state
 
@@ -163,14 +196,28 @@ class ConformerEncoder(nn.Module):
     sequence (right-padded), as `mlb.data` produces it.
     """
 
-    def __init__(self, input_dim: int, *, dim: int = 512, num_layers: int = 5, heads: int = 8,
-                 ffn_dim: int = 1024, conv_kernel: int = 31, dropout: float = 0.1):
+    def __init__(
+        self,
+        input_dim: int,
+        *,
+        dim: int = 512,
+        num_layers: int = 5,
+        heads: int = 8,
+        ffn_dim: int = 1024,
+        conv_kernel: int = 31,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.dim = dim
         self.project = nn.Linear(input_dim, dim)
         self.conformer = torchaudio.models.Conformer(
-            input_dim=dim, num_heads=heads, ffn_dim=ffn_dim, num_layers=num_layers,
-            depthwise_conv_kernel_size=conv_kernel, dropout=dropout)
+            input_dim=dim,
+            num_heads=heads,
+            ffn_dim=ffn_dim,
+            num_layers=num_layers,
+            depthwise_conv_kernel_size=conv_kernel,
+            dropout=dropout,
+        )
         self._state: dict = {}
         for layer in self.conformer.conformer_layers:
             layer.conv_module = _MaskedConvolution(layer.conv_module, self._state)
@@ -206,7 +253,13 @@ def build_encoder(kind: str, *, sizes: dict, input_dim: int | None = None) -> nn
     if kind == "conformer":
         if not input_dim:
             raise ValueError(f"conformer encoder needs input_dim, got {input_dim!r}")
-        return ConformerEncoder(input_dim, dim=sizes["dim"], num_layers=sizes["conformer_layers"],
-                                heads=sizes["heads"], ffn_dim=sizes["ffn_dim"],
-                                conv_kernel=sizes["conv_kernel"], dropout=sizes["dropout"])
+        return ConformerEncoder(
+            input_dim,
+            dim=sizes["dim"],
+            num_layers=sizes["conformer_layers"],
+            heads=sizes["heads"],
+            ffn_dim=sizes["ffn_dim"],
+            conv_kernel=sizes["conv_kernel"],
+            dropout=sizes["dropout"],
+        )
     raise ValueError(f"unknown encoder kind {kind!r}")

@@ -48,8 +48,15 @@ class LateLinear(nn.Module):
     `fused_parts[m] = scale · cos(f_m, rows of W_m)`, each modality's block normalised on its own.
     """
 
-    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int, *,
-                 classifier: str = "linear", cosine_scale: float = 10.0):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        dim: int,
+        num_classes: int,
+        *,
+        classifier: str = "linear",
+        cosine_scale: float = 10.0,
+    ):
         super().__init__()
         self.modalities = modalities
         self.cosine = classifier == "cosine"
@@ -79,15 +86,29 @@ class MidMLP(nn.Module):
     """Per-modality `Linear(D, H)` summed (+ one shared bias), ReLU, Dropout, `Linear(H, H)`, ReLU,
     Dropout, `Linear(H, C)`. H = 64 in the paper."""
 
-    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int, *, hidden: int = 64,
-                 dropout: float = 0.1, classifier: str = "linear", cosine_scale: float = 10.0):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        dim: int,
+        num_classes: int,
+        *,
+        hidden: int = 64,
+        dropout: float = 0.1,
+        classifier: str = "linear",
+        cosine_scale: float = 10.0,
+    ):
         super().__init__()
         self.modalities = modalities
         self.inputs = nn.ModuleDict({m: nn.Linear(dim, hidden, bias=False) for m in modalities})
         self.input_bias = nn.Parameter(torch.zeros(hidden))
-        self.mlp = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Dropout(dropout), _output_layer(hidden, num_classes, classifier,
-                                                                    cosine_scale))
+        self.mlp = nn.Sequential(
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            _output_layer(hidden, num_classes, classifier, cosine_scale),
+        )
 
     def forward(self, encoded: dict[str, EncoderOutput]):
         h = sum(self.inputs[m](encoded[m].pooled) for m in self.modalities) + self.input_bias  # [B, H]
@@ -101,8 +122,15 @@ class FiLM(nn.Module):
     """Feature-wise linear modulation: the first modality (audio) gives γ, β = split(Linear(a)); the
     second (video) is modulated, `h = γ ⊙ v + β`; then `Linear(D, C)`."""
 
-    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int, *,
-                 classifier: str = "linear", cosine_scale: float = 10.0):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        dim: int,
+        num_classes: int,
+        *,
+        classifier: str = "linear",
+        cosine_scale: float = 10.0,
+    ):
         super().__init__()
         if len(modalities) != 2:
             raise ValueError(f"fusion='film' needs exactly 2 modalities, got {modalities}")
@@ -121,8 +149,15 @@ class FiLM(nn.Module):
 class Gated(nn.Module):
     """Gated fusion: `h = σ(W_a · a) ⊙ (W_v · v)`, then `Linear(D, C)`; the first modality (audio) gates."""
 
-    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int, *,
-                 classifier: str = "linear", cosine_scale: float = 10.0):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        dim: int,
+        num_classes: int,
+        *,
+        classifier: str = "linear",
+        cosine_scale: float = 10.0,
+    ):
         super().__init__()
         if len(modalities) != 2:
             raise ValueError(f"fusion='gated' needs exactly 2 modalities, got {modalities}")
@@ -149,13 +184,24 @@ class TransformerFusion(nn.Module):
     with padded tokens masked, and the CLS output goes through `Linear(D, C)`. No positional encoding
     (as in the paper's description: class and modality tokens only)."""
 
-    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int, *, layers: int = 2,
-                 heads: int = 8, ffn_dim: int = 1024, dropout: float = 0.1, classifier: str = "linear",
-                 cosine_scale: float = 10.0):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        dim: int,
+        num_classes: int,
+        *,
+        layers: int = 2,
+        heads: int = 8,
+        ffn_dim: int = 1024,
+        dropout: float = 0.1,
+        classifier: str = "linear",
+        cosine_scale: float = 10.0,
+    ):
         super().__init__()
         self.modalities = modalities
         self.modality_tokens = nn.ParameterDict(
-            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in modalities})
+            {m: nn.Parameter(torch.randn(dim) * 0.02) for m in modalities}
+        )
         self.cls = nn.Parameter(torch.randn(dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, ffn_dim, dropout, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -170,8 +216,11 @@ class TransformerFusion(nn.Module):
         for m in self.modalities:
             e = encoded[m]
             tokens.append(e.sequence + self.modality_tokens[m])  # [B, L_m, D]
-            valid.append(e.mask if e.mask is not None else
-                         torch.ones(e.sequence.shape[:2], dtype=torch.bool, device=first.device))
+            valid.append(
+                e.mask
+                if e.mask is not None
+                else torch.ones(e.sequence.shape[:2], dtype=torch.bool, device=first.device)
+            )
         x = self.transformer(torch.cat(tokens, 1), src_key_padding_mask=~torch.cat(valid, 1))  # [B, L, D]
         return self.out(self.norm(x[:, 0])), {}
 
@@ -179,21 +228,37 @@ class TransformerFusion(nn.Module):
         return [(self.modality_tokens[m], None)]
 
 
-def build_fusion(name: str, *, modalities: tuple[str, ...], dim: int, num_classes: int, sizes: dict,
-                 classifier: str = "linear", cosine_scale: float = 10.0) -> nn.Module:
+def build_fusion(
+    name: str,
+    *,
+    modalities: tuple[str, ...],
+    dim: int,
+    num_classes: int,
+    sizes: dict,
+    classifier: str = "linear",
+    cosine_scale: float = 10.0,
+) -> nn.Module:
     """One of `FUSIONS`, sized by `sizes` (see `mlb.models.encoders.SIZES`)."""
     common = {"classifier": classifier, "cosine_scale": cosine_scale}
     if name == "late-linear":
         return LateLinear(modalities, dim, num_classes, **common)
     if name == "mid-mlp":
-        return MidMLP(modalities, dim, num_classes, hidden=sizes["fusion_hidden"],
-                      dropout=sizes["dropout"], **common)
+        return MidMLP(
+            modalities, dim, num_classes, hidden=sizes["fusion_hidden"], dropout=sizes["dropout"], **common
+        )
     if name == "film":
         return FiLM(modalities, dim, num_classes, **common)
     if name == "gated":
         return Gated(modalities, dim, num_classes, **common)
     if name == "tf":
-        return TransformerFusion(modalities, dim, num_classes, layers=sizes["tf_layers"],
-                                 heads=sizes["heads"], ffn_dim=sizes["ffn_dim"],
-                                 dropout=sizes["dropout"], **common)
+        return TransformerFusion(
+            modalities,
+            dim,
+            num_classes,
+            layers=sizes["tf_layers"],
+            heads=sizes["heads"],
+            ffn_dim=sizes["ffn_dim"],
+            dropout=sizes["dropout"],
+            **common,
+        )
     raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {name!r}")

@@ -52,8 +52,14 @@ class MultimodalModel(nn.Module):
     `EncoderOutput`s (TF uses the sequences, the others the pooled features).
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module,
-                 unimodal_heads: dict[str, nn.Module], *, fusion_name: str):
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        fusion: nn.Module,
+        unimodal_heads: dict[str, nn.Module],
+        *,
+        fusion_name: str,
+    ):
         super().__init__()
         if len(encoders) < 2:
             raise ValueError(f"a multimodal model needs >= 2 modalities, got {list(encoders)}")
@@ -103,11 +109,18 @@ def zero_modality(batch: dict, m: str) -> dict:
     return {**batch, m: torch.zeros_like(batch[m])}
 
 
-def build_model(*, features: Literal["raw", "cached"], fusion: str = "late-linear",
-                num_classes: int = 6, size: Literal["tiny", "small", "paper"] = "paper",
-                input_dims: dict[str, int] | None = None, modalities: tuple[str, ...] = ("audio", "video"),
-                classifier: Literal["linear", "cosine"] = "linear", cosine_scale: float = 10.0,
-                dropout: float | None = None) -> MultimodalModel:
+def build_model(
+    *,
+    features: Literal["raw", "cached"],
+    fusion: str = "late-linear",
+    num_classes: int = 6,
+    size: Literal["tiny", "small", "paper"] = "paper",
+    input_dims: dict[str, int] | None = None,
+    modalities: tuple[str, ...] = ("audio", "video"),
+    classifier: Literal["linear", "cosine"] = "linear",
+    cosine_scale: float = 10.0,
+    dropout: float | None = None,
+) -> MultimodalModel:
     """Build the paper's model.
 
     features: "raw" (ResNet-18 from scratch on a `[B, 1, F, T]` spectrogram for audio and a
@@ -134,8 +147,10 @@ def build_model(*, features: Literal["raw", "cached"], fusion: str = "late-linea
     for m in modalities:
         if features == "cached":
             if not input_dims or m not in input_dims:
-                raise ValueError(f"input_dims must give the feature size of {m!r} for features='cached', "
-                                 f"got {input_dims!r}")
+                raise ValueError(
+                    f"input_dims must give the feature size of {m!r} for features='cached', "
+                    f"got {input_dims!r}"
+                )
             encoders[m] = build_encoder("conformer", sizes=sizes, input_dim=int(input_dims[m]))
         else:
             kind = {"audio": "resnet-spectrogram", "video": "resnet-frames"}.get(m)
@@ -149,6 +164,13 @@ def build_model(*, features: Literal["raw", "cached"], fusion: str = "late-linea
             return CosineClassifier(dim, num_classes, scale=cosine_scale)
         return nn.Linear(dim, num_classes)
 
-    fusion_head = build_fusion(fusion, modalities=modalities, dim=dim, num_classes=num_classes,
-                               sizes=sizes, classifier=classifier, cosine_scale=cosine_scale)
+    fusion_head = build_fusion(
+        fusion,
+        modalities=modalities,
+        dim=dim,
+        num_classes=num_classes,
+        sizes=sizes,
+        classifier=classifier,
+        cosine_scale=cosine_scale,
+    )
     return MultimodalModel(encoders, fusion_head, {m: head() for m in modalities}, fusion_name=fusion)

@@ -88,11 +88,15 @@ def scan_corpus(root: str | Path) -> Scan:
     and group them by clip id. Raises CorpusError for a wrong root or an empty corpus."""
     root = Path(root)
     if not root.is_dir():
-        raise CorpusError(f"corpus root {root} does not exist or is not a folder; pass --root PATH to a CREMA-D copy "
-                          f"(with {WAV_DIR}/ and {FLV_DIR}/), or create a synthetic one: mlbpipe synth cremad {root}")
+        raise CorpusError(
+            f"corpus root {root} does not exist or is not a folder; pass --root PATH to a CREMA-D copy "
+            f"(with {WAV_DIR}/ and {FLV_DIR}/), or create a synthetic one: mlbpipe synth cremad {root}"
+        )
     if not (root / WAV_DIR).is_dir() and not (root / FLV_DIR).is_dir():
-        raise CorpusError(f"{root} is not a CREMA-D root: it has neither {WAV_DIR}/ nor {FLV_DIR}/; pass --root to the "
-                          f"folder that contains them (or create one: mlbpipe synth cremad {root})")
+        raise CorpusError(
+            f"{root} is not a CREMA-D root: it has neither {WAV_DIR}/ nor {FLV_DIR}/; pass --root to the "
+            f"folder that contains them (or create one: mlbpipe synth cremad {root})"
+        )
     by_id: dict[str, ClipFiles] = {}
     ignored: list[str] = []
     for folder, suffix, attr in ((WAV_DIR, ".wav", "wavs"), (FLV_DIR, ".flv", "flvs")):
@@ -113,8 +117,10 @@ def scan_corpus(root: str | Path) -> Scan:
             if name and name.fixes and entry.name and not entry.name.fixes:
                 entry.name = name  # keep the note that a misnamed file was normalised
     if not by_id:
-        raise CorpusError(f"corpus root {root} holds no .wav or .flv files under {WAV_DIR}/ or {FLV_DIR}/; if this is "
-                          f"a Git clone, run git lfs pull there, or create a synthetic corpus: mlbpipe synth cremad {root}")
+        raise CorpusError(
+            f"corpus root {root} holds no .wav or .flv files under {WAV_DIR}/ or {FLV_DIR}/; if this is "
+            f"a Git clone, run git lfs pull there, or create a synthetic corpus: mlbpipe synth cremad {root}"
+        )
     return Scan(sorted(by_id.values(), key=lambda c: c.id), ignored)
 
 
@@ -127,7 +133,9 @@ class ValidationConfig:
     silence_peak: float = 1e-4  # WAV peak below this (about -80 dBFS): silent-audio
 
 
-def validate_clip(root: str | Path, clip: ClipFiles, known_bad: dict[str, str], config: ValidationConfig) -> dict:
+def validate_clip(
+    root: str | Path, clip: ClipFiles, known_bad: dict[str, str], config: ValidationConfig
+) -> dict:
     """Probe one clip's WAV and FLV and return its manifest record (without protocol/split).
 
     The first failing check gives the reason; facts that could be probed are kept either way.
@@ -158,7 +166,9 @@ def validate_clip(root: str | Path, clip: ClipFiles, known_bad: dict[str, str], 
     reasons: list[str] = []
     if name is None:
         files = ", ".join(clip.wavs + clip.flvs)
-        reasons.append(f"bad-name: {files} is not named ActorID_Sentence_Emotion_Level (e.g. 1001_DFA_ANG_XX)")
+        reasons.append(
+            f"bad-name: {files} is not named ActorID_Sentence_Emotion_Level (e.g. 1001_DFA_ANG_XX)"
+        )
     if len(clip.wavs) > 1 or len(clip.flvs) > 1:
         reasons.append(f"duplicate-id: {clip.id} is found more than once: {', '.join(clip.wavs + clip.flvs)}")
     if not clip.wavs:
@@ -183,8 +193,10 @@ def validate_clip(root: str | Path, clip: ClipFiles, known_bad: dict[str, str], 
     if wav is not None:
         facts = {k: record["audio"][k] for k in EXPECTED_WAV}
         if facts != EXPECTED_WAV:
-            reasons.append(f"bad-audio-format: {clip.wavs[0]} is {facts['sample_rate']} Hz, {facts['channels']} "
-                           f"channel(s), {8 * facts['sample_width']}-bit; expected 16000 Hz mono 16-bit")
+            reasons.append(
+                f"bad-audio-format: {clip.wavs[0]} is {facts['sample_rate']} Hz, {facts['channels']} "
+                f"channel(s), {8 * facts['sample_width']}-bit; expected 16000 Hz mono 16-bit"
+            )
         if wav.duration <= 0:
             reasons.append(f"zero-duration: {clip.wavs[0]} has no samples")
     if flv is not None:
@@ -195,8 +207,10 @@ def validate_clip(root: str | Path, clip: ClipFiles, known_bad: dict[str, str], 
     if wav is not None and flv is not None and wav.duration > 0 and flv.duration > 0:
         gap = abs(flv.duration - wav.duration)
         if gap > config.max_duration_mismatch_s:
-            reasons.append(f"duration-mismatch: {clip.flvs[0]} lasts {flv.duration:.2f} s but {clip.wavs[0]} "
-                           f"{wav.duration:.2f} s (limit {config.max_duration_mismatch_s} s)")
+            reasons.append(
+                f"duration-mismatch: {clip.flvs[0]} lasts {flv.duration:.2f} s but {clip.wavs[0]} "
+                f"{wav.duration:.2f} s (limit {config.max_duration_mismatch_s} s)"
+            )
     if wav is not None and wav.duration > 0 and wav.peak < config.silence_peak:
         reasons.append(f"silent-audio: {clip.wavs[0]} is silent (peak {wav.peak:.2g})")
     if clip.id in known_bad:
@@ -220,13 +234,17 @@ def vavl_protocol(partition: int, manifests_dir: Path = MANIFESTS_DIR) -> tuple[
     protocol}). Clips outside the VAVL clip list take no part (split None)."""
     if partition not in VAVL_PARTITIONS:
         raise ValueError(f"partition={partition!r}: VAVL has partitions 1-5")
-    actors_by_split = json.loads((manifests_dir / "vavl_actor_partitions.json").read_text())[f"partition_{partition}"]
+    actors_by_split = json.loads((manifests_dir / "vavl_actor_partitions.json").read_text())[
+        f"partition_{partition}"
+    ]
     actor_split = {int(a): split for split in ("train", "validation", "test") for a in actors_by_split[split]}
     clips: set[str] = set()
     with open(manifests_dir / f"vavl_labels_partition_{partition}.csv", newline="") as f:
         for row in csv.DictReader(f):
             clip_id = row["FileName"].removesuffix(".wav")
             if actor_split.get(int(row["SpkrID"])) != _VAVL_SPLIT[row["Split_Set"]]:
-                raise ValueError(f"VAVL partition {partition}: {clip_id} is in {row['Split_Set']} but its actor is not")
+                raise ValueError(
+                    f"VAVL partition {partition}: {clip_id} is in {row['Split_Set']} but its actor is not"
+                )
             clips.add(clip_id)
     return actor_split, clips

@@ -80,8 +80,17 @@ def is_complete(path: str | Path, fingerprint: str | None = None) -> bool:
 # Imported once by the fork server, so that each worker it forks starts warm. torch is left out on
 # purpose (~1.5 s and ~700 MiB): the ResNet-path stages do not use it, and a stage that does (faces,
 # features) imports it where it needs it (tests/test_prepare.py checks that no worker imports it).
-WORKER_PRELOAD = ["numpy", "h5py", "av", "cv2", "soundfile", "soxr", "scipy.fft", "pipeline.stages",
-                  "pipeline.media"]
+WORKER_PRELOAD = [
+    "numpy",
+    "h5py",
+    "av",
+    "cv2",
+    "soundfile",
+    "soxr",
+    "scipy.fft",
+    "pipeline.stages",
+    "pipeline.media",
+]
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
@@ -164,7 +173,9 @@ def _write_part(path: Path, stage: str, batch_fingerprint: str, results: dict) -
                 f.require_group(name).create_dataset(clip_id, data=array, track_times=False)
 
 
-def _run_batch(compute: ComputeFn, stage: str, config: dict, jobs: list[ClipJob], part: Path, bfp: str) -> int:
+def _run_batch(
+    compute: ComputeFn, stage: str, config: dict, jobs: list[ClipJob], part: Path, bfp: str
+) -> int:
     results = compute(jobs, config)
     _write_part(part, stage, bfp, results)
     return len(jobs)
@@ -220,8 +231,14 @@ def run_per_clip(
     # workers compute. `complete` is set last: a file without it is never trusted.
     errors: dict[str, str] = {}
     merged = 0
-    bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(t[1]) for t in todo), desc=stage, unit="clip",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(jobs),
+        initial=len(jobs) - sum(len(t[1]) for t in todo),
+        desc=stage,
+        unit="clip",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w", track_order=True) as out, bar:
         out.attrs["stage"] = stage
         out.attrs["config"] = json.dumps(config, sort_keys=True)
@@ -279,7 +296,9 @@ def _append_part(out, part: Path, errors: dict[str, str]) -> None:
                 continue
             group = out.require_group(name)
             for clip_id in f[name]:
-                f.copy(f"{name}/{clip_id}", group, name=clip_id)  # HDF5's own copy: no round trip through numpy
+                f.copy(
+                    f"{name}/{clip_id}", group, name=clip_id
+                )  # HDF5's own copy: no round trip through numpy
 
 
 @contextlib.contextmanager

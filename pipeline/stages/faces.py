@@ -62,7 +62,9 @@ class FacesConfig:
 
     def __post_init__(self) -> None:
         if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0):
-            raise FacesConfigError(f"faces.fps={self.fps!r}: expected a positive number or null (every frame)")
+            raise FacesConfigError(
+                f"faces.fps={self.fps!r}: expected a positive number or null (every frame)"
+            )
         if not isinstance(self.crop_size, int) or self.crop_size < 16:
             raise FacesConfigError(f"faces.crop_size={self.crop_size!r}: expected an int >= 16")
         if not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 1:
@@ -94,6 +96,7 @@ class ClipFaces:
 
 # --- decoding -----------------------------------------------------------------------------------------
 
+
 def decode_frames(path: str | Path, fps: float | None = None) -> np.ndarray:
     """Decode a video with PyAV: every frame (fps=None) or the first frame at or after each k / fps
     seconds. Returns uint8 [N, H, W, 3] RGB (N may be 0 for a stream that decodes to nothing)."""
@@ -103,7 +106,9 @@ def decode_frames(path: str | Path, fps: float | None = None) -> np.ndarray:
     next_time = 0.0
     with av.open(str(path), metadata_errors="ignore") as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # one core per worker: frame threads only add latency (as pipeline.media)
+        stream.thread_type = (
+            "SLICE"  # one core per worker: frame threads only add latency (as pipeline.media)
+        )
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         for frame in container.decode(stream):
             if fps is not None:
@@ -121,6 +126,7 @@ def decode_frames(path: str | Path, fps: float | None = None) -> np.ndarray:
 
 # --- detection and cropping ---------------------------------------------------------------------------
 
+
 def make_detector(config: FacesConfig):
     """facenet-pytorch MTCNN (its weights ship inside the wheel: works offline), one per process."""
     return _detector(config.min_face_size, config.device)
@@ -132,10 +138,14 @@ def _detector(min_face_size: int, device: str):
 
     from pipeline.extractors import resolve_device
 
-    return MTCNN(keep_all=True, select_largest=False, min_face_size=min_face_size, device=resolve_device(device))
+    return MTCNN(
+        keep_all=True, select_largest=False, min_face_size=min_face_size, device=resolve_device(device)
+    )
 
 
-def detect_best_faces(detector, frames: np.ndarray, batch_size: int, min_prob: float) -> tuple[np.ndarray, np.ndarray]:
+def detect_best_faces(
+    detector, frames: np.ndarray, batch_size: int, min_prob: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The most confident face of every frame, in batches.
 
     frames: uint8 [N, H, W, 3]. Returns boxes float32 [N, 4] (x1, y1, x2, y2; NaN where no face) and
@@ -185,8 +195,13 @@ def faces_of_frames(detector, frames: np.ndarray, config: FacesConfig) -> ClipFa
     """Detect, pick and crop the faces of one clip's frames (uint8 [N, H, W, 3])."""
     size = config.crop_size
     if len(frames) == 0:
-        return ClipFaces(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int32), np.zeros(0, np.float32),
-                         np.zeros((0, 4), np.float32), 0)
+        return ClipFaces(
+            np.zeros((0, size, size, 3), np.uint8),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.float32),
+            np.zeros((0, 4), np.float32),
+            0,
+        )
     boxes, probs = detect_best_faces(detector, frames, config.batch_size, config.min_prob)
     keep = np.flatnonzero(probs > 0)  # [K]
     crops = np.zeros((len(keep), size, size, 3), np.uint8)  # [K, S, S, 3]
@@ -195,9 +210,8 @@ def faces_of_frames(detector, frames: np.ndarray, config: FacesConfig) -> ClipFa
     return ClipFaces(crops, keep.astype(np.int32), probs[keep], boxes[keep], len(frames))
 
 
-
-
 # --- storage in faces.h5 --------------------------------------------------------------------------------
+
 
 def encode_crops(crops: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [K, S, S, 3] RGB → (JPEG bytes back to back, uint8 [bytes]; offsets, int64 [K + 1])."""
@@ -205,7 +219,9 @@ def encode_crops(crops: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarra
 
     encoded = []
     for crop in crops:
-        ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(crop[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, buffer = cv2.imencode(
+            ".jpg", np.ascontiguousarray(crop[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )
         if not ok:
             raise RuntimeError("OpenCV could not JPEG-encode a face crop")
         encoded.append(buffer.reshape(-1))
@@ -241,8 +257,12 @@ def compute_faces(jobs: Sequence[ClipJob], config: dict) -> dict:
         faces = faces_of_frames(detector, frames, faces_config)
         jpeg, offsets = encode_crops(faces.crops, faces_config.jpeg_quality)
         results[job.id] = {
-            "jpeg": jpeg, "jpeg_offsets": offsets, "frame_index": faces.frame_index, "prob": faces.prob,
-            "box": faces.box, "counts": np.array([faces.frames_total, faces.frames_with_face], np.int32),
+            "jpeg": jpeg,
+            "jpeg_offsets": offsets,
+            "frame_index": faces.frame_index,
+            "prob": faces.prob,
+            "box": faces.box,
+            "counts": np.array([faces.frames_total, faces.frames_with_face], np.int32),
         }
     return results
 
@@ -270,8 +290,10 @@ def clip_cached_reason(h5, clip_id: str) -> str | None:
     counts = clip_face_counts(h5, clip_id)
     if counts["frames_with_face"] > 0:
         return None
-    return (f"{NO_FACE}: no face found in any of the {counts['frames_total']} frames of {clip_id}'s video "
-            "(still usable for the raw path)")
+    return (
+        f"{NO_FACE}: no face found in any of the {counts['frames_total']} frames of {clip_id}'s video "
+        "(still usable for the raw path)"
+    )
 
 
 def cached_usability(h5) -> dict[str, str | None]:
@@ -290,6 +312,7 @@ def clips_with_faces(faces_path: str | Path) -> list[str]:
 
 # --- manifest -----------------------------------------------------------------------------------------
 
+
 def is_candidate(record: dict) -> bool:
     """A clip the cached path may use: accepted, in a split, and not ruled out for `cached` by anything
     but this stage."""
@@ -302,7 +325,11 @@ def is_candidate(record: dict) -> bool:
 
 def mark_cached_usability(record: dict, reason: str | None) -> dict:
     """The record with `usable.cached` / `reasons.cached` set from this clip's faces (None: has a face)."""
-    record = {**record, "usable": dict(record.get("usable") or {}), "reasons": dict(record.get("reasons") or {})}
+    record = {
+        **record,
+        "usable": dict(record.get("usable") or {}),
+        "reasons": dict(record.get("reasons") or {}),
+    }
     record["usable"]["cached"] = reason is None
     if reason is None:
         record["reasons"].pop("cached", None)
@@ -315,9 +342,17 @@ def mark_cached_usability(record: dict, reason: str | None) -> dict:
 
 # --- the stage ----------------------------------------------------------------------------------------
 
-def run_faces(manifest_path: str | Path, corpus_root: str | Path, out_path: str | Path,
-              config: FacesConfig = FacesConfig(), *, workers: int = 1, progress: bool = True,
-              update_manifest: bool = True) -> dict:
+
+def run_faces(
+    manifest_path: str | Path,
+    corpus_root: str | Path,
+    out_path: str | Path,
+    config: FacesConfig = FacesConfig(),
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    update_manifest: bool = True,
+) -> dict:
     """Find, crop and store the faces of every candidate clip into `out_path` (OUT/work/faces.h5); with
     `update_manifest`, mark the clips without a face in the manifest (rewritten only if that changes it).
 
@@ -335,12 +370,17 @@ def run_faces(manifest_path: str | Path, corpus_root: str | Path, out_path: str 
         usability = cached_usability(h5)
         counts = [clip_face_counts(h5, clip_id) for clip_id in h5.get("counts", {})]
     if update_manifest:
-        updated = [mark_cached_usability(r, usability[r["id"]]) if r["id"] in usability else r for r in records]
+        updated = [
+            mark_cached_usability(r, usability[r["id"]]) if r["id"] in usability else r for r in records
+        ]
         if updated != records:
             write_manifest(updated, manifest_path)
-    return {"clips": len(jobs), "frames_total": sum(c["frames_total"] for c in counts),
-            "frames_with_face": sum(c["frames_with_face"] for c in counts),
-            "no_face": {clip_id: reason for clip_id, reason in sorted(usability.items()) if reason}}
+    return {
+        "clips": len(jobs),
+        "frames_total": sum(c["frames_total"] for c in counts),
+        "frames_with_face": sum(c["frames_with_face"] for c in counts),
+        "no_face": {clip_id: reason for clip_id, reason in sorted(usability.items()) if reason},
+    }
 
 
 def cli(
@@ -361,15 +401,26 @@ def cli(
     """MTCNN face crops of every frame of every kept clip; clips with no face at all are marked
     `usable.cached=false` (reason `no-face`) in the manifest."""
     with exit_on(ValueError):
-        config = FacesConfig(fps=fps or None, crop_size=crop_size, margin=margin, min_prob=min_prob,
-                             min_face_size=min_face_size, batch_size=batch_size, jpeg_quality=jpeg_quality,
-                             device=device)
-    print_faces_summary(run_faces(manifest, root, out, config, workers=workers, update_manifest=update_manifest))
+        config = FacesConfig(
+            fps=fps or None,
+            crop_size=crop_size,
+            margin=margin,
+            min_prob=min_prob,
+            min_face_size=min_face_size,
+            batch_size=batch_size,
+            jpeg_quality=jpeg_quality,
+            device=device,
+        )
+    print_faces_summary(
+        run_faces(manifest, root, out, config, workers=workers, update_manifest=update_manifest)
+    )
 
 
 def print_faces_summary(summary: dict) -> None:
-    typer.echo(f"faces: {summary['clips']} clips, {summary['frames_with_face']} of {summary['frames_total']} "
-               f"frames with a face, {len(summary['no_face'])} clip(s) not usable for the cached path")
+    typer.echo(
+        f"faces: {summary['clips']} clips, {summary['frames_with_face']} of {summary['frames_total']} "
+        f"frames with a face, {len(summary['no_face'])} clip(s) not usable for the cached path"
+    )
     for clip_id, reason in summary["no_face"].items():
         typer.echo(f"  {clip_id}: {reason}", err=True)
 

@@ -78,7 +78,9 @@ def load_wave_16k(path: Path) -> np.ndarray:
 
 def effb2_features(extractor: EffNetB2Extractor, crops: np.ndarray, frame_batch_size: int) -> np.ndarray:
     """uint8 [K, S, S, 3] → float32 [K, 1408], `frame_batch_size` crops at a time."""
-    parts = [extractor.extract(crops[i : i + frame_batch_size]) for i in range(0, len(crops), frame_batch_size)]
+    parts = [
+        extractor.extract(crops[i : i + frame_batch_size]) for i in range(0, len(crops), frame_batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, extractor.dim), np.float32)
 
 
@@ -96,8 +98,10 @@ def to_float16(clip_id: str, name: str, features: np.ndarray) -> np.ndarray:
 def _extractors(config_json: str) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
     """Both extractors of a config, built once per process (run_per_clip calls compute once per batch)."""
     config = json.loads(config_json)
-    return (EffNetB2Extractor(EffNetB2Config(**config["effb2"]), config["device"]),
-            Wav2Vec2Extractor(Wav2Vec2Config(**config["w2v2"]), config["device"]))
+    return (
+        EffNetB2Extractor(EffNetB2Config(**config["effb2"]), config["device"]),
+        Wav2Vec2Extractor(Wav2Vec2Config(**config["w2v2"]), config["device"]),
+    )
 
 
 def extractors_for(config: FeaturesConfig) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
@@ -134,7 +138,9 @@ def compute_features(jobs: Sequence[ClipJob], config: dict) -> dict:
             counts = faces_stage.clip_face_counts(faces_h5, clip_id)
             try:
                 results[clip_id] = {
-                    "effb2": to_float16(clip_id, "effb2", effb2_features(effb2, crops, config["frame_batch_size"])),
+                    "effb2": to_float16(
+                        clip_id, "effb2", effb2_features(effb2, crops, config["frame_batch_size"])
+                    ),
                     "w2v2": to_float16(clip_id, "w2v2", audio[clip_id]),
                     "counts": np.array([counts["frames_total"], counts["frames_with_face"]], np.int32),
                 }
@@ -143,8 +149,16 @@ def compute_features(jobs: Sequence[ClipJob], config: dict) -> dict:
     return results
 
 
-def run_features(manifest_path: str | Path, corpus_root: str | Path, faces_path: str | Path, out_path: str | Path,
-                 config: FeaturesConfig = FeaturesConfig(), *, workers: int = 1, progress: bool = True) -> dict:
+def run_features(
+    manifest_path: str | Path,
+    corpus_root: str | Path,
+    faces_path: str | Path,
+    out_path: str | Path,
+    config: FeaturesConfig = FeaturesConfig(),
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
     """Compute and store both feature sets of every clip usable for the cached path (kept, in a split,
     with at least one face in `faces_path`) into `out_path` (OUT/work/features.h5); the other clips of
     the faces stage get their reason in the file's `errors`.
@@ -160,16 +174,26 @@ def run_features(manifest_path: str | Path, corpus_root: str | Path, faces_path:
     faces_path = Path(faces_path)
     read_stage_config(faces_path)  # raises unless the faces stage finished
     # Every candidate of the faces stage: clips without a face get their reason in features.h5's errors.
-    jobs = [ClipJob(r["id"], str(resolve_inside(corpus_root, r["wav"])))
-            for r in read_manifest(manifest_path) if faces_stage.is_candidate(r)]
+    jobs = [
+        ClipJob(r["id"], str(resolve_inside(corpus_root, r["wav"])))
+        for r in read_manifest(manifest_path)
+        if faces_stage.is_candidate(r)
+    ]
     effb2, w2v2 = extractors_for(config)  # fails early on unusable weights, before any clip
     identity = {"audio": w2v2.identity(), "video": effb2.identity()}
-    stage_config = {"effb2": asdict(config.effb2), "w2v2": asdict(config.w2v2), "device": config.device,
-                    "audio_batch_size": config.audio_batch_size, "frame_batch_size": config.frame_batch_size,
-                    "faces_path": str(faces_path.resolve()), "faces_fingerprint": _fingerprint_of(faces_path),
-                    "extractors": identity}
-    errors = run_per_clip("features", jobs, compute_features, stage_config, out_path, workers=workers,
-                          progress=progress)
+    stage_config = {
+        "effb2": asdict(config.effb2),
+        "w2v2": asdict(config.w2v2),
+        "device": config.device,
+        "audio_batch_size": config.audio_batch_size,
+        "frame_batch_size": config.frame_batch_size,
+        "faces_path": str(faces_path.resolve()),
+        "faces_fingerprint": _fingerprint_of(faces_path),
+        "extractors": identity,
+    }
+    errors = run_per_clip(
+        "features", jobs, compute_features, stage_config, out_path, workers=workers, progress=progress
+    )
     return {"clips": len(jobs) - len(errors), "errors": errors, "extractors": identity}
 
 
@@ -184,8 +208,12 @@ def read_clip_features(h5, clip_id: str) -> dict:
     """`{"effb2": float16 [T_v, 1408], "w2v2": float16 [T_a, D], "frames_total", "frames_with_face"}`
     of one clip from an open features.h5."""
     frames_total, frames_with_face = (int(v) for v in h5["counts"][clip_id][()])
-    return {"effb2": h5["effb2"][clip_id][()], "w2v2": h5["w2v2"][clip_id][()],
-            "frames_total": frames_total, "frames_with_face": frames_with_face}
+    return {
+        "effb2": h5["effb2"][clip_id][()],
+        "w2v2": h5["w2v2"][clip_id][()],
+        "frames_total": frames_total,
+        "frames_with_face": frames_with_face,
+    }
 
 
 def cli(
@@ -195,7 +223,9 @@ def cli(
     out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/features.h5.")],
     effb2_weights: str = typer.Option("imagenet", help="imagenet | random | PATH to a state_dict file."),
     effb2_image_size: int = typer.Option(260, help="EfficientNet-B2 input size (native 260)."),
-    w2v2_model: str = typer.Option("facebook/wav2vec2-large-robust", help="Hub id | local folder | random-tiny."),
+    w2v2_model: str = typer.Option(
+        "facebook/wav2vec2-large-robust", help="Hub id | local folder | random-tiny."
+    ),
     w2v2_layer: int = typer.Option(12, help="Transformer block whose output is kept (1-based)."),
     dtype: str = typer.Option("float16", help="Autocast dtype on CUDA: float16 | bfloat16 | float32."),
     seed: int = typer.Option(0, help="Seed of random weights (effb2 random, w2v2 random-tiny)."),
@@ -211,7 +241,9 @@ def cli(
         config = FeaturesConfig(
             effb2=EffNetB2Config(weights=effb2_weights, image_size=effb2_image_size, dtype=dtype, seed=seed),
             w2v2=Wav2Vec2Config(model=w2v2_model, layer=w2v2_layer, dtype=dtype, seed=seed),
-            audio_batch_size=audio_batch_size, frame_batch_size=frame_batch_size, device=device,
+            audio_batch_size=audio_batch_size,
+            frame_batch_size=frame_batch_size,
+            device=device,
         )
         summary = run_features(manifest, root, faces, out, config, workers=workers)
     print_features_summary(summary)
@@ -219,12 +251,17 @@ def cli(
 
 def print_features_summary(summary: dict) -> None:
     audio, video = summary["extractors"]["audio"], summary["extractors"]["video"]
-    typer.echo(f"features: {summary['clips']} clips with features; audio {audio['model']} layer {audio['layer']} "
-               f"({audio['dim']}-d), video {video['model']} at {video['input_size']} px ({video['dim']}-d)")
+    typer.echo(
+        f"features: {summary['clips']} clips with features; audio {audio['model']} layer {audio['layer']} "
+        f"({audio['dim']}-d), video {video['model']} at {video['input_size']} px ({video['dim']}-d)"
+    )
     for name, entry in (("audio", audio), ("video", video)):
         if entry["random_init"]:
-            typer.echo(f"  note: the {name} extractor has RANDOM weights ({entry['weights']}): "
-                       "features are for demos and tests only", err=True)
+            typer.echo(
+                f"  note: the {name} extractor has RANDOM weights ({entry['weights']}): "
+                "features are for demos and tests only",
+                err=True,
+            )
     for clip_id, message in sorted(summary["errors"].items()):
         typer.echo(f"  {clip_id} skipped: {message}", err=True)
 

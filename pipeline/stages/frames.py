@@ -39,8 +39,11 @@ def compute_frames(jobs: Sequence[ClipJob], config: dict) -> dict:
     results: dict = {}
     for job in jobs:
         try:
-            results[job.id] = {"frames": frames_at_fps(Path(job.path), count=config["count"], fps=config["fps"],
-                                                       size=config["size"])}
+            results[job.id] = {
+                "frames": frames_at_fps(
+                    Path(job.path), count=config["count"], fps=config["fps"], size=config["size"]
+                )
+            }
         except (MediaError, OSError, ValueError) as err:  # PyAV errors derive from OSError/ValueError
             results[job.id] = f"decode-error: frames of {job.id} could not be decoded ({err})"
     return results
@@ -55,11 +58,20 @@ def clips_to_process(manifest: list[dict], root: str | Path, media: str) -> list
     ]
 
 
-def run_frames(manifest_path: str | Path, root: str | Path, out_path: str | Path, config: FramesConfig, *,
-               workers: int = 1, progress: bool = True) -> dict[str, str]:
+def run_frames(
+    manifest_path: str | Path,
+    root: str | Path,
+    out_path: str | Path,
+    config: FramesConfig,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, str]:
     """Write the frames intermediate; returns per-clip errors {clip id: message}."""
     jobs = clips_to_process(read_manifest(manifest_path), root, "flv")
-    return run_per_clip("frames", jobs, compute_frames, asdict(config), out_path, workers=workers, progress=progress)
+    return run_per_clip(
+        "frames", jobs, compute_frames, asdict(config), out_path, workers=workers, progress=progress
+    )
 
 
 def cli(

@@ -99,14 +99,18 @@ def run_index(
     remove_stale_temps(out / "work")
     if manifest_path.is_file() and stamp_path.is_file():
         stamp = json.loads(stamp_path.read_text())
-        if stamp.get("fingerprint") == fingerprint and stamp.get("manifest_digest") == _manifest_digest(manifest_path):
+        if stamp.get("fingerprint") == fingerprint and stamp.get("manifest_digest") == _manifest_digest(
+            manifest_path
+        ):
             records = read_manifest(manifest_path)
             return records, summarize(records)
 
     known_bad = cremad.load_known_bad(manifests_dir)
     validation = cremad.ValidationConfig(config.max_duration_mismatch_s, config.silence_peak)
     validate = partial(_validate, str(root), known_bad, validation)
-    bar = partial(tqdm, total=len(scan.clips), desc="index", unit="clip", disable=not progress, dynamic_ncols=True)
+    bar = partial(
+        tqdm, total=len(scan.clips), desc="index", unit="clip", disable=not progress, dynamic_ncols=True
+    )
     if workers > 1:
         with worker_pool(workers) as pool:
             records = list(bar(pool.map(validate, scan.clips, chunksize=16)))
@@ -117,7 +121,9 @@ def run_index(
         actor_split, clips = cremad.vavl_protocol(config.partition, manifests_dir)
     else:
         # every parsed actor takes part, kept or rejected, so a rejection never reshuffles the splits
-        actor_split = speaker_random_split({r["actor"] for r in records if r["actor"] is not None}, config.seed)
+        actor_split = speaker_random_split(
+            {r["actor"] for r in records if r["actor"] is not None}, config.seed
+        )
         clips = None
     assign_splits(records, actor_split, config.protocol_name, clips)
     check_speaker_disjoint(records)
@@ -125,7 +131,11 @@ def run_index(
     write_manifest(records, manifest_path)
     summary = summarize(records)
     summary["ignored_files"] = scan.ignored
-    stamp = {"fingerprint": fingerprint, "manifest_digest": _manifest_digest(manifest_path), "config": asdict(config)}
+    stamp = {
+        "fingerprint": fingerprint,
+        "manifest_digest": _manifest_digest(manifest_path),
+        "config": asdict(config),
+    }
     atomic_write_bytes(stamp_path, (json.dumps(stamp, sort_keys=True, indent=1) + "\n").encode())
     return records, summary
 
@@ -146,7 +156,9 @@ def cli(
     protocol: str = typer.Option("vavl", help="Split protocol: vavl | speaker-random."),
     partition: int = typer.Option(1, help="VAVL partition 1-5."),
     seed: int = typer.Option(0, help="Seed of the speaker-random protocol."),
-    max_duration_mismatch: float = typer.Option(1.0, help="Reject when FLV and WAV durations differ by more (s)."),
+    max_duration_mismatch: float = typer.Option(
+        1.0, help="Reject when FLV and WAV durations differ by more (s)."
+    ),
     silence_peak: float = typer.Option(1e-4, help="Reject a WAV whose peak |sample| is below this."),
     workers: int = typer.Option(1, help="Processes probing clips in parallel."),
 ) -> None:

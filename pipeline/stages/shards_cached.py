@@ -73,17 +73,29 @@ class RunningStats:
             return {"mean": [0.0] * dim, "std": [1.0] * dim, "count": 0}
         mean_centred = self.total / self.count
         var = np.maximum(self.total_sq / self.count - mean_centred**2, 0.0)
-        return {"mean": (self.shift + mean_centred).tolist(), "std": np.sqrt(var).tolist(), "count": self.count}
+        return {
+            "mean": (self.shift + mean_centred).tolist(),
+            "std": np.sqrt(var).tolist(),
+            "count": self.count,
+        }
 
 
 def sample_json(record: dict, counts: dict) -> dict:
-    return {"id": record["id"], "label": record["label"], "label_name": record["label_name"],
-            "actor": record["actor"], "split": record["split"], "corpus": record.get("corpus", "cremad"),
-            "frames_total": counts["frames_total"], "frames_with_face": counts["frames_with_face"]}
+    return {
+        "id": record["id"],
+        "label": record["label"],
+        "label_name": record["label_name"],
+        "actor": record["actor"],
+        "split": record["split"],
+        "corpus": record.get("corpus", "cremad"),
+        "frames_total": counts["frames_total"],
+        "frames_with_face": counts["frames_with_face"],
+    }
 
 
-def build_meta(features_config: dict, config: ShardsCachedConfig, protocols: list[str],
-               skipped: dict[str, str]) -> dict:
+def build_meta(
+    features_config: dict, config: ShardsCachedConfig, protocols: list[str], skipped: dict[str, str]
+) -> dict:
     """`meta.json` of the cached folder. `extractors` (what a trainer checks) gets the stored dtype;
     `config` keeps the settings that shape the features, not machine details (paths, device)."""
     extractors = features_config["extractors"]
@@ -93,18 +105,28 @@ def build_meta(features_config: dict, config: ShardsCachedConfig, protocols: lis
         "corpus": "cremad",
         "num_classes": len(EMOTIONS),
         "label_names": list(EMOTIONS),
-        "fields": {"w2v2.npy": {"dtype": "float16", "shape": ["T_a", int(extractors["audio"]["dim"])]},
-                   "effb2.npy": {"dtype": "float16", "shape": ["T_v", int(extractors["video"]["dim"])]}},
-        "config": {"protocol": protocols[0] if len(protocols) == 1 else protocols, "features": settings,
-                   "shards": asdict(config)},
+        "fields": {
+            "w2v2.npy": {"dtype": "float16", "shape": ["T_a", int(extractors["audio"]["dim"])]},
+            "effb2.npy": {"dtype": "float16", "shape": ["T_v", int(extractors["video"]["dim"])]},
+        },
+        "config": {
+            "protocol": protocols[0] if len(protocols) == 1 else protocols,
+            "features": settings,
+            "shards": asdict(config),
+        },
         "extractors": {name: {**identity, "dtype": "float16"} for name, identity in extractors.items()},
         "skipped": skipped,
     }
 
 
-def run_shards_cached(manifest_path: str | Path, features_path: str | Path, out_dir: str | Path,
-                      config: ShardsCachedConfig = ShardsCachedConfig(), *,
-                      progress: bool = True) -> tuple[dict[str, int], dict[str, str]]:
+def run_shards_cached(
+    manifest_path: str | Path,
+    features_path: str | Path,
+    out_dir: str | Path,
+    config: ShardsCachedConfig = ShardsCachedConfig(),
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, int], dict[str, str]]:
     """Write the cached shard folder `out_dir` (OUT/shards/cached) from the manifest and features.h5.
     Returns ({tar name: sample count}, {skipped clip id: why}) for kept clips in a split that have no
     features (no face, or an error in an earlier stage)."""
@@ -116,18 +138,25 @@ def run_shards_cached(manifest_path: str | Path, features_path: str | Path, out_
     from pipeline.stages import read_stage_config
 
     features_config = read_stage_config(features_path)  # raises unless the features stage finished
-    records = sorted((r for r in read_manifest(manifest_path) if r.get("status") == "ok" and r.get("split") in SPLITS),
-                     key=lambda r: r["id"])
+    records = sorted(
+        (r for r in read_manifest(manifest_path) if r.get("status") == "ok" and r.get("split") in SPLITS),
+        key=lambda r: r["id"],
+    )
     stats = {name: RunningStats() for name in FEATURE_FIELDS}
     skipped: dict[str, str] = {}
     with h5py.File(features_path, "r") as h5, atomic_folder(out_dir) as tmp:
         have = set(h5.get("counts", {}))
         for r in records:
             if r["id"] not in have:
-                skipped[r["id"]] = (str(h5["errors"].attrs.get(r["id"], "")) or (r.get("reasons") or {}).get("cached")
-                                    or "no features (no face, or not usable for the cached path)")
+                skipped[r["id"]] = (
+                    str(h5["errors"].attrs.get(r["id"], ""))
+                    or (r.get("reasons") or {}).get("cached")
+                    or "no features (no face, or not usable for the cached path)"
+                )
         usable = [r for r in records if r["id"] in have]
-        bar = tqdm(total=len(usable), desc="shards_cached", unit="clip", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(usable), desc="shards_cached", unit="clip", disable=not progress, dynamic_ncols=True
+        )
 
         def samples(split: str):
             for record in (r for r in usable if r["split"] == split):
@@ -136,8 +165,10 @@ def run_shards_cached(manifest_path: str | Path, features_path: str | Path, out_
                     for name in FEATURE_FIELDS:
                         stats[name].update(clip[name])  # [T, D]
                 bar.update(1)
-                yield record["id"], {"w2v2.npy": clip["w2v2"], "effb2.npy": clip["effb2"],
-                                     "json": sample_json(record, clip)}
+                yield (
+                    record["id"],
+                    {"w2v2.npy": clip["w2v2"], "effb2.npy": clip["effb2"], "json": sample_json(record, clip)},
+                )
 
         sizes: dict[str, int] = {}
         for split in SPLITS:
@@ -145,8 +176,10 @@ def run_shards_cached(manifest_path: str | Path, features_path: str | Path, out_
         bar.close()
         protocols = sorted({r.get("protocol") or "" for r in records})
         write_sizes_and_meta(tmp, sizes, build_meta(features_config, config, protocols, skipped))
-        dims = {"w2v2": int(features_config["extractors"]["audio"]["dim"]),
-                "effb2": int(features_config["extractors"]["video"]["dim"])}
+        dims = {
+            "w2v2": int(features_config["extractors"]["audio"]["dim"]),
+            "effb2": int(features_config["extractors"]["video"]["dim"]),
+        }
         stats_json = {name: stats[name].result(dims[name]) for name in FEATURE_FIELDS}
         atomic_write_bytes(tmp / "stats.json", (json.dumps(stats_json, sort_keys=True) + "\n").encode())
     return sizes, skipped
@@ -154,17 +187,23 @@ def run_shards_cached(manifest_path: str | Path, features_path: str | Path, out_
 
 def print_shard_summary(sizes: dict[str, int], skipped: dict[str, str]) -> None:
     per_split = {s: sum(n for name, n in sizes.items() if name.startswith(f"{s}-")) for s in SPLITS}
-    typer.echo(f"shards_cached: {len(sizes)} tar(s); samples " + ", ".join(f"{s} {n}" for s, n in per_split.items()))
+    typer.echo(
+        f"shards_cached: {len(sizes)} tar(s); samples " + ", ".join(f"{s} {n}" for s, n in per_split.items())
+    )
     for clip_id, why in sorted(skipped.items()):
         typer.echo(f"  skipped {clip_id}: {why}", err=True)
     if not per_split["train"]:
-        typer.echo("  warning: no train clip has features: stats.json holds mean 0 / std 1 (count 0)", err=True)
+        typer.echo(
+            "  warning: no train clip has features: stats.json holds mean 0 / std 1 (count 0)", err=True
+        )
 
 
 def cli(
     manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl.")],
     features: Annotated[Path, typer.Option(help="OUT/work/features.h5 from the features stage.")],
-    out: Annotated[Path, typer.Option("--out", help="The shard folder to (re)write, e.g. OUT/shards/cached.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="The shard folder to (re)write, e.g. OUT/shards/cached.")
+    ],
     maxcount: int = typer.Option(1000, help="Samples per tar."),
 ) -> None:
     """Pack the frozen features into deterministic WebDataset tars per split, with sizes.json, meta.json

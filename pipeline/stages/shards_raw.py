@@ -32,9 +32,14 @@ class ShardsConfig:
             raise ValueError(f"shards_raw.maxcount={self.maxcount!r}: must be at least 1")
 
 
-def _samples(records: list[dict], frames_file, spec_file, skipped: dict[str, str]) -> Iterator[tuple[str, dict]]:
+def _samples(
+    records: list[dict], frames_file, spec_file, skipped: dict[str, str]
+) -> Iterator[tuple[str, dict]]:
     """(key, fields) in id order; a clip missing from an intermediate is skipped and noted."""
-    errors = {**dict(spec_file["errors"].attrs), **dict(frames_file["errors"].attrs)}  # read once, not per clip
+    errors = {
+        **dict(spec_file["errors"].attrs),
+        **dict(frames_file["errors"].attrs),
+    }  # read once, not per clip
     frames, specs = frames_file.get("frames", {}), spec_file.get("spec", {})
     for r in records:
         clip_id = r["id"]
@@ -44,15 +49,31 @@ def _samples(records: list[dict], frames_file, spec_file, skipped: dict[str, str
         if clip_id not in frames or clip_id not in specs:
             skipped[clip_id] = "missing from an intermediate: rerun the frames and spectrograms stages"
             continue
-        meta = {"id": clip_id, "label": r["label"], "label_name": r["label_name"], "actor": r["actor"],
-                "split": r["split"], "corpus": r["corpus"]}
-        yield clip_id, {"spec.npy": specs[clip_id][()],  # float32 [F, T]
-                        "frames.npy": frames[clip_id][()],  # uint8 [3, H, W, 3]
-                        "json": meta}
+        meta = {
+            "id": clip_id,
+            "label": r["label"],
+            "label_name": r["label_name"],
+            "actor": r["actor"],
+            "split": r["split"],
+            "corpus": r["corpus"],
+        }
+        yield (
+            clip_id,
+            {
+                "spec.npy": specs[clip_id][()],  # float32 [F, T]
+                "frames.npy": frames[clip_id][()],  # uint8 [3, H, W, 3]
+                "json": meta,
+            },
+        )
 
 
-def run_shards_raw(manifest_path: str | Path, frames_path: str | Path, spec_path: str | Path, out_dir: str | Path,
-                   config: ShardsConfig) -> tuple[dict[str, int], dict[str, str]]:
+def run_shards_raw(
+    manifest_path: str | Path,
+    frames_path: str | Path,
+    spec_path: str | Path,
+    out_dir: str | Path,
+    config: ShardsConfig,
+) -> tuple[dict[str, int], dict[str, str]]:
     """Write the raw shards; returns ({tar name: count}, {skipped clip id: why})."""
     import h5py
 
@@ -62,13 +83,17 @@ def run_shards_raw(manifest_path: str | Path, frames_path: str | Path, spec_path
     records.sort(key=lambda r: r["id"])
     protocols = sorted({r["protocol"] for r in records})
     skipped: dict[str, str] = {}
-    with h5py.File(frames_path, "r") as frames_file, h5py.File(spec_path, "r") as spec_file, \
-            atomic_folder(out_dir) as tmp:
+    with (
+        h5py.File(frames_path, "r") as frames_file,
+        h5py.File(spec_path, "r") as spec_file,
+        atomic_folder(out_dir) as tmp,
+    ):
         sizes: dict[str, int] = {}
         for split in SPLITS:
             split_records = [r for r in records if r["split"] == split]
-            sizes |= write_shards(_samples(split_records, frames_file, spec_file, skipped), tmp, split,
-                                  maxcount=config.maxcount)
+            sizes |= write_shards(
+                _samples(split_records, frames_file, spec_file, skipped), tmp, split, maxcount=config.maxcount
+            )
         spec_shape = _spec_shape(spec_config)
         size = frames_config["size"]
         meta = {
@@ -76,10 +101,16 @@ def run_shards_raw(manifest_path: str | Path, frames_path: str | Path, spec_path
             "corpus": "cremad",
             "num_classes": len(EMOTIONS),
             "label_names": list(EMOTIONS),
-            "fields": {"spec.npy": {"dtype": "float32", "shape": list(spec_shape)},
-                       "frames.npy": {"dtype": "uint8", "shape": [frames_config["count"], size, size, 3]}},
-            "config": {"protocol": protocols[0] if len(protocols) == 1 else protocols, "frames": frames_config,
-                       "spectrograms": spec_config, "shards": asdict(config)},
+            "fields": {
+                "spec.npy": {"dtype": "float32", "shape": list(spec_shape)},
+                "frames.npy": {"dtype": "uint8", "shape": [frames_config["count"], size, size, 3]},
+            },
+            "config": {
+                "protocol": protocols[0] if len(protocols) == 1 else protocols,
+                "frames": frames_config,
+                "spectrograms": spec_config,
+                "shards": asdict(config),
+            },
             "skipped": skipped,
         }
         write_sizes_and_meta(tmp, sizes, meta)

@@ -73,7 +73,6 @@ def loop_into(samples: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-
 def hann_window(length: int) -> np.ndarray:
     """Periodic Hann window (as torch.hann_window and librosa use for STFTs): float32 [length]."""
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)).astype(np.float32)
@@ -83,6 +82,7 @@ def hann_window(length: int) -> np.ndarray:
 def mel_filterbank(n_freqs: int, sample_rate: int, n_mels: int) -> np.ndarray:
     """Triangular filters on the HTK mel scale from 0 Hz to Nyquist, no area normalisation (the
     defaults of torchaudio's melscale_fbanks, which a test compares against): float32 [n_freqs, n_mels]."""
+
     def hz_to_mel(hz):
         return 2595.0 * np.log10(1.0 + hz / 700.0)
 
@@ -120,7 +120,9 @@ def spectrogram_of_padded(padded: np.ndarray, config: dict) -> np.ndarray:
     if config["kind"] == "stft":
         spec = magnitude  # [B, T, F]
     else:
-        fbank = mel_filterbank(n_fft // 2 + 1, config["sample_rate"], config["n_mels"])  # [n_fft//2+1, n_mels]
+        fbank = mel_filterbank(
+            n_fft // 2 + 1, config["sample_rate"], config["n_mels"]
+        )  # [n_fft//2+1, n_mels]
         spec = np.square(magnitude, out=magnitude) @ fbank  # [B, T, n_mels]
     spec += LOG_EPS
     np.log(spec, out=spec)
@@ -163,18 +165,34 @@ def compute_spectrograms(jobs: Sequence[ClipJob], config: dict) -> dict:
     return results
 
 
-def run_spectrograms(manifest_path: str | Path, root: str | Path, out_path: str | Path, config: SpectrogramConfig,
-                     *, workers: int = 1, progress: bool = True) -> dict[str, str]:
+def run_spectrograms(
+    manifest_path: str | Path,
+    root: str | Path,
+    out_path: str | Path,
+    config: SpectrogramConfig,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, str]:
     """Write the spectrogram intermediate; returns per-clip errors {clip id: message}."""
     jobs = clips_to_process(read_manifest(manifest_path), root, "wav")
-    return run_per_clip("spectrograms", jobs, compute_spectrograms, asdict(config), out_path, workers=workers,
-                        progress=progress)
+    return run_per_clip(
+        "spectrograms",
+        jobs,
+        compute_spectrograms,
+        asdict(config),
+        out_path,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def cli(
     manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl from the index stage.")],
     root: Annotated[Path, typer.Option("--root", help="Corpus root the manifest's paths are relative to.")],
-    out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/spectrograms.h5.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/spectrograms.h5.")
+    ],
     kind: str = typer.Option("mel", help="mel (log-Mel) | stft (log-magnitude STFT, F = 257)."),
     sample_rate: int = typer.Option(22050, help="Resample the WAV to this rate (Hz)."),
     seconds: float = typer.Option(3.0, help="Loop or cut every clip to this length."),

@@ -37,11 +37,7 @@ MANIFEST_DIR = Path(__file__).resolve().parents[2] / "manifests" / "cremad"
 CLIP_LISTS = ("vavl", "all")
 DEFAULT_CLIPS = 240
 WAV_HEADER_BYTES = 44
-LFS_POINTER = (
-    "version https://git-lfs.github.com/spec/v1\n"
-    "oid sha256:{oid}\n"
-    "size {size}\n"
-)
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 
 
 @dataclass(frozen=True)
@@ -89,10 +85,16 @@ class SynthConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers!r}")
-        if self.clips is not None and self.clips_per_actor is not None and self.actors is not None \
-                and self.clips != self.actors * self.clips_per_actor:
-            raise ValueError(f"clips={self.clips} disagrees with actors x clips_per_actor = "
-                             f"{self.actors} x {self.clips_per_actor}")
+        if (
+            self.clips is not None
+            and self.clips_per_actor is not None
+            and self.actors is not None
+            and self.clips != self.actors * self.clips_per_actor
+        ):
+            raise ValueError(
+                f"clips={self.clips} disagrees with actors x clips_per_actor = "
+                f"{self.actors} x {self.clips_per_actor}"
+            )
 
 
 @dataclass
@@ -111,9 +113,11 @@ class SynthSummary:
     def describe(self) -> str:
         emotions = ", ".join(f"{e} {n}" for e, n in self.per_emotion.items())
         lines = [
-            (f"wrote {len(self.clip_ids)} clips ({self.audio_seconds / 60:.1f} min of audio) from "
-             f"{len(self.per_actor)} actors to {self.out_dir} in {self.seconds:.1f} s "
-             f"({len(self.clip_ids) / max(self.clip_seconds, 1e-9):.2f} clips/s)"),
+            (
+                f"wrote {len(self.clip_ids)} clips ({self.audio_seconds / 60:.1f} min of audio) from "
+                f"{len(self.per_actor)} actors to {self.out_dir} in {self.seconds:.1f} s "
+                f"({len(self.clip_ids) / max(self.clip_seconds, 1e-9):.2f} clips/s)"
+            ),
             f"  per emotion: {emotions}",
             f"  clips per actor: {min(self.per_actor.values())}-{max(self.per_actor.values())}",
         ]
@@ -123,6 +127,7 @@ class SynthSummary:
 
 
 # --- the real corpus's clip list -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClipId:
@@ -172,7 +177,13 @@ def load_actor_splits() -> dict[int, str]:
 
 # Real clips with known problems (manifests/cremad/known_bad.tsv, reference README) and the clips that carry
 # the synthetic defects: never used as good clips, so adding defects leaves the good clips unchanged.
-REAL_DEFECT_IDS = ("1076_MTI_NEU_XX", "1076_MTI_SAD_XX", "1064_TIE_SAD_XX", "1064_IEO_DIS_MD", "1040_ITH_SAD_XX")
+REAL_DEFECT_IDS = (
+    "1076_MTI_NEU_XX",
+    "1076_MTI_SAD_XX",
+    "1064_TIE_SAD_XX",
+    "1064_IEO_DIS_MD",
+    "1040_ITH_SAD_XX",
+)
 SYNTHETIC_DEFECTS = (  # (defect, expected reason, other acceptable reasons)
     ("lfs-pointer-wav", "lfs-pointer", ()),
     ("lfs-pointer-flv", "lfs-pointer", ()),
@@ -237,7 +248,9 @@ def choose_clips(config: SynthConfig) -> list[ClipId]:
         if config.actors is None:
             n_actors = min(n_actors, n_clips)  # a small corpus: one clip per actor, actors drawn at random
     if n_clips > len(pool):
-        raise ValueError(f"clips={n_clips} is more than the {len(pool)} clips in the {config.clip_list!r} list")
+        raise ValueError(
+            f"clips={n_clips} is more than the {len(pool)} clips in the {config.clip_list!r} list"
+        )
     actors = choose_actors(actors_available, n_actors, rng)
     queues = []
     for rank, actor in enumerate(actors):
@@ -257,12 +270,15 @@ def choose_clips(config: SynthConfig) -> list[ClipId]:
             if round_ < len(queue) and len(chosen) < n_clips:
                 chosen.append(queue[round_])
     if len(chosen) < n_clips:
-        raise ValueError(f"clips={n_clips} cannot be drawn from {len(actors)} actors "
-                         f"(only {len(chosen)} with at most {per_actor} clips per actor)")
+        raise ValueError(
+            f"clips={n_clips} cannot be drawn from {len(actors)} actors "
+            f"(only {len(chosen)} with at most {per_actor} clips per actor)"
+        )
     return sorted(chosen, key=lambda c: c.id)
 
 
 # --- one clip ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClipPlan:
@@ -304,25 +320,41 @@ def plan_clip(clip: ClipId, config: SynthConfig, sex: dict[int, str]) -> ClipPla
         others = [e for e in EMOTIONS if e != clip.emotion]
         pick = others[int(rng.integers(len(others)))]
         shown.append(pick if flip else clip.emotion)
-    return ClipPlan(clip, shown[0], shown[1], actor_voice(config.seed, clip.actor, sex.get(clip.actor, "Male")),
-                    actor_look(config.seed, clip.actor), config.audio_cue, config.video_cue, config.width,
-                    config.height, config.fps, config.seed)
+    return ClipPlan(
+        clip,
+        shown[0],
+        shown[1],
+        actor_voice(config.seed, clip.actor, sex.get(clip.actor, "Male")),
+        actor_look(config.seed, clip.actor),
+        config.audio_cue,
+        config.video_cue,
+        config.width,
+        config.height,
+        config.fps,
+        config.seed,
+    )
 
 
 def render_clip(plan: ClipPlan) -> tuple[np.ndarray, np.ndarray]:
     """(audio float32 [N] at 16 kHz, frames uint8 [T, H, W, 3]) of one clip."""
     clip = plan.clip
     intensity = voice.LEVEL_INTENSITY.get(clip.level, 1.0)
-    audio, env = voice.synthesize(clip.n_samples, clip.sentence, plan.voice,
-                                  voice.blend_prosody(plan.audio_emotion, plan.audio_cue), intensity,
-                                  clip_rng(plan.seed, clip.id, 2))
+    audio, env = voice.synthesize(
+        clip.n_samples,
+        clip.sentence,
+        plan.voice,
+        voice.blend_prosody(plan.audio_emotion, plan.audio_cue),
+        intensity,
+        clip_rng(plan.seed, clip.id, 2),
+    )
     n_frames = max(round(clip.n_samples / voice.SAMPLE_RATE * plan.fps), 1)
     # Loudness per frame: the envelope sampled at frame centres, [T].
     centres = ((np.arange(n_frames) + 0.5) * voice.SAMPLE_RATE / plan.fps).astype(np.int64)
     loudness = env[np.minimum(centres, len(env) - 1)]
     expr = face_mod.blend_expression(plan.video_emotion, plan.video_cue * min(intensity, 1.25))
-    frames = face_mod.render_frames(plan.look, expr, loudness, plan.width, plan.height,
-                                    clip_rng(plan.seed, clip.id, 3))
+    frames = face_mod.render_frames(
+        plan.look, expr, loudness, plan.width, plan.height, clip_rng(plan.seed, clip.id, 3)
+    )
     return audio, frames
 
 
@@ -363,6 +395,7 @@ def write_demographics(out_dir: Path, seed: int, sex: dict[int, str]) -> None:
 
 # --- defects -----------------------------------------------------------------------------------------
 
+
 def _lfs_stub(data_id: str, size: int) -> bytes:
     oid = f"{zlib.crc32(data_id.encode()):064x}"
     return LFS_POINTER.format(oid=oid, size=size).encode()
@@ -376,7 +409,7 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     a test should chmod a copy itself (file modes do not survive every copy or checkout)."""
     reserved = list(reserved_ids(load_clip_list(config.clip_list)).values())
     real = {c.id: c for c in reserved[: len(REAL_DEFECT_IDS)]}
-    synthetic = dict(zip((d[0] for d in SYNTHETIC_DEFECTS), reserved[len(REAL_DEFECT_IDS):]))
+    synthetic = dict(zip((d[0] for d in SYNTHETIC_DEFECTS), reserved[len(REAL_DEFECT_IDS) :]))
     records: list[dict] = []
     wav_dir, flv_dir = out_dir / "AudioWAV", out_dir / "VideoFlash"
 
@@ -384,8 +417,15 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
         return render_clip(plan_clip(clip, config, sex))
 
     def record(clip_id: str, file: str, defect: str, expected: str, also: tuple = ()) -> None:
-        records.append({"id": clip_id, "file": file, "defect": defect, "expected_reason": expected,
-                        "acceptable_reasons": [expected, *also]})
+        records.append(
+            {
+                "id": clip_id,
+                "file": file,
+                "defect": defect,
+                "expected_reason": expected,
+                "acceptable_reasons": [expected, *also],
+            }
+        )
 
     def good_pair(clip: ClipId, wav: bool = True, flv: bool = True) -> tuple[np.ndarray, np.ndarray]:
         audio, frames = plan_and_render(clip)
@@ -404,17 +444,32 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     c = real["1076_MTI_SAD_XX"]  # error picture, no audio anywhere
     n_frames = round(c.n_samples / voice.SAMPLE_RATE * config.fps)
     media.write_wav(wav_dir / f"{c.id}.wav", np.zeros(c.n_samples, np.float32))
-    media.write_flv(flv_dir / f"{c.id}.flv", face_mod.error_picture(config.width, config.height, n_frames), None,
-                    config.fps)
-    record(c.id, f"VideoFlash/{c.id}.flv", "error-picture-no-audio-silent-wav", "no-audio-stream",
-           ("silent-audio", "no-face"))
+    media.write_flv(
+        flv_dir / f"{c.id}.flv",
+        face_mod.error_picture(config.width, config.height, n_frames),
+        None,
+        config.fps,
+    )
+    record(
+        c.id,
+        f"VideoFlash/{c.id}.flv",
+        "error-picture-no-audio-silent-wav",
+        "no-audio-stream",
+        ("silent-audio", "no-face"),
+    )
 
     c = real["1064_TIE_SAD_XX"]  # FLV with no duration: none in the header, no data rates, every timestamp 0
     audio, frames = good_pair(c, flv=False)
     flv = flv_dir / f"{c.id}.flv"
     media.write_flv(flv, frames, audio, config.fps, write_duration=False)
     media.write_bytes(flv, media.strip_flv_duration(flv.read_bytes()))
-    record(c.id, f"VideoFlash/{c.id}.flv", "zero-duration-flv", "zero-duration", ("decode-error", "duration-mismatch"))
+    record(
+        c.id,
+        f"VideoFlash/{c.id}.flv",
+        "zero-duration-flv",
+        "zero-duration",
+        ("decode-error", "duration-mismatch"),
+    )
 
     c = real["1064_IEO_DIS_MD"]  # FLV ~1 minute long while the WAV is ~4 s
     audio, frames = good_pair(c, flv=False)
@@ -490,8 +545,12 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     c = s["no-face"]  # good sound, but an error picture for the whole clip: usable for raw, not for cached
     audio, _ = good_pair(c, flv=False)
     n_frames = round(c.n_samples / voice.SAMPLE_RATE * config.fps)
-    media.write_flv(flv_dir / f"{c.id}.flv", face_mod.error_picture(config.width, config.height, n_frames), audio,
-                    config.fps)
+    media.write_flv(
+        flv_dir / f"{c.id}.flv",
+        face_mod.error_picture(config.width, config.height, n_frames),
+        audio,
+        config.fps,
+    )
     record(c.id, f"VideoFlash/{c.id}.flv", "no-face-error-picture", "no-face")
 
     c = s["duplicate-id"]  # a second copy of the WAV in a sub-folder
@@ -508,6 +567,7 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
 
 
 # --- the whole corpus --------------------------------------------------------------------------------
+
 
 def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
     """Generate a synthetic CREMA-D corpus in `out_dir` (created if needed) and return what was made.
@@ -549,47 +609,82 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
     )
 
 
-
 # --- command line ------------------------------------------------------------------------------------
 
+
 def cli(
-    out: Annotated[Path, typer.Argument(help="Folder to write the corpus into (created if needed).",
-                                        show_default=False)],
-    clips: Annotated[int | None, typer.Option(
-        help=f"Number of good clips (default: {DEFAULT_CLIPS}, or actors x clips-per-actor).")] = None,
-    actors: Annotated[int | None, typer.Option(
-        help="Number of actors the clips spread over (drawn from every VAVL split; default: all 91, or one "
-             "per clip for a small corpus).")] = None,
-    clips_per_actor: Annotated[int | None, typer.Option(
-        help="Clips per actor (with --actors: clips = actors x clips-per-actor).")] = None,
-    clip_list: Annotated[str, typer.Option(
-        help="Which real ids to draw from: 'vavl' (the 5820 clips of the VAVL partitions) or 'all' (all "
-             "7442).")] = "vavl",
-    audio_cue: Annotated[float, typer.Option(
-        help="Strength of the emotion in the voice's prosody (pitch level and range, tempo, energy, spectral "
-             "tilt): 0 = none, 1 = built-in profiles, >1 = exaggerated.")] = SynthConfig.audio_cue,
-    video_cue: Annotated[float, typer.Option(
-        help="Strength of the emotion in the face (brows, eyes, mouth shape, skin tint): 0 = none, 1 = "
-             "built-in profiles.")] = SynthConfig.video_cue,
-    audio_noise: Annotated[float, typer.Option(
-        help="Fraction of clips whose voice shows a random other emotion (label noise of the "
-             "audio).")] = SynthConfig.audio_noise,
-    video_noise: Annotated[float, typer.Option(
-        help="Fraction of clips whose face shows a random other emotion (label noise of the "
-             "video).")] = SynthConfig.video_noise,
-    size: Annotated[str, typer.Option(
-        help="Video frame size WIDTHxHEIGHT (480x360 as reported for the real corpus; smaller is "
-             "faster).")] = "480x360",
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write the corpus into (created if needed).", show_default=False)
+    ],
+    clips: Annotated[
+        int | None,
+        typer.Option(help=f"Number of good clips (default: {DEFAULT_CLIPS}, or actors x clips-per-actor)."),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            help="Number of actors the clips spread over (drawn from every VAVL split; default: all 91, or one "
+            "per clip for a small corpus)."
+        ),
+    ] = None,
+    clips_per_actor: Annotated[
+        int | None, typer.Option(help="Clips per actor (with --actors: clips = actors x clips-per-actor).")
+    ] = None,
+    clip_list: Annotated[
+        str,
+        typer.Option(
+            help="Which real ids to draw from: 'vavl' (the 5820 clips of the VAVL partitions) or 'all' (all "
+            "7442)."
+        ),
+    ] = "vavl",
+    audio_cue: Annotated[
+        float,
+        typer.Option(
+            help="Strength of the emotion in the voice's prosody (pitch level and range, tempo, energy, spectral "
+            "tilt): 0 = none, 1 = built-in profiles, >1 = exaggerated."
+        ),
+    ] = SynthConfig.audio_cue,
+    video_cue: Annotated[
+        float,
+        typer.Option(
+            help="Strength of the emotion in the face (brows, eyes, mouth shape, skin tint): 0 = none, 1 = "
+            "built-in profiles."
+        ),
+    ] = SynthConfig.video_cue,
+    audio_noise: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of clips whose voice shows a random other emotion (label noise of the audio)."
+        ),
+    ] = SynthConfig.audio_noise,
+    video_noise: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of clips whose face shows a random other emotion (label noise of the video)."
+        ),
+    ] = SynthConfig.video_noise,
+    size: Annotated[
+        str,
+        typer.Option(
+            help="Video frame size WIDTHxHEIGHT (480x360 as reported for the real corpus; smaller is faster)."
+        ),
+    ] = "480x360",
     fps: Annotated[int, typer.Option(help="Video frame rate.")] = 30,
-    seed: Annotated[int, typer.Option(
-        help="Random seed: the same seed and options give byte-identical files.")] = SynthConfig.seed,
-    workers: Annotated[int, typer.Option(
-        help="Processes to generate with (the output does not depend on it).")] = 1,
-    with_defects: Annotated[bool, typer.Option(
-        "--with-defects",
-        help="Also write the real corpus's known-bad clips and a set of broken inputs (LFS stubs, empty, "
-             "truncated, stream-less and mis-formatted files, ...), each listed with the reason the validator "
-             "must give it in OUT/synth_defects.json.")] = False,
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same seed and options give byte-identical files.")
+    ] = SynthConfig.seed,
+    workers: Annotated[
+        int, typer.Option(help="Processes to generate with (the output does not depend on it).")
+    ] = 1,
+    with_defects: Annotated[
+        bool,
+        typer.Option(
+            "--with-defects",
+            help="Also write the real corpus's known-bad clips and a set of broken inputs (LFS stubs, empty, "
+            "truncated, stream-less and mis-formatted files, ...), each listed with the reason the validator "
+            "must give it in OUT/synth_defects.json.",
+        ),
+    ] = False,
 ) -> None:
     """Generate a synthetic CREMA-D corpus in OUT, in the exact layout of a real copy.
 
@@ -603,10 +698,22 @@ def cli(
     except ValueError:
         raise typer.BadParameter(f"expected WIDTHxHEIGHT such as 480x360, got {size!r}", param_hint="--size")
     try:
-        config = SynthConfig(clips=clips, actors=actors, clips_per_actor=clips_per_actor, clip_list=clip_list,
-                             audio_cue=audio_cue, video_cue=video_cue, audio_noise=audio_noise,
-                             video_noise=video_noise, width=width, height=height, fps=fps, seed=seed,
-                             workers=workers, with_defects=with_defects)
+        config = SynthConfig(
+            clips=clips,
+            actors=actors,
+            clips_per_actor=clips_per_actor,
+            clip_list=clip_list,
+            audio_cue=audio_cue,
+            video_cue=video_cue,
+            audio_noise=audio_noise,
+            video_noise=video_noise,
+            width=width,
+            height=height,
+            fps=fps,
+            seed=seed,
+            workers=workers,
+            with_defects=with_defects,
+        )
         choose_clips(config)  # fails early on sizes the clip list cannot satisfy
     except ValueError as err:
         typer.echo(f"mlbpipe synth cremad: invalid option: {err}", err=True)

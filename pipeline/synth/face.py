@@ -38,18 +38,60 @@ class Expression:
 
 
 EXPRESSIONS = {
-    "ANG": Expression(brow_raise=-4, brow_tilt=-5, eye_open=0.75, mouth_width=0.90, mouth_curve=-3,
-                      mouth_open=7, tint=(1.18, 0.92, 0.90)),
-    "DIS": Expression(brow_raise=-3, brow_tilt=-2, eye_open=0.6, mouth_width=0.85, mouth_curve=-6,
-                      mouth_open=4, tint=(1.00, 1.08, 0.86)),
-    "FEA": Expression(brow_raise=6, brow_tilt=4, eye_open=1.45, mouth_width=1.05, mouth_curve=-2,
-                      mouth_open=9, tint=(0.92, 0.94, 1.10)),
-    "HAP": Expression(brow_raise=1, brow_tilt=0, eye_open=1.0, mouth_width=1.15, mouth_curve=6,
-                      mouth_open=6, tint=(1.08, 1.02, 0.94)),
-    "NEU": Expression(brow_raise=0, brow_tilt=0, eye_open=1.0, mouth_width=1.0, mouth_curve=0,
-                      mouth_open=5, tint=(1.0, 1.0, 1.0)),
-    "SAD": Expression(brow_raise=2, brow_tilt=5, eye_open=0.8, mouth_width=0.95, mouth_curve=-5,
-                      mouth_open=3, tint=(0.90, 0.95, 1.08)),
+    "ANG": Expression(
+        brow_raise=-4,
+        brow_tilt=-5,
+        eye_open=0.75,
+        mouth_width=0.90,
+        mouth_curve=-3,
+        mouth_open=7,
+        tint=(1.18, 0.92, 0.90),
+    ),
+    "DIS": Expression(
+        brow_raise=-3,
+        brow_tilt=-2,
+        eye_open=0.6,
+        mouth_width=0.85,
+        mouth_curve=-6,
+        mouth_open=4,
+        tint=(1.00, 1.08, 0.86),
+    ),
+    "FEA": Expression(
+        brow_raise=6,
+        brow_tilt=4,
+        eye_open=1.45,
+        mouth_width=1.05,
+        mouth_curve=-2,
+        mouth_open=9,
+        tint=(0.92, 0.94, 1.10),
+    ),
+    "HAP": Expression(
+        brow_raise=1,
+        brow_tilt=0,
+        eye_open=1.0,
+        mouth_width=1.15,
+        mouth_curve=6,
+        mouth_open=6,
+        tint=(1.08, 1.02, 0.94),
+    ),
+    "NEU": Expression(
+        brow_raise=0,
+        brow_tilt=0,
+        eye_open=1.0,
+        mouth_width=1.0,
+        mouth_curve=0,
+        mouth_open=5,
+        tint=(1.0, 1.0, 1.0),
+    ),
+    "SAD": Expression(
+        brow_raise=2,
+        brow_tilt=5,
+        eye_open=0.8,
+        mouth_width=0.95,
+        mouth_curve=-5,
+        mouth_open=3,
+        tint=(0.90, 0.95, 1.08),
+    ),
 }
 
 
@@ -70,8 +112,11 @@ def random_look(rng: np.random.Generator) -> Look:
     return Look(
         center=(float(rng.uniform(0.4, 0.6)), float(rng.uniform(0.45, 0.55))),
         scale=float(rng.uniform(0.6, 0.85)),
-        skin=(float(tone * rng.uniform(0.95, 1.05)), float(tone * rng.uniform(0.9, 1.0)),
-              float(tone * rng.uniform(0.85, 1.0))),
+        skin=(
+            float(tone * rng.uniform(0.95, 1.05)),
+            float(tone * rng.uniform(0.9, 1.0)),
+            float(tone * rng.uniform(0.85, 1.0)),
+        ),
         background=tuple(int(v) for v in rng.integers(30, 225, 3)),
         flip=bool(rng.integers(0, 2)),
     )
@@ -81,8 +126,11 @@ def blend_expression(emotion: str, strength: float) -> Expression:
     """Neutral expression moved towards `emotion`'s by `strength` (0: neutral, 1: as in EXPRESSIONS)."""
     neu, emo = EXPRESSIONS["NEU"], EXPRESSIONS[emotion]
     tint = tuple(a + strength * (b - a) for a, b in zip(neu.tint, emo.tint))
-    scalars = {f: getattr(neu, f) + strength * (getattr(emo, f) - getattr(neu, f))
-               for f in Expression.__dataclass_fields__ if f != "tint"}
+    scalars = {
+        f: getattr(neu, f) + strength * (getattr(emo, f) - getattr(neu, f))
+        for f in Expression.__dataclass_fields__
+        if f != "tint"
+    }
     return Expression(**scalars, tint=tint)
 
 
@@ -94,8 +142,16 @@ def _template() -> tuple[np.ndarray, np.ndarray]:
     face = astronaut()[_CROP_ROWS, _CROP_COLS].astype(np.float32)
     h, w = face.shape[:2]
     mask = np.zeros((h, w), np.float32)
-    cv2.ellipse(mask, (int(_HEAD_CENTER[0]), int(_HEAD_CENTER[1])), (int(_HEAD_AXES[0]), int(_HEAD_AXES[1])),
-                0, 0, 360, 1.0, -1)
+    cv2.ellipse(
+        mask,
+        (int(_HEAD_CENTER[0]), int(_HEAD_CENTER[1])),
+        (int(_HEAD_AXES[0]), int(_HEAD_AXES[1])),
+        0,
+        0,
+        360,
+        1.0,
+        -1,
+    )
     mask = cv2.GaussianBlur(mask, (0, 0), 6)
     return face, mask
 
@@ -110,7 +166,7 @@ def _draw_expression(face: np.ndarray, expr: Expression) -> np.ndarray:
     face = face.copy()
     skin = _skin_colour(face)
     # Eyes: lower the lids (skin over the upper eye) or widen (white above the iris).
-    for (x, y) in _EYES:
+    for x, y in _EYES:
         if expr.eye_open < 1:
             lid = round(7 * (1 - expr.eye_open))
             cv2.ellipse(face, (int(x), int(y) - 5), (10, 2 + lid), 0, 0, 360, skin.tolist(), -1)
@@ -148,8 +204,9 @@ def _mouth_polygons(expr: Expression, opening: float) -> tuple[np.ndarray, np.nd
 _SUBPIXEL = 4  # cv2 fixed-point bits: polygons are drawn with 1/16-pixel precision
 
 
-def render_frames(look: Look, expr: Expression, loudness: np.ndarray, width: int, height: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def render_frames(
+    look: Look, expr: Expression, loudness: np.ndarray, width: int, height: int, rng: np.random.Generator
+) -> np.ndarray:
     """Frames of one talking face, uint8 [T, height, width, 3] RGB; `loudness` [T] in [0, 1] per frame.
 
     The still head is composed once; per frame the picture moves a little (sway, nod with loudness) and
@@ -207,6 +264,14 @@ def error_picture(width: int, height: int, n_frames: int) -> np.ndarray:
     """A still 'media unavailable' card with no face, uint8 [n_frames, height, width, 3]."""
     card = np.full((height, width, 3), 20, np.uint8)
     cv2.rectangle(card, (width // 8, height // 3), (7 * width // 8, 2 * height // 3), (200, 30, 30), -1)
-    cv2.putText(card, "ERROR", (width // 8 + 8, height // 2 + 10), cv2.FONT_HERSHEY_SIMPLEX,
-                max(width / 320, 0.4), (255, 255, 255), 2, cv2.LINE_AA)
+    cv2.putText(
+        card,
+        "ERROR",
+        (width // 8 + 8, height // 2 + 10),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        max(width / 320, 0.4),
+        (255, 255, 255),
+        2,
+        cv2.LINE_AA,
+    )
     return np.repeat(card[None], n_frames, axis=0)

@@ -37,8 +37,15 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000, subtype
     os.replace(tmp, path)
 
 
-def write_flv(path: Path, frames: np.ndarray | None, audio: np.ndarray | None, fps: int = 30,
-              audio_rate: int = 16000, n_frames: int | None = None, write_duration: bool = True) -> None:
+def write_flv(
+    path: Path,
+    frames: np.ndarray | None,
+    audio: np.ndarray | None,
+    fps: int = 30,
+    audio_rate: int = 16000,
+    n_frames: int | None = None,
+    write_duration: bool = True,
+) -> None:
     """Write an FLV atomically: video from `frames` uint8 [T, H, W, 3] RGB (None: no video stream) and MP3
     audio from `audio` float32 [N] mono at `audio_rate` (None: no audio stream). `n_frames` > T loops the
     frames (a long video without holding it in memory). `write_duration=False` leaves duration and file
@@ -56,8 +63,12 @@ def write_flv(path: Path, frames: np.ndarray | None, audio: np.ndarray | None, f
             video.bit_rate = VIDEO_BIT_RATE
             video.thread_count = 1
         if audio is not None:
-            audio_stream = container.add_stream("libmp3lame", rate=FLV_AUDIO_RATE, layout="mono",
-                                                options={**bitexact, "compression_level": "7"})  # LAME -q 7: 2x faster
+            audio_stream = container.add_stream(
+                "libmp3lame",
+                rate=FLV_AUDIO_RATE,
+                layout="mono",
+                options={**bitexact, "compression_level": "7"},
+            )  # LAME -q 7: 2x faster
             audio_stream.bit_rate = MP3_BIT_RATE
         if video is not None:
             for i in range(len(frames) if n_frames is None else n_frames):
@@ -65,8 +76,9 @@ def write_flv(path: Path, frames: np.ndarray | None, audio: np.ndarray | None, f
                 container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(video.encode(None))
         if audio_stream is not None and len(audio):
-            source = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, np.float32)[None, :], format="flt",
-                                                layout="mono")  # [1, N]
+            source = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio, np.float32)[None, :], format="flt", layout="mono"
+            )  # [1, N]
             source.sample_rate = audio_rate
             resampler = av.AudioResampler(format="fltp", layout="mono", rate=FLV_AUDIO_RATE)
             for chunk in resampler.resample(source) + resampler.resample(None):
@@ -84,10 +96,12 @@ def strip_flv_duration(data: bytes) -> bytes:
         at = out.find(key + b"\x00")
         if at >= 0:
             start = at + len(key) + 1
-            out[start: start + 8] = bytes(8)
+            out[start : start + 8] = bytes(8)
     pos = 9 + 4  # FLV header, then PreviousTagSize0
-    while pos + 11 <= len(out):  # tag: type(1) size(3) timestamp(3) timestamp_ext(1) stream(3) data trailer(4)
-        size = int.from_bytes(out[pos + 1: pos + 4], "big")
-        out[pos + 4: pos + 8] = bytes(4)
+    while pos + 11 <= len(
+        out
+    ):  # tag: type(1) size(3) timestamp(3) timestamp_ext(1) stream(3) data trailer(4)
+        size = int.from_bytes(out[pos + 1 : pos + 4], "big")
+        out[pos + 4 : pos + 8] = bytes(4)
         pos += 11 + size + 4
     return bytes(out)

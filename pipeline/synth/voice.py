@@ -16,8 +16,18 @@ SAMPLE_RATE = 16000
 
 # Syllables per CREMA-D sentence ("It's eleven o'clock" = 5 ...): the rhythm of each sentence.
 SENTENCE_SYLLABLES = {
-    "IEO": 5, "TIE": 8, "IOM": 8, "IWW": 8, "TAI": 8, "MTI": 8,
-    "IWL": 9, "ITH": 10, "DFA": 5, "ITS": 7, "TSI": 5, "WSI": 8,
+    "IEO": 5,
+    "TIE": 8,
+    "IOM": 8,
+    "IWW": 8,
+    "TAI": 8,
+    "MTI": 8,
+    "IWL": 9,
+    "ITH": 10,
+    "DFA": 5,
+    "ITS": 7,
+    "TSI": 5,
+    "WSI": 8,
 }
 
 
@@ -61,8 +71,12 @@ class Voice:
 def blend_prosody(emotion: str, strength: float) -> Prosody:
     """Neutral prosody moved towards `emotion`'s by `strength` (0: neutral, 1: as in PROSODY, > 1: more)."""
     neu, emo = PROSODY["NEU"], PROSODY[emotion]
-    return Prosody(*(getattr(neu, f) + strength * (getattr(emo, f) - getattr(neu, f))
-                     for f in Prosody.__dataclass_fields__))
+    return Prosody(
+        *(
+            getattr(neu, f) + strength * (getattr(emo, f) - getattr(neu, f))
+            for f in Prosody.__dataclass_fields__
+        )
+    )
 
 
 def random_voice(rng: np.random.Generator, sex: str) -> Voice:
@@ -77,8 +91,18 @@ def random_voice(rng: np.random.Generator, sex: str) -> Voice:
 
 
 # Vowel formants (F1, F2, F3) in Hz of an adult male; a syllable picks one.
-_VOWELS = np.array([[730, 1090, 2440], [530, 1840, 2480], [270, 2290, 3010], [570, 840, 2410],
-                    [300, 870, 2240], [660, 1720, 2410], [490, 1350, 1690]], dtype=np.float64)
+_VOWELS = np.array(
+    [
+        [730, 1090, 2440],
+        [530, 1840, 2480],
+        [270, 2290, 3010],
+        [570, 840, 2410],
+        [300, 870, 2240],
+        [660, 1720, 2410],
+        [490, 1350, 1690],
+    ],
+    dtype=np.float64,
+)
 _BANDWIDTHS = np.array([90.0, 110.0, 170.0], dtype=np.float32)
 
 
@@ -104,14 +128,19 @@ def envelope(n_samples: int, syllables: np.ndarray) -> np.ndarray:
     return bumps.max(axis=0)
 
 
-def synthesize(n_samples: int, sentence: str, voice: Voice, prosody: Prosody, intensity: float,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def synthesize(
+    n_samples: int, sentence: str, voice: Voice, prosody: Prosody, intensity: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One utterance: (waveform float32 [n_samples] in [-1, 1], loudness envelope float32 [n_samples]).
 
     `intensity` scales how far the prosody departs from neutral (the CREMA-D level)."""
     neu = PROSODY["NEU"]
-    p = Prosody(*(getattr(neu, f) + intensity * (getattr(prosody, f) - getattr(neu, f))
-                  for f in Prosody.__dataclass_fields__))
+    p = Prosody(
+        *(
+            getattr(neu, f) + intensity * (getattr(prosody, f) - getattr(neu, f))
+            for f in Prosody.__dataclass_fields__
+        )
+    )
     syllables = syllable_plan(n_samples, sentence, max(p.tempo, 0.3), rng)
     env = envelope(n_samples, syllables)  # [N]
     t = np.arange(n_samples) / SAMPLE_RATE
@@ -122,9 +151,16 @@ def synthesize(n_samples: int, sentence: str, voice: Voice, prosody: Prosody, in
     centers = syllables.mean(axis=1) / SAMPLE_RATE
     accent_curve = np.interp(t, centers, accents)  # [N]
     declination = 1.0 - 0.08 * t / max(t[-1], 1e-3)
-    wobble = np.interp(t, np.linspace(0, t[-1], max(int(t[-1] * 25), 2)),
-                       rng.standard_normal(max(int(t[-1] * 25), 2)))
-    f0 = voice.f0 * max(p.pitch, 0.3) * declination * (1 + p.pitch_range * accent_curve) * (1 + p.jitter * wobble)
+    wobble = np.interp(
+        t, np.linspace(0, t[-1], max(int(t[-1] * 25), 2)), rng.standard_normal(max(int(t[-1] * 25), 2))
+    )
+    f0 = (
+        voice.f0
+        * max(p.pitch, 0.3)
+        * declination
+        * (1 + p.pitch_range * accent_curve)
+        * (1 + p.jitter * wobble)
+    )
     f0 = np.clip(f0, 50, 600)  # [N]
     phase = np.mod(2 * np.pi * np.cumsum(f0) / SAMPLE_RATE, 2 * np.pi).astype(np.float32)  # [N]
 
@@ -138,7 +174,7 @@ def synthesize(n_samples: int, sentence: str, voice: Voice, prosody: Prosody, in
     freq = k * f0.astype(np.float32)[None, :]  # [K, N]
     resonance = sum(1.0 / (1.0 + ((freq - formants[i]) / _BANDWIDTHS[i]) ** 2) for i in range(3))  # [K, N]
     tilt = max(p.tilt + voice.tilt_offset, 0.2)
-    amp = (k ** -tilt) * (0.15 + resonance) * (freq < SAMPLE_RATE / 2 - 500)  # [K, N]
+    amp = (k**-tilt) * (0.15 + resonance) * (freq < SAMPLE_RATE / 2 - 500)  # [K, N]
     voiced = (amp * np.sin(k * phase[None, :])).sum(axis=0, dtype=np.float64)  # [N]
     voiced /= np.abs(voiced).max() + 1e-9
 
