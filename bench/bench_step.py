@@ -1,5 +1,5 @@
 """Per-step training time of MLB and Multi-Loss relative to Joint Training, on the same model and batch,
-measured in one process (issue 5's goal: MLB <= 1.05x Multi-Loss).
+measured in one process (the goal: MLB <= 1.05x Multi-Loss).
 
 A step = forward, the method's loss, backward, the method's `before_step`, Adam step, exactly as the
 trainer runs it. Every method gets its own copy of the same initial model and the same fixed batch.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from mlb.atomic import atomic_write_text
 from mlb.balancing import build_balancer
 from mlb.models import build_model
 
@@ -258,10 +258,7 @@ def main(argv=None) -> dict:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + f".tmp{os.getpid()}")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text + "\n")
     return result
 
 

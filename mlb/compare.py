@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlb.atomic import atomic_write_text
+
 GROUP_KEYS = ("features", "method", "fusion")
 
 # The columns of the human-readable table, in order: (title, dotted key into a run's flattened metrics).
@@ -161,11 +163,8 @@ def write_tables(summaries: list[GroupSummary], out_dir: Path) -> dict[str, Path
     }
     paths = {}
     for name, (filename, text) in texts.items():
-        path = out_dir / filename
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        paths[name] = path
+        paths[name] = out_dir / filename
+        atomic_write_text(paths[name], text)
     return paths
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics as pure numpy functions (METHOD.md, "Training protocol").
+"""Evaluation metrics as pure numpy functions (the paper's training protocol).
 
 Accuracy and macro-F1 of the fused output and of each unimodal head, Expected Calibration Error with 15
 equal-width bins (Guo et al. 2017), the agreement table of the paper's Figure 4 for any number of heads,

@@ -11,7 +11,9 @@
 Runs of `audio-only` / `video-only` (one encoder trained alone) appear only in the unimodal-heads figure:
 their fused output is not trained.
 
-Every function takes plain data and a path, writes a PNG (and an SVG beside it) and returns the PNG's path.
+Every figure function takes plain data and a path, writes a PNG (and an SVG beside it) and returns the
+PNG's path; `write_report` draws them all for a runs folder and writes `report.md` linking them. Figures
+are drawn on bare `matplotlib.figure.Figure`s: importing this module leaves matplotlib's backend alone.
 """
 
 from __future__ import annotations
@@ -21,22 +23,27 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
-from mlb.compare import GroupSummary
+from mlb.atomic import atomic_write_text
+from mlb.compare import GroupSummary, aggregate, load_runs, to_markdown
 
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def _save(fig, path: Path) -> Path:
+def _subplots(ncols: int = 1, *, figsize: tuple[float, float]):
+    """`pyplot.subplots(1, ncols)` without pyplot: a bare Figure draws to files through the renderer of
+    the file format, so neither the global backend nor pyplot's list of open figures is touched."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
     return path
 
 
@@ -49,7 +56,7 @@ def figure_k_vs_r(
     from mlb.balancing import mlb_coefficients
 
     r = np.linspace(0.05, 3.0, 300)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = _subplots(figsize=(6.4, 4.2))
     for i, (alpha, beta_max) in enumerate(settings):
         # scores (s_a, s_v) = (1, r) give r_a = s_v / s_a = r; k_a is the first coefficient.
         k = [float(mlb_coefficients(torch.tensor([1.0, float(x)]), alpha, beta_max)[0]) for x in r]
@@ -79,7 +86,7 @@ def figure_accuracy(
     methods = list(dict.fromkeys(s.group["method"] for s in summaries))
     fusions = list(dict.fromkeys(s.group["fusion"] for s in summaries))
     width = 0.8 / max(1, len(fusions))
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(methods) * max(1, len(fusions)) ** 0.5 + 2), 4.2))
+    fig, ax = _subplots(figsize=(max(6.4, 1.1 * len(methods) * max(1, len(fusions)) ** 0.5 + 2), 4.2))
     for j, fusion in enumerate(fusions):
         xs, means, stds = [], [], []
         for i, method in enumerate(methods):
@@ -140,7 +147,7 @@ def figure_agreement(runs: list[dict], path: Path, fusion: str = "late-linear") 
     methods = list(table)
     groups = list(dict.fromkeys(row["group"] for rows in table.values() for row in rows))
     width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = _subplots(figsize=(7.5, 4.2))
     for j, method in enumerate(methods):
         rows = {row["group"]: row for row in table[method]}
         xs = [g + (j - (len(methods) - 1) / 2) * width for g in range(len(groups))]
@@ -163,7 +170,7 @@ def figure_ece(
     summaries: list[GroupSummary], runs: list[dict], path: Path, fusion: str = "late-linear"
 ) -> Path:
     """Paper Figure 5: ECE per method (left) and a reliability diagram of the fused output (right)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = _subplots(2, figsize=(11, 4.2))
     rows = [
         s
         for s in summaries
@@ -224,7 +231,7 @@ def figure_heads(summaries: list[GroupSummary], path: Path, fusion: str = "late-
         }
     )
     width = 0.8 / max(1, len(modalities))
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(rows) + 2), 4.2))
+    fig, ax = _subplots(figsize=(max(6.4, 1.2 * len(rows) + 2), 4.2))
     for j, m in enumerate(modalities):
         key = f"test.unimodal.{m}.accuracy"
         xs = [i + (j - (len(modalities) - 1) / 2) * width for i, s in enumerate(rows) if key in s.mean]
@@ -262,7 +269,7 @@ def figure_training_curves(run_dir: Path, path: Path) -> Path:
     """k_i per step (from steps.jsonl) and unimodal validation accuracy per epoch (epochs.jsonl)."""
     steps = read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").exists() else []
     epochs = read_jsonl(run_dir / "epochs.jsonl") if (run_dir / "epochs.jsonl").exists() else []
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.0))
+    fig, (left, right) = _subplots(2, figsize=(11, 4.0))
     k_names = sorted({k for row in steps for k in row if k.startswith("k_")})
     for i, name in enumerate(k_names):
         xs = [row["step"] for row in steps if name in row]
@@ -296,3 +303,45 @@ def figure_training_curves(run_dir: Path, path: Path) -> Path:
         right.legend(fontsize=8)
     fig.suptitle(str(run_dir), fontsize=8)
     return _save(fig, path)
+
+
+class NoRunsError(ValueError):
+    """The runs folder holds no finished run (no `metrics.json` written by the trainer)."""
+
+
+def write_report(runs: Path, out: Path | None = None, fusion: str = "late-linear") -> list[Path]:
+    """Draw every figure for the runs under `runs` into `out` (default `runs/figures`) and write
+    `out/report.md`: the comparison table, then a link to each figure. Returns the PNGs, in report order.
+
+    Figure 2 once; per input path found in the runs, Figures 3-5 and the unimodal heads (agreement, ECE
+    and heads for the `fusion` head), then training curves of the first run (in path order: usually the
+    first seed) of each (method, fusion).
+    Raises NoRunsError, before writing anything, when no run under `runs` is finished.
+    """
+    runs = Path(runs)
+    out = Path(out) if out is not None else runs / "figures"
+    all_runs = load_runs(runs)
+    if not all_runs:
+        raise NoRunsError(f"no finished runs under {runs}: run `mlbpipe compare` first")
+    summaries = aggregate(all_runs)
+    made = [figure_k_vs_r(out / "fig2_k_vs_r.png")]
+    for features in sorted({s.group["features"] for s in summaries}):  # one set of figures per input path
+        sub = [s for s in summaries if s.group["features"] == features]
+        sub_runs = [r for r in all_runs if r["features"] == features]
+        made += [
+            figure_accuracy(sub, out / f"fig3_accuracy_{features}.png"),
+            figure_agreement(sub_runs, out / f"fig4_agreement_{features}.png", fusion),
+            figure_ece(sub, sub_runs, out / f"fig5_ece_{features}.png", fusion),
+            figure_heads(sub, out / f"heads_{features}.png", fusion),
+        ]
+        firsts: dict[tuple[str, str], dict] = {}
+        for run in sub_runs:
+            firsts.setdefault((run["method"], run["fusion"]), run)
+        for (method, fus), run in firsts.items():
+            made.append(
+                figure_training_curves(Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png")
+            )
+    lines = ["# mlbpipe report", "", to_markdown(summaries), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in made]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return made

@@ -1,12 +1,14 @@
 """The trainer: shards in, a selected checkpoint and `RUN/metrics.json` out.
 
-One loop in sections (data, model, optimiser, resume, train, validate/select, test). The protocol
-(METHOD.md, "Training protocol"):
+One loop in sections (data, model, optimiser, resume, train, validate/select, test). The protocol:
 - Adam with the paper's lr / weight decay per encoder type (ResNet 1e-3 / 1e-4, Conformer 5e-5 / 5e-6);
   the lr is held constant for a warm-up, then follows cosine annealing with warm restarts (`lr_at`).
 - Every epoch ends with a validation pass; the checkpoint with the best VALIDATION fused accuracy is
   kept (`RUN/checkpoints/best.pt`), and training stops after `patience` epochs without improvement.
 - The test split is evaluated exactly once, at the end, with the selected checkpoint.
+- The method's hyper-parameters: the user's `method_params`, over the corpus's defaults that the shards'
+  meta.json gives (`mlb.method_defaults`), over the balancer class's own; run.json and metrics.json record
+  the first two merged.
 
 Resume is exact on CPU. The data order of an epoch is a pure function of (seed, epoch)
 (`mlb.data.ShardLoader`); a checkpoint (`RUN/checkpoints/last.pt`, written atomically at every epoch
@@ -28,7 +30,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -41,7 +42,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mlb.atomic import atomic_output, atomic_write_json, atomic_write_text
 from mlb.data import INPUT_PATHS, MODALITY_FIELDS, ShardFolder, ShardLoader, open_shard_folder
+from mlb.device import resolve_device
+from mlb.method_defaults import method_defaults
 from mlb.metrics import evaluate
 
 # Paper defaults per input path: (lr, weight decay, batch size). ResNet-18 on raw, Conformer on cached.
@@ -219,30 +223,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Never unpickles code: weights_only=True accepts tensors, numbers, strings, lists and dicts."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -336,10 +319,7 @@ class StepLog:
             if record["step"] <= keep_until_step:
                 kept.append(line)
                 self.records.append(record)
-        write_text = "".join(line + "\n" for line in kept)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(write_text)
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
     def series(self, epoch: int) -> dict[str, list[float]]:
@@ -410,7 +390,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     `on_step(state)` is called after every training step (after any checkpoint of that step): tests use
     it to interrupt a run.
     """
-    from mlb.balancing import build_balancer, mlb_settings
+    from mlb.balancing import build_balancer
     from mlb.models import build_model
 
     config.validate()
@@ -439,14 +419,11 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
 
     # --- model, balancer, optimiser ------------------------------------------------------------------
     seed_everything(config.seed)
-    params = dict(config.method_params)
-    if config.method == "mlb":  # the authors' alpha / beta_max for this setting, unless given
-        params = (
-            mlb_settings(
-                features=config.features, fusion=config.fusion, corpus=folder.meta.get("corpus", "cremad")
-            )
-            | params
-        )
+    # The corpus's defaults for this setting (from the shards' meta.json), under the user's explicit ones.
+    defaults = method_defaults(
+        folder.meta, config.method, config.features, config.fusion, where=f"{folder.path}/meta.json"
+    )
+    params = defaults | dict(config.method_params)
     balancer = build_balancer(config.method, **params)
     model_kw = dict(
         features=config.features,
@@ -498,6 +475,10 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
             "shard_meta": folder.meta,
         }
 
+    def save_last() -> None:
+        with atomic_output(last_path) as tmp:  # a resume never reads half a checkpoint
+            torch.save(checkpoint(), tmp)
+
     # --- resume ----------------------------------------------------------------------------------------
     if resuming:
         saved = load_checkpoint(last_path)
@@ -517,7 +498,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     if resuming and (state.epoch >= config.epochs or state.stopped_early) and (run / "metrics.json").exists():
         print(f"mlbpipe train: {run} is already finished; not evaluating the test split again")
         return json.loads((run / "metrics.json").read_text())
-    write_json_atomic(run_info, run / "run.json")
+    atomic_write_json(run / "run.json", run_info)
     step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step)
     epochs_file = StepLog(run / "epochs.jsonl", keep_until_step=state.step)  # the per-epoch summaries, too
     # Selection metric: validation fused accuracy, or one head's for a method that trains only that head.
@@ -567,7 +548,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                         epoch_logs.setdefault(name, []).append(value)
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     step_log.file.flush()
-                    save_atomic(checkpoint(), last_path)
+                    save_last()
                 if on_step is not None:
                     on_step(state)
                 if config.max_steps is not None and state.step >= config.max_steps:
@@ -583,16 +564,15 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                 state.best_val_accuracy, state.best_epoch = flat[selection_key], state.epoch
                 state.best_step = state.step
                 state.epochs_without_improvement = 0
-                save_atomic(
-                    {
-                        "model": model.state_dict(),
-                        "epoch": state.epoch,
-                        "step": state.step,
-                        "val_accuracy": flat[selection_key],
-                        "config": config.to_json(),
-                    },
-                    best_path,
-                )
+                best = {
+                    "model": model.state_dict(),
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "val_accuracy": flat[selection_key],
+                    "config": config.to_json(),
+                }
+                with atomic_output(best_path) as tmp:
+                    torch.save(best, tmp)
             else:
                 state.epochs_without_improvement += 1
                 state.stopped_early = state.epochs_without_improvement >= config.patience
@@ -605,11 +585,11 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                 + (" (best)" if improved else "")
             )
             if out_of_steps and state.batch_in_epoch < steps_per_epoch:
-                save_atomic(checkpoint(), last_path)  # mid-epoch: a resume with more steps continues here
+                save_last()  # mid-epoch: a resume with more steps continues here
                 break
             state.epoch += 1
             state.batch_in_epoch = 0
-            save_atomic(checkpoint(), last_path)
+            save_last()
             if out_of_steps:
                 break
     finally:
@@ -644,7 +624,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
         "validation": val_metrics,
         "test": test_metrics,
     }
-    write_json_atomic(result, run / "metrics.json")
+    atomic_write_json(run / "metrics.json", result)
     epoch_log.close(
         {
             "selected/val_acc": selected["val_accuracy"],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from shard_factory import write_shard_folder
 from typer.testing import CliRunner
 
-from mlb.compare import aggregate, flatten, run_comparison, to_markdown
+from mlb.compare import aggregate, flatten, load_runs, run_comparison, to_markdown
+from mlb.report import NoRunsError, write_report
 from mlb.train import TrainConfig
 from pipeline.cli import app
 
@@ -128,6 +131,90 @@ def test_report_draws_every_figure(runs_dir):
         assert (figures / f"{name}.png").stat().st_size > 10_000, name
         assert (figures / f"{name}.svg").exists()
     assert "fig3_accuracy_raw.png" in (figures / "report.md").read_text()
+
+
+REPORT_FIGURES = [
+    "fig2_k_vs_r",
+    "fig3_accuracy_raw",
+    "fig4_agreement_raw",
+    "fig5_ece_raw",
+    "heads_raw",
+    # training curves: the first seed of each (method, fusion), in path order
+    "curves_raw_joint_late-linear",
+    "curves_raw_joint_mid-mlp",
+    "curves_raw_mlb_late-linear",
+    "curves_raw_mlb_mid-mlp",
+    "curves_raw_ogm-ge_late-linear",
+]
+
+
+def test_write_report_draws_each_figure_once_and_links_it(runs_dir, tmp_path):
+    _, runs = runs_dir
+    out = tmp_path / "figures"
+    made = write_report(runs, out)
+    assert made == [out / f"{name}.png" for name in REPORT_FIGURES]
+    for png in made:
+        assert png.stat().st_size > 10_000 and png.with_suffix(".svg").stat().st_size > 10_000, png
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["report.md"] + [f"{name}.{ext}" for name in REPORT_FIGURES for ext in ("png", "svg")]
+    )
+    table = to_markdown(aggregate(load_runs(runs)))
+    links = [f"![{name}]({name}.png)" for name in REPORT_FIGURES]
+    text = (out / "report.md").read_text()
+    assert text == "\n".join(["# mlbpipe report", "", table, "", *links]) + "\n"
+    lines = text.splitlines()
+    assert lines[:3] == ["# mlbpipe report", "", table.splitlines()[0]]
+    assert (
+        "| raw | mlb | mid-mlp | 2 |" in text
+        and lines[-1] == "![curves_raw_ogm-ge_late-linear](curves_raw_ogm-ge_late-linear.png)"
+    )
+
+
+def test_write_report_defaults_to_runs_figures_and_picks_the_fusion(tmp_path):
+    runs = tmp_path / "runs"
+    for i, (method, fusion) in enumerate([("mlb", "late-linear"), ("mlb", "mid-mlp"), ("joint", "mid-mlp")]):
+        run = _fake_run(method, 0, 0.5 + 0.1 * i, fusion=fusion)
+        run["test"]["agreement"] = [  # two heads: both wrong, video only, audio only, both right
+            {"audio_correct": a, "video_correct": v, "count": 3, "fused_accuracy": (a + v) / 2}
+            for a in (False, True)
+            for v in (False, True)
+        ]
+        path = runs / "cached" / method / fusion / "seed0" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**run, "features": "cached"}))
+    made = write_report(runs, fusion="mid-mlp")
+    assert [p.name for p in made[:5]] == [
+        "fig2_k_vs_r.png",
+        "fig3_accuracy_cached.png",
+        "fig4_agreement_cached.png",
+        "fig5_ece_cached.png",
+        "heads_cached.png",
+    ]
+    assert all(p.parent == runs / "figures" for p in made)
+    assert (runs / "figures" / "report.md").is_file()
+
+
+def test_write_report_without_finished_runs_is_an_error_and_writes_nothing(tmp_path):
+    (tmp_path / "runs" / "dvclive").mkdir(parents=True)
+    (tmp_path / "runs" / "dvclive" / "metrics.json").write_text("{}")  # not the trainer's
+    with pytest.raises(NoRunsError, match="no finished runs under"):
+        write_report(tmp_path / "runs", tmp_path / "figures")
+    assert isinstance(NoRunsError(), ValueError)
+    assert not (tmp_path / "figures").exists()
+
+
+def test_report_leaves_matplotlib_backend_alone(tmp_path):
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('pdf')\n"
+        "from pathlib import Path\n"
+        "from mlb.report import figure_k_vs_r\n"
+        f"figure_k_vs_r(Path({str(tmp_path / 'k.png')!r}))\n"
+        "assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "k.svg").is_file()
 
 
 def test_compare_rejects_bad_lists(tmp_path):

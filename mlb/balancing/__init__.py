@@ -28,7 +28,7 @@ from mlb.balancing.base import (
 )
 from mlb.balancing.grads import scale_grads, scale_modality_grads
 from mlb.balancing.joint import Joint
-from mlb.balancing.mlb import AUTHOR_SETTINGS, MLB, mlb_coefficients, mlb_settings, performance_ratios
+from mlb.balancing.mlb import MLB, mlb_coefficients, performance_ratios
 from mlb.balancing.multi_loss import MultiLoss
 
 METHODS: dict[str, type[Balancer]] = {cls.name: cls for cls in (Joint, MultiLoss, MLB)}
@@ -71,7 +71,6 @@ def build_balancer(name: str, **params) -> Balancer:
 
 
 __all__ = [
-    "AUTHOR_SETTINGS",
     "METHODS",
     "MLB",
     "Balancer",
@@ -80,7 +79,6 @@ __all__ = [
     "build_balancer",
     "floats_for_log",
     "mlb_coefficients",
-    "mlb_settings",
     "performance_ratios",
     "probe_loss",
     "scale_grads",

@@ -1,4 +1,4 @@
-"""Multi-Loss Balanced (MLB), paper Eq. 2-7, as the authors' code computes it (METHOD.md).
+"""Multi-Loss Balanced (MLB), paper Eq. 2-7, as the authors' code computes it.
 
 Every step, after `backward()` and before `optimizer.step()`:
   s_i = batch mean of softmax(unimodal logits_i)[true class]             (detached; Eq. 4, mean not sum)
@@ -26,28 +26,6 @@ from mlb.balancing.grads import scale_modality_grads
 from mlb.balancing.multi_loss import MultiLoss, multi_loss_terms
 
 EPS = 1e-6  # floor for s_i so r_i stays finite when a head gives the true class ~0 probability
-
-# The authors' settings (alpha, beta_max), METHOD.md. Key: (corpus, features, fusion); fusion "*" = any.
-AUTHOR_SETTINGS: dict[tuple[str, str, str], tuple[float, float]] = {
-    ("cremad", "raw", "late-linear"): (0.5, 10.0),
-    ("cremad", "raw", "mid-mlp"): (0.5, 5.0),
-    ("cremad", "raw", "gated"): (0.5, 10.0),
-    ("cremad", "raw", "film"): (0.5, 20.0),
-    ("cremad", "raw", "tf"): (0.5, 20.0),
-    ("cremad", "cached", "*"): (5.0, 2.0),
-    ("ave", "raw", "*"): (2.0, 1.0),
-    ("ucf101", "raw", "*"): (2.0, 0.5),
-}
-
-
-def mlb_settings(*, features: str, fusion: str, corpus: str = "cremad") -> dict[str, float]:
-    """The authors' `{"alpha", "beta_max"}` for a setting; CREMA-D ResNet Late-Linear (0.5, 10) when
-    the table has no entry."""
-    for key in ((corpus, features, fusion), (corpus, features, "*")):
-        if key in AUTHOR_SETTINGS:
-            alpha, beta_max = AUTHOR_SETTINGS[key]
-            return {"alpha": alpha, "beta_max": beta_max}
-    return {"alpha": 0.5, "beta_max": 10.0}
 
 
 def performance_ratios(scores: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -79,9 +57,13 @@ class MLB(MultiLoss):
 
     alpha: slope of tanh (> 0). beta_max: the largest acceleration (paper: >= 1; the authors' scripts
         also use < 1, which then slows the laggard too). Defaults: the authors' CREMA-D ResNet
-        Late-Linear setting (0.5, 10); see `AUTHOR_SETTINGS` / `mlb_settings` for the others
-        (CREMA-D Conformer: 5.0, 2).
+        Late-Linear setting (0.5, 10).
     eps: floor for s_i.
+
+    The authors' (alpha, beta_max): CREMA-D with ResNet-18 (raw input) Late-Linear (0.5, 10), Mid-MLP
+    (0.5, 5), Gated (0.5, 10), FiLM (0.5, 20), TF (0.5, 20); CREMA-D with the Conformer (cached
+    features) (5, 2) for every fusion; AVE (2, 1); UCF101 (2, 0.5). The trainer takes a corpus's
+    settings from its shards' meta.json (`mlb.method_defaults`), not from here.
     """
 
     name = "mlb"
