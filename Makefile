@@ -16,13 +16,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo
+	$(BIN)/python -m pipeline.cli demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff's lint and format checks, and the import layering (pyproject.toml, [tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline mlb tests bench
+	$(BIN)/ruff format --check pipeline mlb tests bench
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

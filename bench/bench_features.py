@@ -96,20 +96,24 @@ def bench_step(step: str, args: argparse.Namespace) -> dict:
     width, height = (int(v) for v in args.size.split("x"))
 
     if step == "faces":
-        from pipeline.stages.faces import FacesConfig, faces_of_frames, make_detector
+        from pipeline.compute.faces import faces_of_frames, make_detector
+        from pipeline.stages.faces import FacesConfig
 
         config = FacesConfig(batch_size=args.batch_size, device=device)
-        detector = make_detector(config)
+        detector = make_detector(config.min_face_size, config.device)
         frames = face_frames(args.frames, width, height, seed=0)
         found = []
+        crop = {"crop_size": config.crop_size, "margin": config.margin, "min_prob": config.min_prob}
         seconds = _timed(
-            lambda i: found.append(faces_of_frames(detector, frames, config).frames_with_face),
+            lambda i: found.append(
+                faces_of_frames(detector, frames, **crop, batch_size=config.batch_size).frames_with_face
+            ),
             args.clips,
             device,
         )
         extra = {"frames_with_face": f"{min(found)}-{max(found)} of {args.frames}"}
     elif step == "effb2":
-        from pipeline.extractors import EffNetB2Config, EffNetB2Extractor
+        from pipeline.compute.extractors import EffNetB2Config, EffNetB2Extractor
         from pipeline.stages.features import effb2_features
 
         extractor = EffNetB2Extractor(
@@ -123,7 +127,7 @@ def bench_step(step: str, args: argparse.Namespace) -> dict:
     elif step == "w2v2":
         from transformers import Wav2Vec2Model
 
-        from pipeline.extractors import (
+        from pipeline.compute.extractors import (
             Wav2Vec2Config,
             Wav2Vec2Extractor,
             build_wav2vec2,
@@ -178,7 +182,12 @@ def check_against_cpu(args: argparse.Namespace) -> dict:
     import torch
     from transformers import Wav2Vec2Model
 
-    from pipeline.extractors import EffNetB2Config, EffNetB2Extractor, Wav2Vec2Config, Wav2Vec2Extractor
+    from pipeline.compute.extractors import (
+        EffNetB2Config,
+        EffNetB2Extractor,
+        Wav2Vec2Config,
+        Wav2Vec2Extractor,
+    )
 
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (8, args.image_size, args.image_size, 3), dtype=np.uint8)

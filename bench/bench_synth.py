@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_synth.py [--clips 200] [--workers 1 2] [--size 480x360]
 
-Prints clips/s and seconds per worker count. Target (issue 2): 200 clips in under 2 minutes on 2 cores.
+Prints clips/s and seconds per worker count. Target: 200 clips in under 2 minutes on 2 cores.
 Each run writes to a fresh temporary folder, removed afterwards.
 """
 
@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
-    from pipeline.synth import SynthConfig, synth_cremad
+    from pipeline.corpora.cremad.synth import SynthConfig, synth_cremad
 
     print(f"{args.clips} clips at {width}x{height}, {os.cpu_count()} CPUs visible")
     for workers in args.workers:

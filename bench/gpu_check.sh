@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Issue 5's GPU figures in one device call (about 6-8 minutes on one H100/H200):
+# The GPU figures in one device call (about 6-8 minutes on one H100/H200):
 #   1. `mlbpipe train --device cuda` on tiny cached and raw shards (the trainer's autocast/GradScaler path,
 #      two epochs each, then a resume to one more epoch);
 #   2. bench_loader.py: samples/s delivered to the GPU and the share of time the GPU was busy, with a
 #      paper-size Conformer + MLB training step on every batch, 4 loader workers;
-#   3. bench_step.py: MLB and Multi-Loss step time relative to Joint, paper-size models, bf16.
+#   3. bench_step.py: MLB and Multi-Loss step time relative to Joint, paper-size models, bf16;
+#   4. where pytest is installed, the `gpu` test tier (tests/test_gpu.py).
 # Everything it prints is also written under $OUT (the device tool brings that folder back).
 #
 # The device image has torch, numpy, h5py, opencv, typer and tqdm but not webdataset; carry it as wheels
@@ -66,4 +67,8 @@ for features in cached raw; do
     $PY bench/bench_step.py --features "$features" --methods joint,multi-loss,mlb --device "$DEVICE" $STEP_ARGS \
         "${AMP[@]}" --out "$OUT/step_$features.json" 2>&1 | tee -a "$OUT/step.txt"
 done
+if [ "$DEVICE" = cuda ] && $PY -c "import pytest" 2>/dev/null; then
+    echo "== 4. the gpu test tier (tests/test_gpu.py: CUDA steps, autocast, GradScaler, resume)" | tee "$OUT/gpu_tests.txt"
+    $PY -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee -a "$OUT/gpu_tests.txt" || true
+fi
 echo "done; outputs in $OUT"

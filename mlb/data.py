@@ -52,8 +52,9 @@ MODALITY_FIELDS: dict[str, dict[str, str]] = {
     "cached": {"audio": "w2v2.npy", "video": "effb2.npy"},
 }
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, RGB (also the frozen EfficientNet-B2 input)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN, _STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
 
 _SHARD_NAME = re.compile(r"^(train|validation|test)-\d{6}\.tar$")
 _MEMBER_NAME = re.compile(r"^[^./]+\.(json|[A-Za-z0-9_]+\.npy)$")
@@ -316,7 +317,7 @@ def to_example(sample: dict[str, Any], folder: ShardFolder) -> dict[str, Any]:
             spec = (spec - mean.reshape(-1, 1)) * inv_std.reshape(-1, 1)  # [F, T]
         example["audio"] = spec[None]  # [1, F, T]
         frames = sample[fields["video"]].astype(np.float32) / 255.0  # [N, H, W, 3]
-        frames = (frames - IMAGENET_MEAN) / IMAGENET_STD  # [N, H, W, 3]
+        frames = (frames - _MEAN) / _STD  # [N, H, W, 3]
         example["video"] = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # [N, 3, H, W]
     return example
 

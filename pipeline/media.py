@@ -1,8 +1,11 @@
-"""Probe and decode media files: WAV through soundfile, FLV (and other containers) through PyAV.
+"""Probe and decode media files: WAV (and other sound files) through soundfile, video containers (FLV, MP4,
+AVI, ...) and their audio streams through PyAV.
 
-Everything here works on one file and knows nothing about corpora. Probing never trusts a file: a
-Git LFS pointer stub, an empty file, an unreadable file or a truncated stream each raise `MediaError`
-with a reason code from docs/CONTRACTS.md, so the corpus validator can reject the clip with a reason.
+Everything here works on one file and knows nothing about corpora. Probing never trusts a file: a Git LFS
+pointer stub, an empty file, an unreadable file or a truncated stream each raise `MediaError` with a
+`Reason` code (pipeline.manifest), so the corpus validator can reject the clip with a reason.
+
+Reading honours a segment (start, duration in seconds): frames and audio come from inside it only.
 """
 
 from __future__ import annotations
@@ -14,22 +17,24 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from pipeline.manifest import Reason
+
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 # A truncated FLV keeps the duration of its header; the packets end early. Tolerate this much.
 TRUNCATION_TOLERANCE_S = 0.3
 
 
 class MediaError(Exception):
-    """A media file that cannot be used. `code` is a reason code of the manifest contract."""
+    """A media file that cannot be used; `code` says why (the manifest's reason code)."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: Reason, message: str):
+        super().__init__(code.says(message))
         self.code = code
         self.message = message
 
     @property
     def reason(self) -> str:
-        return f"{self.code}: {self.message}"
+        return self.code.says(self.message)
 
 
 class UnsafePathError(ValueError):
@@ -63,30 +68,36 @@ def check_readable(path: Path, relative: str) -> None:
     """Raise MediaError for the problems that make a file useless before any decoder sees it:
     missing, unreadable (permissions), empty, or a Git LFS pointer stub."""
     if not path.is_file():
-        raise MediaError("missing-file", f"{relative} does not exist")
+        raise MediaError(Reason.MISSING_FILE, f"{relative} does not exist")
     try:
         with open(path, "rb") as f:
             head = f.read(len(LFS_POINTER_PREFIX))
     except PermissionError as err:
         raise MediaError(
-            "unreadable", f"{relative} cannot be opened ({err.strerror}); check its permissions"
+            Reason.UNREADABLE, f"{relative} cannot be opened ({err.strerror}); check its permissions"
         ) from err
     except OSError as err:
-        raise MediaError("unreadable", f"{relative} cannot be read ({err})") from err
+        raise MediaError(Reason.UNREADABLE, f"{relative} cannot be read ({err})") from err
     if len(head) == 0:
-        raise MediaError("empty-file", f"{relative} is empty (0 bytes)")
+        raise MediaError(Reason.EMPTY_FILE, f"{relative} is empty (0 bytes)")
     if head == LFS_POINTER_PREFIX:
-        raise MediaError("lfs-pointer", f"{relative} is a Git LFS pointer stub; run git lfs pull")
+        raise MediaError(Reason.LFS_POINTER, f"{relative} is a Git LFS pointer stub; run git lfs pull")
 
 
 _SAMPLE_WIDTH = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+SOUND_FILE_SUFFIXES = (".wav", ".flac", ".ogg")  # read with soundfile; anything else is a container's audio
+
+
+def is_sound_file(path: str | os.PathLike) -> bool:
+    """A file of sound alone (read with soundfile), as opposed to a container whose audio stream is used."""
+    return Path(path).suffix.lower() in SOUND_FILE_SUFFIXES
 
 
 @dataclass(frozen=True)
-class WavInfo:
+class AudioInfo:
     sample_rate: int
     channels: int
-    sample_width: int  # bytes per sample; 0 when the encoding is not PCM/float
+    sample_width: int  # bytes per sample; 0 when the encoding is not PCM/float (a container's AAC, MP3, ...)
     duration: float  # seconds
     peak: float  # max |sample| in [0, 1]: a silent file has 0
 
@@ -99,19 +110,34 @@ class WavInfo:
         }
 
 
-def probe_wav(path: Path, relative: str) -> WavInfo:
-    """Open a WAV with soundfile and read its samples once (small files) to measure the peak level."""
+def probe_audio(path: Path, relative: str) -> AudioInfo:
+    """Probe a sound file, or the first audio stream of a container, reading every sample once (clips are
+    short) to measure the duration and the peak level."""
+    check_readable(path, relative)
+    if is_sound_file(path):
+        return _probe_sound_file(path, relative)
+    samples, sample_rate, channels = _decode_audio_stream(path, relative)  # [C, N]
+    return AudioInfo(
+        sample_rate=sample_rate,
+        channels=channels,
+        sample_width=0,
+        duration=samples.shape[1] / sample_rate if sample_rate else 0.0,
+        peak=float(np.abs(samples).max()) if samples.size else 0.0,
+    )
+
+
+def _probe_sound_file(path: Path, relative: str) -> AudioInfo:
     import soundfile as sf
 
-    check_readable(path, relative)
     try:
         with sf.SoundFile(str(path)) as f:
             sample_rate, channels, subtype = f.samplerate, f.channels, f.subtype
             samples = f.read(dtype="float32", always_2d=True)  # [N, C]
     except Exception as err:  # soundfile raises RuntimeError/LibsndfileError for corrupt data
-        raise MediaError("decode-error", f"{relative} cannot be decoded as WAV ({err})") from err
+        kind = path.suffix[1:].upper() or "sound"
+        raise MediaError(Reason.DECODE_ERROR, f"{relative} cannot be decoded as {kind} ({err})") from err
     peak = float(np.abs(samples).max()) if samples.size else 0.0
-    return WavInfo(
+    return AudioInfo(
         sample_rate=int(sample_rate),
         channels=int(channels),
         sample_width=_SAMPLE_WIDTH.get(subtype, 0),
@@ -120,13 +146,64 @@ def probe_wav(path: Path, relative: str) -> WavInfo:
     )
 
 
-def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
-    """Samples as float32 in [-1, 1], channels averaged: ([N], sample_rate)."""
-    import soundfile as sf
+def _decode_audio_stream(path: Path, relative: str) -> tuple[np.ndarray, int, int]:
+    """Every sample of a container's first audio stream: (float32 [C, N] in [-1, 1], sample rate, C)."""
+    import av
 
-    samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
-    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)  # [N]; CREMA-D is mono already
-    return mono, int(sample_rate)
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise MediaError(Reason.NO_AUDIO_STREAM, f"{relative} has no audio stream")
+            stream = container.streams.audio[0]
+            channels = stream.codec_context.channels
+            # planar float at the stream's own rate and layout: no resampling here (see `resample`)
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+            chunks, first_pts = [], None
+            for frame in container.decode(stream):
+                if first_pts is None and frame.pts is not None:
+                    first_pts = frame.pts * float(frame.time_base)  # seconds; < 0 for an edit list's priming
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]  # [C, n] each
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+            sample_rate = int(stream.rate)
+    except MediaError:
+        raise
+    except Exception as err:  # PyAV raises its FFmpegError subclasses, ValueError, ...
+        raise MediaError(
+            Reason.DECODE_ERROR, f"{relative}: its audio stream cannot be decoded ({err})"
+        ) from err
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)  # [C, N]
+    if first_pts is not None and first_pts < 0:  # samples before time 0 (encoder priming) are not the clip's
+        samples = samples[:, round(-first_pts * sample_rate) :]
+    return samples.astype(np.float32, copy=False), sample_rate, channels
+
+
+def read_audio(path: Path, segment: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] of a sound file, or of a container's first audio stream, cut to
+    `segment` = (start, duration) in seconds when given: ([N], sample_rate). Channels are averaged (a mono
+    file is returned as it is)."""
+    if is_sound_file(path):
+        import soundfile as sf
+
+        samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+        samples = samples.T  # [C, N]
+    else:
+        samples, sample_rate, _ = _decode_audio_stream(path, path.name)  # [C, N]
+    if segment is not None:
+        start = round(segment[0] * sample_rate)
+        samples = samples[:, start : start + round(segment[1] * sample_rate)]  # [C, n]
+    mono = samples[0] if samples.shape[0] == 1 else samples.mean(axis=0)  # [N]
+    return np.ascontiguousarray(mono), int(sample_rate)
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """[N] float32 at `rate` -> [N * target / rate] at `target`: libsoxr's high-quality band-limited
+    resampler (what librosa.load, which the MLB authors' code calls, uses by default). The one resampler
+    of both input paths."""
+    if rate == target:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -162,7 +239,7 @@ def _latest_stream_end(path: Path, relative: str) -> float:
                 if packet.pts is not None and packet.size > 0:
                     ends.append((packet.pts + (packet.duration or 0)) * float(packet.time_base))
     except Exception as err:
-        raise MediaError("decode-error", f"{relative}: reading the stream failed ({err})") from err
+        raise MediaError(Reason.DECODE_ERROR, f"{relative}: reading the stream failed ({err})") from err
     return max(ends, default=0.0)
 
 
@@ -185,13 +262,15 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
         container = av.open(str(path), metadata_errors="ignore")
     except av.EOFError as err:  # a valid header and then nothing: streams declared, not one packet
         raise MediaError(
-            "zero-duration", f"{relative} ends before its first media packet (no duration)"
+            Reason.ZERO_DURATION, f"{relative} ends before its first media packet (no duration)"
         ) from err
     except Exception as err:
-        raise MediaError("decode-error", f"{relative} cannot be opened as a media container ({err})") from err
+        raise MediaError(
+            Reason.DECODE_ERROR, f"{relative} cannot be opened as a media container ({err})"
+        ) from err
     with container:
         if not container.streams.video:
-            raise MediaError("no-video-stream", f"{relative} has no video stream")
+            raise MediaError(Reason.NO_VIDEO_STREAM, f"{relative} has no video stream")
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         header_duration = container.duration / 1e6 if container.duration else None
@@ -210,17 +289,17 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
                 if not decoded_one:  # prove the codec works on the first picture
                     decoded_one = bool(video.codec_context.decode(packet))
         except Exception as err:
-            raise MediaError("decode-error", f"{relative}: reading the stream failed ({err})") from err
+            raise MediaError(Reason.DECODE_ERROR, f"{relative}: reading the stream failed ({err})") from err
         video_end = video_end_pts * float(video.time_base)  # seconds
         if video_end <= 0:
-            raise MediaError("zero-duration", f"{relative} has no video packets (no duration)")
+            raise MediaError(Reason.ZERO_DURATION, f"{relative} has no video packets (no duration)")
         if not decoded_one:  # a decoder with delay may hold its first picture until flushed
             try:
                 decoded_one = bool(video.codec_context.decode(None))
             except Exception:  # noqa: BLE001 (any failure here means the same: undecodable)
                 decoded_one = False
         if not decoded_one:
-            raise MediaError("decode-error", f"{relative}: no video frame could be decoded")
+            raise MediaError(Reason.DECODE_ERROR, f"{relative}: no video frame could be decoded")
 
         def ends_early(end: float) -> bool:
             return header_duration is not None and header_duration - end > max(
@@ -232,7 +311,7 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
             any_end = max(video_end, _latest_stream_end(path, relative))
         if ends_early(any_end):
             raise MediaError(
-                "decode-error",
+                Reason.DECODE_ERROR,
                 f"{relative} is truncated: its header says {header_duration:.2f} s but the stream ends at "
                 f"{any_end:.2f} s",
             )
@@ -274,11 +353,15 @@ def _opencv():
     return cv2
 
 
-def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarray:
+def frames_at_fps(
+    path: Path, *, count: int, fps: float, size: int, segment: tuple[float, float] | None = None
+) -> np.ndarray:
     """Keep `count` frames of a video at `fps` frames per second, chosen by timestamp, decoding as little
     as possible.
 
-    Frame k is the first frame whose time is at or after k / fps seconds from the stream's start. The
+    Frame k is the first frame whose time is at or after t0 + k / fps seconds from the stream's start,
+    where t0 is the start of `segment` = (start, duration) (0 without one); with a segment, only frames
+    before its end count. The
     packets are read once (cheap, no decoding); for each kept frame, decoding starts at the last keyframe
     before it (or carries on from the previous kept frame when that is closer) and stops at it: the same
     pictures as decoding the whole clip, for a fraction of the work. A clip too short for `count` frames
@@ -292,19 +375,20 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
         stream = container.streams.video[0]
         packets = [p for p in container.demux(stream) if p.pts is not None and p.size > 0]
         if not packets:
-            raise MediaError("decode-error", f"{path.name}: no video packet")
+            raise MediaError(Reason.DECODE_ERROR, f"{path.name}: no video packet")
         packet_pts = [p.pts for p in packets]  # read once: each attribute access goes through PyAV
         keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
         start = min(packet_pts)
         time_base = float(stream.time_base)
 
-        # the pts of each kept frame: the first one at or after k / fps (presentation order)
+        # the pts of each kept frame: the first one at or after t0 + k / fps (presentation order)
         all_pts = sorted(set(packet_pts))
+        t0, t_end = (0.0, float("inf")) if segment is None else (segment[0], segment[0] + segment[1])
         wanted: list[int] = []
         for k in range(count):
-            later = next((pts for pts in all_pts if (pts - start) * time_base + 1e-6 >= k / fps), None)
-            if later is None:
-                break  # clip too short: padded below
+            later = next((pts for pts in all_pts if (pts - start) * time_base + 1e-6 >= t0 + k / fps), None)
+            if later is None or (later - start) * time_base + 1e-6 >= t_end:
+                break  # clip (or segment) too short: padded below
             wanted.append(later)
 
         # each kept picture is resized straight into a slot of one array (no copy per frame)
@@ -336,6 +420,39 @@ def frames_at_fps(path: Path, *, count: int, fps: float, size: int) -> np.ndarra
                         keep(frame)
     slots = [found[pts] for pts in wanted if pts in found]
     if not slots:
-        raise MediaError("decode-error", f"{path.name}: no video frame could be decoded")
+        raise MediaError(Reason.DECODE_ERROR, f"{path.name}: no video frame could be decoded")
     slots += [slots[-1]] * (count - len(slots))  # a short clip repeats its last kept frame
     return pictures if slots == list(range(len(pictures))) else pictures[slots]  # [count, size, size, 3]
+
+
+def decode_frames(
+    path: str | Path, fps: float | None = None, segment: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Decode a video with PyAV at full size: every frame (fps=None) or the first frame at or after each
+    t0 + k / fps seconds, t0 the start of `segment` = (start, duration) (0 without one; with a segment,
+    frames outside it are dropped). Returns uint8 [N, H, W, 3] RGB (N may be 0 for a stream that decodes to
+    nothing). For the few frames of the ResNet path, `frames_at_fps` decodes far less."""
+    import av
+
+    frames: list[np.ndarray] = []
+    t0, t_end = (0.0, float("inf")) if segment is None else (segment[0], segment[0] + segment[1])
+    next_time = t0
+    with av.open(str(path), metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # one core per worker: frame threads only add latency
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        for frame in container.decode(stream):
+            if fps is not None or segment is not None:
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * frame.time_base) - start
+                if t + 1e-6 >= t_end:
+                    break
+                if t + 1e-6 < next_time:
+                    continue
+                if fps is not None:
+                    next_time += 1.0 / fps
+            frames.append(frame.to_ndarray(format="rgb24"))  # [H, W, 3]
+    if not frames:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return np.stack(frames)  # [N, H, W, 3]

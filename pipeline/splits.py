@@ -1,60 +1,63 @@
-"""Speaker-disjoint split protocols: assign every actor to exactly one of train / validation / test.
-
-Two protocols:
-- `vavl`: the published VAVL partitions of CREMA-D (pipeline.corpora.cremad.vavl_protocol).
-- `speaker-random`: a seeded random draw of actors in the VAVL proportions (63 / 14 / 14 of 91), for
-  corpora that lack the VAVL clip set (the synthetic one). Same actors + same seed = same splits.
+"""Group-disjoint splits: every clip of a group (a CREMA-D actor, a UCF101 group, an AVE video) lands in
+the same split, for any group key. A corpus's protocols build a {group: split} map (from published lists
+or `random_group_split`); `assign_splits` applies it and `check_group_disjoint` proves it on every
+prepare.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
-SPLITS = ("train", "validation", "test")
-PROTOCOLS = ("vavl", "speaker-random")
-VAVL_FRACTIONS = {"train": 63 / 91, "validation": 14 / 91, "test": 14 / 91}
+from pipeline.manifest import SPLITS, ClipRecord
 
 
-def speaker_random_split(actors: list[int] | set[int], seed: int) -> dict[int, str]:
-    """{actor: split}: actors shuffled with `seed`, then cut in the VAVL proportions; each split gets at
-    least one actor. Needs at least 3 actors."""
-    ordered = sorted(set(actors))
+def random_group_split(
+    groups: Iterable, seed: int, fractions: dict[str, float], *, unit: str = "groups"
+) -> dict:
+    """{group: split}: the groups sorted, shuffled with `seed`, then cut in `fractions` (validation and
+    test rounded, train takes the rest); each split gets at least one group. Needs at least 3 groups. Same
+    groups + same seed = same splits, whatever order they came in."""
+    ordered = sorted(set(groups))
     if len(ordered) < 3:
         raise ValueError(
-            f"speaker-random needs at least 3 actors to fill train/validation/test; found {ordered}"
+            f"a random split needs at least 3 {unit} to fill train/validation/test; found {ordered}"
         )
     random.Random(seed).shuffle(ordered)
     n = len(ordered)
-    n_val = max(1, round(n * VAVL_FRACTIONS["validation"]))
-    n_test = max(1, round(n * VAVL_FRACTIONS["test"]))
+    n_val = max(1, round(n * fractions["validation"]))
+    n_test = max(1, round(n * fractions["test"]))
     n_train = n - n_val - n_test
-    if n_train < 1:  # 3 or 4 actors: give train the surplus
+    if n_train < 1:  # 3 or 4 groups: give train the surplus
         n_val, n_test, n_train = 1, 1, n - 2
-    split = {a: "train" for a in ordered[:n_train]}
-    split |= {a: "validation" for a in ordered[n_train : n_train + n_val]}
-    split |= {a: "test" for a in ordered[n_train + n_val :]}
+    split = dict.fromkeys(ordered[:n_train], "train")
+    split |= dict.fromkeys(ordered[n_train : n_train + n_val], "validation")
+    split |= dict.fromkeys(ordered[n_train + n_val :], "test")
     return split
 
 
-def assign_splits(
-    records: list[dict], actor_split: dict[int, str], protocol: str, clips: set[str] | None = None
-) -> None:
-    """Set `protocol` and `split` on every record in place. A clip whose actor has no split, or that is
-    not in `clips` (when given), gets split None: it takes no part in this protocol."""
+def assign_splits(records: list[ClipRecord], group_split: dict, clips: set[str] | None = None) -> None:
+    """Set `split` on every record in place from its group. A clip whose group has no split, or that is not
+    in `clips` (when given), gets split None: it takes no part in the protocol."""
     for record in records:
-        record["protocol"] = protocol
-        in_protocol = clips is None or record["id"] in clips
-        record["split"] = (
-            actor_split.get(record["actor"]) if in_protocol and record["actor"] is not None else None
-        )
+        in_protocol = clips is None or record.id in clips
+        record.split = group_split.get(record.group) if in_protocol and record.group is not None else None
 
 
-def check_speaker_disjoint(records: list[dict]) -> None:
-    """Raise ValueError when an actor appears in two splits."""
-    seen: dict[int, str] = {}
+def check_group_disjoint(records: list[ClipRecord]) -> None:
+    """Raise ValueError when a group appears in two splits, or a split is not one of train, validation,
+    test."""
+    seen: dict[str, str] = {}
     for record in records:
-        split, actor = record.get("split"), record.get("actor")
-        if split is None or actor is None:
+        if record.split is None:
             continue
-        if seen.setdefault(actor, split) != split:
-            raise ValueError(f"actor {actor} is in both {seen[actor]} and {split} (clip {record['id']})")
+        if record.split not in SPLITS:
+            raise ValueError(f"clip {record.id} has split {record.split!r}, not one of {', '.join(SPLITS)}")
+        if record.group is None:
+            raise ValueError(
+                f"clip {record.id} is in split {record.split} but has no group to keep it disjoint"
+            )
+        if seen.setdefault(record.group, record.split) != record.split:
+            raise ValueError(
+                f"group {record.group} is in both {seen[record.group]} and {record.split} (clip {record.id})"
+            )

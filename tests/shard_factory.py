@@ -1,6 +1,6 @@
 """Tiny contract-compliant shard folders for tests (docs/CONTRACTS.md, "Shards").
 
-Written directly with `tarfile` + `np.save`, independent of `pipeline.shards`, so that loader and trainer
+Written directly with `tarfile` + `np.save`, independent of `pipeline.store.shards`, so that loader and trainer
 tests do not depend on the prepare stages. The data is random plus a learnable signal: every modality
 carries a class-dependent offset (video stronger than audio by default, so that balancing has something
 to do).
@@ -127,11 +127,12 @@ def write_shard_folder(
                             train_arrays.setdefault(field_name, []).append(array)
                     info = {
                         "id": clip_id,
+                        "corpus": "cremad",
                         "label": label,
                         "label_name": LABEL_NAMES[label],
-                        "actor": int(clip_id[:4]),
+                        "group": clip_id[:4],
                         "split": split,
-                        "corpus": "cremad",
+                        "extra": {"actor": int(clip_id[:4])},
                     }
                     _add(tar, f"{clip_id}.json", json.dumps(info).encode())
             sizes[name] = len(chunk)

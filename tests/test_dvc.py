@@ -1,5 +1,6 @@
-"""`dvc repro` on a copy of the repository with a tiny synthetic corpus: the second repro does nothing, and
-changing an STFT parameter reruns only the stages that depend on it."""
+"""`dvc repro` on a copy of the repository with a tiny synthetic corpus: the second repro does nothing,
+changing an STFT parameter reruns only the stages that depend on it, and editing what only the command
+line or the reports hold (help texts, printed summaries, figures) reruns no preparation or training."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"synth": {"clips": 6, "size": "64x48"}, "frames": {"size": 32}, "workers": 1}
+TINY = {"synth": {"cremad": {"clips": 6, "width": 64, "height": 48}}, "frames": {"size": 32}, "workers": 1}
 
 
 def _dvc(cwd: Path, *args: str) -> str:
@@ -41,14 +42,15 @@ def _ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def _set_params(path: Path, changes: dict) -> None:
-    params = yaml.safe_load(path.read_text())
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict):
-            params[key].update(value)
-        else:
-            params[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def _set_params(path: Path, changes: dict) -> None:
+    path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), changes), sort_keys=False))
 
 
 def _copy_repo(tmp_path: Path) -> Path:
@@ -72,20 +74,30 @@ def test_dvc_repro_is_incremental(tmp_path):
     _set_params(repo / "params.yaml", TINY)
 
     # the ResNet path (the cached path's stages have their own tests)
-    first = _dvc(repo, "repro", "shards_raw")
+    first = _dvc(repo, "repro", "shards_raw@cremad")
     ran = _ran(first)  # frames and spectrograms are independent: DVC may run them in either order
-    assert ran[:2] == ["synth", "index"] and sorted(ran[2:4]) == ["frames", "spectrograms"], ran
-    assert ran[4:] == ["shards_raw"], ran
-    shards = repo / "data" / "shards" / "raw"
+    assert ran[:2] == ["synth@cremad", "index@cremad"], ran
+    assert sorted(ran[2:4]) == ["frames@cremad", "spectrograms@cremad"] and ran[4:] == [
+        "shards_raw@cremad"
+    ], ran
+    shards = repo / "data" / "cremad" / "shards" / "raw"
     assert (shards / "sizes.json").is_file() and list(shards.glob("train-*.tar"))
     before = {p.name: p.read_bytes() for p in shards.iterdir()}
 
-    second = _dvc(repo, "repro", "shards_raw")
+    second = _dvc(repo, "repro", "shards_raw@cremad")
     assert _ran(second) == [] and "up to date" in second
 
-    _set_params(repo / "params.yaml", {"spectrograms": {"hop_length": 300}})
-    third = _dvc(repo, "repro", "shards_raw")
-    assert _ran(third) == ["spectrograms", "shards_raw"]
+    # what only the command line and the reports hold: help texts, printed summaries, figures
+    for edited in ("pipeline/cli/prepare.py", "pipeline/cli/common.py", "mlb/report.py"):
+        with open(repo / edited, "a") as f:
+            f.write("\n# an edit that changes no stage's work\n")
+    assert _ran(_dvc(repo, "repro", "shards_raw@cremad")) == []
+
+    _set_params(
+        repo / "params.yaml", {"spectrograms": {"hop_length": 300}, "workers": 2}
+    )  # workers: no rerun
+    third = _dvc(repo, "repro", "shards_raw@cremad")
+    assert _ran(third) == ["spectrograms@cremad", "shards_raw@cremad"]
     assert before["sizes.json"] == (shards / "sizes.json").read_bytes()
     assert (
         before["train-000000.tar"] != (shards / "train-000000.tar").read_bytes()
@@ -93,12 +105,14 @@ def test_dvc_repro_is_incremental(tmp_path):
 
 
 TINY_ALL = {
-    "synth": {"clips": 24, "actors": 12, "size": "160x120"},  # MTCNN needs faces of >= 40 px
+    "synth": {
+        "cremad": {"clips": 24, "actors": 12, "width": 160, "height": 120}
+    },  # MTCNN needs faces >= 40 px
     "frames": {"size": 32},
     "workers": 1,
     "device": "cpu",
     "faces": {"fps": 1, "crop_size": 64},
-    "features": {"effb2_image_size": 64},
+    "features": {"effb2": {"image_size": 64}},
     "train": {
         "fusion": "late-linear",
         "seeds": [0],
@@ -146,7 +160,7 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     assert (runs / "figures" / "fig3_accuracy_cached.png").is_file() and (
         runs / "figures" / "report.md"
     ).is_file()
-    meta = (repo / "data" / "shards" / "cached" / "meta.json").read_text()
+    meta = (repo / "data" / "cremad" / "shards" / "cached" / "meta.json").read_text()
     assert '"random_init": true' in meta  # the demo's extractors say what they are
 
     assert _ran(_dvc(repo, "repro")) == []

@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from pipeline.manifest import read_manifest, write_manifest
+from mlb.atomic import atomic_write_json
+from pipeline.compute import faces as faces_compute
+from pipeline.corpora import get_corpus
+from pipeline.manifest import ClipRecord, corpus_description_path, read_manifest, write_manifest
+from pipeline.media import decode_frames
 from pipeline.stages import faces as faces_stage
 from pipeline.stages.faces import FacesConfig, FacesConfigError
+from pipeline.stages.index import corpus_description
+from pipeline.store import intermediates
 
 CLIP_FRAMES, CLIP_FPS, CLIP_SECONDS = 9, 30, 0.4
 # (clip id, split, has a face): one face clip per split plus one without any face
@@ -37,9 +43,9 @@ def astronaut_frame(width: int = 240, height: int = 180, shift: int = 0) -> np.n
 
 
 def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
-    """A 4-clip corpus in the CREMA-D layout (FLV + 16 kHz WAV) and a contract manifest for it, without
-    the index stage: returns (corpus root, OUT folder holding manifest.jsonl)."""
-    from pipeline.synth.media import write_flv, write_wav
+    """A 4-clip corpus in the CREMA-D layout (FLV + 16 kHz WAV) and a contract manifest (with its corpus.json)
+    for it, without the index stage: returns (corpus root, OUT folder holding manifest.jsonl)."""
+    from pipeline.corpora.cremad.synth.media import write_flv, write_wav
 
     root, out = tmp_path / "corpus", tmp_path / "out"
     (root / "AudioWAV").mkdir(parents=True)
@@ -59,41 +65,44 @@ def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
         write_wav(root / "AudioWAV" / f"{clip_id}.wav", voice.astype(np.float32))
         actor, sentence, emotion, level = clip_id.split("_")
         records.append(
-            {
-                "id": clip_id,
-                "corpus": "cremad",
-                "actor": int(actor),
-                "sentence": sentence,
-                "emotion": emotion,
-                "level": level,
-                "label": EMOTIONS.index(emotion),
-                "label_name": emotion,
-                "wav": f"AudioWAV/{clip_id}.wav",
-                "flv": f"VideoFlash/{clip_id}.flv",
-                "audio": {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": CLIP_SECONDS},
-                "video": {
-                    "width": 240,
-                    "height": 180,
-                    "fps": 30.0,
-                    "duration": CLIP_FRAMES / CLIP_FPS,
-                    "has_audio": True,
-                    "video_codec": "flv1",
-                    "audio_codec": "mp3",
+            ClipRecord(
+                id=clip_id,
+                corpus="cremad",
+                label=EMOTIONS.index(emotion),
+                label_name=emotion,
+                group=actor,
+                media={"audio": f"AudioWAV/{clip_id}.wav", "video": f"VideoFlash/{clip_id}.flv"},
+                probe={
+                    "audio": {
+                        "sample_rate": 16000,
+                        "channels": 1,
+                        "sample_width": 2,
+                        "duration": CLIP_SECONDS,
+                    },
+                    "video": {
+                        "width": 240,
+                        "height": 180,
+                        "fps": 30.0,
+                        "duration": CLIP_FRAMES / CLIP_FPS,
+                        "has_audio": True,
+                        "video_codec": "flv1",
+                        "audio_codec": "mp3",
+                    },
                 },
-                "protocol": "vavl-1",
-                "split": split,
-                "status": "ok",
-                "reason": None,
-                "usable": {"raw": True, "cached": True},
-            }
+                protocol="vavl-1",
+                split=split,
+                extra={"actor": int(actor), "sentence": sentence, "level": level},
+            )
         )
     write_manifest(records, out / "manifest.jsonl")
+    corpus = corpus_description(get_corpus("cremad"), "vavl-1")
+    atomic_write_json(corpus_description_path(out / "manifest.jsonl"), corpus, sort_keys=True)
     return root, out
 
 
 @pytest.fixture(scope="module")
 def detector():
-    return faces_stage.make_detector(FacesConfig(device="cpu"))
+    return faces_compute.make_detector(40, "cpu")
 
 
 # --- pure parts ---------------------------------------------------------------------------------------
@@ -101,7 +110,7 @@ def detector():
 
 def test_crop_face_is_square_centred_and_padded_outside_the_frame():
     frame = np.full((100, 200, 3), 255, np.uint8)
-    crop = faces_stage.crop_face(frame, np.array([0, 0, 40, 20]), margin=0.25, size=32)
+    crop = faces_compute.crop_face(frame, np.array([0, 0, 40, 20]), margin=0.25, size=32)
     assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
     # box side 40 → square side 60 centred on (20, 10): its top-left lies outside the frame (black)
     assert crop[0, 0].tolist() == [0, 0, 0]
@@ -110,7 +119,7 @@ def test_crop_face_is_square_centred_and_padded_outside_the_frame():
 
 def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
     frames = np.stack([astronaut_frame(), np.full((180, 240, 3), 90, np.uint8), astronaut_frame(shift=20)])
-    boxes, probs = faces_stage.detect_best_faces(detector, frames, batch_size=2, min_prob=0.9)
+    boxes, probs = faces_compute.detect_best_faces(detector, frames, batch_size=2, min_prob=0.9)
     assert probs[0] > 0.95 and probs[2] > 0.95 and probs[1] == 0
     assert np.isnan(boxes[1]).all()
     # the face sits in the upper middle of the photo, and moves with it
@@ -121,16 +130,18 @@ def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
 
 def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
     frames = np.stack([astronaut_frame(), np.zeros((180, 240, 3), np.uint8), astronaut_frame()])
-    clip = faces_stage.faces_of_frames(detector, frames, FacesConfig(crop_size=48, device="cpu"))
+    clip = faces_compute.faces_of_frames(
+        detector, frames, crop_size=48, margin=0.2, min_prob=0.9, batch_size=32
+    )
     assert clip.frames_total == 3 and clip.frames_with_face == 2
     assert clip.crops.shape == (2, 48, 48, 3) and clip.crops.dtype == np.uint8
     assert clip.frame_index.tolist() == [0, 2]
 
 
 def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
-    """The generator's talking faces (pipeline.synth.face) at the demo's 160x120, every emotion at full
+    """The generator's talking faces (pipeline.corpora.cremad.synth.face) at the demo's 160x120, every emotion at full
     strength, mouth open: MTCNN must find them, or the demo's cached path would be empty."""
-    from pipeline.synth import face
+    from pipeline.corpora.cremad.synth import face
 
     rng = np.random.default_rng(0)
     frames = np.concatenate(
@@ -141,7 +152,7 @@ def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
             for emotion in EMOTIONS
         ]
     )  # [6, 120, 160, 3]
-    _, probs = faces_stage.detect_best_faces(detector, frames, batch_size=6, min_prob=0.9)
+    _, probs = faces_compute.detect_best_faces(detector, frames, batch_size=6, min_prob=0.9)
     assert (probs > 0.9).all(), probs
 
 
@@ -158,9 +169,9 @@ def test_config_errors_name_the_key():
 def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
     root, _ = make_tiny_corpus(tmp_path)
     path = root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv"
-    every = faces_stage.decode_frames(path)
+    every = decode_frames(path)
     assert every.shape == (CLIP_FRAMES, 180, 240, 3) and every.dtype == np.uint8
-    assert len(faces_stage.decode_frames(path, fps=10)) == 3  # t = 0, 0.1, 0.2 of 0 .. 0.267 s
+    assert len(decode_frames(path, fps=10)) == 3  # t = 0, 0.1, 0.2 of 0 .. 0.267 s
 
 
 def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
@@ -174,27 +185,27 @@ def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
 
     with h5py.File(faces_path, "r") as h5:
         for clip_id, _, has_face in TINY_CLIPS:
-            counts = faces_stage.clip_face_counts(h5, clip_id)
-            crops = faces_stage.read_clip_faces(h5, clip_id)
+            counts = intermediates.clip_face_counts(h5, clip_id)
+            crops = intermediates.read_clip_faces(h5, clip_id)
             assert counts["frames_total"] == CLIP_FRAMES
             assert counts["frames_with_face"] == (CLIP_FRAMES if has_face else 0) == len(crops)
             assert crops.shape[1:] == (48, 48, 3) and crops.dtype == np.uint8
         # JPEG round trip keeps the crop close to a fresh one
-        frame = faces_stage.decode_frames(root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv")[0]
-        fresh = faces_stage.crop_face(frame, h5["box"][TINY_CLIPS[0][0]][0], config.margin, 48)
-        stored = faces_stage.read_clip_faces(h5, TINY_CLIPS[0][0])[0]
+        frame = decode_frames(root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv")[0]
+        fresh = faces_compute.crop_face(frame, h5["box"][TINY_CLIPS[0][0]][0], config.margin, 48)
+        stored = intermediates.read_clip_faces(h5, TINY_CLIPS[0][0])[0]
         assert np.abs(fresh.astype(int) - stored.astype(int)).mean() < 4
-    assert faces_stage.clips_with_faces(faces_path) == sorted(c for c, _, has_face in TINY_CLIPS if has_face)
+    with h5py.File(faces_path, "r") as h5:
+        with_faces = sorted(c for c, reason in intermediates.cached_usability(h5).items() if reason is None)
+    assert with_faces == sorted(c for c, _, has_face in TINY_CLIPS if has_face)
 
-    records = {r["id"]: r for r in read_manifest(out / "manifest.jsonl")}
+    records = {r.id: r for r in read_manifest(out / "manifest.jsonl")}
     marked = records[no_face_id]
-    assert marked["status"] == "ok" and marked["reason"] is None  # not rejected: still fine for raw
-    assert marked["usable"] == {"raw": True, "cached": False}
-    assert marked["reasons"]["cached"].startswith("no-face: ") and no_face_id in marked["reasons"]["cached"]
+    assert marked.status == "ok" and marked.reason is None  # not rejected: still fine for raw
+    assert marked.usable == {"raw": True, "cached": False}
+    assert marked.reasons["cached"].startswith("no-face: ") and no_face_id in marked.reasons["cached"]
     for clip_id, _, _ in TINY_CLIPS[:3]:
-        assert (
-            records[clip_id]["usable"] == {"raw": True, "cached": True} and "reasons" not in records[clip_id]
-        )
+        assert records[clip_id].usable == {"raw": True, "cached": True} and records[clip_id].reasons == {}
 
 
 def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path, monkeypatch):
@@ -221,7 +232,7 @@ def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path,
     )
     with h5py.File(faces_path, "r") as h5:
         assert json.loads(h5.attrs["config"])["crop_size"] == 40
-        assert faces_stage.read_clip_faces(h5, TINY_CLIPS[0][0]).shape[1:] == (40, 40, 3)
+        assert intermediates.read_clip_faces(h5, TINY_CLIPS[0][0]).shape[1:] == (40, 40, 3)
 
 
 def test_undecodable_video_is_not_usable_for_cached_and_does_not_stop_the_stage(tmp_path):
@@ -237,5 +248,5 @@ def test_undecodable_video_is_not_usable_for_cached_and_does_not_stop_the_stage(
     )
     assert sorted(summary["no_face"]) == sorted([TINY_CLIPS[1][0], TINY_CLIPS[3][0]])
     assert "decode-error" in summary["no_face"][TINY_CLIPS[1][0]]
-    record = next(r for r in read_manifest(out / "manifest.jsonl") if r["id"] == TINY_CLIPS[1][0])
-    assert record["usable"]["cached"] is False and record["reasons"]["cached"].startswith("no-face: ")
+    record = next(r for r in read_manifest(out / "manifest.jsonl") if r.id == TINY_CLIPS[1][0])
+    assert record.usable["cached"] is False and record.reasons["cached"].startswith("no-face: ")

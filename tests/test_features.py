@@ -15,8 +15,8 @@ import pytest
 import torch
 from test_faces import TINY_CLIPS, make_tiny_corpus
 
-from pipeline import extractors as ex
-from pipeline.extractors import (
+from pipeline.compute import extractors as ex
+from pipeline.compute.extractors import (
     EffNetB2Config,
     EffNetB2Extractor,
     ExtractorConfigError,
@@ -24,10 +24,11 @@ from pipeline.extractors import (
     Wav2Vec2Extractor,
     WeightsUnavailableError,
 )
-from pipeline.shards import read_shard
 from pipeline.stages import faces as faces_stage
 from pipeline.stages import features as features_stage
 from pipeline.stages import shards_cached
+from pipeline.store import intermediates
+from pipeline.store.shards import read_shard
 
 SMALL = 64  # EfficientNet-B2 input size in tests (native 260)
 
@@ -228,10 +229,11 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
         )
         assert sample["w2v2.npy"].shape[0] == w2v2_random.output_length(6400)  # 0.4 s at 16 kHz
         assert sample["json"]["id"] == clip_id and sample["json"]["label_name"] == clip_id.split("_")[2]
+        assert sample["json"]["group"] == clip_id[:4] and sample["json"]["corpus"] == "cremad"
     # the shards hold what the in-memory extractors give (float16-rounded)
     first = TINY_CLIPS[0][0]
     with h5py.File(faces_path, "r") as h5:
-        expected = effb2_random.extract(faces_stage.read_clip_faces(h5, first))
+        expected = effb2_random.extract(intermediates.read_clip_faces(h5, first))
     np.testing.assert_allclose(samples[first]["effb2.npy"].astype(np.float32), expected, rtol=2e-3, atol=1e-3)
     wave = features_stage.load_wave_16k(root / "AudioWAV" / f"{first}.wav")
     np.testing.assert_allclose(
@@ -247,6 +249,10 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
         np.testing.assert_allclose(stats[name]["std"], rows.std(axis=0), atol=1e-6)
 
     meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["corpus"], meta["num_classes"], meta["label_names"][0], meta["config"]["protocol"]) == (
+        "cremad", 6, "ANG", "vavl-1"
+    )  # fmt: skip
+    assert meta["method_defaults"]["mlb"]["cached"]["*"] == {"alpha": 5.0, "beta_max": 2.0}
     assert meta["input_path"] == "cached" and meta["fields"]["w2v2.npy"] == {
         "dtype": "float16",
         "shape": ["T_a", 32],

@@ -1,5 +1,5 @@
-"""Indexing and validating a CREMA-D root (pipeline.corpora.cremad, pipeline.stages.index, pipeline.manifest)
-on a hand-made mini corpus."""
+"""Indexing and validating a CREMA-D root (pipeline.corpora.cremad, pipeline.corpora.base, pipeline.stages.index,
+pipeline.manifest) on a hand-made mini corpus."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pytest
 from test_media import LFS_STUB, make_flv, make_wav
 from typer.testing import CliRunner
 
+from pipeline import corpora
 from pipeline.cli import app
-from pipeline.corpora import cremad
-from pipeline.manifest import format_summary, read_manifest, summarize, write_manifest
+from pipeline.corpora import CorpusError, base, get_corpus
+from pipeline.corpora.cremad import layout
+from pipeline.manifest import ClipRecord, Reason, format_summary, read_manifest, summarize, write_manifest
 from pipeline.stages.index import IndexConfig, run_index
+
+CREMAD = get_corpus("cremad")
 
 runner = CliRunner()
 
@@ -44,9 +48,9 @@ def mini_corpus(tmp_path_factory) -> Path:
 
 
 def test_parse_clip_name():
-    name = cremad.parse_clip_name("1001_DFA_ANG_XX")
+    name = layout.parse_clip_name("1001_DFA_ANG_XX")
     assert (name.actor, name.sentence, name.emotion, name.level, name.fixes) == (1001, "DFA", "ANG", "XX", ())
-    fixed = cremad.parse_clip_name("1040_ITH_SAD_X")
+    fixed = layout.parse_clip_name("1040_ITH_SAD_X")
     assert fixed.id == "1040_ITH_SAD_XX" and fixed.fixes == ("wav-name-_X",)
 
 
@@ -63,20 +67,20 @@ def test_parse_clip_name():
     ],
 )
 def test_names_that_do_not_parse(stem):
-    assert cremad.parse_clip_name(stem) is None
+    assert layout.parse_clip_name(stem) is None
 
 
 # --- wrong roots -----------------------------------------------------------------------------------------
 
 
 def test_wrong_root_and_empty_corpus_are_clear_errors(tmp_path):
-    with pytest.raises(cremad.CorpusError, match="does not exist"):
-        cremad.scan_corpus(tmp_path / "nope")
-    with pytest.raises(cremad.CorpusError, match="neither AudioWAV/ nor VideoFlash/"):
-        cremad.scan_corpus(tmp_path)
+    with pytest.raises(CorpusError, match="does not exist"):
+        CREMAD.scan(tmp_path / "nope")
+    with pytest.raises(CorpusError, match="neither AudioWAV/ nor VideoFlash/"):
+        CREMAD.scan(tmp_path)
     (tmp_path / "AudioWAV").mkdir()
-    with pytest.raises(cremad.CorpusError, match="no .wav or .flv files"):
-        cremad.scan_corpus(tmp_path)
+    with pytest.raises(CorpusError, match="no .wav or .flv files"):
+        CREMAD.scan(tmp_path)
 
 
 @pytest.mark.parametrize("make_root", ["missing", "empty"])
@@ -84,22 +88,11 @@ def test_prepare_exits_2_naming_the_path_and_the_fix(tmp_path, make_root):
     root = tmp_path / "corpus"
     if make_root == "empty":
         (root / "AudioWAV").mkdir(parents=True)
-    result = runner.invoke(
-        app,
-        [
-            "prepare",
-            "cremad",
-            "--root",
-            str(root),
-            "--out",
-            str(tmp_path / "out"),
-            "--stages",
-            "index,frames,spectrograms,shards_raw",
-        ],
-    )
+    result = runner.invoke(app, ["prepare", "cremad", "--root", str(root), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     output = " ".join(result.output.split())  # the message may wrap
     assert str(root) in output and "mlbpipe synth cremad" in output
+    assert "weights" not in output.lower()  # the root is reported before the cached path's weights
 
 
 # --- validation ------------------------------------------------------------------------------------------
@@ -109,9 +102,9 @@ def test_prepare_exits_2_naming_the_path_and_the_fix(tmp_path, make_root):
 def indexed(mini_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     records, summary = run_index(
-        mini_corpus, out, IndexConfig(protocol="speaker-random", seed=3), progress=False
+        CREMAD, mini_corpus, out, IndexConfig(protocol="speaker-random", seed=3), progress=False
     )
-    return out, {r["id"]: r for r in records}, summary
+    return out, {r.id: r for r in records}, summary
 
 
 def test_every_clip_is_in_the_manifest_with_a_status(indexed):
@@ -132,24 +125,49 @@ def test_every_clip_is_in_the_manifest_with_a_status(indexed):
 def test_good_clip_record_follows_the_contract(indexed):
     _, by_id, _ = indexed
     r = by_id["1002_IEO_HAP_HI"]
-    assert (r["status"], r["reason"], r["label"], r["label_name"], r["actor"]) == ("ok", None, 3, "HAP", 1002)
-    assert r["wav"] == "AudioWAV/1002_IEO_HAP_HI.wav" and r["flv"] == "VideoFlash/1002_IEO_HAP_HI.flv"
-    assert r["audio"] == {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": 1.0}
-    assert r["video"]["width"] == 32 and r["video"]["has_audio"] is True
-    assert r["protocol"] == "speaker-random-3" and r["split"] in ("train", "validation", "test")
-    assert r["usable"] == {"raw": True, "cached": True}
+    assert (r.status, r.reason, r.label, r.label_name, r.group, r.corpus) == (
+        "ok",
+        None,
+        3,
+        "HAP",
+        "1002",
+        "cremad",
+    )
+    assert r.extra == {"actor": 1002, "sentence": "IEO", "level": "HI"} and r.segment is None
+    assert r.media == {"audio": "AudioWAV/1002_IEO_HAP_HI.wav", "video": "VideoFlash/1002_IEO_HAP_HI.flv"}
+    assert r.probe["audio"] == {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": 1.0}
+    assert r.probe["video"]["width"] == 32 and r.probe["video"]["has_audio"] is True
+    assert r.protocol == "speaker-random-3" and r.split in ("train", "validation", "test")
+    assert r.usable == {"raw": True, "cached": True}
+
+
+def test_the_manifest_has_the_contracts_keys_in_order_and_corpus_json_beside_it(indexed):
+    out, _, _ = indexed
+    first = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert list(first) == [
+        "id", "corpus", "label", "label_name", "group", "media", "segment", "probe", "protocol", "split", "status",
+        "reason", "usable", "reasons", "fixes", "extra",
+    ]  # fmt: skip
+    corpus = json.loads((out / "corpus.json").read_text())
+    assert (
+        corpus["corpus"] == "cremad"
+        and corpus["num_classes"] == 6
+        and corpus["protocol"] == "speaker-random-3"
+    )
+    assert corpus["label_names"] == ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+    assert corpus["method_defaults"]["mlb"]["cached"]["*"] == {"alpha": 5.0, "beta_max": 2.0}
 
 
 def test_rejections_carry_their_reason(indexed):
     _, by_id, summary = indexed
-    assert by_id["1001_IEO_NEU_LO"]["reason"].startswith("lfs-pointer: AudioWAV/1001_IEO_NEU_LO.wav")
-    assert "git lfs pull" in by_id["1001_IEO_NEU_LO"]["reason"]
-    assert by_id["1002_DFA_DIS_XX"]["reason"].startswith("duration-mismatch:")
+    assert by_id["1001_IEO_NEU_LO"].reason.startswith("lfs-pointer: AudioWAV/1001_IEO_NEU_LO.wav")
+    assert "git lfs pull" in by_id["1001_IEO_NEU_LO"].reason
+    assert by_id["1002_DFA_DIS_XX"].reason.startswith("duration-mismatch:")
     # on the known-bad list, and no more specific check fired (the media here are fine)
-    assert by_id["1064_TIE_SAD_XX"]["reason"].startswith("known-bad: FLV/MP3 have no duration")
+    assert by_id["1064_TIE_SAD_XX"].reason.startswith("known-bad: FLV/MP3 have no duration")
     for clip_id in ("1001_IEO_NEU_LO", "1002_DFA_DIS_XX", "1064_TIE_SAD_XX"):
-        assert by_id[clip_id]["status"] == "rejected" and by_id[clip_id]["split"] is not None
-        assert by_id[clip_id]["usable"] == {"raw": False, "cached": False}
+        assert by_id[clip_id].status == "rejected" and by_id[clip_id].split is not None
+        assert by_id[clip_id].usable == {"raw": False, "cached": False}
     assert summary["rejected_by_reason"] == {"duration-mismatch": 1, "known-bad": 1, "lfs-pointer": 1}
     text = format_summary(summary)
     assert "rejected lfs-pointer: 1  [1001_IEO_NEU_LO]" in text and "7 clips: 4 kept, 3 rejected" in text
@@ -158,18 +176,22 @@ def test_rejections_carry_their_reason(indexed):
 def test_x_wav_misnaming_is_accepted_and_noted(indexed):
     _, by_id, _ = indexed
     r = by_id["1040_ITH_SAD_XX"]
-    assert r["status"] == "ok" and r["wav"] == "AudioWAV/1040_ITH_SAD_X.wav" and r["fixes"] == ["wav-name-_X"]
+    assert (
+        r.status == "ok" and r.media["audio"] == "AudioWAV/1040_ITH_SAD_X.wav" and r.fixes == ["wav-name-_X"]
+    )
 
 
 def test_duplicate_id_and_missing_file(tmp_path):
     make_clip(tmp_path, "1001_DFA_ANG_XX")
     make_wav(tmp_path / "AudioWAV" / "copies" / "1001_DFA_ANG_XX.wav")
     make_wav(tmp_path / "AudioWAV" / "1002_DFA_ANG_XX.wav")
-    records, _ = run_index(tmp_path, tmp_path / "out", IndexConfig(protocol="vavl"), progress=False)
-    by_id = {r["id"]: r for r in records}
-    assert by_id["1001_DFA_ANG_XX"]["reason"].startswith("duplicate-id:")
-    assert "AudioWAV/copies/1001_DFA_ANG_XX.wav" in by_id["1001_DFA_ANG_XX"]["reason"]
-    assert by_id["1002_DFA_ANG_XX"]["reason"].startswith("missing-file: VideoFlash/1002_DFA_ANG_XX.flv")
+    records, _ = run_index(CREMAD, tmp_path, tmp_path / "out", IndexConfig(protocol="vavl"), progress=False)
+    by_id = {r.id: r for r in records}
+    assert by_id["1001_DFA_ANG_XX"].reason.startswith("duplicate-id:")
+    assert "AudioWAV/copies/1001_DFA_ANG_XX.wav" in by_id["1001_DFA_ANG_XX"].reason
+    assert by_id["1002_DFA_ANG_XX"].reason.startswith(
+        "missing-file: VideoFlash/1002_DFA_ANG_XX.flv is absent (its WAV"
+    )
 
 
 def test_rerun_skips_probing_when_nothing_changed(mini_corpus, indexed, monkeypatch):
@@ -179,17 +201,21 @@ def test_rerun_skips_probing_when_nothing_changed(mini_corpus, indexed, monkeypa
     def must_not_probe(*args, **kwargs):
         raise AssertionError("probed again although nothing changed")
 
-    monkeypatch.setattr(cremad, "validate_clip", must_not_probe)
-    records, _ = run_index(mini_corpus, out, IndexConfig(protocol="speaker-random", seed=3), progress=False)
-    assert {r["id"] for r in records} == set(by_id)
+    monkeypatch.setattr(base, "validate_clip", must_not_probe)
+    records, _ = run_index(
+        CREMAD, mini_corpus, out, IndexConfig(protocol="speaker-random", seed=3), progress=False
+    )
+    assert {r.id for r in records} == set(by_id)
     assert (out / "manifest.jsonl").read_bytes() == before
 
 
 def test_index_is_identical_with_two_workers(mini_corpus, indexed, tmp_path):
     out, _, _ = indexed
-    run_index(
-        mini_corpus, tmp_path, IndexConfig(protocol="speaker-random", seed=3), workers=2, progress=False
-    )
+    from pipeline.engine import LocalExecutor
+
+    with LocalExecutor(2) as executor:
+        config = IndexConfig(protocol="speaker-random", seed=3)
+        run_index(CREMAD, mini_corpus, tmp_path, config, executor=executor, progress=False)
     assert (tmp_path / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
 
 
@@ -198,16 +224,45 @@ def test_index_is_identical_with_two_workers(mini_corpus, indexed, tmp_path):
 
 def test_manifest_round_trip_is_sorted_and_atomic(tmp_path):
     records = [
-        {"id": "b", "status": "ok", "split": "train"},
-        {"id": "a", "status": "rejected", "reason": "x: y"},
+        ClipRecord("b", "toy", split="train"),
+        ClipRecord("a", "toy", status="rejected", reason="x: y"),
     ]
     write_manifest(records, tmp_path / "m.jsonl")
-    assert [r["id"] for r in read_manifest(tmp_path / "m.jsonl")] == ["a", "b"]
+    assert read_manifest(tmp_path / "m.jsonl") == sorted(records, key=lambda r: r.id)
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]  # no temp file left behind
     assert summarize(read_manifest(tmp_path / "m.jsonl"))["rejected_by_reason"] == {"x": 1}
 
 
 def test_manifest_reader_names_the_bad_line(tmp_path):
-    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "status": "ok"}) + "\n{oops\n")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "corpus": "toy", "status": "ok"}) + "\n{oops\n")
     with pytest.raises(ValueError, match=r"m.jsonl:2"):
         read_manifest(tmp_path / "m.jsonl")
+
+
+def test_manifest_reader_names_an_unknown_key_and_a_bad_segment(tmp_path):
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "a", "corpus": "toy", "status": "ok", "wav": "x.wav"}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"m.jsonl:1: unknown key\(s\) wav"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "a", "corpus": "toy", "status": "ok", "segment": [1, 2]}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"m.jsonl:1: segment of 'a'"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_reason_codes_are_one_enum():
+    assert Reason.LFS_POINTER.says("x") == "lfs-pointer: x" and Reason("no-face") is Reason.NO_FACE
+    assert len({r.value for r in Reason}) == len(Reason)
+
+
+def test_an_unknown_corpus_and_protocol_are_named(tmp_path):
+    with pytest.raises(CorpusError, match="unknown corpus 'nope'; choose one of .*cremad"):
+        corpora.get_corpus("nope")
+    with pytest.raises(
+        ValueError, match="index.protocol='official': cremad has the protocols vavl, speaker-random"
+    ):
+        run_index(CREMAD, tmp_path, tmp_path / "out", IndexConfig(protocol="official"), progress=False)
+    with pytest.raises(ValueError, match="index.partition=7"):
+        run_index(CREMAD, tmp_path, tmp_path / "out", IndexConfig(partition=7), progress=False)

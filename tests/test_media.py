@@ -14,9 +14,12 @@ from pipeline.media import (
     MediaError,
     UnsafePathError,
     check_readable,
+    decode_frames,
     frames_at_fps,
+    probe_audio,
     probe_video,
-    probe_wav,
+    read_audio,
+    resample,
     resized_rgb,
     resolve_inside,
 )
@@ -41,6 +44,42 @@ def make_wav(
     data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data, sample_rate, subtype=subtype)
+    return path
+
+
+def make_mp4(
+    path: Path,
+    seconds: float = 2.0,
+    fps: int = 10,
+    size: tuple[int, int] = (64, 48),
+    audio: bool = True,
+    tone_hz: float = 440.0,
+    sample_rate: int = 16000,
+) -> Path:
+    """An MP4 (H.264 + AAC, as AVE's) whose frame i is a flat grey of level 8 * i and whose audio is a tone
+    whose loudness rises linearly with time (so a test can tell which part of the clip it got)."""
+    width, height = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "g": "5"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        stream_a = container.add_stream("aac", rate=sample_rate, layout="mono") if audio else None
+        for i in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((height, width, 3), min(8 * i, 255), np.uint8), format="rgb24"
+            )
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if stream_a is not None:
+            t = np.arange(int(seconds * sample_rate)) / sample_rate
+            tone = (0.8 * t / seconds * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+            source = av.AudioFrame.from_ndarray(tone[None, :], format="flt", layout="mono")
+            source.sample_rate = sample_rate
+            resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+            for chunk in resampler.resample(source) + resampler.resample(None):
+                container.mux(stream_a.encode(chunk))
+            container.mux(stream_a.encode(None))
     return path
 
 
@@ -134,25 +173,25 @@ def test_unreadable_file(tmp_path):
     path = make_wav(tmp_path / "a.wav")
     path.chmod(0)
     with pytest.raises(MediaError) as err:
-        probe_wav(path, "a.wav")
+        probe_audio(path, "a.wav")
     assert err.value.code == "unreadable"
 
 
 # --- probing -------------------------------------------------------------------------------------------
 
 
-def test_probe_wav_facts(tmp_path):
-    info = probe_wav(make_wav(tmp_path / "a.wav", seconds=0.5), "a.wav")
+def test_probe_audio_facts(tmp_path):
+    info = probe_audio(make_wav(tmp_path / "a.wav", seconds=0.5), "a.wav")
     assert info.as_dict() == {"sample_rate": 16000, "channels": 1, "sample_width": 2, "duration": 0.5}
     assert 0.29 < info.peak < 0.31
-    stereo8 = probe_wav(make_wav(tmp_path / "b.wav", channels=2, subtype="PCM_U8"), "b.wav")
+    stereo8 = probe_audio(make_wav(tmp_path / "b.wav", channels=2, subtype="PCM_U8"), "b.wav")
     assert (stereo8.channels, stereo8.sample_width) == (2, 1)
 
 
-def test_probe_wav_garbage_is_decode_error(tmp_path):
+def test_probe_audio_garbage_is_decode_error(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF" + os.urandom(200))
     with pytest.raises(MediaError) as err:
-        probe_wav(tmp_path / "bad.wav", "bad.wav")
+        probe_audio(tmp_path / "bad.wav", "bad.wav")
     assert err.value.code == "decode-error"
 
 
@@ -284,3 +323,55 @@ def test_resolve_inside_follows_the_working_folder_for_a_relative_root(tmp_path,
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         assert resolve_inside(".", "x.wav") == (tmp_path / name / "x.wav").resolve()
+
+
+# --- audio inside a container, segments, the one resampler ------------------------------------------------
+
+
+def test_audio_of_a_container_is_probed_and_read_like_a_sound_file(tmp_path):
+    path = make_mp4(tmp_path / "a.mp4", seconds=2.0)
+    info = probe_audio(path, "a.mp4")
+    assert (info.sample_rate, info.channels, info.sample_width) == (16000, 1, 0)
+    assert abs(info.duration - 2.0) < 0.15 and 0.5 < info.peak <= 1.0  # + AAC's encoder delay
+    samples, rate = read_audio(path)
+    assert rate == 16000 and samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(len(samples) / rate - 2.0) < 0.15
+    assert probe_video(path, "a.mp4").has_audio
+
+
+def test_a_container_without_audio_has_no_audio_stream(tmp_path):
+    path = make_mp4(tmp_path / "silent.mp4", audio=False)
+    with pytest.raises(MediaError) as err:
+        probe_audio(path, "silent.mp4")
+    assert err.value.code == "no-audio-stream" and "silent.mp4" in str(err.value)
+
+
+def test_read_audio_honours_the_segment(tmp_path):
+    """The tone grows louder with time: the second half of the clip is louder than the first."""
+    path = make_mp4(tmp_path / "a.mp4", seconds=2.0)
+    whole, rate = read_audio(path)
+    first, _ = read_audio(path, (0.0, 1.0))
+    second, _ = read_audio(path, (1.0, 1.0))
+    assert len(first) == len(second) == rate
+    assert np.array_equal(second, whole[rate : 2 * rate])
+    assert np.abs(second).max() > 1.5 * np.abs(first).max()
+    wav = make_wav(tmp_path / "a.wav", seconds=1.0)
+    assert len(read_audio(wav, (0.25, 0.5))[0]) == 8000
+
+
+def test_frames_and_decoded_frames_come_from_inside_the_segment(tmp_path):
+    path = make_mp4(tmp_path / "a.mp4", seconds=3.0, fps=10)
+    picked = frames_at_fps(path, count=3, fps=1.0, size=16, segment=(1.0, 1.5))
+    assert [_frame_index(f) for f in picked] == [10, 20, 20]  # t = 1 s, 2 s, then padded: 3 s is past the end
+    every = decode_frames(path, None, segment=(1.0, 0.5))
+    assert [_frame_index(f) for f in every] == [10, 11, 12, 13, 14]
+    assert [_frame_index(f) for f in decode_frames(path, 2.0, segment=(0.5, 1.0))] == [5, 10]
+
+
+def test_resample_is_the_identity_at_the_same_rate_and_keeps_a_tone(tmp_path):
+    t = np.arange(16000) / 16000
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    assert resample(tone, 16000, 16000) is tone
+    up = resample(tone, 16000, 22050)
+    assert up.dtype == np.float32 and len(up) == 22050
+    assert abs(int(np.abs(np.fft.rfft(up)).argmax()) - 1000) <= 1

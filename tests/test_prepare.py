@@ -16,18 +16,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import stages as stages_mod
+from mlb.atomic import atomic_folder, remove_stale_temps
 from pipeline.cli import app
-from pipeline.manifest import read_manifest
-from pipeline.shards import atomic_folder, read_shard, write_shards, write_sizes_and_meta
-from pipeline.stages import ClipJob, is_complete, run_per_clip
-from pipeline.stages.spectrograms import (
-    SpectrogramConfig,
-    load_fixed_length,
-    loop_into,
-    mel_filterbank,
-    spectrogram_batch,
-)
+from pipeline.compute.spectrogram import loop_into, mel_filterbank, spectrogram_batch
+from pipeline.engine import ClipJob, LocalExecutor, run_per_clip
+from pipeline.manifest import Reason, read_manifest
+from pipeline.stages.spectrograms import SpectrogramConfig, load_fixed_length
+from pipeline.store.intermediates import is_complete
+from pipeline.store.shards import read_shard, write_shards, write_sizes_and_meta
 
 runner = CliRunner()
 
@@ -131,14 +127,17 @@ def test_spectrogram_shapes(kind, shape):
     assert spec.shape == (2, *shape) and spec.dtype == np.float32 and np.isfinite(spec).all()
 
 
-def test_log_stft_matches_a_plain_numpy_reference():
-    """The `stft` option is the authors' log(|STFT| + 1e-7), hann window 512, hop 353, centred."""
+def test_log_stft_matches_scipy_signal():
+    """The `stft` option is the authors' log(|STFT| + 1e-7), periodic Hann window 512, hop 353, frames
+    centred on t * hop with zeros beyond the ends: scipy.signal's ShortTimeFFT computes the same STFT
+    independently (its slice p is centred on sample p * hop; scale_to=None keeps the raw window)."""
+    from scipy.signal import ShortTimeFFT
+    from scipy.signal.windows import hann
+
     config = vars(SpectrogramConfig(kind="stft"))
     wave = np.random.default_rng(1).uniform(-1, 1, 66150).astype(np.float32)
-    padded = np.pad(wave.astype(np.float64), 256)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(512) / 512)  # periodic Hann
-    frames = np.stack([padded[t * 353 : t * 353 + 512] * window for t in range(188)], axis=1)  # [512, 188]
-    reference = np.log(np.abs(np.fft.rfft(frames, axis=0)) + 1e-7)  # [257, 188]
+    stft = ShortTimeFFT(hann(512, sym=False), hop=353, fs=22050, mfft=512, scale_to=None)
+    reference = np.log(np.abs(stft.stft(wave.astype(np.float64), p0=0, p1=188)) + 1e-7)  # [257, 188]
     np.testing.assert_allclose(spectrogram_batch(wave[None], config)[0], reference, atol=2e-3)
 
 
@@ -270,20 +269,27 @@ def test_per_clip_output_does_not_depend_on_workers(tmp_path):
     jobs = _toy_jobs(tmp_path)
     EXPLODE_AT.clear()
     run_per_clip("toy", jobs, _toy_compute, {"scale": 1}, tmp_path / "one.h5", progress=False)
-    run_per_clip("toy", jobs, _toy_compute, {"scale": 1}, tmp_path / "two.h5", workers=2, progress=False)
+    with LocalExecutor(2) as executor:
+        run_per_clip(
+            "toy", jobs, _toy_compute, {"scale": 1}, tmp_path / "two.h5", executor=executor, progress=False
+        )
     assert (tmp_path / "one.h5").read_bytes() == (tmp_path / "two.h5").read_bytes()
 
 
-def test_stages_inside_shared_workers_use_one_pool():
-    from pipeline import stages
+def test_one_local_executor_serves_every_stage_and_runs_elsewhere():
+    with LocalExecutor(2) as executor:
+        pids = {pid for _, pid in executor.map_unordered(_pid_of, [0, 1, 2, 3])}
+        assert os.getpid() not in pids  # the tasks ran in the workers, started once for every stage
+        assert sorted(i for i, _ in executor.map_unordered(_pid_of, [5, 6, 7])) == [0, 1, 2]
+    assert executor._pool is None  # closed on leaving the block
+    with LocalExecutor(1) as inline:
+        assert [pid for _, pid in inline.map_unordered(_pid_of, [0, 1])] == [os.getpid()] * 2
+    with pytest.raises(ValueError, match="workers=0"):
+        LocalExecutor(0)
 
-    with stages.shared_workers(2):
-        with stages.worker_pool(2) as first, stages.worker_pool(2) as second:
-            assert first is second  # started once for every stage of a prepare run
-            assert first.submit(os.getpid).result() != os.getpid()
-        with stages.worker_pool(3) as other:
-            assert other is not first  # another size gets its own pool
-    assert stages._shared_pool is None  # closed on leaving the block
+
+def _pid_of(_item) -> int:
+    return os.getpid()
 
 
 def test_the_resnet_path_never_imports_torch(synth_corpus, tmp_path):
@@ -292,19 +298,24 @@ def test_the_resnet_path_never_imports_torch(synth_corpus, tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
+        "from pipeline.corpora import get_corpus\n"
+        "from pipeline.engine import LocalExecutor\n"
         "from pipeline.prepare import PrepareConfig, Run, prepare\n"
         "from pipeline.stages.index import IndexConfig\n"
-        "from pipeline.stages import shared_workers, worker_pool\n"
-        f"run = Run(Path({str(synth_corpus)!r}), Path({str(tmp_path)!r}), "
-        "PrepareConfig(index=IndexConfig(protocol='speaker-random')), workers=2, progress=False)\n"
-        "with shared_workers(2):\n"
-        "    prepare(run, ['index', 'frames', 'spectrograms', 'shards_raw'])\n"
-        "    with worker_pool(2) as pool:\n"
-        "        in_workers = [pool.submit(eval, \"'torch' in __import__('sys').modules\").result() for _ in range(4)]\n"
-        "assert 'torch' not in sys.modules, 'the main process imported torch'\n"
-        "assert not any(in_workers), 'a worker imported torch'\n"
+        "def in_worker(_):\n"
+        "    return 'torch' in sys.modules\n"
+        "if __name__ == '__main__':\n"
+        "    with LocalExecutor(2) as executor:\n"
+        f"        run = Run(get_corpus('cremad'), Path({str(synth_corpus)!r}), Path({str(tmp_path)!r}), "
+        "PrepareConfig(index=IndexConfig(protocol='speaker-random')), executor, progress=False)\n"
+        "        prepare(run, ['index', 'frames', 'spectrograms', 'shards_raw'])\n"
+        "        in_workers = [found for _, found in executor.map_unordered(in_worker, range(4))]\n"
+        "    assert 'torch' not in sys.modules, 'the main process imported torch'\n"
+        "    assert not any(in_workers), 'a worker imported torch'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    script = tmp_path / "no_torch.py"
+    script.write_text(code)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "shards" / "raw" / "sizes.json").is_file()
 
@@ -339,24 +350,24 @@ def _shard_contents(shard_dir: Path) -> dict[str, list[tuple[str, dict]]]:
 
 def test_every_defect_is_rejected_with_its_reason(prepared):
     root, out = prepared
-    by_id = {r["id"]: r for r in read_manifest(out / "manifest.jsonl")}
+    by_id = {r.id: r for r in read_manifest(out / "manifest.jsonl")}
     defects = json.loads((root / "synth_defects.json").read_text())
     assert len(defects) >= 15
     for defect in defects:
         record = by_id[defect["id"]]
         expected = defect["expected_reason"]
         if expected in ("ok", "no-face"):  # accepted (`_X.wav`), or usable on the raw path (no face)
-            assert record["status"] == "ok", (defect, record["reason"])
+            assert record.status == "ok", (defect, record.reason)
         else:
-            assert record["status"] == "rejected", defect
-            assert record["reason"].split(":")[0] == expected, (defect, record["reason"])
-    assert by_id["1040_ITH_SAD_XX"]["fixes"] == ["wav-name-_X"]
+            assert record.status == "rejected", defect
+            assert Reason(record.reason.split(":")[0]) == expected, (defect, record.reason)
+    assert by_id["1040_ITH_SAD_XX"].fixes == ["wav-name-_X"]
 
 
 def test_every_good_clip_is_in_exactly_one_shard_of_its_split(prepared):
     _, out = prepared
     records = read_manifest(out / "manifest.jsonl")
-    good = {r["id"]: r["split"] for r in records if r["status"] == "ok"}
+    good = {r.id: r.split for r in records if r.ok}
     assert len(good) >= 12 and all(good.values())
     shards = _shard_contents(out / "shards" / "raw")
     seen: dict[str, str] = {}
@@ -386,14 +397,15 @@ def test_arrays_have_the_documented_shapes_and_dtypes(prepared):
             assert fields["spec.npy"].dtype == np.float32 and fields["spec.npy"].shape == (80, 188)
             assert np.isfinite(fields["spec.npy"]).all()
             assert fields["frames.npy"].dtype == np.uint8 and fields["frames.npy"].shape == (3, 32, 32, 3)
-            assert fields["json"]["id"] == key and set(fields["json"]) == {
-                "id",
-                "label",
-                "label_name",
-                "actor",
-                "split",
-                "corpus",
-            }
+            sample = fields["json"]
+            assert sample["id"] == key and set(sample) == {
+                "id", "corpus", "label", "label_name", "group", "split", "extra"
+            }  # fmt: skip
+            assert (
+                sample["corpus"] == "cremad"
+                and sample["group"] == key[:4]
+                and sample["extra"]["actor"] == int(key[:4])
+            )
             assert fields["frames.npy"].std() > 0  # a picture, not a blank
 
 
@@ -417,12 +429,12 @@ def test_rerun_in_place_skips_finished_stages(prepared, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone")
 
-    from pipeline.corpora import cremad
+    from pipeline.corpora import base
     from pipeline.stages import frames, spectrograms
 
-    monkeypatch.setattr(cremad, "validate_clip", must_not_run)
+    monkeypatch.setattr(base, "validate_clip", must_not_run)
     monkeypatch.setattr(frames, "frames_at_fps", must_not_run)
-    monkeypatch.setattr(spectrograms, "spectrogram_batch", must_not_run)
+    monkeypatch.setattr(spectrograms, "spectrogram_of_padded", must_not_run)
     result = runner.invoke(app, [*PREPARE, "--root", str(root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert before == {p.name: p.read_bytes() for p in (out / "shards" / "raw").iterdir()}
@@ -443,19 +455,15 @@ def test_stage_engine_is_shared(prepared):
     """frames and spectrograms write one HDF5 each through run_per_clip, keyed by clip id."""
     _, out = prepared
     for name, dataset in (("frames", "frames"), ("spectrograms", "spec")):
-        assert stages_mod.is_complete(out / "work" / f"{name}.h5")
+        assert is_complete(out / "work" / f"{name}.h5")
         with h5py.File(out / "work" / f"{name}.h5") as f:
-            assert len(f[dataset]) == sum(
-                1 for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"
-            )
+            assert len(f[dataset]) == sum(1 for r in read_manifest(out / "manifest.jsonl") if r.ok)
 
 
 def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     import os
     import subprocess
     import sys
-
-    from pipeline.manifest import remove_stale_temps
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True

@@ -1,4 +1,4 @@
-"""Issue 8: real SIGKILLs during `prepare` and `train`, then a rerun: the same bytes and metrics as an
+"""Real SIGKILLs during `prepare` and `train`, then a rerun: the same bytes and metrics as an
 uninterrupted run, and no partial file left behind. (Bad media, untrusted shards, checkpoints and
 numerical faults have their tests beside the code they exercise: test_prepare, test_index, test_media,
 test_data, test_train, test_balancing.)"""
@@ -74,7 +74,23 @@ def _kill_after(cmd: list[str], seconds: float, cwd: Path) -> bool:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if p.name.endswith((".tmp", ".part")) or ".tmp." in p.name]
+    """Every temp name the pipeline writes (mlb.atomic and the per-clip engine): `<name>.tmp-<pid>`
+    (files and folders), `<name>.old-<pid>` (a replaced folder), `.<name>.parts-<fingerprint>` (the
+    finished batches of an unfinished intermediate)."""
+    return sorted(
+        str(p)
+        for p in folder.rglob("*")
+        if ".tmp-" in p.name or ".old-" in p.name or (p.name.startswith(".") and ".parts-" in p.name)
+    )
+
+
+def test_the_leftover_check_sees_every_temp_name(tmp_path):
+    (tmp_path / "work").mkdir()
+    assert _leftovers(tmp_path) == []
+    for name in ("manifest.jsonl.tmp-123", "work/.frames.h5.parts-0123abcd", "raw.old-9", "work/raw.tmp-7"):
+        (tmp_path / name).mkdir()
+        assert _leftovers(tmp_path) == [str(tmp_path / name)]
+        (tmp_path / name).rmdir()
 
 
 @pytest.mark.integration
@@ -94,8 +110,7 @@ def test_prepare_killed_at_random_points_gives_the_same_bytes(synth_corpus_defec
             _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(killed)),
             rng.uniform(0.15, 0.6) * full,
             tmp_path,
-        )
-        assert not _leftovers(killed), _leftovers(killed)  # temp files are only ever in the same folder
+        )  # a kill may leave temp names behind (never a partial file under a final name): the rerun cleans up
     subprocess.run(
         _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(killed)),
         check=True,
@@ -105,7 +120,9 @@ def test_prepare_killed_at_random_points_gives_the_same_bytes(synth_corpus_defec
     want, got = _digest(clean), _digest(killed)
     assert len(want) >= 8 and any(k.startswith("shards/cached/") for k in want)
     assert got == want
-    assert not _leftovers(killed)
+    assert not _leftovers(killed), _leftovers(killed)
+    (killed / "work" / "frames.h5.tmp-999999").write_bytes(b"planted")  # the check would see one
+    assert _leftovers(killed) == [str(killed / "work" / "frames.h5.tmp-999999")]
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The synthetic CREMA-D generator (`pipeline.synth`, `mlbpipe synth cremad`): layout, formats, faces,
+"""The synthetic CREMA-D generator (`pipeline.corpora.cremad.synth`, `mlbpipe synth cremad`): layout, formats, faces,
 determinism, cue strength and the planted defects. Corpora are tiny; `synth_corpus` and
 `synth_corpus_defects` come from conftest.py and are shared with other tests."""
 
@@ -16,8 +16,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.synth import SynthConfig, synth_cremad
-from pipeline.synth.cremad import EMOTIONS, MANIFEST_DIR, choose_clips, load_actor_splits, parse_id, plan_clip
+from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR
+from pipeline.corpora.cremad.synth import SynthConfig, synth_cremad
+from pipeline.corpora.cremad.synth.generate import choose_clips, load_actor_splits, parse_id, plan_clip
 
 REASON_CODES = {
     "missing-file",
@@ -40,7 +41,7 @@ REASON_CODES = {
 
 
 def real_wav_bytes() -> dict[str, int]:
-    with open(MANIFEST_DIR / "clips.tsv", newline="") as f:
+    with open(MANIFESTS_DIR / "clips.tsv", newline="") as f:
         return {r["clip_id"]: int(r["wav_bytes"]) for r in csv.DictReader(f, delimiter="\t")}
 
 
@@ -90,7 +91,8 @@ def test_help_describes_options():
         ["synth", "cremad", "OUT", "--actors", "0"],
         ["synth", "cremad", "OUT", "--clips", "99999"],
         ["synth", "cremad", "OUT", "--audio-noise", "1.5"],
-        ["synth", "cremad", "OUT", "--size", "big"],
+        ["synth", "cremad", "OUT", "--width", "big"],
+        ["synth", "cremad", "OUT", "--width", "63"],
         ["synth", "cremad", "OUT", "--clip-list", "ogm"],
     ],
 )
@@ -111,7 +113,8 @@ def test_unwritable_out_exits_2(tmp_path):
 
 def test_cli_generates_and_reports(tmp_path):
     result = CliRunner().invoke(
-        app, ["synth", "cremad", str(tmp_path), "--clips", "2", "--size", "160x120", "--fps", "5"]
+        app,
+        ["synth", "cremad", str(tmp_path), "--clips", "2", "--width", "160", "--height", "120", "--fps", "5"],
     )
     assert result.exit_code == 0, result.output
     assert "wrote 2 clips" in result.output and "per emotion" in result.output

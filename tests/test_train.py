@@ -36,6 +36,7 @@ def _config(out_dir: Path, run: Path, features="raw", **kw) -> TrainConfig:
         "epochs": 3,
         "batch_size": 8,
         "seed": 3,
+        "device": "cpu",  # exact resume is a CPU guarantee (tests/test_gpu.py covers CUDA)
         "dvclive": False,
     }
     return TrainConfig(**{**base, **kw})

@@ -1,9 +1,9 @@
 """Stage `features`: frozen EfficientNet-B2 on the face crops and Wav2Vec2 on the 16 kHz audio of every clip
 usable for the cached path.
 
-Inputs: `OUT/manifest.jsonl`, `OUT/work/faces.h5` (faces stage), the corpus root (WAVs). Output:
-`OUT/work/features.h5`, made by pipeline.stages.run_per_clip (parallel, resumable, atomic), keyed by clip
-id: `/effb2/<id>` float16 [T_v, 1408] (T_v = frames with a face), `/w2v2/<id>` float16 [T_a, D] and
+Inputs: `OUT/manifest.jsonl`, `OUT/work/faces.h5` (faces stage), each clip's `audio` (a sound file or the
+video file's audio stream, inside its segment). Output: `OUT/work/features.h5`, through the per-clip engine
+(parallel, resumable, atomic), keyed by clip id: `/effb2/<id>` float16 [T_v, 1408] (T_v = frames with a face), `/w2v2/<id>` float16 [T_a, D] and
 `/counts/<id>` int32 [2] = (frames_total, frames_with_face). Its stage config (`read_stage_config`)
 holds the extractor identities under `extractors`, which the shards stage copies into `meta.json`.
 
@@ -19,20 +19,26 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
 
-from pipeline.extractors import (
+from pipeline.compute.extractors import (
     WAV2VEC2_SAMPLE_RATE,
     EffNetB2Config,
     EffNetB2Extractor,
     Wav2Vec2Config,
     Wav2Vec2Extractor,
 )
-from pipeline.stages import ClipJob, exit_on, run_per_clip
-from pipeline.stages import faces as faces_stage
+from pipeline.engine import ClipJob, Executor, run_per_clip
+from pipeline.manifest import Reason, read_manifest
+from pipeline.media import read_audio, resample, resolve_inside
+from pipeline.store.intermediates import (
+    clip_cached_reason,
+    clip_face_counts,
+    read_clip_faces,
+    read_fingerprint,
+    read_stage_config,
+)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -45,7 +51,7 @@ class FeaturesConfigError(ValueError):
 class FeaturesConfig:
     """Parameters of the features stage (params.yaml: `features`).
 
-    effb2 / w2v2: the extractor configs (see pipeline.extractors).
+    effb2 / w2v2: the extractor configs (see pipeline.compute.extractors).
     audio_batch_size: clips per Wav2Vec2 call. frame_batch_size: face crops per EfficientNet call.
     device: "auto" (CUDA when present), "cpu" or "cuda[:N]".
     """
@@ -63,17 +69,11 @@ class FeaturesConfig:
                 raise FeaturesConfigError(f"features.{key}={value!r}: expected an int >= 1")
 
 
-def load_wave_16k(path: Path) -> np.ndarray:
-    """Mono float32 samples at 16 kHz ([S]); other rates are resampled (CREMA-D WAVs are 16 kHz already)."""
-    import torch
-    import torchaudio.functional as AF
-
-    from pipeline.media import read_wav_mono
-
-    samples, sample_rate = read_wav_mono(path)  # [S]
-    if sample_rate != WAV2VEC2_SAMPLE_RATE:
-        samples = AF.resample(torch.from_numpy(samples), sample_rate, WAV2VEC2_SAMPLE_RATE).numpy()
-    return samples.astype(np.float32, copy=False)
+def load_wave_16k(path: Path, segment: tuple[float, float] | None = None) -> np.ndarray:
+    """Mono float32 samples at 16 kHz ([S]) of a clip's audio (inside `segment` when given); other rates go
+    through the pipeline's one resampler (pipeline.media.resample)."""
+    samples, sample_rate = read_audio(path, segment)  # [S]
+    return resample(samples, sample_rate, WAV2VEC2_SAMPLE_RATE).astype(np.float32, copy=False)
 
 
 def effb2_features(extractor: EffNetB2Extractor, crops: np.ndarray, frame_batch_size: int) -> np.ndarray:
@@ -120,22 +120,22 @@ def compute_features(jobs: Sequence[ClipJob], config: dict) -> dict:
     with h5py.File(config["faces_path"], "r") as faces_h5:
         waves: dict[str, np.ndarray] = {}
         for job in jobs:
-            reason = faces_stage.clip_cached_reason(faces_h5, job.id)
+            reason = clip_cached_reason(faces_h5, job.id)
             if reason:  # kept in features.h5's errors, so the shards stage can say why it skips the clip
                 results[job.id] = reason
                 continue
             try:
-                waves[job.id] = load_wave_16k(Path(job.path))  # [S]
+                waves[job.id] = load_wave_16k(Path(job.path), job.segment)  # [S]
             except (OSError, RuntimeError, ValueError) as err:  # soundfile raises RuntimeError subclasses
-                results[job.id] = f"decode-error: the WAV of {job.id} could not be read ({err})"
+                results[job.id] = Reason.DECODE_ERROR.says(f"the audio of {job.id} could not be read ({err})")
         ids = list(waves)
         audio: dict[str, np.ndarray] = {}
         for start in range(0, len(ids), config["audio_batch_size"]):
             batch = ids[start : start + config["audio_batch_size"]]
             audio |= dict(zip(batch, w2v2.extract([waves[i] for i in batch]), strict=True))  # [T_a, D] each
         for clip_id in ids:
-            crops = faces_stage.read_clip_faces(faces_h5, clip_id)  # [K, S, S, 3]
-            counts = faces_stage.clip_face_counts(faces_h5, clip_id)
+            crops = read_clip_faces(faces_h5, clip_id)  # [K, S, S, 3]
+            counts = clip_face_counts(faces_h5, clip_id)
             try:
                 results[clip_id] = {
                     "effb2": to_float16(
@@ -145,7 +145,7 @@ def compute_features(jobs: Sequence[ClipJob], config: dict) -> dict:
                     "counts": np.array([counts["frames_total"], counts["frames_with_face"]], np.int32),
                 }
             except ValueError as err:  # features beyond float16
-                results[clip_id] = f"bad-features: {err}"
+                results[clip_id] = Reason.BAD_FEATURES.says(str(err))
     return results
 
 
@@ -156,28 +156,28 @@ def run_features(
     out_path: str | Path,
     config: FeaturesConfig = FeaturesConfig(),
     *,
-    workers: int = 1,
+    executor: Executor | None = None,
     progress: bool = True,
 ) -> dict:
     """Compute and store both feature sets of every clip usable for the cached path (kept, in a split,
     with at least one face in `faces_path`) into `out_path` (OUT/work/features.h5); the other clips of
     the faces stage get their reason in the file's `errors`.
 
-    The stage config stored in the file holds the extractor identities under `extractors` (read it
-    with pipeline.stages.read_stage_config). Returns {"clips", "errors": {clip id: message},
+    The stage config stored in the file holds the extractor identities under `extractors` (read it with
+    pipeline.store.intermediates.read_stage_config). Returns {"clips", "errors": {clip id: message},
     "extractors"}.
     """
-    from pipeline.manifest import read_manifest
-    from pipeline.media import resolve_inside
-    from pipeline.stages import read_stage_config
-
     faces_path = Path(faces_path)
     read_stage_config(faces_path)  # raises unless the faces stage finished
     # Every candidate of the faces stage: clips without a face get their reason in features.h5's errors.
     jobs = [
-        ClipJob(r["id"], str(resolve_inside(corpus_root, r["wav"])))
+        ClipJob(
+            r.id,
+            str(resolve_inside(corpus_root, r.media["audio"])),
+            None if r.segment is None else r.segment.as_tuple(),
+        )
         for r in read_manifest(manifest_path)
-        if faces_stage.is_candidate(r)
+        if r.cached_candidate()
     ]
     effb2, w2v2 = extractors_for(config)  # fails early on unusable weights, before any clip
     identity = {"audio": w2v2.identity(), "video": effb2.identity()}
@@ -188,83 +188,10 @@ def run_features(
         "audio_batch_size": config.audio_batch_size,
         "frame_batch_size": config.frame_batch_size,
         "faces_path": str(faces_path.resolve()),
-        "faces_fingerprint": _fingerprint_of(faces_path),
+        "faces_fingerprint": read_fingerprint(faces_path),
         "extractors": identity,
     }
     errors = run_per_clip(
-        "features", jobs, compute_features, stage_config, out_path, workers=workers, progress=progress
+        "features", jobs, compute_features, stage_config, out_path, executor=executor, progress=progress
     )
     return {"clips": len(jobs) - len(errors), "errors": errors, "extractors": identity}
-
-
-def _fingerprint_of(path: Path) -> str:
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        return str(h5.attrs["fingerprint"])
-
-
-def read_clip_features(h5, clip_id: str) -> dict:
-    """`{"effb2": float16 [T_v, 1408], "w2v2": float16 [T_a, D], "frames_total", "frames_with_face"}`
-    of one clip from an open features.h5."""
-    frames_total, frames_with_face = (int(v) for v in h5["counts"][clip_id][()])
-    return {
-        "effb2": h5["effb2"][clip_id][()],
-        "w2v2": h5["w2v2"][clip_id][()],
-        "frames_total": frames_total,
-        "frames_with_face": frames_with_face,
-    }
-
-
-def cli(
-    manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl (after the faces stage).")],
-    root: Annotated[Path, typer.Option("--root", help="Corpus root the manifest's paths are relative to.")],
-    faces: Annotated[Path, typer.Option(help="OUT/work/faces.h5 from the faces stage.")],
-    out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/features.h5.")],
-    effb2_weights: str = typer.Option("imagenet", help="imagenet | random | PATH to a state_dict file."),
-    effb2_image_size: int = typer.Option(260, help="EfficientNet-B2 input size (native 260)."),
-    w2v2_model: str = typer.Option(
-        "facebook/wav2vec2-large-robust", help="Hub id | local folder | random-tiny."
-    ),
-    w2v2_layer: int = typer.Option(12, help="Transformer block whose output is kept (1-based)."),
-    dtype: str = typer.Option("float16", help="Autocast dtype on CUDA: float16 | bfloat16 | float32."),
-    seed: int = typer.Option(0, help="Seed of random weights (effb2 random, w2v2 random-tiny)."),
-    audio_batch_size: int = typer.Option(8, help="Clips per Wav2Vec2 call."),
-    frame_batch_size: int = typer.Option(64, help="Face crops per EfficientNet call."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    workers: int = typer.Option(1, help="Processes in parallel (CPU only; output does not depend on it)."),
-) -> None:
-    """EfficientNet-B2 on the face crops and Wav2Vec2 (layer 12) on the WAV of every clip usable for the
-    cached path. Offline with no weights it stops and says how to supply them; `random` / `random-tiny`
-    give seeded random extractors (for demos: labelled random_init in the shard metadata)."""
-    with exit_on(ValueError, RuntimeError):  # config errors, WeightsUnavailableError, no faces.h5
-        config = FeaturesConfig(
-            effb2=EffNetB2Config(weights=effb2_weights, image_size=effb2_image_size, dtype=dtype, seed=seed),
-            w2v2=Wav2Vec2Config(model=w2v2_model, layer=w2v2_layer, dtype=dtype, seed=seed),
-            audio_batch_size=audio_batch_size,
-            frame_batch_size=frame_batch_size,
-            device=device,
-        )
-        summary = run_features(manifest, root, faces, out, config, workers=workers)
-    print_features_summary(summary)
-
-
-def print_features_summary(summary: dict) -> None:
-    audio, video = summary["extractors"]["audio"], summary["extractors"]["video"]
-    typer.echo(
-        f"features: {summary['clips']} clips with features; audio {audio['model']} layer {audio['layer']} "
-        f"({audio['dim']}-d), video {video['model']} at {video['input_size']} px ({video['dim']}-d)"
-    )
-    for name, entry in (("audio", audio), ("video", video)):
-        if entry["random_init"]:
-            typer.echo(
-                f"  note: the {name} extractor has RANDOM weights ({entry['weights']}): "
-                "features are for demos and tests only",
-                err=True,
-            )
-    for clip_id, message in sorted(summary["errors"].items()):
-        typer.echo(f"  {clip_id} skipped: {message}", err=True)
-
-
-if __name__ == "__main__":
-    typer.run(cli)

@@ -1,8 +1,9 @@
-"""Stage `frames`: decode each kept clip's FLV once and keep 3 frames at 1 fps, resized for the ResNet.
+"""Stage `frames`: decode each clip's video once and keep `count` frames at `fps`, resized for the ResNet.
 
-Output: `OUT/work/frames.h5`, dataset `/frames/<clip id>` uint8 [count, size, size, 3] (RGB), made by
-pipeline.stages.run_per_clip (parallel, resumable, atomic). Frame k is the first decoded frame at or
-after k / fps seconds; a clip too short for `count` frames repeats its last frame.
+Reads the manifest and each clip's `video` (inside its segment, when it has one). Writes
+`OUT/work/frames.h5`, dataset `/frames/<clip id>` uint8 [count, size, size, 3] (RGB), through the
+per-clip engine (parallel, resumable, atomic). Frame k is the first decoded frame at or after
+start + k / fps seconds; a clip too short for `count` frames repeats its last frame.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
-from pipeline.manifest import read_manifest
-from pipeline.media import MediaError, frames_at_fps, resolve_inside
-from pipeline.stages import ClipJob, exit_on, report_skipped, run_per_clip
+from pipeline.engine import ClipJob, Executor, run_per_clip
+from pipeline.engine.per_clip import clip_jobs
+from pipeline.manifest import Reason, read_manifest
+from pipeline.media import MediaError, frames_at_fps
 
 
 @dataclass(frozen=True)
 class FramesConfig:
+    """Parameters of the frames stage (params.yaml: `frames`)."""
+
     fps: float = 1.0  # frames kept per second of video
     count: int = 3  # frames per clip (the paper: 3)
     size: int = 224  # output height = width (ResNet-18 input)
@@ -41,21 +42,16 @@ def compute_frames(jobs: Sequence[ClipJob], config: dict) -> dict:
         try:
             results[job.id] = {
                 "frames": frames_at_fps(
-                    Path(job.path), count=config["count"], fps=config["fps"], size=config["size"]
+                    Path(job.path),
+                    count=config["count"],
+                    fps=config["fps"],
+                    size=config["size"],
+                    segment=job.segment,
                 )
             }
         except (MediaError, OSError, ValueError) as err:  # PyAV errors derive from OSError/ValueError
-            results[job.id] = f"decode-error: frames of {job.id} could not be decoded ({err})"
+            results[job.id] = Reason.DECODE_ERROR.says(f"frames of {job.id} could not be decoded ({err})")
     return results
-
-
-def clips_to_process(manifest: list[dict], root: str | Path, media: str) -> list[ClipJob]:
-    """Jobs for the kept clips that belong to a split, reading the manifest field `media` (wav or flv)."""
-    return [
-        ClipJob(r["id"], str(resolve_inside(root, r[media])))
-        for r in manifest
-        if r["status"] == "ok" and r.get("split") and r.get("usable", {}).get("raw", True)
-    ]
 
 
 def run_frames(
@@ -64,30 +60,11 @@ def run_frames(
     out_path: str | Path,
     config: FramesConfig,
     *,
-    workers: int = 1,
+    executor: Executor | None = None,
     progress: bool = True,
 ) -> dict[str, str]:
     """Write the frames intermediate; returns per-clip errors {clip id: message}."""
-    jobs = clips_to_process(read_manifest(manifest_path), root, "flv")
+    jobs = clip_jobs(read_manifest(manifest_path), root, "video", "raw")
     return run_per_clip(
-        "frames", jobs, compute_frames, asdict(config), out_path, workers=workers, progress=progress
+        "frames", jobs, compute_frames, asdict(config), out_path, executor=executor, progress=progress
     )
-
-
-def cli(
-    manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl from the index stage.")],
-    root: Annotated[Path, typer.Option("--root", help="Corpus root the manifest's paths are relative to.")],
-    out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write, e.g. OUT/work/frames.h5.")],
-    fps: float = typer.Option(1.0, help="Frames kept per second."),
-    count: int = typer.Option(3, help="Frames per clip."),
-    size: int = typer.Option(224, help="Output height and width in pixels."),
-    workers: int = typer.Option(1, help="Processes decoding in parallel (output does not depend on it)."),
-) -> None:
-    """Decode every kept clip's FLV once and store `count` frames at `fps`, resized to size x size."""
-    with exit_on(ValueError):
-        config = FramesConfig(fps, count, size)
-    report_skipped("frames", run_frames(manifest, root, out, config, workers=workers))
-
-
-if __name__ == "__main__":
-    typer.run(cli)

@@ -3,7 +3,7 @@ Conformer path, `OUT/shards/cached/` (docs/CONTRACTS.md, "Shards" / "cached/").
 
 Per split (`train`, `validation`, `test`), clips usable for the cached path in id order:
 `__key__` = clip id, `w2v2.npy` float16 [T_a, D_a], `effb2.npy` float16 [T_v, 1408], `json` with the
-label and `frames_total` / `frames_with_face`. Beside the tars: `sizes.json`, `meta.json` (with the
+sample's `json` (pipeline.store.shards.sample_json, plus `frames_total` / `frames_with_face`). Beside the tars: `sizes.json`, `meta.json` (with the
 extractor identities under `extractors`) and `stats.json` (per-dimension mean / std of both features over
 every time step of the TRAIN split only). Kept clips without features (no face) are skipped and
 listed. The folder is replaced as a whole (`atomic_folder`); the same features give byte-identical tars.
@@ -11,18 +11,15 @@ listed. The folder is replaced as a whole (`atomic_folder`); the same features g
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
 
-from pipeline.corpora.cremad import EMOTIONS
-from pipeline.splits import SPLITS
-from pipeline.stages import exit_on
-from pipeline.stages import features as features_stage
+from mlb.atomic import atomic_folder, atomic_write_json
+from pipeline.manifest import SPLITS, read_corpus_description, read_manifest
+from pipeline.store.intermediates import read_clip_features, read_stage_config
+from pipeline.store.shards import sample_json, shard_meta, write_shards, write_sizes_and_meta
 
 FEATURE_FIELDS = ("w2v2", "effb2")
 
@@ -80,45 +77,6 @@ class RunningStats:
         }
 
 
-def sample_json(record: dict, counts: dict) -> dict:
-    return {
-        "id": record["id"],
-        "label": record["label"],
-        "label_name": record["label_name"],
-        "actor": record["actor"],
-        "split": record["split"],
-        "corpus": record.get("corpus", "cremad"),
-        "frames_total": counts["frames_total"],
-        "frames_with_face": counts["frames_with_face"],
-    }
-
-
-def build_meta(
-    features_config: dict, config: ShardsCachedConfig, protocols: list[str], skipped: dict[str, str]
-) -> dict:
-    """`meta.json` of the cached folder. `extractors` (what a trainer checks) gets the stored dtype;
-    `config` keeps the settings that shape the features, not machine details (paths, device)."""
-    extractors = features_config["extractors"]
-    settings = {key: features_config[key] for key in ("effb2", "w2v2")}
-    return {
-        "input_path": "cached",
-        "corpus": "cremad",
-        "num_classes": len(EMOTIONS),
-        "label_names": list(EMOTIONS),
-        "fields": {
-            "w2v2.npy": {"dtype": "float16", "shape": ["T_a", int(extractors["audio"]["dim"])]},
-            "effb2.npy": {"dtype": "float16", "shape": ["T_v", int(extractors["video"]["dim"])]},
-        },
-        "config": {
-            "protocol": protocols[0] if len(protocols) == 1 else protocols,
-            "features": settings,
-            "shards": asdict(config),
-        },
-        "extractors": {name: {**identity, "dtype": "float16"} for name, identity in extractors.items()},
-        "skipped": skipped,
-    }
-
-
 def run_shards_cached(
     manifest_path: str | Path,
     features_path: str | Path,
@@ -133,85 +91,70 @@ def run_shards_cached(
     import h5py
     from tqdm import tqdm
 
-    from pipeline.manifest import atomic_write_bytes, read_manifest
-    from pipeline.shards import atomic_folder, write_shards, write_sizes_and_meta
-    from pipeline.stages import read_stage_config
-
     features_config = read_stage_config(features_path)  # raises unless the features stage finished
-    records = sorted(
-        (r for r in read_manifest(manifest_path) if r.get("status") == "ok" and r.get("split") in SPLITS),
-        key=lambda r: r["id"],
-    )
+    corpus = read_corpus_description(manifest_path)
+    records = sorted((r for r in read_manifest(manifest_path) if r.in_split()), key=lambda r: r.id)
     stats = {name: RunningStats() for name in FEATURE_FIELDS}
     skipped: dict[str, str] = {}
     with h5py.File(features_path, "r") as h5, atomic_folder(out_dir) as tmp:
         have = set(h5.get("counts", {}))
         for r in records:
-            if r["id"] not in have:
-                skipped[r["id"]] = (
-                    str(h5["errors"].attrs.get(r["id"], ""))
-                    or (r.get("reasons") or {}).get("cached")
+            if r.id not in have:
+                skipped[r.id] = (
+                    str(h5["errors"].attrs.get(r.id, ""))
+                    or r.reasons.get("cached")
                     or "no features (no face, or not usable for the cached path)"
                 )
-        usable = [r for r in records if r["id"] in have]
+        usable = [r for r in records if r.id in have]
         bar = tqdm(
             total=len(usable), desc="shards_cached", unit="clip", disable=not progress, dynamic_ncols=True
         )
 
         def samples(split: str):
-            for record in (r for r in usable if r["split"] == split):
-                clip = features_stage.read_clip_features(h5, record["id"])
+            for record in (r for r in usable if r.split == split):
+                clip = read_clip_features(h5, record.id)
                 if split == "train":
                     for name in FEATURE_FIELDS:
                         stats[name].update(clip[name])  # [T, D]
                 bar.update(1)
-                yield (
-                    record["id"],
-                    {"w2v2.npy": clip["w2v2"], "effb2.npy": clip["effb2"], "json": sample_json(record, clip)},
-                )
+                counts = {"frames_total": clip["frames_total"], "frames_with_face": clip["frames_with_face"]}
+                fields = {
+                    "w2v2.npy": clip["w2v2"],
+                    "effb2.npy": clip["effb2"],
+                    "json": sample_json(record, **counts),
+                }
+                yield record.id, fields
 
         sizes: dict[str, int] = {}
         for split in SPLITS:
             sizes |= write_shards(samples(split), tmp, split, maxcount=config.maxcount)
         bar.close()
-        protocols = sorted({r.get("protocol") or "" for r in records})
-        write_sizes_and_meta(tmp, sizes, build_meta(features_config, config, protocols, skipped))
+        write_sizes_and_meta(tmp, sizes, build_meta(corpus, features_config, config, skipped))
         dims = {
             "w2v2": int(features_config["extractors"]["audio"]["dim"]),
             "effb2": int(features_config["extractors"]["video"]["dim"]),
         }
         stats_json = {name: stats[name].result(dims[name]) for name in FEATURE_FIELDS}
-        atomic_write_bytes(tmp / "stats.json", (json.dumps(stats_json, sort_keys=True) + "\n").encode())
+        atomic_write_json(tmp / "stats.json", stats_json, indent=None, sort_keys=True)
     return sizes, skipped
 
 
-def print_shard_summary(sizes: dict[str, int], skipped: dict[str, str]) -> None:
-    per_split = {s: sum(n for name, n in sizes.items() if name.startswith(f"{s}-")) for s in SPLITS}
-    typer.echo(
-        f"shards_cached: {len(sizes)} tar(s); samples " + ", ".join(f"{s} {n}" for s, n in per_split.items())
+def build_meta(
+    corpus: dict, features_config: dict, config: ShardsCachedConfig, skipped: dict[str, str]
+) -> dict:
+    """`meta.json` of the cached folder. `extractors` (what a trainer checks) gets the stored dtype;
+    `config` keeps the settings that shape the features, not machine details (paths, device)."""
+    extractors = features_config["extractors"]
+    fields = {
+        "w2v2.npy": {"dtype": "float16", "shape": ["T_a", int(extractors["audio"]["dim"])]},
+        "effb2.npy": {"dtype": "float16", "shape": ["T_v", int(extractors["video"]["dim"])]},
+    }
+    settings = {key: features_config[key] for key in ("effb2", "w2v2")}
+    return shard_meta(
+        corpus,
+        "cached",
+        fields,
+        {"features": settings, "shards": asdict(config)},
+        skipped,
+        extractors={name: {**identity, "dtype": "float16"} for name, identity in extractors.items()},
     )
-    for clip_id, why in sorted(skipped.items()):
-        typer.echo(f"  skipped {clip_id}: {why}", err=True)
-    if not per_split["train"]:
-        typer.echo(
-            "  warning: no train clip has features: stats.json holds mean 0 / std 1 (count 0)", err=True
-        )
-
-
-def cli(
-    manifest: Annotated[Path, typer.Option(help="OUT/manifest.jsonl.")],
-    features: Annotated[Path, typer.Option(help="OUT/work/features.h5 from the features stage.")],
-    out: Annotated[
-        Path, typer.Option("--out", help="The shard folder to (re)write, e.g. OUT/shards/cached.")
-    ],
-    maxcount: int = typer.Option(1000, help="Samples per tar."),
-) -> None:
-    """Pack the frozen features into deterministic WebDataset tars per split, with sizes.json, meta.json
-    (extractor identities) and stats.json (mean/std per dimension from the train split)."""
-    with exit_on(ValueError, RuntimeError):
-        sizes, skipped = run_shards_cached(manifest, features, out, ShardsCachedConfig(maxcount))
-    print_shard_summary(sizes, skipped)
-
-
-if __name__ == "__main__":
-    typer.run(cli)

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-
-def _csv(value: str, name: str, cast=str) -> list:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise typer.BadParameter(f"needs at least one value, got {value!r}", param_hint=name)
-    try:
-        return [cast(v) for v in items]
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a comma-separated list of {cast.__name__}", param_hint=name
-        ) from None
+from pipeline.cli.common import parse_params_json, split_csv
 
 
 def compare(
@@ -66,9 +55,9 @@ def compare(
     Finished runs are kept (a rerun only trains what is missing); a method that does not support a fusion
     head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv and .json.
     """
+    from mlb.atomic import atomic_write_json
     from mlb.compare import aggregate, load_runs, run_comparison, write_tables
     from mlb.train import TrainConfig, TrainConfigError
-    from pipeline.train_cli import _parse_params
 
     if not aggregate_only:
         if data is None:
@@ -79,7 +68,7 @@ def compare(
                 f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
             )
         params: dict[str, dict] = {}
-        for key, value in _parse_params(method_param).items():
+        for key, value in parse_params_json(method_param, "--method-param").items():
             method, sep, name = key.partition(".")
             if not sep:
                 raise typer.BadParameter(f"{key!r} must be METHOD.KEY", param_hint="--method-param")
@@ -99,9 +88,9 @@ def compare(
             base.validate()
             _, skipped = run_comparison(
                 base,
-                _csv(methods, "--methods"),
-                _csv(fusions, "--fusions"),
-                _csv(seeds, "--seeds", int),
+                split_csv(methods, "--methods"),
+                split_csv(fusions, "--fusions"),
+                split_csv(seeds, "--seeds", int),
                 out,
                 params,
                 log=typer.echo,
@@ -109,7 +98,7 @@ def compare(
         except (TrainConfigError, ValueError) as err:
             typer.echo(f"mlbpipe compare: error: {err}", err=True)
             raise typer.Exit(2) from None
-        (out / "skipped.json").write_text(json.dumps(skipped, indent=1))
+        atomic_write_json(out / "skipped.json", skipped)
     summaries = aggregate(load_runs(out))
     if not summaries:
         typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
@@ -130,36 +119,13 @@ def report(
     fusion (Fig. 3), agreement groups (Fig. 4), ECE and reliability (Fig. 5), the unimodal heads beside the
     encoders trained alone, and training curves of k_i and unimodal accuracies for the first seed of each
     method. Writes FIGURES/report.md linking them."""
-    from mlb import report as figures
-    from mlb.compare import aggregate, load_runs, to_markdown
+    from mlb.report import NoRunsError, write_report
 
     out = out or runs / "figures"
-    all_runs = load_runs(runs)
-    if not all_runs:
-        typer.echo(f"mlbpipe report: no finished runs under {runs}: run `mlbpipe compare` first", err=True)
-        raise typer.Exit(1)
-    summaries = aggregate(all_runs)
-    made = [figures.figure_k_vs_r(out / "fig2_k_vs_r.png")]
-    for features in sorted({s.group["features"] for s in summaries}):  # one set of figures per input path
-        sub = [s for s in summaries if s.group["features"] == features]
-        sub_runs = [r for r in all_runs if r["features"] == features]
-        made += [
-            figures.figure_accuracy(sub, out / f"fig3_accuracy_{features}.png"),
-            figures.figure_agreement(sub_runs, out / f"fig4_agreement_{features}.png", fusion),
-            figures.figure_ece(sub, sub_runs, out / f"fig5_ece_{features}.png", fusion),
-            figures.figure_heads(sub, out / f"heads_{features}.png", fusion),
-        ]
-        firsts = {}
-        for run in sub_runs:  # training curves of the first seed of each (method, fusion)
-            firsts.setdefault((run["method"], run["fusion"]), run)
-        for (method, fus), run in firsts.items():
-            made.append(
-                figures.figure_training_curves(
-                    Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png"
-                )
-            )
-    lines = ["# mlbpipe report", "", to_markdown(summaries), ""]
-    lines += [f"![{p.stem}]({p.name})" for p in made]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    try:
+        made = write_report(runs, out, fusion)
+    except NoRunsError as err:
+        typer.echo(f"mlbpipe report: {err}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("\n".join(str(p) for p in made))
     typer.echo(f"wrote {out / 'report.md'}")

@@ -24,16 +24,15 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
 
-from pipeline.synth import face as face_mod
-from pipeline.synth import media, voice
+from mlb.atomic import remove_stale_temps
+from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR, REAL_CLIPS, parse_clip_name
+from pipeline.corpora.cremad.synth import face as face_mod
+from pipeline.corpora.cremad.synth import media, voice
+from pipeline.manifest import Reason
 
-EMOTIONS = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")  # label index = position (docs/CONTRACTS.md)
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "manifests" / "cremad"
 CLIP_LISTS = ("vavl", "all")
 DEFAULT_CLIPS = 240
 WAV_HEADER_BYTES = 44
@@ -42,25 +41,80 @@ LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsiz
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to generate. Cue strengths: 0 = the modality carries no emotion, 1 = the built-in profiles,
-    > 1 = exaggerated. Noise: the fraction of clips whose cue in that modality shows a random other
-    emotion (the file name keeps the true one)."""
+    """AudioWAV/<id>.wav (16 kHz mono 16-bit), VideoFlash/<id>.flv (flv1 video + MP3 audio),
+    VideoDemographics.csv. Real clip ids and durations; a real face (scikit-image's astronaut) talking in
+    time with a speech-like voice.
 
-    clips: int | None = None  # total clips (default DEFAULT_CLIPS, or actors x clips_per_actor)
-    actors: int | None = None  # how many actors the clips spread over (default: all in the clip list)
-    clips_per_actor: int | None = None
-    clip_list: str = "vavl"  # "vavl": the 5820 clips of the VAVL partitions; "all": all 7442 clips
-    audio_cue: float = 1.0
-    video_cue: float = 0.6
-    audio_noise: float = 0.1
-    video_noise: float = 0.25
-    width: int = 480
-    height: int = 360
-    fps: int = 30
-    seed: int = 0
-    workers: int = 1
-    with_defects: bool = False
-    progress: bool = True
+    Cue strengths: 0 = the modality carries no emotion, 1 = the built-in profiles, > 1 = exaggerated. Noise:
+    the fraction of clips whose cue in that modality shows a random other emotion (the file name keeps the
+    true one). Defaults: audio easy (audio cue 1.0, noise 0.1), video weaker but complementary (video cue
+    0.6, noise 0.25): ANG/HAP and NEU/DIS sound alike and differ mainly in the face."""
+
+    clips: int | None = field(
+        default=None,
+        metadata={"help": f"Number of good clips (default: {DEFAULT_CLIPS}, or actors x clips-per-actor)."},
+    )
+    actors: int | None = field(
+        default=None,
+        metadata={
+            "help": "Number of actors the clips spread over (drawn from every VAVL split; default: all 91, or one "
+            "per clip for a small corpus)."
+        },
+    )
+    clips_per_actor: int | None = field(
+        default=None, metadata={"help": "Clips per actor (with --actors: clips = actors x clips-per-actor)."}
+    )
+    clip_list: str = field(
+        default="vavl",
+        metadata={
+            "help": f"Which real ids to draw from: 'vavl' (the 5820 clips of the VAVL partitions) or 'all' (all "
+            f"{REAL_CLIPS})."
+        },
+    )
+    audio_cue: float = field(
+        default=1.0,
+        metadata={
+            "help": "Strength of the emotion in the voice's prosody (pitch level and range, tempo, energy, spectral "
+            "tilt): 0 = none, 1 = built-in profiles, >1 = exaggerated."
+        },
+    )
+    video_cue: float = field(
+        default=0.6,
+        metadata={
+            "help": "Strength of the emotion in the face (brows, eyes, mouth shape, skin tint): 0 = none, 1 = "
+            "built-in profiles."
+        },
+    )
+    audio_noise: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of clips whose voice shows a random other emotion (audio label noise)."},
+    )
+    video_noise: float = field(
+        default=0.25,
+        metadata={"help": "Fraction of clips whose face shows a random other emotion (video label noise)."},
+    )
+    width: int = field(
+        default=480, metadata={"help": "Video frame width (the real corpus: 480; smaller is faster)."}
+    )
+    height: int = field(default=360, metadata={"help": "Video frame height (the real corpus: 360)."})
+    fps: int = field(default=30, metadata={"help": "Video frame rate."})
+    seed: int = field(
+        default=0, metadata={"help": "Random seed: the same seed and options give byte-identical files."}
+    )
+    workers: int = field(
+        default=1, metadata={"help": "Processes to generate with (the output does not depend on it)."}
+    )
+    with_defects: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write the real corpus's known-bad clips and a set of broken inputs (LFS stubs, empty, "
+            "truncated, stream-less and mis-formatted files, ...), each listed with the reason the validator must "
+            "give it in OUT/synth_defects.json."
+        },
+    )
+    progress: bool = field(
+        default=True, metadata={"cli": False}
+    )  # a progress bar (the command line always shows one)
 
     def __post_init__(self) -> None:
         for key in ("clips", "actors", "clips_per_actor"):
@@ -140,20 +194,20 @@ class ClipId:
 
 
 def parse_id(clip_id: str) -> tuple[int, str, str, str]:
-    """'1001_DFA_ANG_XX' -> (1001, 'DFA', 'ANG', 'XX')."""
-    actor, sentence, emotion, level = clip_id.split("_")
-    return int(actor), sentence, emotion, level
+    """'1001_DFA_ANG_XX' -> (1001, 'DFA', 'ANG', 'XX') (the corpus's own parser; every listed id parses)."""
+    name = parse_clip_name(clip_id)
+    return name.actor, name.sentence, name.emotion, name.level
 
 
 def load_clip_list(clip_list: str = "vavl") -> list[ClipId]:
     """The real clip ids with their WAV lengths, sorted by id."""
     sizes = {}
-    with open(MANIFEST_DIR / "clips.tsv", newline="") as f:
+    with open(MANIFESTS_DIR / "clips.tsv", newline="") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             sizes[row["clip_id"]] = int(row["wav_bytes"])
     if clip_list == "vavl":
         ids = set()
-        with open(MANIFEST_DIR / "vavl_labels_partition_1.csv", newline="") as f:
+        with open(MANIFESTS_DIR / "vavl_labels_partition_1.csv", newline="") as f:
             for row in csv.DictReader(f):
                 ids.add(row["FileName"].removesuffix(".wav"))
     else:
@@ -163,13 +217,13 @@ def load_clip_list(clip_list: str = "vavl") -> list[ClipId]:
 
 def load_actor_sex() -> dict[int, str]:
     """Actor id -> 'Male' / 'Female' from the VAVL partition file."""
-    with open(MANIFEST_DIR / "vavl_labels_partition_1.csv", newline="") as f:
+    with open(MANIFESTS_DIR / "vavl_labels_partition_1.csv", newline="") as f:
         return {int(r["SpkrID"]): r["Gender"] for r in csv.DictReader(f)}
 
 
 def load_actor_splits() -> dict[int, str]:
     """Actor id -> 'train' / 'validation' / 'test' in VAVL partition 1."""
-    partition = json.loads((MANIFEST_DIR / "vavl_actor_partitions.json").read_text())["partition_1"]
+    partition = json.loads((MANIFESTS_DIR / "vavl_actor_partitions.json").read_text())["partition_1"]
     return {int(actor): split for split in ("train", "validation", "test") for actor in partition[split]}
 
 
@@ -185,19 +239,19 @@ REAL_DEFECT_IDS = (
     "1040_ITH_SAD_XX",
 )
 SYNTHETIC_DEFECTS = (  # (defect, expected reason, other acceptable reasons)
-    ("lfs-pointer-wav", "lfs-pointer", ()),
-    ("lfs-pointer-flv", "lfs-pointer", ()),
-    ("empty-wav", "empty-file", ()),
-    ("empty-flv", "empty-file", ()),
-    ("truncated-flv", "decode-error", ("duration-mismatch",)),
-    ("no-video-stream", "no-video-stream", ()),
-    ("wav-44k", "bad-audio-format", ()),
-    ("wav-stereo", "bad-audio-format", ()),
-    ("wav-8bit", "bad-audio-format", ()),
-    ("silent-wav", "silent-audio", ()),
-    ("missing-flv", "missing-file", ()),
-    ("no-face", "no-face", ()),
-    ("duplicate-id", "duplicate-id", ()),
+    ("lfs-pointer-wav", Reason.LFS_POINTER, ()),
+    ("lfs-pointer-flv", Reason.LFS_POINTER, ()),
+    ("empty-wav", Reason.EMPTY_FILE, ()),
+    ("empty-flv", Reason.EMPTY_FILE, ()),
+    ("truncated-flv", Reason.DECODE_ERROR, (Reason.DURATION_MISMATCH,)),
+    ("no-video-stream", Reason.NO_VIDEO_STREAM, ()),
+    ("wav-44k", Reason.BAD_AUDIO_FORMAT, ()),
+    ("wav-stereo", Reason.BAD_AUDIO_FORMAT, ()),
+    ("wav-8bit", Reason.BAD_AUDIO_FORMAT, ()),
+    ("silent-wav", Reason.SILENT_AUDIO, ()),
+    ("missing-flv", Reason.MISSING_FILE, ()),
+    ("no-face", Reason.NO_FACE, ()),
+    ("duplicate-id", Reason.DUPLICATE_ID, ()),
 )
 DEFECT_ACTORS = (1064, 1076)
 
@@ -402,7 +456,7 @@ def _lfs_stub(data_id: str, size: int) -> bytes:
 
 
 def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> list[dict]:
-    """Write the known pathologies of the real corpus plus issue 8's bad inputs; return their records
+    """Write the known pathologies of the real corpus plus a set of bad inputs; return their records
     for synth_defects.json. Each record: id, file (relative to OUT), defect, expected_reason (a reason
     code of docs/CONTRACTS.md; "ok" for the accepted `_X.wav` misnaming), acceptable_reasons (every code
     that correctly describes it; the first is expected_reason). Unreadable permissions are not made here:
@@ -439,7 +493,13 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     c = real["1076_MTI_NEU_XX"]  # FLV very short with no audio; the WAV is fine
     audio, frames = good_pair(c, flv=False)
     media.write_flv(flv_dir / f"{c.id}.flv", frames[: max(config.fps // 3, 1)], None, config.fps)
-    record(c.id, f"VideoFlash/{c.id}.flv", "flv-short-no-audio", "no-audio-stream", ("duration-mismatch",))
+    record(
+        c.id,
+        f"VideoFlash/{c.id}.flv",
+        "flv-short-no-audio",
+        Reason.NO_AUDIO_STREAM,
+        (Reason.DURATION_MISMATCH,),
+    )
 
     c = real["1076_MTI_SAD_XX"]  # error picture, no audio anywhere
     n_frames = round(c.n_samples / voice.SAMPLE_RATE * config.fps)
@@ -454,8 +514,8 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
         c.id,
         f"VideoFlash/{c.id}.flv",
         "error-picture-no-audio-silent-wav",
-        "no-audio-stream",
-        ("silent-audio", "no-face"),
+        Reason.NO_AUDIO_STREAM,
+        (Reason.SILENT_AUDIO, Reason.NO_FACE),
     )
 
     c = real["1064_TIE_SAD_XX"]  # FLV with no duration: none in the header, no data rates, every timestamp 0
@@ -467,15 +527,15 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
         c.id,
         f"VideoFlash/{c.id}.flv",
         "zero-duration-flv",
-        "zero-duration",
-        ("decode-error", "duration-mismatch"),
+        Reason.ZERO_DURATION,
+        (Reason.DECODE_ERROR, Reason.DURATION_MISMATCH),
     )
 
     c = real["1064_IEO_DIS_MD"]  # FLV ~1 minute long while the WAV is ~4 s
     audio, frames = good_pair(c, flv=False)
     long_audio = np.tile(audio, int(np.ceil(60 * voice.SAMPLE_RATE / len(audio))))[: 60 * voice.SAMPLE_RATE]
     media.write_flv(flv_dir / f"{c.id}.flv", frames, long_audio, config.fps, n_frames=60 * config.fps)
-    record(c.id, f"VideoFlash/{c.id}.flv", "flv-60s-wav-4s", "duration-mismatch")
+    record(c.id, f"VideoFlash/{c.id}.flv", "flv-60s-wav-4s", Reason.DURATION_MISMATCH)
 
     c = real["1040_ITH_SAD_XX"]  # old mirrors name the WAV with one X: accepted and normalised
     audio, _ = good_pair(c, wav=False)
@@ -483,64 +543,64 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     media.write_wav(wav_dir / f"{misnamed}.wav", audio)
     record(c.id, f"AudioWAV/{misnamed}.wav", "wav-name-_X", "ok")
 
-    # Synthetic defects of issue 8, one clip each.
+    # Synthetic defects, one clip each.
     s = synthetic
     c = s["lfs-pointer-wav"]
     good_pair(c, wav=False)
     media.write_bytes(wav_dir / f"{c.id}.wav", _lfs_stub(c.id + ".wav", 2 * c.n_samples + WAV_HEADER_BYTES))
-    record(c.id, f"AudioWAV/{c.id}.wav", "lfs-pointer-wav", "lfs-pointer")
+    record(c.id, f"AudioWAV/{c.id}.wav", "lfs-pointer-wav", Reason.LFS_POINTER)
 
     c = s["lfs-pointer-flv"]
     good_pair(c, flv=False)
     media.write_bytes(flv_dir / f"{c.id}.flv", _lfs_stub(c.id + ".flv", 300_000))
-    record(c.id, f"VideoFlash/{c.id}.flv", "lfs-pointer-flv", "lfs-pointer")
+    record(c.id, f"VideoFlash/{c.id}.flv", "lfs-pointer-flv", Reason.LFS_POINTER)
 
     c = s["empty-wav"]
     good_pair(c, wav=False)
     media.write_bytes(wav_dir / f"{c.id}.wav", b"")
-    record(c.id, f"AudioWAV/{c.id}.wav", "empty-wav", "empty-file")
+    record(c.id, f"AudioWAV/{c.id}.wav", "empty-wav", Reason.EMPTY_FILE)
 
     c = s["empty-flv"]
     good_pair(c, flv=False)
     media.write_bytes(flv_dir / f"{c.id}.flv", b"")
-    record(c.id, f"VideoFlash/{c.id}.flv", "empty-flv", "empty-file")
+    record(c.id, f"VideoFlash/{c.id}.flv", "empty-flv", Reason.EMPTY_FILE)
 
     c = s["truncated-flv"]  # cut mid-stream, as an interrupted download leaves it
     good_pair(c)
     flv = flv_dir / f"{c.id}.flv"
     data = flv.read_bytes()
     media.write_bytes(flv, data[: len(data) // 2 + 7])  # +7: cut inside a tag, not on a boundary
-    record(c.id, f"VideoFlash/{c.id}.flv", "truncated-flv", "decode-error", ("duration-mismatch",))
+    record(c.id, f"VideoFlash/{c.id}.flv", "truncated-flv", Reason.DECODE_ERROR, (Reason.DURATION_MISMATCH,))
 
     c = s["no-video-stream"]
     audio, _ = good_pair(c, flv=False)
     media.write_flv(flv_dir / f"{c.id}.flv", None, audio, config.fps)
-    record(c.id, f"VideoFlash/{c.id}.flv", "no-video-stream", "no-video-stream")
+    record(c.id, f"VideoFlash/{c.id}.flv", "no-video-stream", Reason.NO_VIDEO_STREAM)
 
     c = s["wav-44k"]
     audio, _ = good_pair(c, wav=False)
     t44 = np.arange(int(len(audio) * 44100 / 16000)) * 16000 / 44100
     media.write_wav(wav_dir / f"{c.id}.wav", np.interp(t44, np.arange(len(audio)), audio), 44100)
-    record(c.id, f"AudioWAV/{c.id}.wav", "wav-44.1kHz", "bad-audio-format")
+    record(c.id, f"AudioWAV/{c.id}.wav", "wav-44.1kHz", Reason.BAD_AUDIO_FORMAT)
 
     c = s["wav-stereo"]
     audio, _ = good_pair(c, wav=False)
     media.write_wav(wav_dir / f"{c.id}.wav", np.stack([audio, audio], axis=1))
-    record(c.id, f"AudioWAV/{c.id}.wav", "wav-stereo", "bad-audio-format")
+    record(c.id, f"AudioWAV/{c.id}.wav", "wav-stereo", Reason.BAD_AUDIO_FORMAT)
 
     c = s["wav-8bit"]
     audio, _ = good_pair(c, wav=False)
     media.write_wav(wav_dir / f"{c.id}.wav", audio, subtype="PCM_U8")
-    record(c.id, f"AudioWAV/{c.id}.wav", "wav-8bit", "bad-audio-format")
+    record(c.id, f"AudioWAV/{c.id}.wav", "wav-8bit", Reason.BAD_AUDIO_FORMAT)
 
     c = s["silent-wav"]
     good_pair(c, wav=False)
     media.write_wav(wav_dir / f"{c.id}.wav", np.zeros(c.n_samples, np.float32))
-    record(c.id, f"AudioWAV/{c.id}.wav", "silent-wav", "silent-audio")
+    record(c.id, f"AudioWAV/{c.id}.wav", "silent-wav", Reason.SILENT_AUDIO)
 
     c = s["missing-flv"]
     good_pair(c, flv=False)
-    record(c.id, f"VideoFlash/{c.id}.flv", "missing-flv", "missing-file")
+    record(c.id, f"VideoFlash/{c.id}.flv", "missing-flv", Reason.MISSING_FILE)
 
     c = s["no-face"]  # good sound, but an error picture for the whole clip: usable for raw, not for cached
     audio, _ = good_pair(c, flv=False)
@@ -551,18 +611,18 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
         audio,
         config.fps,
     )
-    record(c.id, f"VideoFlash/{c.id}.flv", "no-face-error-picture", "no-face")
+    record(c.id, f"VideoFlash/{c.id}.flv", "no-face-error-picture", Reason.NO_FACE)
 
     c = s["duplicate-id"]  # a second copy of the WAV in a sub-folder
     audio, _ = good_pair(c)
     (wav_dir / "duplicates").mkdir(exist_ok=True)
     media.write_wav(wav_dir / "duplicates" / f"{c.id}.wav", audio)
-    record(c.id, f"AudioWAV/duplicates/{c.id}.wav", "duplicate-id-subfolder", "duplicate-id")
+    record(c.id, f"AudioWAV/duplicates/{c.id}.wav", "duplicate-id-subfolder", Reason.DUPLICATE_ID)
 
     # A file name that does not parse (emotion field spelled out); a WAV only, with a sound that is fine.
     bad = "1001_DFA_ANGRY_XX"
     media.write_wav(wav_dir / f"{bad}.wav", audio)
-    record(bad, f"AudioWAV/{bad}.wav", "bad-name", "bad-name")
+    record(bad, f"AudioWAV/{bad}.wav", "bad-name", Reason.BAD_NAME)
     return records
 
 
@@ -578,6 +638,7 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
     clips = choose_clips(config)
     for sub in ("AudioWAV", "VideoFlash"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out_dir / sub)  # files a killed run left half-written
     sex = load_actor_sex()
     write_demographics(out_dir, config.seed, sex)
     jobs = [(plan_clip(c, config, sex), out_dir) for c in clips]
@@ -607,124 +668,3 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
         clip_seconds=clip_seconds,
         audio_seconds=float(sum(durations)),
     )
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-
-def cli(
-    out: Annotated[
-        Path, typer.Argument(help="Folder to write the corpus into (created if needed).", show_default=False)
-    ],
-    clips: Annotated[
-        int | None,
-        typer.Option(help=f"Number of good clips (default: {DEFAULT_CLIPS}, or actors x clips-per-actor)."),
-    ] = None,
-    actors: Annotated[
-        int | None,
-        typer.Option(
-            help="Number of actors the clips spread over (drawn from every VAVL split; default: all 91, or one "
-            "per clip for a small corpus)."
-        ),
-    ] = None,
-    clips_per_actor: Annotated[
-        int | None, typer.Option(help="Clips per actor (with --actors: clips = actors x clips-per-actor).")
-    ] = None,
-    clip_list: Annotated[
-        str,
-        typer.Option(
-            help="Which real ids to draw from: 'vavl' (the 5820 clips of the VAVL partitions) or 'all' (all "
-            "7442)."
-        ),
-    ] = "vavl",
-    audio_cue: Annotated[
-        float,
-        typer.Option(
-            help="Strength of the emotion in the voice's prosody (pitch level and range, tempo, energy, spectral "
-            "tilt): 0 = none, 1 = built-in profiles, >1 = exaggerated."
-        ),
-    ] = SynthConfig.audio_cue,
-    video_cue: Annotated[
-        float,
-        typer.Option(
-            help="Strength of the emotion in the face (brows, eyes, mouth shape, skin tint): 0 = none, 1 = "
-            "built-in profiles."
-        ),
-    ] = SynthConfig.video_cue,
-    audio_noise: Annotated[
-        float,
-        typer.Option(
-            help="Fraction of clips whose voice shows a random other emotion (label noise of the audio)."
-        ),
-    ] = SynthConfig.audio_noise,
-    video_noise: Annotated[
-        float,
-        typer.Option(
-            help="Fraction of clips whose face shows a random other emotion (label noise of the video)."
-        ),
-    ] = SynthConfig.video_noise,
-    size: Annotated[
-        str,
-        typer.Option(
-            help="Video frame size WIDTHxHEIGHT (480x360 as reported for the real corpus; smaller is faster)."
-        ),
-    ] = "480x360",
-    fps: Annotated[int, typer.Option(help="Video frame rate.")] = 30,
-    seed: Annotated[
-        int, typer.Option(help="Random seed: the same seed and options give byte-identical files.")
-    ] = SynthConfig.seed,
-    workers: Annotated[
-        int, typer.Option(help="Processes to generate with (the output does not depend on it).")
-    ] = 1,
-    with_defects: Annotated[
-        bool,
-        typer.Option(
-            "--with-defects",
-            help="Also write the real corpus's known-bad clips and a set of broken inputs (LFS stubs, empty, "
-            "truncated, stream-less and mis-formatted files, ...), each listed with the reason the validator "
-            "must give it in OUT/synth_defects.json.",
-        ),
-    ] = False,
-) -> None:
-    """Generate a synthetic CREMA-D corpus in OUT, in the exact layout of a real copy.
-
-    AudioWAV/<id>.wav (16 kHz mono 16-bit), VideoFlash/<id>.flv (flv1 video + MP3 audio), VideoDemographics.csv.
-    Real clip ids and durations; a real face (scikit-image's astronaut) talking in time with a speech-like voice.
-    Defaults: audio easy (--audio-cue 1.0, --audio-noise 0.1), video weaker but complementary
-    (--video-cue 0.6, --video-noise 0.25): ANG/HAP and NEU/DIS sound alike and differ mainly in the face.
-    """
-    try:
-        width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"expected WIDTHxHEIGHT such as 480x360, got {size!r}", param_hint="--size")
-    try:
-        config = SynthConfig(
-            clips=clips,
-            actors=actors,
-            clips_per_actor=clips_per_actor,
-            clip_list=clip_list,
-            audio_cue=audio_cue,
-            video_cue=video_cue,
-            audio_noise=audio_noise,
-            video_noise=video_noise,
-            width=width,
-            height=height,
-            fps=fps,
-            seed=seed,
-            workers=workers,
-            with_defects=with_defects,
-        )
-        choose_clips(config)  # fails early on sizes the clip list cannot satisfy
-    except ValueError as err:
-        typer.echo(f"mlbpipe synth cremad: invalid option: {err}", err=True)
-        raise typer.Exit(2)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".mlbpipe-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        typer.echo(f"mlbpipe synth cremad: cannot write to OUT {out}: {err}", err=True)
-        raise typer.Exit(2)
-    summary = synth_cremad(out, config)
-    typer.echo(summary.describe())

@@ -7,34 +7,28 @@ run never leaves a half-written file under its final name. Output is byte-reprod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from mlb.atomic import atomic_output, atomic_write_bytes
 
 FLV_AUDIO_RATE = 22050  # the FLV muxer takes MP3 only at 11.025 / 22.05 / 44.1 kHz; 16 kHz is resampled
 MP3_BIT_RATE = 64_000
 VIDEO_BIT_RATE = 700_000
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.part")
-
-
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
-    tmp = _temp_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write `data` to `path` atomically (a generated corpus is remade by a rerun: no fsync)."""
+    atomic_write_bytes(path, data, durable=False)
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000, subtype: str = "PCM_16") -> None:
     """Write a WAV atomically. `samples` float in [-1, 1], [N] (mono) or [N, C]."""
     import soundfile as sf
 
-    tmp = _temp_path(path)
-    sf.write(tmp, samples, sample_rate, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
+    with atomic_output(path, durable=False) as tmp:
+        sf.write(tmp, samples, sample_rate, subtype=subtype, format="WAV")
 
 
 def write_flv(
@@ -52,10 +46,12 @@ def write_flv(
     size out of the FLV header."""
     import av
 
-    tmp = _temp_path(path)
     bitexact = {"flags": "+bitexact"}
     options = {"fflags": "+bitexact"} | ({} if write_duration else {"flvflags": "no_duration_filesize"})
-    with av.open(str(tmp), "w", format="flv", options=options) as container:
+    with (
+        atomic_output(path, durable=False) as tmp,
+        av.open(str(tmp), "w", format="flv", options=options) as container,
+    ):
         video = audio_stream = None
         if frames is not None:
             video = container.add_stream("flv", rate=fps, options=bitexact)
@@ -84,7 +80,6 @@ def write_flv(
             for chunk in resampler.resample(source) + resampler.resample(None):
                 container.mux(audio_stream.encode(chunk))
             container.mux(audio_stream.encode(None))
-    os.replace(tmp, path)
 
 
 def strip_flv_duration(data: bytes) -> bytes:

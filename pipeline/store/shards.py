@@ -1,6 +1,6 @@
 """Deterministic WebDataset shards (docs/CONTRACTS.md, "Shards").
 
-    with atomic_folder(out / "shards" / "raw") as tmp:
+    with atomic_folder(out / "shards" / "raw") as tmp:  # mlb.atomic
         sizes = {}
         for split in ("train", "validation", "test"):
             sizes |= write_shards(samples_of(split), tmp, split, maxcount=1000)
@@ -14,18 +14,17 @@ empty user/group names, so the same samples always give byte-identical tars.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.manifest import TMP_MARK, atomic_write_bytes
+from mlb.atomic import atomic_write_bytes, temp_name
+from pipeline.manifest import ClipRecord
 
 SHARD_PATTERN = "{split}-{index:06d}.tar"
 
@@ -121,7 +120,7 @@ def write_shards(
                 sizes[name], tar = count, None
             if tar is None:
                 name = SHARD_PATTERN.format(split=split, index=len(sizes))
-                tmp = out_dir / f"{name}{TMP_MARK}{os.getpid()}"
+                tmp = temp_name(out_dir / name)
                 # one tar spans many samples: no context manager
                 tar = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT, copybufsize=COPY_BUFFER)  # noqa: SIM115
                 count, nbytes = 0, 0
@@ -148,31 +147,6 @@ def write_sizes_and_meta(out_dir: str | Path, sizes: dict[str, int], meta: dict)
     atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode())
 
 
-@contextlib.contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside `path`; on success it replaces `path` as a whole, so a shard
-    folder is always either the complete old one or the complete new one (plus, at worst, a stale
-    `<name>.tmp-*` / `<name>.old-*` folder that the next run removes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in path.parent.glob(f"{path.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f"{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def read_shard(path: str | Path) -> list[tuple[str, dict]]:
     """Every sample of one tar as (key, {field: array or dict}), refusing pickles and unknown fields.
     Meant for tests and inspection; training reads shards through mlb.data."""
@@ -191,3 +165,38 @@ def read_shard(path: str | Path) -> list[tuple[str, dict]]:
                 raise ValueError(f"{path}: member {member.name!r} has a field type shards may not hold")
             samples.setdefault(key, {})[field] = value
     return list(samples.items())
+
+
+def sample_json(record: ClipRecord, **more) -> dict:
+    """The `json` member of a clip's sample: who it is, its label, group and split, the corpus's `extra`
+    facts, and `more` (e.g. the cached path's face counts)."""
+    return {
+        "id": record.id,
+        "corpus": record.corpus,
+        "label": record.label,
+        "label_name": record.label_name,
+        "group": record.group,
+        "split": record.split,
+        "extra": record.extra,
+        **more,
+    }
+
+
+def shard_meta(
+    corpus: dict, input_path: str, fields: dict, config: dict, skipped: dict[str, str], **more
+) -> dict:
+    """`meta.json` of a shard folder: the input path, the corpus (from the manifest's corpus.json: name,
+    classes, label names, the authors' per-method settings), each field's dtype and shape, the configs that
+    made the shards (with the split protocol), the skipped clips, and `more` (the cached path's
+    `extractors`)."""
+    return {
+        "input_path": input_path,
+        "corpus": corpus["corpus"],
+        "num_classes": corpus["num_classes"],
+        "label_names": corpus["label_names"],
+        "fields": fields,
+        "config": {"protocol": corpus["protocol"], **config},
+        "method_defaults": corpus.get("method_defaults", {}),
+        "skipped": skipped,
+        **more,
+    }

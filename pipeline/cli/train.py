@@ -1,29 +1,20 @@
-"""`mlbpipe train`: a thin wrapper that resolves paths and options, then calls `mlb.train.train`."""
+"""`mlbpipe train`: resolves paths and options, then calls `mlb.train.train`. Every default is
+`mlb.train_config.TrainConfig`'s (an option left out is not passed, and the help shows the dataclass's
+value)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-FEATURES = ("cached", "raw")
-SIZES = ("tiny", "small", "paper")
+from mlb.train_config import INPUT_PATHS, SIZES, TrainConfig
+from pipeline.cli.common import field_default, parse_params_json
 
 
-def _parse_params(items: list[str]) -> dict:
-    """`KEY=VALUE` pairs; VALUE is read as JSON when it parses (numbers, true/false, lists), else a string."""
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
-        try:
-            params[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.replace("-", "_")] = value
-    return params
+def _default(key: str) -> str:
+    return f"[default: {field_default(TrainConfig, key)}]"
 
 
 def cli(
@@ -31,9 +22,8 @@ def cli(
         str,
         typer.Option(
             "--features",
-            help="Input path: 'cached' (Conformer on frozen "
-            "features) or 'raw' (ResNet-18 on log-Mel spectrograms + 1 fps "
-            "frames).",
+            help="Input path: 'cached' (Conformer on frozen features) or 'raw' (ResNet-18 on log-Mel "
+            "spectrograms + 1 fps frames).",
         ),
     ],
     data: Annotated[
@@ -49,17 +39,22 @@ def cli(
         ),
     ],
     method: str = typer.Option(
-        "mlb",
+        None,
         "--method",
-        help="Balancing method: mlb, multi-loss, joint, ogm-ge, mslr, agm, pmr, mmcosine (those installed).",
+        help="Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, audio-only, "
+        f"video-only {_default('method')}.",
     ),
     fusion: str = typer.Option(
-        "late-linear", "--fusion", help="Fusion head: late-linear, mid-mlp, film, gated, tf."
+        None, "--fusion", help=f"Fusion head: late-linear, mid-mlp, film, gated, tf {_default('fusion')}."
     ),
     epochs: int = typer.Option(
-        100, "--epochs", help="Maximum number of epochs (early stopping may end sooner)."
+        None,
+        "--epochs",
+        help=f"Maximum number of epochs (early stopping may end sooner) {_default('epochs')}.",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the model initialisation and the data order."),
+    seed: int = typer.Option(
+        None, "--seed", help=f"Seed of the model initialisation and the data order {_default('seed')}."
+    ),
     batch_size: int = typer.Option(
         None, "--batch-size", help="Training batch size [default: 32 raw, 8 cached]."
     ),
@@ -72,57 +67,69 @@ def cli(
     alpha: float = typer.Option(
         None,
         "--alpha",
-        help="The method's alpha (MLB: tanh slope) [default: the "
-        "authors' setting for this input path and fusion].",
+        help="The method's alpha (MLB: tanh slope) [default: the authors' setting for this corpus, input path and "
+        "fusion, from the shards' meta.json].",
     ),
     beta_max: float = typer.Option(
-        None, "--beta-max", help="MLB's largest acceleration beta_max [default: the authors' setting]."
+        None,
+        "--beta-max",
+        help="MLB's largest acceleration beta_max [default: the authors' setting, as --alpha].",
     ),
     param: Annotated[
         list[str] | None,
         typer.Option(
             "--param",
             metavar="KEY=VALUE",
-            help="Any other method hyper-parameter as "
-            "KEY=VALUE (repeatable), passed to the method as a keyword "
+            help="Any other method hyper-parameter as KEY=VALUE (repeatable), passed to the method as a keyword "
             "argument.",
         ),
     ] = None,
-    size: str = typer.Option("paper", "--size", help="Model size: tiny (tests), small (CPU), paper."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    size: str = typer.Option(
+        None, "--size", help=f"Model size: tiny (tests), small (CPU), paper {_default('size')}."
+    ),
+    device: str = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N {_default('device')}."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16."
+        None,
+        "--precision",
+        help=f"auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 {_default('precision')}.",
     ),
     workers: int = typer.Option(
-        0,
+        None,
         "--workers",
-        help="Data loader worker processes (the data order depends on this number: keep it when resuming).",
+        help="Data loader worker processes (the data order depends on this number: keep it when resuming) "
+        f"{_default('num_workers')}.",
     ),
     patience: int = typer.Option(
-        10, "--patience", help="Early stopping: epochs without a better validation accuracy."
+        None,
+        "--patience",
+        help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}.",
     ),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Constant-lr warm-up length in epochs."),
+    warmup_epochs: float = typer.Option(
+        None, "--warmup-epochs", help=f"Constant-lr warm-up length in epochs {_default('warmup_epochs')}."
+    ),
     restart_epochs: float = typer.Option(
-        10.0, "--restart-epochs", help="Length of a cosine cycle (warm restarts)."
+        None,
+        "--restart-epochs",
+        help=f"Length of a cosine cycle (warm restarts) {_default('restart_epochs')}.",
     ),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop training after this many steps in all."),
     checkpoint_every: int = typer.Option(
-        0, "--checkpoint-every", help="Also save checkpoints/last.pt every N steps (0: at epoch ends only)."
+        None,
+        "--checkpoint-every",
+        help=f"Also save checkpoints/last.pt every N steps (0: at epoch ends only) {_default('checkpoint_every')}.",
     ),
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue from RUN/checkpoints/last.pt (exactly where it "
-        "stopped); starts from scratch if there is none.",
+        help="Continue from RUN/checkpoints/last.pt (exactly where it stopped); starts from scratch if there is none.",
     ),
     expect_meta: Annotated[
         list[str] | None,
         typer.Option(
             "--expect-meta",
             metavar="KEY=VALUE",
-            help="Require a meta.json value, "
-            "KEY=VALUE with dotted keys (e.g. "
-            "extractors.audio.layer=12); repeatable.",
+            help="Require a meta.json value, KEY=VALUE with dotted keys (e.g. extractors.audio.layer=12); "
+            "repeatable.",
         ),
     ] = None,
     dvclive: bool = typer.Option(
@@ -136,53 +143,44 @@ def cli(
     matrices), RUN/checkpoints/{last,best}.pt, RUN/dvclive/ and RUN/steps.jsonl (k_i, r_i, s_i per step).
     """
     from mlb.data import ShardError
-    from mlb.train import TrainConfig, TrainConfigError, train
+    from mlb.train import TrainConfigError, train
 
-    if features not in FEATURES:
-        raise typer.BadParameter(f"must be one of {FEATURES}, got {features!r}", param_hint="--features")
-    if size not in SIZES:
+    if features not in INPUT_PATHS:
+        raise typer.BadParameter(f"must be one of {INPUT_PATHS}, got {features!r}", param_hint="--features")
+    if size is not None and size not in SIZES:
         raise typer.BadParameter(f"must be one of {SIZES}, got {size!r}", param_hint="--size")
     shard_dir = data / "shards" / features
     if not shard_dir.is_dir():
         raise typer.BadParameter(
             f"{shard_dir} does not exist: run `mlbpipe prepare` first (or check --data)", param_hint="--data"
         )
-    method_params = _parse_params(param or [])
+    method_params = parse_params_json(param, "--param")
     if alpha is not None:
         method_params["alpha"] = alpha
     if beta_max is not None:
         method_params["beta_max"] = beta_max
     expected: dict = {}
-    for key, value in _parse_params(expect_meta or []).items():
+    for key, value in parse_params_json(expect_meta, "--expect-meta").items():
         node = expected
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    given = {
+        "method": method, "fusion": fusion, "size": size, "epochs": epochs, "max_steps": max_steps,
+        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+        "restart_epochs": restart_epochs, "patience": patience, "seed": seed, "device": device,
+        "precision": precision, "num_workers": workers, "checkpoint_every": checkpoint_every,
+    }  # fmt: skip
     config = TrainConfig(
         data=shard_dir,
         out=out,
         features=features,
-        method=method,
-        fusion=fusion,
         method_params=method_params,
-        size=size,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        restart_epochs=restart_epochs,
-        patience=patience,
-        seed=seed,
-        device=device,
-        precision=precision,
-        num_workers=workers,
-        checkpoint_every=checkpoint_every,
         resume=resume,
         expected_meta=expected,
         dvclive=dvclive,
+        **{key: value for key, value in given.items() if value is not None},
     )
     try:
         result = train(config)

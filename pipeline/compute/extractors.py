@@ -3,7 +3,7 @@ Wav2Vec2 on 16 kHz audio.
 
 Shaped like Lhotse's feature extractors: a small config dataclass that pins what produces the features
 (model, weights, layer, input size, dtype) plus an extractor object whose `extract(batch)` is a pure
-function of its input. Storage is a separate step (`pipeline.stages.features`).
+function of its input. Storage is a separate step (the features stage).
 
 Weights never download silently in tests: every way of loading is explicit in the config.
 
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mlb.data import IMAGENET_MEAN, IMAGENET_STD
+
 EFFNET_B2_NAME = "efficientnet-b2"
 EFFNET_B2_DIM = 1408  # channels of B2's last feature map
 EFFNET_B2_IMAGENET_URL = (
     "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/efficientnet-b2-8bb594d6.pth"
 )
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WAV2VEC2_SAMPLE_RATE = 16000
 RANDOM_TINY = "random-tiny"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -57,14 +57,10 @@ class WeightsUnavailableError(ValueError):
 
 
 def resolve_device(device: str = "auto") -> str:
-    """`"auto"` → `"cuda"` when a GPU is visible, else `"cpu"`; any other value is returned as given."""
-    import torch
+    """The device name the extractors use (mlb.device.resolve_device, as a string: "cpu", "cuda", "cuda:1")."""
+    from mlb.device import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExtractorConfigError(f"device={device!r}: CUDA is not available on this machine")
-    return device
+    return str(resolve(device))
 
 
 def autocast_context(device: str, dtype: str):

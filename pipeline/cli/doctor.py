@@ -1,7 +1,8 @@
 """`mlbpipe doctor`: what this machine has, so a user can see why something will not run.
 
-Reports package versions, compute devices, whether the frozen extractors' weights are available
-locally (nothing is downloaded), free disk space, and whether a corpus root looks like CREMA-D.
+Reports package versions, compute devices, whether the frozen extractors' weights are available locally
+(nothing is downloaded), free disk space, and whether a corpus root has its corpus's layout (the corpus
+plug-in's `check_layout`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+
+from pipeline.cli.common import exit_on
 
 PACKAGES = (
     "torch",
@@ -30,8 +33,6 @@ PACKAGES = (
     "dvclive",
     "typer",
 )
-WAV2VEC2_DEFAULT = "facebook/wav2vec2-large-robust"
-LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 
 
 @dataclass
@@ -83,7 +84,7 @@ def check_devices(report: DoctorReport) -> None:
         report.add("device cuda", True, "none (training runs on the CPU)")
 
 
-def check_weights(report: DoctorReport, wav2vec2: str = WAV2VEC2_DEFAULT) -> None:
+def check_weights(report: DoctorReport, wav2vec2: str) -> None:
     """Look for extractor weights in local caches only (never downloads)."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -130,52 +131,57 @@ def check_disk(report: DoctorReport, path: Path, need_gib: float = 5.0) -> None:
     )
 
 
-def check_corpus(report: DoctorReport, root: Path) -> None:
-    """Does `root` look like a CREMA-D copy (AudioWAV/*.wav, VideoFlash/*.flv, media not LFS stubs)?"""
-    if not root.is_dir():
-        report.add("corpus root", False, f"{root} is not a folder")
-        return
-    for folder, ext in (("AudioWAV", ".wav"), ("VideoFlash", ".flv")):
-        files = sorted((root / folder).glob(f"*{ext}")) if (root / folder).is_dir() else []
-        if not files:
-            report.add(f"corpus {folder}", False, f"no {root / folder}/*{ext}: is {root} a CREMA-D copy?")
-            continue
-        sample = files[:: max(1, len(files) // 50)]
-        stubs = sum(
-            1 for f in sample if f.stat().st_size < 1024 and f.read_bytes()[: len(LFS_HEADER)] == LFS_HEADER
-        )
-        detail = f"{len(files)} files (real CREMA-D: 7442)"
-        if stubs:
-            detail += f"; {stubs} of {len(sample)} sampled are Git LFS pointer stubs: run git lfs pull"
-        report.add(f"corpus {folder}", stubs == 0, detail)
-    demographics = root / "VideoDemographics.csv"
-    report.add(
-        "corpus VideoDemographics.csv",
-        demographics.is_file(),
-        f"{demographics} {'found' if demographics.is_file() else 'missing'}",
-    )
+def check_corpus(report: DoctorReport, corpus: str, root: Path) -> None:
+    """Does `root` have the layout of `corpus` (its plug-in's check_layout)?"""
+    from pipeline.corpora import get_corpus
+
+    for check in get_corpus(corpus).check_layout(root):
+        report.add(check.name, check.ok, check.detail)
 
 
-def run_doctor(root: Path | None = None, wav2vec2: str = WAV2VEC2_DEFAULT) -> DoctorReport:
+def run_doctor(
+    corpus: str | None = None, root: Path | None = None, wav2vec2: str | None = None
+) -> DoctorReport:
+    """Every check, in the order a user fixes them: packages, devices, weights, disk, the corpus root."""
     report = DoctorReport()
     check_packages(report)
     check_devices(report)
-    check_weights(report, wav2vec2)
+    check_weights(report, wav2vec2 or _default_wav2vec2())
     check_disk(report, root or Path.cwd())
     if root is not None:
-        check_corpus(report, root)
+        check_corpus(report, corpus, root)
     return report
 
 
+def _default_wav2vec2() -> str:
+    from pipeline.compute.extractors import Wav2Vec2Config
+
+    return Wav2Vec2Config.model
+
+
 def cli(
-    root: Path = typer.Option(None, "--root", help="A corpus root to check for the CREMA-D layout."),
+    corpus: str = typer.Option(
+        None, "--corpus", help="The corpus whose layout --root should have (e.g. cremad)."
+    ),
+    root: Path = typer.Option(None, "--root", help="A corpus root to check (needs --corpus)."),
     wav2vec2: str = typer.Option(
-        WAV2VEC2_DEFAULT, "--wav2vec2", help="Wav2Vec2 hub id or local folder to look for."
+        None,
+        "--wav2vec2",
+        help="Wav2Vec2 hub id or local folder to look for [default: the features stage's].",
     ),
 ) -> None:
-    """Report versions, devices, local extractor weights, free disk and whether a corpus root looks like
-    CREMA-D. Nothing is downloaded. Exits 1 when a check fails (warnings do not fail)."""
-    report = run_doctor(root, wav2vec2)
+    """Report versions, devices, local extractor weights, free disk and whether a corpus root has its
+    corpus's layout. Nothing is downloaded. Exits 1 when a check fails (warnings do not fail)."""
+    from pipeline.corpora import CorpusError, corpus_names, get_corpus
+
+    if root is not None and corpus is None:
+        raise typer.BadParameter(
+            f"--root needs --corpus, one of {', '.join(corpus_names())}", param_hint="--corpus"
+        )
+    if corpus is not None:
+        with exit_on(CorpusError):
+            get_corpus(corpus)
+    report = run_doctor(corpus, root, wav2vec2)
     width = max(len(c.name) for c in report.checks)
     for c in report.checks:
         typer.echo(f"{c.status:<4}  {c.name:<{width}}  {c.detail}")

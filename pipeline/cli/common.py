@@ -1,0 +1,115 @@
+"""What every command shares: errors as `error: ...` and exit 2, KEY=VALUE options, typer options made from
+a config dataclass (so a default and its help text exist once, beside the field)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+
+
+@contextlib.contextmanager
+def exit_on(*errors: type[BaseException], prefix: str = "error") -> Iterator[None]:
+    """One of `errors` raised inside (a bad option, a missing input) prints `<prefix>: <message>` and exits
+    with code 2 instead of a traceback."""
+    try:
+        yield
+    except errors as err:
+        typer.echo(f"{prefix}: {err}", err=True)
+        raise typer.Exit(code=2) from err
+
+
+def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; VALUE is read as YAML when it parses (numbers, true/false, null, lists), else it
+    stays a string. Dashes in KEY become underscores."""
+    import yaml
+
+    values = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        try:
+            values[key.replace("-", "_")] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            values[key.replace("-", "_")] = value
+    return values
+
+
+def parse_params_json(items: list[str] | None, option: str) -> dict[str, Any]:
+    """`KEY=VALUE` pairs with VALUE read as JSON when it parses, else a string (the trainer's --param)."""
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
+def split_csv(value: str, option: str, cast=str) -> list:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise typer.BadParameter(f"needs at least one value, got {value!r}", param_hint=option)
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a comma-separated list of {cast.__name__}", param_hint=option
+        ) from None
+
+
+def field_default(cls, name: str):
+    """The default of a dataclass field (for help texts: the value lives in the dataclass only)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+_CLI_TYPES = (int, float, str, bool)
+
+
+def _option_type(annotation) -> type | None:
+    """The plain type of a field typer can take (`int`, `int | None`, ...), else None."""
+    if annotation in _CLI_TYPES:
+        return annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 and args[0] in _CLI_TYPES else None
+
+
+def dataclass_options(cls) -> list[inspect.Parameter]:
+    """One keyword parameter per field of `cls` that the command line can set (plain types; a field with
+    metadata `{"cli": False}` is left out), its default and help taken from the field (`metadata["help"]`)."""
+    hints = typing.get_type_hints(cls)
+    parameters = []
+    for f in dataclasses.fields(cls):
+        kind = _option_type(hints[f.name])
+        if kind is None or not f.init or f.metadata.get("cli", True) is False:
+            continue
+        default = field_default(cls, f.name)
+        option = typer.Option(default, f"--{f.name.replace('_', '-')}", help=f.metadata.get("help", ""))
+        annotation = kind if default is not None else kind | None
+        parameters.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        )
+    return parameters
+
+
+def with_signature(fn: Callable, parameters: list[inspect.Parameter], doc: str) -> Callable:
+    """`fn(**kwargs)` presented to typer with `parameters` and `doc` as its --help."""
+
+    def command(**kwargs):
+        return fn(**kwargs)
+
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__doc__ = doc
+    return command

@@ -1,0 +1,257 @@
+"""`mlbpipe prepare CORPUS`: the preparation stages on one corpus, and what each printed summary says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.common import exit_on, field_default, parse_key_values
+from pipeline.corpora import CorpusError, corpus_names, get_corpus
+from pipeline.manifest import SPLITS, format_summary
+from pipeline.params import ParamsError, dotted, from_mapping, load_params, merge, stage_sections
+from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, PrepareConfig, Run, prepare
+from pipeline.stages.faces import FacesConfig
+from pipeline.stages.frames import FramesConfig
+from pipeline.stages.index import IndexConfig
+from pipeline.stages.shards_raw import ShardsConfig
+from pipeline.stages.spectrograms import SpectrogramConfig
+
+# The options that set one setting (or the same setting of two stages) without spelling its key. Each
+# default lives in its config dataclass; the help shows it.
+SHORTCUTS = {
+    "protocol": ("index.protocol",),
+    "partition": ("index.partition",),
+    "seed": ("index.seed",),
+    "size": ("frames.size",),
+    "spec": ("spectrograms.kind",),
+    "n_mels": ("spectrograms.n_mels",),
+    "maxcount": ("shards_raw.maxcount", "shards_cached.maxcount"),
+    "effb2_weights": ("features.effb2.weights",),
+    "w2v2_model": ("features.w2v2.model",),
+    "faces_fps": ("faces.fps",),
+    "crop_size": ("faces.crop_size", "features.effb2.image_size"),
+    "device": ("faces.device", "features.device"),
+}
+RUN_KEYS = ("workers", "device")  # top-level keys of params.yaml that prepare reads besides the sections
+
+
+def prepare_config(params: dict, corpus: str, overrides: dict, where: str) -> PrepareConfig:
+    """The PrepareConfig of `corpus`: the dataclass defaults, then params.yaml's sections (each global one
+    with `corpora.<corpus>.<section>` over it), then `overrides` ({"frames.size": 96, ...})."""
+    sections = stage_sections(params, corpus, where)
+    if params.get("device") is not None:
+        sections = merge(
+            {"faces": {"device": params["device"]}, "features": {"device": params["device"]}}, sections
+        )
+    return from_mapping(PrepareConfig, merge(sections, dotted(overrides)), where)
+
+
+def _summary_lines(stage: str, result) -> tuple[list[str], list[str]]:
+    """(stdout lines, stderr lines) of one stage's summary."""
+    out, err = [], []
+    if stage == "index":
+        out.append(format_summary(result))
+        files = result.get("ignored_files") or []
+        if files:
+            out.append(f"  ignored {len(files)} file(s) that are not media of a clip: {', '.join(files[:5])}")
+        missing = [s for s in SPLITS if s not in result["kept_by_split"]]
+        if missing:
+            err.append(f"  warning: no kept clip in split(s) {', '.join(missing)}")
+    elif stage in ("frames", "spectrograms"):
+        err += [f"{stage}: {clip_id} skipped: {message}" for clip_id, message in sorted(result.items())]
+    elif stage in ("shards_raw", "shards_cached"):
+        sizes, skipped = result
+        per_split = {s: sum(n for name, n in sizes.items() if name.startswith(f"{s}-")) for s in SPLITS}
+        counts = ", ".join(f"{s} {n}" for s, n in per_split.items())
+        out.append(f"{'shards' if stage == 'shards_raw' else stage}: {len(sizes)} tar(s); samples {counts}")
+        err += [f"  skipped {clip_id}: {why}" for clip_id, why in sorted(skipped.items())]
+        if stage == "shards_cached" and not per_split["train"]:
+            err.append("  warning: no train clip has features: stats.json holds mean 0 / std 1 (count 0)")
+    elif stage == "faces":
+        out.append(
+            f"faces: {result['clips']} clips, {result['frames_with_face']} of {result['frames_total']} frames with "
+            f"a face, {len(result['no_face'])} clip(s) not usable for the cached path"
+        )
+        err += [f"  {clip_id}: {reason}" for clip_id, reason in result["no_face"].items()]
+    elif stage == "features":
+        audio, video = result["extractors"]["audio"], result["extractors"]["video"]
+        out.append(
+            f"features: {result['clips']} clips with features; audio {audio['model']} layer {audio['layer']} "
+            f"({audio['dim']}-d), video {video['model']} at {video['input_size']} px ({video['dim']}-d)"
+        )
+        for name, entry in (("audio", audio), ("video", video)):
+            if entry["random_init"]:
+                err.append(
+                    f"  note: the {name} extractor has RANDOM weights ({entry['weights']}): features are for "
+                    "demos and tests only"
+                )
+        err += [f"  {clip_id} skipped: {message}" for clip_id, message in sorted(result["errors"].items())]
+    return out, err
+
+
+def print_stage(stage: str, result, seconds: float | None = None) -> None:
+    out, err = _summary_lines(stage, result)
+    for line in out:
+        typer.echo(line)
+    for line in err:
+        typer.echo(line, err=True)
+    if seconds is not None:
+        typer.echo(f"[{stage}] done in {seconds:.1f} s", err=True)
+
+
+def cli(
+    corpus: Annotated[
+        str, typer.Argument(help=f"The corpus: {', '.join(corpus_names())}.", show_default=False)
+    ],
+    root: Annotated[
+        Path, typer.Option("--root", help="The corpus root (a real copy, or one `mlbpipe synth` made).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder: manifest.jsonl, corpus.json, work/, shards/.")
+    ],
+    params: Path = typer.Option(
+        None,
+        "--params",
+        help="A params.yaml: its preparation sections (index, frames, ...), each with "
+        "corpora.CORPUS.<section> over it, and its workers and device.",
+    ),
+    set_: list[str] = typer.Option(
+        None,
+        "--set",
+        metavar="KEY=VALUE",
+        help="Any setting by its key, e.g. --set frames.fps=2 --set faces.fps=null "
+        "(repeatable; wins over --params).",
+    ),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Parallel processes (the output does not depend on it) "
+        "[default: params.yaml's workers, else 1].",
+    ),
+    protocol: str = typer.Option(
+        None,
+        "--protocol",
+        help="Split protocol (index.protocol) [default: the corpus's "
+        "first; cremad: vavl (the paper's) | speaker-random].",
+    ),
+    partition: int = typer.Option(
+        None,
+        "--partition",
+        help="Partition of the protocol (index.partition; "
+        f"cremad VAVL 1-5) [default: {field_default(IndexConfig, 'partition')}].",
+    ),
+    seed: int = typer.Option(
+        None,
+        "--seed",
+        help=f"Seed of a random protocol (index.seed) [default: {field_default(IndexConfig, 'seed')}].",
+    ),
+    size: int = typer.Option(
+        None,
+        "--size",
+        help="Frame height and width in pixels (frames.size) "
+        f"[default: {field_default(FramesConfig, 'size')}].",
+    ),
+    spec: str = typer.Option(
+        None,
+        "--spec",
+        help="mel (log-Mel) | stft (log-magnitude STFT, F = 257) "
+        f"(spectrograms.kind) [default: {field_default(SpectrogramConfig, 'kind')}].",
+    ),
+    n_mels: int = typer.Option(
+        None,
+        "--n-mels",
+        help=f"Mel bands (spectrograms.n_mels) [default: {field_default(SpectrogramConfig, 'n_mels')}].",
+    ),
+    maxcount: int = typer.Option(
+        None,
+        "--maxcount",
+        help="Samples per shard tar (shards_raw.maxcount and "
+        f"shards_cached.maxcount) [default: {field_default(ShardsConfig, 'maxcount')}].",
+    ),
+    effb2_weights: str = typer.Option(
+        None,
+        "--effb2-weights",
+        help="EfficientNet-B2 weights: imagenet | random | "
+        "PATH to a state_dict (features.effb2.weights) [default: imagenet].",
+    ),
+    w2v2_model: str = typer.Option(
+        None,
+        "--w2v2-model",
+        help="Wav2Vec2: hub id | local folder | random-tiny "
+        "(features.w2v2.model) [default: facebook/wav2vec2-large-robust].",
+    ),
+    faces_fps: float = typer.Option(
+        None,
+        "--faces-fps",
+        help="Faces: frames per second to keep; 0 = every frame, "
+        "the paper's (faces.fps) [default: every frame].",
+    ),
+    crop_size: int = typer.Option(
+        None,
+        "--crop-size",
+        help="Face crop side and EfficientNet-B2 input size "
+        "(faces.crop_size and features.effb2.image_size) "
+        f"[default: {field_default(FacesConfig, 'crop_size')}].",
+    ),
+    device: str = typer.Option(
+        None,
+        "--device",
+        help="Faces and features: auto | cpu | cuda[:N] (faces.device and "
+        f"features.device) [default: {field_default(FacesConfig, 'device')}].",
+    ),
+    stages: str = typer.Option(
+        ",".join(STAGE_NAMES), "--stages", help="Comma-separated stages to run, in pipeline order."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    update_manifest: bool = typer.Option(
+        True,
+        "--update-manifest/--no-update-manifest",
+        help="faces: mark the clips without a face in the "
+        "manifest (off under DVC, where the manifest is the index stage's output).",
+    ),
+) -> None:
+    """Prepare a corpus: index + validate + split (OUT/manifest.jsonl), then the ResNet path (1 fps frames,
+    log-Mel spectrograms, OUT/shards/raw/) and the Conformer path (MTCNN faces, frozen EfficientNet-B2 +
+    Wav2Vec2 features, OUT/shards/cached/). Reruns skip finished work. Offline, the cached path needs local
+    weights, or `--effb2-weights random --w2v2-model random-tiny` for a demo."""
+    from pipeline.engine import LocalExecutor
+
+    shortcuts = {
+        "protocol": protocol, "partition": partition, "seed": seed, "size": size, "spec": spec, "n_mels": n_mels,
+        "maxcount": maxcount, "effb2_weights": effb2_weights, "w2v2_model": w2v2_model,
+        "faces_fps": faces_fps, "crop_size": crop_size, "device": device,
+    }  # fmt: skip
+    with exit_on(CorpusError, ParamsError, ValueError):
+        the_corpus = get_corpus(corpus)
+        loaded = load_params(params) if params is not None else {}
+        where = f"{params or 'the options'}"
+        overrides = parse_key_values(set_, "--set")
+        for option, value in shortcuts.items():
+            if value is not None:
+                value = (value or None) if option == "faces_fps" else value  # 0: every frame
+                overrides |= dict.fromkeys(SHORTCUTS[option], value)
+        config = prepare_config(loaded, corpus, overrides, where)
+        workers = workers if workers is not None else loaded.get("workers", 1)
+        selected = [s.strip() for s in stages.split(",") if s.strip()]
+        executor = LocalExecutor(workers)
+        try:
+            run = Run(
+                the_corpus, root, out, config, executor, progress=not quiet, update_manifest=update_manifest
+            )
+            try:
+                prepare(
+                    run,
+                    selected,
+                    on_done=lambda stage, result, seconds: print_stage(
+                        stage, result, None if quiet else seconds
+                    ),
+                )
+            except CachedPathUnavailable as err:
+                raise ValueError(
+                    f"{err}\nTo prepare only the ResNet path, add --stages "
+                    "index,frames,spectrograms,shards_raw."
+                ) from err
+        finally:
+            executor.close()

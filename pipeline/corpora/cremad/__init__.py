@@ -1,0 +1,74 @@
+"""CREMA-D (Cao et al., 2014): 7442 clips of 91 actors speaking 12 sentences with 6 emotions.
+
+The plug-in: layout and naming in `layout`, split protocols in `protocols`, the synthetic stand-in in the
+exact layout in `synth`, checked-in lists in `manifests/cremad/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pipeline.corpora.base import Corpus, LayoutCheck, MediaSpec, Scan
+from pipeline.corpora.cremad import layout, protocols
+from pipeline.manifest import ClipRecord
+
+# The MLB authors' settings (alpha, beta_max) on CREMA-D, per input path and fusion head: what the trainer
+# uses when a run does not set them (written into meta.json beside the shards).
+MLB_SETTINGS = {
+    "raw": {
+        "late-linear": {"alpha": 0.5, "beta_max": 10.0},
+        "mid-mlp": {"alpha": 0.5, "beta_max": 5.0},
+        "gated": {"alpha": 0.5, "beta_max": 10.0},
+        "film": {"alpha": 0.5, "beta_max": 20.0},
+        "tf": {"alpha": 0.5, "beta_max": 20.0},
+    },
+    "cached": {"*": {"alpha": 5.0, "beta_max": 2.0}},
+}
+
+
+class CremaD(Corpus):
+    name = layout.NAME
+    label_names = layout.EMOTIONS
+    # WAVs in the documented format; an FLV without its audio stream is one of the corpus's broken clips
+    media = MediaSpec(audio_format=layout.EXPECTED_WAV, video_needs_audio_stream=True)
+    protocols = protocols.PROTOCOLS
+    manifests_dir = layout.MANIFESTS_DIR
+    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS}
+    layout_hint = f"{layout.WAV_DIR}/ and {layout.FLV_DIR}/"
+
+    @property
+    def synth_config(self):
+        from pipeline.corpora.cremad.synth import SynthConfig
+
+        return SynthConfig
+
+    def scan(self, root: Path) -> Scan:
+        return layout.scan_corpus(root)
+
+    def known_bad(self) -> dict[str, str]:
+        return layout.load_known_bad(self.manifests_dir)
+
+    def check_protocol(self, protocol: str, partition: int) -> None:
+        super().check_protocol(protocol, partition)
+        if protocol == "vavl" and partition not in protocols.VAVL_PARTITIONS:
+            raise ValueError(f"index.partition={partition!r}: VAVL has partitions 1-5")
+
+    def assign_splits(self, records: list[ClipRecord], protocol: str, partition: int, seed: int) -> str:
+        return protocols.assign_cremad_splits(records, protocol, partition, seed, self.manifests_dir)
+
+    def check_layout(self, root: Path) -> list[LayoutCheck]:
+        return layout.check_layout(root)
+
+    def check_synth(self, config) -> None:
+        from pipeline.corpora.cremad.synth.generate import choose_clips
+
+        choose_clips(config)  # sizes the clip list cannot satisfy
+
+    def synthesize(self, out: Path, config):
+        from pipeline.corpora.cremad.synth import synth_cremad
+
+        return synth_cremad(out, config)
+
+
+CORPUS = CremaD()

@@ -1,0 +1,124 @@
+"""One source for every parameter: each section of the repository's params.yaml goes into its dataclass (an
+unknown key fails), the stage commands read their sections from it, and a config error names the key and
+the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlb.balancing import build_balancer
+from mlb.train_config import TrainConfig
+from pipeline.cli.prepare import prepare_config
+from pipeline.corpora import get_corpus
+from pipeline.params import ParamsError, from_mapping, load_params, stage_sections
+from pipeline.prepare import PrepareConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("corpus", sorted(PARAMS["corpora"]))
+def test_every_preparation_section_loads_into_its_dataclass(corpus):
+    config = prepare_config(PARAMS, corpus, {}, "params.yaml")
+    assert isinstance(config, PrepareConfig)
+    # what the demo sets on purpose, and only that, differs from the defaults
+    assert config.frames.size == PARAMS["frames"]["size"] != PrepareConfig().frames.size
+    assert config.spectrograms == PrepareConfig().spectrograms
+    assert Path(PARAMS["corpora"][corpus]["root"]).parts[:2] == ("data", corpus)
+    assert config.index.protocol_of(get_corpus(corpus)) in get_corpus(corpus).protocols
+
+
+@pytest.mark.parametrize("corpus", sorted(PARAMS["synth"]))
+def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
+    synth_config = get_corpus(corpus).synth_config
+    config = from_mapping(synth_config, PARAMS["synth"][corpus], f"params.yaml: synth.{corpus}")
+    get_corpus(corpus).check_synth(config)
+
+
+def test_the_training_sections_are_trainer_settings():
+    """train.raw / train.cached hold `methods` plus TrainConfig keys; mlb.* builds MLB."""
+    fields = set(TrainConfig.__dataclass_fields__)
+    for path in ("raw", "cached"):
+        section = dict(PARAMS["train"][path])
+        methods = section.pop("methods")
+        assert set(section) <= fields, set(section) - fields
+        config = TrainConfig(
+            data=REPO, out=REPO / "runs", features=path, patience=PARAMS["train"]["patience"], **section
+        )
+        config.validate()
+        for method in methods:
+            build_balancer(method)
+        build_balancer("mlb", **PARAMS["mlb"][path])
+
+
+def test_an_unknown_key_fails_with_the_section_and_the_keys_it_takes(tmp_path):
+    params = {"frames": {"sise": 96}}
+    with pytest.raises(
+        ParamsError, match=r"params.yaml.frames.sise: unknown key; params.yaml.frames takes fps, count, size"
+    ):
+        prepare_config(params, "cremad", {}, "params.yaml")
+    with pytest.raises(ParamsError, match=r"features.effb2.wieghts: unknown key"):
+        prepare_config({"features": {"effb2": {"wieghts": "random"}}}, "cremad", {}, "p")
+
+
+def test_a_bad_value_names_the_key_and_the_value():
+    with pytest.raises(ParamsError, match=r"frames.size=4: must be between 8 and 1024"):
+        prepare_config({"frames": {"size": 4}}, "cremad", {}, "params.yaml")
+    with pytest.raises(ParamsError, match=r"faces.jpeg_quality=10"):
+        prepare_config({}, "cremad", {"faces.jpeg_quality": 10}, "--set")
+
+
+def test_a_corpus_section_lies_over_the_global_one_and_overrides_over_both():
+    params = {
+        "frames": {"size": 96, "count": 4},
+        "corpora": {"cremad": {"frames": {"size": 64}}},
+        "device": "cpu",
+    }
+    assert stage_sections(params, "cremad")["frames"] == {"size": 64, "count": 4}
+    config = prepare_config(params, "cremad", {"frames.count": 2}, "p")
+    assert (config.frames.size, config.frames.count) == (64, 2)
+    assert config.faces.device == config.features.device == "cpu"  # the top-level device reaches both stages
+
+
+def test_params_yaml_must_be_a_mapping(tmp_path):
+    (tmp_path / "p.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ParamsError, match="must hold a mapping"):
+        load_params(tmp_path / "p.yaml")
+    with pytest.raises(ParamsError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_model_sizes_agree_between_the_config_and_the_encoders():
+    from mlb.models.encoders import SIZES
+    from mlb.train_config import SIZES as CONFIG_SIZES
+
+    assert tuple(SIZES) == CONFIG_SIZES
+
+
+def test_the_prepare_command_reads_its_sections_from_params(tmp_path, synth_corpus):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    params = {
+        "frames": {"size": 40},
+        "corpora": {"cremad": {"index": {"protocol": "speaker-random", "seed": 4}}},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "cremad", "--root", str(synth_corpus), "--out", str(out),
+                                      "--params", str(tmp_path / "params.yaml"), "--stages", "index,frames", "--quiet",
+                                      "--set", "frames.count=2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import h5py
+
+    with h5py.File(out / "work" / "frames.h5") as f:
+        first = next(iter(f["frames"].values()))
+        assert first.shape == (2, 40, 40, 3)
+    assert '"protocol": "speaker-random-4"' in (out / "corpus.json").read_text()
