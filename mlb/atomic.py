@@ -41,9 +41,11 @@ def atomic_output(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None:  # a failed write() names no file: name it
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 

@@ -96,7 +96,10 @@ def read_sizes(folder: Path) -> dict[str, int]:
         if not isinstance(count, int) or count < 0:
             raise ShardError(f"{folder}/sizes.json: count of {name} must be an integer >= 0, got {count!r}")
         if not (Path(folder) / name).is_file():
-            raise ShardError(f"{folder}/sizes.json lists {name} but the file is missing")
+            raise ShardError(
+                f"{folder}/sizes.json lists {name} but the file is missing: copy the shard folder again, or rerun the "
+                "stage that wrote it"
+            )
     return sizes
 
 
@@ -200,6 +203,21 @@ def open_shard_folder(path: Path, expected_meta: Mapping[str, Any] | None = None
 # --- per-sample stages ----------------------------------------------------------------------------
 
 
+def check_split(folder: ShardFolder, split: str) -> None:
+    """ShardError naming the folder and the fix when `split` has no shard, or no clip, in sizes.json."""
+    shards = folder.shards(split)
+    if not shards:
+        raise ShardError(
+            f"{folder.path}: no {split} shards listed in sizes.json; rerun prepare (every split needs clips: check "
+            "the split protocol and what the index stage rejected)"
+        )
+    if folder.num_samples(split) == 0:
+        counts = {name: folder.sizes[name] for name in shards}
+        raise ShardError(
+            f"{folder.path}: the {split} split holds no clips (sizes.json: {counts}); rerun prepare"
+        )
+
+
 def check_member_name(name: str, where: str = "tar") -> bool:
     """Stage 4's gate, called on every tar member before it is read: refuse anything not in the contract."""
     if not _MEMBER_NAME.match(name):
@@ -229,9 +247,21 @@ def read_tar_samples(
         url = item["url"]
         sample: dict[str, Any] | None = None
         seen: set[str] = set()
-        with tarfile.open(url, mode="r:") as tar:  # uncompressed tars only, as written by prepare
-            for member in tar:
-                if not member.isfile():
+        try:
+            tar = tarfile.open(url, mode="r:")  # noqa: SIM115 (closed below; samples are yielded while it is open)
+        except (tarfile.TarError, OSError) as err:
+            raise ShardError(_corrupt(url, err)) from None
+        with tar:  # uncompressed tars only, as written by prepare
+            members = iter(tar)
+            while True:
+                try:  # a tar cut short (a failed copy, a full disk) fails here, naming the shard
+                    member = next(members, None)
+                    if member is None:
+                        break
+                    data = tar.extractfile(member).read() if member.isfile() else None
+                except (tarfile.TarError, EOFError, OSError) as err:
+                    raise ShardError(_corrupt(url, err)) from None
+                if data is None:
                     raise ShardError(f"{url}: member {member.name!r} is not a regular file")
                 check_member_name(member.name, url)
                 key, field_name = member.name.split(".", 1)
@@ -244,13 +274,20 @@ def read_tar_samples(
                     sample = {"__key__": key, "__url__": url}
                 if field_name in sample:
                     raise ShardError(f"{url}: clip {key} has {field_name} twice")
-                sample[field_name] = tar.extractfile(member).read()
+                sample[field_name] = data
             tar.members = []  # keep no index of a finished shard
         expected = None if sizes is None else sizes.get(Path(url).name)
         if expected is not None and len(seen) != expected:
             raise ShardError(f"{url} holds {len(seen)} clips but sizes.json says {expected}")
         if sample is not None:
             yield sample
+
+
+def _corrupt(url: str, err: BaseException) -> str:
+    return (
+        f"{url} is truncated or corrupt ({type(err).__name__}: {err}); copy it again, or rerun the stage that "
+        "wrote it (mlbpipe prepare CORPUS --stages shards_raw or shards_cached)"
+    )
 
 
 def decode_sample(sample: dict[str, Any], folder: ShardFolder) -> dict[str, Any]:
@@ -297,6 +334,11 @@ def _check_array(array: np.ndarray, name: str, folder: ShardFolder, where: str) 
         raise ShardError(f"{where}: {name} has shape {list(array.shape)}, meta.json says {shape}")
     if 0 in array.shape:
         raise ShardError(f"{where}: {name} is empty (shape {list(array.shape)})")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # ~1 us per kB: cheap beside a step
+        raise ShardError(
+            f"{where}: {name} holds NaN or Inf values; the shard is corrupt or its extractor broke: rerun the "
+            "stage that wrote it"
+        )
 
 
 def to_example(sample: dict[str, Any], folder: ShardFolder) -> dict[str, Any]:
@@ -356,6 +398,24 @@ def collate(examples: list[dict[str, Any]], input_path: str) -> dict[str, Any]:
 
 
 # --- order: pure functions of (seed, epoch) -------------------------------------------------------
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGINT / SIGTERM to the trainer, which stops at a safe point (mlb.stopping)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _worker_message(message: str) -> str:
+    """The original message of a ShardError that torch re-raised from a loader worker."""
+    marker = "ShardError: "
+    return (
+        message.rsplit(marker, 1)[-1].strip()
+        if "Original Traceback" in message and marker in message
+        else message
+    )
 
 
 def shard_order(shards: list[str], seed: int, epoch: int, shuffle: bool) -> list[str]:
@@ -436,8 +496,7 @@ class ShardLoader:
             rank, world_size, _, _ = wds.utils.pytorch_worker_info()
         self.rank, self.world_size = rank, world_size
         self.shards = folder.shards(split)
-        if not self.shards:
-            raise ShardError(f"{folder.path}: no {split} shards listed in sizes.json")
+        check_split(folder, split)
 
     @property
     def num_samples(self) -> int:
@@ -510,10 +569,14 @@ class ShardLoader:
                 num_workers=self.num_workers,
                 generator=generator,
                 pin_memory=self.pin_memory,
+                worker_init_fn=_ignore_stop_signals,
             )
         limit = self.num_batches(epoch)
-        for index, batch in enumerate(source):
-            if index >= limit:  # equal work across DDP ranks
-                break
-            if index >= skip_batches:
-                yield batch
+        try:
+            for index, batch in enumerate(source):
+                if index >= limit:  # equal work across DDP ranks
+                    break
+                if index >= skip_batches:
+                    yield batch
+        except ShardError as err:  # from a loader worker: its message comes wrapped in the worker's traceback
+            raise ShardError(_worker_message(str(err))) from None

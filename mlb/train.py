@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,11 +44,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mlb.atomic import atomic_output, atomic_write_json, atomic_write_text
-from mlb.data import MODALITY_FIELDS, ShardFolder, ShardLoader, open_shard_folder
+from mlb.data import MODALITY_FIELDS, SPLITS, ShardFolder, ShardLoader, check_split, open_shard_folder
 from mlb.device import resolve_device
+from mlb.lock import folder_lock
 from mlb.method_defaults import method_defaults
 from mlb.metrics import evaluate
-from mlb.train_config import RESUMABLE_CHANGES, TrainConfig, TrainConfigError
+from mlb.stopping import Stopped, stop_on_signals
+from mlb.train_config import RESUMABLE_CHANGES, TrainConfig, TrainConfigError, TrainError
 
 
 @dataclass
@@ -118,9 +121,58 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Never unpickles code: weights_only=True accepts tensors, numbers, strings, lists and dicts."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+LAST_KEYS = (
+    "model",
+    "optimizer",
+    "scaler",
+    "scheduler",
+    "balancer",
+    "rng",
+    "state",
+    "config",
+    "method_params",
+)
+BEST_KEYS = ("model", "epoch", "step", "val_accuracy", "config")
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A checkpoint, never unpickling code (weights_only=True accepts tensors, numbers, strings, lists and
+    dicts). TrainError naming the file and the fix when it cannot be read or lacks one of `keys`."""
+    fix = "delete it to train from scratch, or put back a good copy"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainError(f"{path} does not exist") from None
+    except Exception as err:  # noqa: BLE001 (a cut file, random bytes, a foreign pickle: all mean "unreadable")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TrainError(
+            f"{path} cannot be read as a checkpoint ({type(err).__name__}: {first[:200]}); it may have been cut "
+            f"short (a full disk, a failed copy) or not be one: {fix}"
+        ) from None
+    missing = [key for key in keys if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        raise TrainError(
+            f"{path} is not a checkpoint of mlbpipe train (it has no {', '.join(missing)}): {fix}"
+        )
+    return saved
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """torch.save through a temp file and a rename; TrainError naming the file when the write fails."""
+    try:
+        with atomic_output(path) as tmp:  # a resume never reads half a checkpoint
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError, without errno
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
+        reason = (
+            err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
+        )
+        raise TrainError(
+            f"writing {path} failed ({reason[:200]}; {free:.0f} MiB free there): the disk may be full or the folder "
+            "read-only; free space (or fix its permissions) and rerun with --resume"
+        ) from None
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -279,16 +331,25 @@ class EpochLog:
 # --- the trainer -------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig, *, on_step: Callable[[TrainState], None] | None = None, command: str | None = None
+) -> dict[str, Any]:
     """Train, select on validation, test once; write RUN/metrics.json and return its content.
 
-    `on_step(state)` is called after every training step (after any checkpoint of that step): tests use
-    it to interrupt a run.
+    The run holds RUN for its whole life (mlb.lock: a second run on the same folder is refused, naming this
+    one's `command`). SIGINT or SIGTERM stops it after the step in progress, with a checkpoint, and raises
+    mlb.stopping.Stopped: `--resume` continues exactly. `on_step(state)` is called after every training
+    step (after any checkpoint of that step): tests use it to interrupt a run.
     """
+    config.validate()
+    with folder_lock(config.out, command or " ".join(sys.argv)):
+        return _train(config, on_step)
+
+
+def _train(config: TrainConfig, on_step: Callable[[TrainState], None] | None) -> dict[str, Any]:
     from mlb.balancing import build_balancer
     from mlb.models import build_model
 
-    config.validate()
     run = Path(config.out)
     ckpt_dir = run / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -303,6 +364,8 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
 
     # --- data: refuse shards of the wrong kind before reading a sample -------------------------------
     folder = open_shard_folder(config.data, {"input_path": config.features, **config.expected_meta})
+    for split in SPLITS:  # an empty or missing split fails now, not after hours of training
+        check_split(folder, split)
     batch_size = config.resolved_batch_size
     loader_kw = {"seed": config.seed, "num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
     train_loader = ShardLoader(
@@ -371,12 +434,11 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
         }
 
     def save_last() -> None:
-        with atomic_output(last_path) as tmp:  # a resume never reads half a checkpoint
-            torch.save(checkpoint(), tmp)
+        save_checkpoint(checkpoint(), last_path)
 
     # --- resume ----------------------------------------------------------------------------------------
     if resuming:
-        saved = load_checkpoint(last_path)
+        saved = load_checkpoint(last_path, LAST_KEYS)
         check_resumable(saved, config, params, folder.meta)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -405,7 +467,11 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
     started = time.perf_counter()
 
     # --- train: one epoch per iteration; validation and selection at each epoch end --------------------
-    try:
+    # SIGINT / SIGTERM set stop.requested: the run ends after the step in progress, with a checkpoint.
+    with contextlib.ExitStack() as cleanup:
+        stop = cleanup.enter_context(stop_on_signals())
+        cleanup.callback(epochs_file.close)
+        cleanup.callback(step_log.close)
         while state.epoch < config.epochs and not state.stopped_early:
             if config.max_steps is not None and state.step >= config.max_steps:
                 break  # resumed after the step budget was spent
@@ -431,7 +497,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                     state.skipped_steps += 1
                     state.bad_in_a_row += 1
                     if state.bad_in_a_row >= config.max_bad_steps:
-                        raise FloatingPointError(
+                        raise TrainError(
                             f"mlbpipe train: {state.bad_in_a_row} steps in a row had a non-finite loss or "
                             f"gradient (step {state.step}, epoch {state.epoch}); stopping. Lower the lr "
                             f"(now {lr:g}), use --precision fp32, or check the shards for NaN/Inf values."
@@ -446,6 +512,14 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                     save_last()
                 if on_step is not None:
                     on_step(state)
+                if stop.requested:  # mid-epoch, no validation: the resumed run validates this epoch once
+                    step_log.file.flush()
+                    save_last()
+                    raise Stopped(
+                        f"mlbpipe train: {stop.reason} after step {state.step} (epoch {state.epoch}, batch "
+                        f"{state.batch_in_epoch}); checkpoint {last_path}: rerun the same command with --resume "
+                        "to continue"
+                    )
                 if config.max_steps is not None and state.step >= config.max_steps:
                     out_of_steps = True
                     break
@@ -466,8 +540,7 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
                     "val_accuracy": flat[selection_key],
                     "config": config.to_json(),
                 }
-                with atomic_output(best_path) as tmp:
-                    torch.save(best, tmp)
+                save_checkpoint(best, best_path)
             else:
                 state.epochs_without_improvement += 1
                 state.stopped_early = state.epochs_without_improvement >= config.patience
@@ -487,12 +560,10 @@ def train(config: TrainConfig, *, on_step: Callable[[TrainState], None] | None =
             save_last()
             if out_of_steps:
                 break
-    finally:
-        step_log.close()
-        epochs_file.close()
 
     # --- test once, at the checkpoint selected on validation -------------------------------------------
-    selected = load_checkpoint(best_path)
+    check_skipped(state, config)
+    selected = load_checkpoint(best_path, BEST_KEYS)
     model.load_state_dict(selected["model"])
     test_loader = ShardLoader(folder, "test", **eval_kw)
     val_metrics, _ = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
@@ -594,6 +665,18 @@ def epoch_summary(
     values |= {f"val/{k}": v for k, v in val.items()}
     values |= {f"balancer/{k}": float(v) for k, v in balancer_logs.items() if isinstance(v, (int, float))}
     return values
+
+
+def check_skipped(state: TrainState, config: TrainConfig) -> None:
+    """A run that skipped more than `max_skipped_fraction` of its steps as non-finite learnt from too little
+    of its data to report on: TrainError with the count and the likely causes."""
+    if state.step and state.skipped_steps > config.max_skipped_fraction * state.step:
+        raise TrainError(
+            f"mlbpipe train: {state.skipped_steps} of {state.step} steps were skipped (a non-finite loss or "
+            f"gradient), more than max_skipped_fraction={config.max_skipped_fraction}; no result is written. Likely "
+            "causes: NaN/Inf in the inputs, a learning rate too high for this model, fp16 overflow (try "
+            "--precision fp32 or bf16)"
+        )
 
 
 def check_resumable(

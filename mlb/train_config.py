@@ -16,11 +16,18 @@ SIZES = ("tiny", "small", "paper")  # model sizes (mlb.models.encoders)
 PAPER_OPTIM = {"raw": (1e-3, 1e-4, 32), "cached": (5e-5, 5e-6, 8)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Config keys that may change between an interrupted run and its resume (they do not change the math).
-RESUMABLE_CHANGES = {"resume", "epochs", "max_steps", "device", "dvclive", "max_bad_steps", "patience"}
+RESUMABLE_CHANGES = {
+    "resume", "epochs", "max_steps", "device", "dvclive", "max_bad_steps", "max_skipped_fraction", "patience",
+}  # fmt: skip
 
 
 class TrainConfigError(ValueError):
     """A bad training setting; the message names the key and the value."""
+
+
+class TrainError(RuntimeError):
+    """A run that cannot go on (a checkpoint that cannot be read or written, too many non-finite steps); the
+    message names the file or the count, and the fix."""
 
 
 @dataclass
@@ -53,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
     resume: bool = False
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    max_skipped_fraction: float = 0.5  # a run that skipped more of its steps (non-finite) fails
     dropout: float | None = None
     expected_meta: dict[str, Any] = field(default_factory=dict)  # extra meta.json keys to require
     dvclive: bool = True
@@ -99,6 +107,8 @@ class TrainConfig:
             raise bad("device", "must be auto, cpu, cuda or cuda:N")
         if self.device.startswith("cuda") and not _cuda_available():
             raise bad("device", "CUDA is not available on this machine")
+        if not 0 < self.max_skipped_fraction <= 1:
+            raise bad("max_skipped_fraction", "must be in (0, 1]")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise bad("dropout", "must be in [0, 1)")
 

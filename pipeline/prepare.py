@@ -11,12 +11,15 @@ passes paths and configs along. To add a stage: write its module, add its config
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlb.lock import folder_lock
+from mlb.stopping import Stopped, stop_on_signals
 from pipeline.corpora.base import Corpus
 from pipeline.engine import Executor
 from pipeline.stages.faces import FacesConfig
@@ -196,15 +199,28 @@ def check_run(run: Run, stages: list[str]) -> None:
 
 
 def prepare(
-    run: Run, stages: list[str] | None = None, *, on_done: Callable[[str, Any, float], None] | None = None
+    run: Run,
+    stages: list[str] | None = None,
+    *,
+    on_done: Callable[[str, Any, float], None] | None = None,
+    command: str | None = None,
 ):
     """Run `stages` (default: all, in order) after `check_run`; `on_done(stage, result, seconds)` after
-    each. Raises CorpusError / ValueError on bad input."""
+    each. Raises CorpusError / ValueError on bad input.
+
+    The run holds OUT for its whole life (mlb.lock: a second run on the same folder is refused, naming this
+    one's `command`). SIGINT or SIGTERM stops it once the batches in progress are written, raising
+    mlb.stopping.Stopped; the same command then goes on from there."""
     selected = check_stages(stages)
     check_run(run, selected)
-    for stage in STAGES:
-        if stage.name in selected:
-            start = time.perf_counter()
-            result = stage.run(run)
-            if on_done is not None:
-                on_done(stage.name, result, time.perf_counter() - start)
+    with folder_lock(run.out, command or " ".join(sys.argv)), stop_on_signals() as stop:
+        for stage in STAGES:
+            if stage.name in selected:
+                if stop.requested:  # between stages (the per-clip stages also stop between batches)
+                    raise Stopped(
+                        f"{stop.reason} before the {stage.name} stage: rerun the same command to continue"
+                    )
+                start = time.perf_counter()
+                result = stage.run(run)
+                if on_done is not None:
+                    on_done(stage.name, result, time.perf_counter() - start)

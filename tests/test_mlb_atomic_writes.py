@@ -3,6 +3,7 @@ write that fails half-way leaves the previous file whole."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from shard_factory import write_shard_folder
 
 from mlb.compare import aggregate, to_markdown, write_tables
-from mlb.train import StepLog, TrainConfig, load_checkpoint, train
+from mlb.train import StepLog, TrainConfig, TrainError, load_checkpoint, train
 
 
 def _temps(folder: Path) -> list[Path]:
@@ -46,11 +47,13 @@ def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one(tmp_path, monk
         calls.append(Path(f).name)
         if Path(f).name.startswith("last.pt") and sum(c.startswith("last.pt") for c in calls) == 2:
             Path(f).write_bytes(b"half")
-            raise OSError("No space left on device")
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(
+        TrainError, match=r"writing .*last.pt failed \(No space left on device; \d+ MiB free there\)"
+    ):
         train(_config(tmp_path))
     assert all(".tmp-" in name for name in calls)  # written beside the target, renamed onto it
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state"]["step"] == 1

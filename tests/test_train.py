@@ -12,7 +12,8 @@ from shard_factory import first_key, npy_bytes, replace_member, write_shard_fold
 from typer.testing import CliRunner
 
 import mlb.train as train_module
-from mlb.train import TrainConfig, TrainConfigError, load_checkpoint, lr_at, train
+from mlb.data import ShardError
+from mlb.train import TrainConfig, TrainConfigError, TrainError, load_checkpoint, lr_at, train
 from pipeline.cli import app
 
 runner = CliRunner()
@@ -250,8 +251,36 @@ def _nan_shards(tmp_path: Path, how_many: int) -> Path:
     return folder
 
 
-def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+def test_the_loader_refuses_nan_in_a_shard_naming_the_shard_and_the_clip(tmp_path):
     folder = _nan_shards(tmp_path, how_many=1)
+    config = TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=1, batch_size=16,
+                         dvclive=False, method="multi-loss")  # fmt: skip
+    with pytest.raises(ShardError, match=r"clip 1001_\w+ in .*train-000000.tar: w2v2.npy holds NaN or Inf"):
+        train(config)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def _poison_the_loss(monkeypatch, poisoned: set[str]) -> None:
+    """The loss of a batch holding one of `poisoned` clips is NaN (a numerical blow-up, from clean shards)."""
+    from mlb.balancing.multi_loss import MultiLoss
+
+    real = MultiLoss.loss
+
+    def loss(self, model, batch, out):
+        total, logs = real(self, model, batch, out)
+        return (total * float("nan") if poisoned & set(batch["id"]) else total), logs
+
+    monkeypatch.setattr(MultiLoss, "loss", loss)
+
+
+def _clean_shards(tmp_path: Path) -> Path:
+    return write_shard_folder(tmp_path / "shards" / "cached", "cached", video_dim=8,
+                              counts={"train": 16, "validation": 4, "test": 4})  # fmt: skip
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    folder = _clean_shards(tmp_path)
+    _poison_the_loss(monkeypatch, {first_key(min(folder.glob("train-*.tar")))})
     result = train(
         TrainConfig(
             data=folder,
@@ -262,16 +291,28 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
             batch_size=16,
             dvclive=False,
             method="multi-loss",
+            max_skipped_fraction=1.0,  # allow it: this test looks at the skipping itself
         )
     )
-    # one batch per epoch = all 16 clips, one of them NaN: every step is skipped ...
+    # one batch per epoch = all 16 clips, one of them poisoned: every step is skipped ...
     assert result["training"]["skipped_nonfinite_steps"] == 2
     weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
-def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path):
-    folder = _nan_shards(tmp_path, how_many=2)
+def test_a_run_that_skipped_most_of_its_steps_fails_with_the_count(tmp_path, monkeypatch):
+    folder = _clean_shards(tmp_path)
+    _poison_the_loss(monkeypatch, {first_key(min(folder.glob("train-*.tar")))})
+    config = TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=4, batch_size=16,
+                         dvclive=False, method="multi-loss")  # fmt: skip
+    with pytest.raises(TrainError, match=r"4 of 4 steps were skipped .* max_skipped_fraction=0.5"):
+        train(config)
+    assert not (tmp_path / "run" / "metrics.json").exists()  # no result that a sweep would tabulate
+
+
+def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path, monkeypatch):
+    folder = _clean_shards(tmp_path)
+    _poison_the_loss(monkeypatch, {first_key(shard) for shard in folder.glob("train-*.tar")})
     config = TrainConfig(
         data=folder,
         out=tmp_path / "run",
@@ -281,9 +322,9 @@ def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path):
         batch_size=8,
         dvclive=False,
         max_bad_steps=3,
-        method="mlb",
+        method="multi-loss",
     )
-    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
+    with pytest.raises(TrainError, match="3 steps in a row had a non-finite loss"):
         train(config)
 
 

@@ -25,6 +25,42 @@ def exit_on(*errors: type[BaseException], prefix: str = "error") -> Iterator[Non
         raise typer.Exit(code=2) from err
 
 
+@contextlib.contextmanager
+def command_errors(prefix: str, out=None) -> Iterator[None]:
+    """Every fault a long command can meet, reported as `<prefix>: error: <message>` with exit 2, never a
+    traceback: bad settings and inputs (ValueError), runs that cannot go on (RuntimeError: another run holds
+    the folder, a shard or checkpoint that cannot be read, an input that vanished) and failed reads or writes
+    (OSError: a full disk, a read-only folder), the file and the fix in the message. A stop on SIGINT or
+    SIGTERM exits with mlb.stopping.STOPPED_EXIT. MLBPIPE_DEBUG=1 lets the exception through, traceback and
+    all."""
+    import os
+
+    from mlb.stopping import STOPPED_EXIT, Stopped
+
+    try:
+        yield
+    except Stopped as err:
+        typer.echo(f"{prefix}: {err}", err=True)
+        raise typer.Exit(code=STOPPED_EXIT) from None
+    except (ValueError, RuntimeError, OSError) as err:
+        if os.environ.get("MLBPIPE_DEBUG") == "1":
+            raise
+        typer.echo(f"{prefix}: error: {describe_error(err, out)}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def describe_error(err: BaseException, out=None) -> str:
+    """The message of an error; for a failed read or write, the file (or the output folder) and the fix."""
+    if not isinstance(err, OSError) or isinstance(err, FileNotFoundError) and err.filename is None:
+        return str(err)
+    where = err.filename or out or "a file"
+    what = err.strerror or str(err).strip().splitlines()[0]
+    return (
+        f"reading or writing {where} failed ({what}): the disk may be full or the folder read-only; free space "
+        "or fix its permissions (or choose another output folder) and rerun: finished work is kept"
+    )
+
+
 def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
     """`KEY=VALUE` pairs; VALUE is read as YAML when it parses (numbers, true/false, null, lists), else it
     stays a string. Dashes in KEY become underscores."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import parse_params_json, split_csv
+from pipeline.cli.common import command_errors, parse_params_json, split_csv
 
 
 def compare(
@@ -55,36 +55,40 @@ def compare(
     Finished runs are kept (a rerun only trains what is missing); a method that does not support a fusion
     head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv and .json.
     """
-    from mlb.atomic import atomic_write_json
-    from mlb.compare import aggregate, load_runs, run_comparison, write_tables
-    from mlb.train import TrainConfig, TrainConfigError
+    import sys
 
-    if not aggregate_only:
-        if data is None:
-            raise typer.BadParameter("is required unless --aggregate-only", param_hint="--data")
-        shard_dir = data / "shards" / features
-        if not shard_dir.is_dir():
-            raise typer.BadParameter(
-                f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
+    from mlb.lock import folder_lock
+
+    with command_errors("mlbpipe compare", out), folder_lock(out, " ".join(sys.argv)):
+        from mlb.atomic import atomic_write_json
+        from mlb.compare import aggregate, load_runs, run_comparison, write_tables
+        from mlb.train import TrainConfig
+
+        if not aggregate_only:
+            if data is None:
+                raise typer.BadParameter("is required unless --aggregate-only", param_hint="--data")
+            shard_dir = data / "shards" / features
+            if not shard_dir.is_dir():
+                raise typer.BadParameter(
+                    f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
+                )
+            params: dict[str, dict] = {}
+            for key, value in parse_params_json(method_param, "--method-param").items():
+                method, sep, name = key.partition(".")
+                if not sep:
+                    raise typer.BadParameter(f"{key!r} must be METHOD.KEY", param_hint="--method-param")
+                params.setdefault(method.replace("_", "-"), {})[name] = value
+            base = TrainConfig(
+                data=shard_dir,
+                out=out,
+                features=features,
+                size=size,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                patience=patience,
+                device=device,
             )
-        params: dict[str, dict] = {}
-        for key, value in parse_params_json(method_param, "--method-param").items():
-            method, sep, name = key.partition(".")
-            if not sep:
-                raise typer.BadParameter(f"{key!r} must be METHOD.KEY", param_hint="--method-param")
-            params.setdefault(method.replace("_", "-"), {})[name] = value
-        base = TrainConfig(
-            data=shard_dir,
-            out=out,
-            features=features,
-            size=size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            patience=patience,
-            device=device,
-        )
-        try:
             base.validate()
             _, skipped = run_comparison(
                 base,
@@ -95,17 +99,14 @@ def compare(
                 params,
                 log=typer.echo,
             )
-        except (TrainConfigError, ValueError) as err:
-            typer.echo(f"mlbpipe compare: error: {err}", err=True)
-            raise typer.Exit(2) from None
-        atomic_write_json(out / "skipped.json", skipped)
-    summaries = aggregate(load_runs(out))
-    if not summaries:
-        typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
-        raise typer.Exit(1)
-    paths = write_tables(summaries, out)
-    typer.echo(paths["md"].read_text())
-    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+            atomic_write_json(out / "skipped.json", skipped)
+        summaries = aggregate(load_runs(out))
+        if not summaries:
+            typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
+            raise typer.Exit(1)
+        paths = write_tables(summaries, out)
+        typer.echo(paths["md"].read_text())
+        typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def report(

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import exit_on, field_default, parse_key_values
-from pipeline.corpora import CorpusError, corpus_names, get_corpus
+from pipeline.cli.common import command_errors, field_default, parse_key_values
+from pipeline.corpora import corpus_names, get_corpus
 from pipeline.manifest import SPLITS, format_summary
-from pipeline.params import ParamsError, dotted, from_mapping, load_params, merge, stage_sections
+from pipeline.params import dotted, from_mapping, load_params, merge, stage_sections
 from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, PrepareConfig, Run, prepare
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.frames import FramesConfig
@@ -223,7 +223,7 @@ def cli(
         "maxcount": maxcount, "effb2_weights": effb2_weights, "w2v2_model": w2v2_model,
         "faces_fps": faces_fps, "crop_size": crop_size, "device": device,
     }  # fmt: skip
-    with exit_on(CorpusError, ParamsError, ValueError):
+    with command_errors("mlbpipe prepare", out):
         the_corpus = get_corpus(corpus)
         loaded = load_params(params) if params is not None else {}
         where = f"{params or 'the options'}"

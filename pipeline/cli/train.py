@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mlb.train_config import INPUT_PATHS, SIZES, TrainConfig
-from pipeline.cli.common import field_default, parse_params_json
+from pipeline.cli.common import command_errors, field_default, parse_params_json
 
 
 def _default(key: str) -> str:
@@ -138,12 +138,14 @@ def cli(
 ) -> None:
     """Train one model on prepared shards, select the checkpoint on validation accuracy, test it once.
 
+    SIGINT or SIGTERM stops the run after the step in progress, with a checkpoint, and exits with 75:
+    rerun the same command with --resume to continue exactly. Another run on the same RUN is refused.
+
     Writes RUN/metrics.json (validation metrics at the selected checkpoint and the test metrics: accuracy,
     macro-F1 and ECE of the fused output and of each unimodal head, the agreement table, confusion
     matrices), RUN/checkpoints/{last,best}.pt, RUN/dvclive/ and RUN/steps.jsonl (k_i, r_i, s_i per step).
     """
-    from mlb.data import ShardError
-    from mlb.train import TrainConfigError, train
+    from mlb.train import train
 
     if features not in INPUT_PATHS:
         raise typer.BadParameter(f"must be one of {INPUT_PATHS}, got {features!r}", param_hint="--features")
@@ -182,11 +184,8 @@ def cli(
         dvclive=dvclive,
         **{key: value for key, value in given.items() if value is not None},
     )
-    try:
+    with command_errors("mlbpipe train", out):
         result = train(config)
-    except (TrainConfigError, ShardError, ValueError) as err:
-        typer.echo(f"mlbpipe train: error: {err}", err=True)
-        raise typer.Exit(code=2) from None
     test = result["test"]
     heads = " ".join(f"{m} {h['accuracy']:.4f}" for m, h in test["unimodal"].items())
     typer.echo(

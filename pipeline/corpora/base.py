@@ -31,7 +31,7 @@ from pipeline.media import MediaError, probe_audio, probe_video, resolve_inside
 SEGMENT_TOLERANCE_S = 0.5  # a labelled segment may end this far past the media's measured end
 
 
-class CorpusError(Exception):
+class CorpusError(ValueError):
     """The corpus root itself is unusable (wrong folder, no clips) or a protocol cannot be built. The
     message names the path or the setting, and the fix."""
 

@@ -120,7 +120,13 @@ def _die_with_parent() -> None:
 
 
 def _init_worker() -> None:
+    import signal
+
     _die_with_parent()
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the main process stops the run at a
+    # safe point (mlb.stopping) and a worker finishes the batch in hand, so it ignores them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Each worker is one process on one core: keep the math libraries single-threaded.
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:  # never import it just for this (see WORKER_PRELOAD)

@@ -16,11 +16,13 @@ attributes {clip id: message}, and root attributes `stage`, `config` (JSON), `fi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mlb.atomic import atomic_output, remove_stale_temps
+from mlb.stopping import Stopped, current_request
 from pipeline.engine.executors import Executor, as_executor
 from pipeline.manifest import ClipRecord
 from pipeline.media import resolve_inside
@@ -97,10 +100,41 @@ def _write_part(path: Path, stage: str, batch_fingerprint: str, results: dict) -
                 f.require_group(name).create_dataset(clip_id, data=array, track_times=False)
 
 
+class WriteError(OSError):
+    """Writing an intermediate failed (a full disk, a read-only folder); names the file."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """HDF5 reports a failed write as OSError or RuntimeError, often without the file: WriteError naming it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, WriteError | InputsChanged):
+            raise
+        raise WriteError(
+            getattr(err, "errno", None) or errno.EIO, str(err).strip()[:300], str(path)
+        ) from None
+
+
+class InputsChanged(RuntimeError):
+    """An input file the manifest lists is gone: the corpus root moved, vanished or was edited since the
+    index stage ran."""
+
+
 def _run_batch(compute: ComputeFn, stage: str, config: dict, task: tuple[list[ClipJob], Path, str]) -> int:
     """One batch on a worker: compute it and save it as a part. Returns the number of clips."""
     jobs, part, batch_fingerprint = task
-    _write_part(part, stage, batch_fingerprint, compute(jobs, config))
+    for job in jobs:  # the index stage saw every one of them: a missing one is a fault, not a bad clip
+        if not os.path.exists(job.path):
+            raise InputsChanged(
+                f"{job.path} (clip {job.id}) is gone since the index stage listed it: the corpus root may have been "
+                "unmounted, moved or edited. Put it back and rerun (finished batches are kept), or rerun the index "
+                "stage if the corpus really changed"
+            )
+    results = compute(jobs, config)
+    with _writing(part):
+        _write_part(part, stage, batch_fingerprint, results)
     return len(jobs)
 
 
@@ -187,25 +221,40 @@ def run_per_clip(
     bar = tqdm(
         total=len(jobs), initial=already, desc=stage, unit="clip", disable=not progress, dynamic_ncols=True
     )
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w", track_order=True) as out, bar:
-        out.attrs["stage"] = stage
-        out.attrs["config"] = json.dumps(config, sort_keys=True)
-        out.attrs["fingerprint"] = fingerprint
-        out.create_group("errors")
+    with atomic_output(out_path) as tmp, bar:
+        with _writing(out_path):
+            out = h5py.File(tmp, "w", track_order=True)
+        try:
+            with _writing(out_path):
+                out.attrs["stage"] = stage
+                out.attrs["config"] = json.dumps(config, sort_keys=True)
+                out.attrs["fingerprint"] = fingerprint
+                out.create_group("errors")
 
-        def merge_ready() -> None:
-            nonlocal merged
-            while merged < len(parts) and done[merged]:
-                _append_part(out, parts[merged], errors)
-                merged += 1
+            def merge_ready() -> None:
+                nonlocal merged
+                with _writing(out_path):
+                    while merged < len(parts) and done[merged]:
+                        _append_part(out, parts[merged], errors)
+                        merged += 1
 
-        merge_ready()
-        run_batch = partial(_run_batch, compute, stage, config)
-        for position, clips in as_executor(executor).map_unordered(run_batch, todo):
-            bar.update(clips)
-            done[todo_index[position]] = True
             merge_ready()
-        out.attrs["complete"] = True
+            run_batch = partial(_run_batch, compute, stage, config)
+            stop = current_request()
+            for position, clips in as_executor(executor).map_unordered(run_batch, todo):  # a worker's error
+                bar.update(clips)  # comes through as it is
+                done[todo_index[position]] = True
+                merge_ready()
+                if stop.requested and not all(done):  # the finished parts stay for the rerun
+                    raise Stopped(
+                        f"{stop.reason} during the {stage} stage, {bar.n} of {len(jobs)} clips done (kept): rerun "
+                        "the same command to continue"
+                    )
+            with _writing(out_path):
+                out.attrs["complete"] = True
+        finally:
+            with _writing(out_path):
+                out.close()
     shutil.rmtree(parts_dir, ignore_errors=True)
     return errors
 

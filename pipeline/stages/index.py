@@ -20,7 +20,8 @@ from functools import partial
 from pathlib import Path
 
 from mlb.atomic import atomic_write_json, remove_stale_temps
-from pipeline.corpora.base import ClipSource, Corpus, Scan, ValidationConfig
+from mlb.stopping import Stopped, current_request
+from pipeline.corpora.base import ClipSource, Corpus, CorpusError, Scan, ValidationConfig
 from pipeline.engine import Executor
 from pipeline.engine.executors import as_executor
 from pipeline.manifest import ClipRecord, corpus_description_path, read_manifest, summarize, write_manifest
@@ -138,12 +139,16 @@ def run_index(
     validate = partial(_validate_chunk, corpus, str(root), corpus.known_bad(), config.validation)
     chunks = [scan.clips[i : i + VALIDATE_CHUNK] for i in range(0, len(scan.clips), VALIDATE_CHUNK)]
     validated: list[list[ClipRecord] | None] = [None] * len(chunks)
-    with tqdm(
-        total=len(scan.clips), desc="index", unit="clip", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    stop = current_request()
+    bar = tqdm(total=len(scan.clips), desc="index", unit="clip", disable=not progress, dynamic_ncols=True)
+    with bar:
         for position, chunk_records in as_executor(executor).map_unordered(validate, chunks):
             validated[position] = chunk_records
             bar.update(len(chunk_records))
+            if stop.requested and bar.n < len(scan.clips):
+                raise Stopped(f"{stop.reason} during the index stage: rerun the same command to index again")
+    if not root.is_dir():  # every clip would read as missing: that is a vanished root, not a corpus
+        raise CorpusError(f"corpus root {root} vanished while it was being indexed; put it back and rerun")
     records = [record for chunk in validated for record in chunk]
 
     name = corpus.assign_splits(records, protocol, config.partition, config.seed)
