@@ -36,7 +36,12 @@ class Reason(StrEnum):
     BAD_AUDIO_FORMAT = "bad-audio-format"  # an audio file not in the corpus's documented format
     SILENT_AUDIO = "silent-audio"
     SEGMENT_OUTSIDE = "segment-outside"  # the labelled segment does not lie inside the media
-    BAD_NAME = "bad-name"  # a file name (or annotation row) that does not parse
+    BAD_NAME = "bad-name"  # a file name that does not parse
+    BAD_ANNOTATION = "bad-annotation"  # a label or segment row that does not parse (file and line named)
+    TOO_SHORT = "too-short"  # shorter than the corpus's protocol needs (e.g. fewer frames than it uses)
+    EXCLUDED_CLASS = (
+        "excluded-class"  # a class the corpus's protocol leaves out (e.g. UCF101's without audio)
+    )
     DUPLICATE_ID = "duplicate-id"  # one clip id found twice
     KNOWN_BAD = "known-bad"  # on the corpus's known-bad list, and no more specific check fired
     NO_FACE = "no-face"  # cached path only: no face in any frame

@@ -177,10 +177,12 @@ def _decode_audio_stream(path: Path, relative: str) -> tuple[np.ndarray, int, in
     return samples.astype(np.float32, copy=False), sample_rate, channels
 
 
-def read_audio(path: Path, segment: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
+def read_audio(
+    path: Path, segment: tuple[float, float] | None = None, *, channel: str = "mean"
+) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] of a sound file, or of a container's first audio stream, cut to
-    `segment` = (start, duration) in seconds when given: ([N], sample_rate). Channels are averaged (a mono
-    file is returned as it is)."""
+    `segment` = (start, duration) in seconds when given: ([N], sample_rate). Of several channels, their mean
+    (`channel="mean"`) or the first (`"first"`); a mono file is returned as it is."""
     if is_sound_file(path):
         import soundfile as sf
 
@@ -191,7 +193,7 @@ def read_audio(path: Path, segment: tuple[float, float] | None = None) -> tuple[
     if segment is not None:
         start = round(segment[0] * sample_rate)
         samples = samples[:, start : start + round(segment[1] * sample_rate)]  # [C, n]
-    mono = samples[0] if samples.shape[0] == 1 else samples.mean(axis=0)  # [N]
+    mono = samples[0] if samples.shape[0] == 1 or channel == "first" else samples.mean(axis=0)  # [N]
     return np.ascontiguousarray(mono), int(sample_rate)
 
 

@@ -2,8 +2,10 @@
 holds every default once. An unknown key, or a value of the wrong kind, fails at once with the file, the key
 and the fix; a section may leave out any key (the dataclass default then applies).
 
-    config = prepare_config(load_params("params.yaml"), corpus="cremad")
-    config = with_overrides(config, {"frames.size": 96})
+    sections = stage_sections(load_params("params.yaml"), "cremad")
+    config = from_mapping(PrepareConfig, merge(sections, dotted({"frames.size": 96})), "params.yaml")
+
+(pipeline.prepare.prepare_config does this for a corpus, with its own defaults under params.yaml.)
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from mlb.lock import folder_lock
 from mlb.stopping import Stopped, stop_on_signals
 from pipeline.corpora.base import Corpus
 from pipeline.engine import Executor
+from pipeline.params import dotted, from_mapping, merge, stage_sections
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
 from pipeline.stages.frames import FramesConfig
@@ -42,6 +43,20 @@ class PrepareConfig:
     faces: FacesConfig = field(default_factory=FacesConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     shards_cached: ShardsCachedConfig = field(default_factory=ShardsCachedConfig)
+
+
+def prepare_config(
+    corpus: Corpus, params: dict, overrides: dict, where: str = "params.yaml"
+) -> PrepareConfig:
+    """The PrepareConfig of `corpus`: the dataclass defaults, then the corpus's own (`stage_defaults`: the
+    authors' settings for that corpus), then params.yaml's sections (each global one with
+    `corpora.<corpus>.<section>` over it, and the top-level `device`), then `overrides` ({"frames.size": 96,
+    ...}). Unknown keys and bad values fail, naming the key."""
+    base = corpus.stage_defaults
+    if params.get("device") is not None:  # the run's device, under any section that names its own
+        base = merge(base, {"faces": {"device": params["device"]}, "features": {"device": params["device"]}})
+    sections = merge(base, stage_sections(params, corpus.name, where))
+    return from_mapping(PrepareConfig, merge(sections, dotted(overrides)), where)
 
 
 @dataclass
@@ -155,29 +170,45 @@ def _shards_cached(run: Run):
 class Stage:
     name: str
     run: Callable[[Run], Any]
+    input_path: str | None = None  # the input path it prepares (None: both)
 
 
 # The stages in the order they run (the same names as in dvc.yaml).
 STAGES: list[Stage] = [
     Stage("index", _index),
-    Stage("frames", _frames),
-    Stage("spectrograms", _spectrograms),
-    Stage("shards_raw", _shards_raw),
-    Stage("faces", _faces),  # the cached (Conformer) path: faces -> features -> shards_cached
-    Stage("features", _features),
-    Stage("shards_cached", _shards_cached),
+    Stage("frames", _frames, "raw"),
+    Stage("spectrograms", _spectrograms, "raw"),
+    Stage("shards_raw", _shards_raw, "raw"),
+    Stage("faces", _faces, "cached"),  # the cached (Conformer) path: faces -> features -> shards_cached
+    Stage("features", _features, "cached"),
+    Stage("shards_cached", _shards_cached, "cached"),
 ]
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
-def check_stages(stages: list[str] | None) -> list[str]:
-    """The stages to run, in pipeline order (all for None); ValueError naming the unknown ones."""
+def check_stages(stages: list[str] | None, corpus: Corpus | None = None) -> list[str]:
+    """The stages to run, in pipeline order: `stages`, or every stage of the corpus's input paths for
+    None. ValueError naming unknown stages, or stages of an input path the corpus does not have."""
     unknown = [s for s in stages or [] if s not in STAGE_NAMES]
     if unknown:
         raise ValueError(
             f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_NAMES)}"
         )
-    return [s for s in STAGE_NAMES if stages is None or s in stages]
+    paths = corpus.input_paths if corpus is not None else ("raw", "cached")
+    if stages is None:
+        return [s.name for s in STAGES if s.input_path is None or s.input_path in paths]
+    refused = [s.name for s in STAGES if s.name in stages and s.input_path not in (None, *paths)]
+    if refused:
+        raise ValueError(
+            f"--stages: {corpus.name} has no {'/'.join(sorted({_path_of(s) for s in refused}))} input path, so no "
+            f"{', '.join(refused)} stage ({corpus.input_paths_note or 'see its plug-in'}); prepare its "
+            f"{', '.join(paths)} path: --stages {','.join(check_stages(None, corpus))}"
+        )
+    return [s for s in STAGE_NAMES if s in stages]
+
+
+def _path_of(stage: str) -> str:
+    return next(s.input_path for s in STAGES if s.name == stage)
 
 
 class CachedPathUnavailable(ValueError):
@@ -211,7 +242,7 @@ def prepare(
     The run holds OUT for its whole life (mlb.lock: a second run on the same folder is refused, naming this
     one's `command`). SIGINT or SIGTERM stops it once the batches in progress are written, raising
     mlb.stopping.Stopped; the same command then goes on from there."""
-    selected = check_stages(stages)
+    selected = check_stages(stages, run.corpus)
     check_run(run, selected)
     with folder_lock(run.out, command or " ".join(sys.argv)), stop_on_signals() as stop:
         for stage in STAGES:

@@ -11,18 +11,18 @@ import yaml
 
 from mlb.balancing import build_balancer
 from mlb.train_config import TrainConfig
-from pipeline.cli.prepare import prepare_config
 from pipeline.corpora import get_corpus
 from pipeline.params import ParamsError, from_mapping, load_params, stage_sections
-from pipeline.prepare import PrepareConfig
+from pipeline.prepare import PrepareConfig, prepare_config
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
+CREMAD = get_corpus("cremad")
 
 
 @pytest.mark.parametrize("corpus", sorted(PARAMS["corpora"]))
 def test_every_preparation_section_loads_into_its_dataclass(corpus):
-    config = prepare_config(PARAMS, corpus, {}, "params.yaml")
+    config = prepare_config(get_corpus(corpus), PARAMS, {}, "params.yaml")
     assert isinstance(config, PrepareConfig)
     # what the demo sets on purpose, and only that, differs from the defaults
     assert config.frames.size == PARAMS["frames"]["size"] != PrepareConfig().frames.size
@@ -59,16 +59,16 @@ def test_an_unknown_key_fails_with_the_section_and_the_keys_it_takes(tmp_path):
     with pytest.raises(
         ParamsError, match=r"params.yaml.frames.sise: unknown key; params.yaml.frames takes fps, count, size"
     ):
-        prepare_config(params, "cremad", {}, "params.yaml")
+        prepare_config(CREMAD, params, {}, "params.yaml")
     with pytest.raises(ParamsError, match=r"features.effb2.wieghts: unknown key"):
-        prepare_config({"features": {"effb2": {"wieghts": "random"}}}, "cremad", {}, "p")
+        prepare_config(CREMAD, {"features": {"effb2": {"wieghts": "random"}}}, {}, "p")
 
 
 def test_a_bad_value_names_the_key_and_the_value():
     with pytest.raises(ParamsError, match=r"frames.size=4: must be between 8 and 1024"):
-        prepare_config({"frames": {"size": 4}}, "cremad", {}, "params.yaml")
+        prepare_config(CREMAD, {"frames": {"size": 4}}, {}, "params.yaml")
     with pytest.raises(ParamsError, match=r"faces.jpeg_quality=10"):
-        prepare_config({}, "cremad", {"faces.jpeg_quality": 10}, "--set")
+        prepare_config(CREMAD, {}, {"faces.jpeg_quality": 10}, "--set")
 
 
 def test_a_corpus_section_lies_over_the_global_one_and_overrides_over_both():
@@ -78,7 +78,7 @@ def test_a_corpus_section_lies_over_the_global_one_and_overrides_over_both():
         "device": "cpu",
     }
     assert stage_sections(params, "cremad")["frames"] == {"size": 64, "count": 4}
-    config = prepare_config(params, "cremad", {"frames.count": 2}, "p")
+    config = prepare_config(CREMAD, params, {"frames.count": 2}, "p")
     assert (config.frames.size, config.frames.count) == (64, 2)
     assert config.faces.device == config.features.device == "cpu"  # the top-level device reaches both stages
 
@@ -122,3 +122,32 @@ def test_the_prepare_command_reads_its_sections_from_params(tmp_path, synth_corp
         first = next(iter(f["frames"].values()))
         assert first.shape == (2, 40, 40, 3)
     assert '"protocol": "speaker-random-4"' in (out / "corpus.json").read_text()
+
+
+def test_a_corpus_gives_its_own_defaults_under_params_and_refuses_input_paths_it_lacks():
+    from pipeline.corpora.base import Corpus
+    from pipeline.prepare import check_stages
+
+    class RawOnly(Corpus):
+        name, label_names, protocols = "rawonly", ("a", "b"), ("random",)
+        stage_defaults = {"spectrograms": {"sample_rate": 16000, "kind": "stft"}, "frames": {"count": 4}}  # noqa: RUF012
+        input_paths, input_paths_note = ("raw",), "its authors trained ResNets only"
+
+        def scan(self, root):
+            raise NotImplementedError
+
+        def assign_splits(self, records, protocol, partition, seed):
+            return "random"
+
+    corpus = RawOnly()
+    config = prepare_config(corpus, {"frames": {"count": 2}}, {}, "p")
+    assert (config.spectrograms.sample_rate, config.spectrograms.kind, config.frames.count) == (
+        16000,
+        "stft",
+        2,
+    )
+    assert check_stages(None, corpus) == ["index", "frames", "spectrograms", "shards_raw"]
+    with pytest.raises(
+        ValueError, match="rawonly has no cached input path, so no faces stage .*ResNets only"
+    ):
+        check_stages(["index", "faces"], corpus)

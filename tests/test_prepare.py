@@ -474,3 +474,32 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     (tmp_path / "frames.h5").write_bytes(b"kept")
     assert remove_stale_temps(tmp_path) == [tmp_path / f"frames.h5.tmp-{dead_pid}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.h5", f"manifest.jsonl.tmp-{os.getpid()}"]
+
+
+def test_psd_kind_is_scipy_signal_spectrogram_with_its_defaults():
+    """`psd` is the MLB authors' AVE spectrogram: scipy.signal.spectrogram's defaults, frames inside the clip."""
+    from scipy.signal import spectrogram
+
+    config = vars(SpectrogramConfig(kind="psd", sample_rate=16000, seconds=2.0, hop_length=159))
+    assert SpectrogramConfig(**config).shape == (257, 1 + (32000 - 512) // 159)
+    wave = np.random.default_rng(3).uniform(-1, 1, (2, 32000)).astype(np.float32)
+    _, _, psd = spectrogram(wave.astype(np.float64), fs=16000, nperseg=512, noverlap=353)  # [2, 257, T]
+    got = spectrogram_batch(wave, config)
+    assert got.shape == (2, *SpectrogramConfig(**config).shape) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.log(psd + 1e-7), atol=1e-3)
+    with pytest.raises(ValueError, match="shorter than one psd frame"):
+        SpectrogramConfig(kind="psd", seconds=0.01)
+
+
+def test_the_first_channel_or_the_mean_of_a_stereo_recording(tmp_path):
+    import soundfile as sf
+
+    left = np.full(16000, 0.5, np.float32)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, -left], axis=1), 16000, subtype="FLOAT")
+    first = load_fixed_length(
+        str(tmp_path / "stereo.wav"), vars(SpectrogramConfig(sample_rate=16000, channel="first"))
+    )
+    mean = load_fixed_length(str(tmp_path / "stereo.wav"), vars(SpectrogramConfig(sample_rate=16000)))
+    assert np.allclose(first, 0.5) and np.allclose(mean, 0.0)
+    with pytest.raises(ValueError, match="spectrograms.channel='left'"):
+        SpectrogramConfig(channel="left")

@@ -10,8 +10,8 @@ import typer
 from pipeline.cli.common import command_errors, field_default, parse_key_values
 from pipeline.corpora import corpus_names, get_corpus
 from pipeline.manifest import SPLITS, format_summary
-from pipeline.params import dotted, from_mapping, load_params, merge, stage_sections
-from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, PrepareConfig, Run, prepare
+from pipeline.params import load_params
+from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.frames import FramesConfig
 from pipeline.stages.index import IndexConfig
@@ -35,17 +35,6 @@ SHORTCUTS = {
     "device": ("faces.device", "features.device"),
 }
 RUN_KEYS = ("workers", "device")  # top-level keys of params.yaml that prepare reads besides the sections
-
-
-def prepare_config(params: dict, corpus: str, overrides: dict, where: str) -> PrepareConfig:
-    """The PrepareConfig of `corpus`: the dataclass defaults, then params.yaml's sections (each global one
-    with `corpora.<corpus>.<section>` over it), then `overrides` ({"frames.size": 96, ...})."""
-    sections = stage_sections(params, corpus, where)
-    if params.get("device") is not None:
-        sections = merge(
-            {"faces": {"device": params["device"]}, "features": {"device": params["device"]}}, sections
-        )
-    return from_mapping(PrepareConfig, merge(sections, dotted(overrides)), where)
 
 
 def _summary_lines(stage: str, result) -> tuple[list[str], list[str]]:
@@ -232,7 +221,7 @@ def cli(
             if value is not None:
                 value = (value or None) if option == "faces_fps" else value  # 0: every frame
                 overrides |= dict.fromkeys(SHORTCUTS[option], value)
-        config = prepare_config(loaded, corpus, overrides, where)
+        config = prepare_config(the_corpus, loaded, overrides, where)
         workers = workers if workers is not None else loaded.get("workers", 1)
         selected = [s.strip() for s in stages.split(",") if s.strip()]
         executor = LocalExecutor(workers)

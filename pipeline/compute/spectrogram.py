@@ -14,9 +14,13 @@ LOG_EPS = 1e-7
 
 def spectrogram_shape(config: dict) -> tuple[int, int]:
     """[F, T] of every spectrogram made with `config` (the spectrograms stage's config as a dict): F = n_mels
-    (mel) or n_fft // 2 + 1 (stft), T = 1 + samples // hop with centred frames."""
+    (mel) or n_fft // 2 + 1 (stft, psd); T = 1 + samples // hop with centred frames (mel, stft), or
+    1 + (samples - n_fft) // hop with frames inside the clip (psd)."""
     bins = config["n_mels"] if config["kind"] == "mel" else config["n_fft"] // 2 + 1
-    return bins, 1 + round(config["seconds"] * config["sample_rate"]) // config["hop_length"]
+    samples = round(config["seconds"] * config["sample_rate"])
+    if config["kind"] == "psd":
+        return bins, 1 + (samples - config["n_fft"]) // config["hop_length"]
+    return bins, 1 + samples // config["hop_length"]
 
 
 def loop_into(samples: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -74,6 +78,8 @@ def spectrogram_of_padded(padded: np.ndarray, config: dict) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
 
     n_fft, hop = config["n_fft"], config["hop_length"]
+    if config["kind"] == "psd":
+        return psd_spectrogram(padded[:, n_fft // 2 : padded.shape[1] - n_fft // 2], config)
     frames = sliding_window_view(padded, n_fft, axis=1)[:, ::hop]  # [B, T, n_fft] (a view, no copy)
     magnitude = np.abs(scipy.fft.rfft(frames * hann_window(n_fft), axis=-1))  # [B, T, n_fft // 2 + 1]
     if config["kind"] == "stft":
@@ -86,3 +92,18 @@ def spectrogram_of_padded(padded: np.ndarray, config: dict) -> np.ndarray:
     spec += LOG_EPS
     np.log(spec, out=spec)
     return np.ascontiguousarray(spec.transpose(0, 2, 1), dtype=np.float32)  # [B, F, T]
+
+
+def psd_spectrogram(waves: np.ndarray, config: dict) -> np.ndarray:
+    """[B, num_samples] -> [B, F, T] float32 log(PSD + 1e-7): `scipy.signal.spectrogram` with its defaults (a
+    Tukey window of shape 0.25, the mean of each frame removed, density scaling, frames inside the clip with
+    no centring), nperseg n_fft and noverlap n_fft - hop: what the MLB authors' AVE code feeds the ResNet."""
+    from scipy.signal import spectrogram
+
+    n_fft, hop = config["n_fft"], config["hop_length"]
+    _, _, psd = spectrogram(
+        waves, fs=config["sample_rate"], nperseg=n_fft, noverlap=n_fft - hop, axis=-1
+    )  # [B, F, T]
+    psd += LOG_EPS
+    np.log(psd, out=psd)
+    return np.ascontiguousarray(psd, dtype=np.float32)

@@ -111,6 +111,10 @@ class Corpus(ABC):
     manifests_dir: ClassVar[Path]  # checked-in lists: manifests/<name>/
     method_defaults: ClassVar[dict] = {}  # {method: {input path: {fusion or "*": {param: value}}}}
     layout_hint: ClassVar[str] = ""  # what a root holds, for error messages: "AudioWAV/ and VideoFlash/"
+    # the preparation settings the corpus's authors used, under params.yaml: {section: {key: value}}
+    stage_defaults: ClassVar[dict] = {}
+    input_paths: ClassVar[tuple[str, ...]] = ("raw", "cached")  # the input paths it can be prepared for
+    input_paths_note: ClassVar[str] = ""  # why an input path is missing, for the refusal
 
     @property
     def num_classes(self) -> int:

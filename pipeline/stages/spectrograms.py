@@ -5,7 +5,10 @@ clip to [-1, 1], STFT with a 512-sample Hann window and hop 353 (T = 1 + 66150 /
 Then either
 - `mel` (default): log(mel_fbank @ |STFT|^2 + 1e-7), F = n_mels; the default 80 is the largest band
   count that leaves no empty Mel filter at 257 bins and 22.05 kHz (96 leaves one, 128 leave three);
-- `stft`: log(|STFT| + 1e-7), F = 257, exactly what the authors' code fed the ResNet.
+- `stft`: log(|STFT| + 1e-7), F = 257, exactly what the authors' CREMA-D code fed the ResNet;
+- `psd`: log(scipy.signal.spectrogram(...) + 1e-7), what the authors' AVE code feeds it (frames inside the
+  clip, T = 1 + (samples - n_fft) // hop).
+A corpus may give its own defaults (its plug-in's `stage_defaults`: sample rate, length, hop, kind, channel).
 
 Reads the manifest and each clip's `audio` (a sound file, or the audio stream of the video file; inside
 the clip's segment when it has one). Writes `OUT/work/spectrograms.h5`, dataset `/spec/<clip id>` float32
@@ -27,7 +30,8 @@ from pipeline.engine.per_clip import clip_jobs
 from pipeline.manifest import Reason, read_manifest
 from pipeline.media import MediaError, read_audio, resample
 
-KINDS = ("mel", "stft")
+KINDS = ("mel", "stft", "psd")
+CHANNELS = ("mean", "first")
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,17 @@ class SpectrogramConfig:
     n_fft: int = 512  # also the window length
     hop_length: int = 353
     n_mels: int = 80  # mel only
+    channel: str = "mean"  # of a multi-channel recording: the mean of the channels, or the first
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"spectrograms.kind={self.kind!r}: choose one of {', '.join(KINDS)}")
+        if self.channel not in CHANNELS:
+            raise ValueError(f"spectrograms.channel={self.channel!r}: choose one of {', '.join(CHANNELS)}")
+        if self.kind == "psd" and self.num_samples < self.n_fft:
+            raise ValueError(
+                f"spectrograms.seconds={self.seconds!r}: shorter than one psd frame of n_fft samples"
+            )
         for key in ("sample_rate", "n_fft", "hop_length", "n_mels"):
             if getattr(self, key) < 1:
                 raise ValueError(f"spectrograms.{key}={getattr(self, key)!r}: must be a positive integer")
@@ -66,7 +77,7 @@ def load_fixed_length(
     """A clip's audio (inside `segment` when given), mono, resampled to config sample_rate
     (pipeline.media.resample), looped to exactly `seconds`, clipped to [-1, 1]: float32 [num_samples],
     written into `out` when given."""
-    samples, sample_rate = read_audio(Path(path), segment)  # [N]
+    samples, sample_rate = read_audio(Path(path), segment, channel=config.get("channel", "mean"))  # [N]
     samples = resample(samples, sample_rate, config["sample_rate"])  # [N * ratio]
     if out is None:
         out = np.empty(SpectrogramConfig(**config).num_samples, np.float32)
