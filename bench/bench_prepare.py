@@ -1,12 +1,16 @@
-"""Benchmark: prepare the same N synthetic CREMA-D clips three ways; print clips/s and peak memory.
+"""Benchmark: prepare the same N synthetic clips of a corpus three ways; print clips/s and peak memory.
 
     .venv/bin/python bench/bench_prepare.py --clips 160 640 [--repeat 5] [--work /tmp/mlbpipe-bench]
+    .venv/bin/python bench/bench_prepare.py --corpus ave --clips 56 224 --methods ours-1 decode-only ours-2
+    .venv/bin/python bench/bench_prepare.py --corpus ucf101 --clips 102 408 --methods ours-1 decode-only ours-2
 
-(a) ours: `mlbpipe prepare cremad` (index + validate, frames, spectrograms, shards) with 1 and 2 workers;
-(b) baseline, the way public research code does it: one clip after another, OpenCV reads every frame and
-    keeps one per second as a JPEG file, the WAV is resampled and turned into a log STFT in plain numpy
-    and saved as one .npy per clip;
-(c) decode-only through PyAV: every video frame of every FLV decoded (no conversion) and every WAV read:
+(a) ours: `mlbpipe prepare CORPUS` (index + validate, frames, spectrograms, shards) with 1 and 2 workers,
+    with the corpus's own settings (AVE and UCF101: their authors', 224 px frames);
+(b) baseline (CREMA-D only), the way public research code does it: one clip after another, OpenCV reads
+    every frame and keeps one per second as a JPEG file, the WAV is resampled and turned into a log STFT
+    in plain numpy and saved as one .npy per clip;
+(c) decode-only through PyAV: every video frame of every video file decoded (no conversion) and every
+    audio read (CREMA-D: the WAVs; AVE, UCF101: the container's own audio stream, decoded with its video):
     the floor no pipeline can beat on one core;
 (d) ours-1-after-index: ours with 1 worker, the index stage (validation of every file) run before the clock
     starts: what the frames, spectrograms and shards stages cost by themselves (not a goal; it shows
@@ -20,8 +24,10 @@ whole round alike). The clock starts after the libraries are imported (import ti
 CPU time (user + system; not for ours-2, whose workers the fork server starts) is printed beside wall
 time: it does not count the time a process waited for a core. Peak memory is the largest resident set
 of that process or of any worker it started (ru_maxrss). Ours also validates every clip (index), which
-the others do not. The corpus is generated once (480x360 at 30 fps,
-as the real one) and cached under --work.
+the others do not. The corpus is generated once (`mlbpipe synth CORPUS`, no defects: CREMA-D 480x360 at
+30 fps and UCF101 320x240 at 25 fps as the real ones, AVE 640x360 at 25 fps, 10 s videos) and cached under
+--work. N is rounded to what the stand-in can make (AVE: 28 categories x N/28 videos; UCF101: 51 classes x
+2 clips x N/102 groups).
 """
 
 from __future__ import annotations
@@ -50,15 +56,18 @@ METHODS = ("ours-1", "decode-only", "ours-1-after-index", "ours-2", "baseline")
 RESNET_PATH = ["index", "frames", "spectrograms", "shards_raw"]
 
 
-def run_ours(root: Path, out: Path, workers: int, stages: list[str] = RESNET_PATH) -> None:
+PARAMS = {"cremad": {"index": {"protocol": "speaker-random"}}}  # CREMA-D's default protocol needs VAVL's list
+
+
+def run_ours(name: str, root: Path, out: Path, workers: int, stages: list[str] = RESNET_PATH) -> None:
     from pipeline.corpora import get_corpus
     from pipeline.engine import LocalExecutor
-    from pipeline.prepare import PrepareConfig, Run, prepare
-    from pipeline.stages.index import IndexConfig
+    from pipeline.prepare import Run, prepare, prepare_config
 
-    config = PrepareConfig(index=IndexConfig(protocol="speaker-random"))
+    corpus = get_corpus(name)
+    config = prepare_config(corpus, PARAMS.get(name, {}), {})
     with LocalExecutor(workers) as executor:
-        prepare(Run(get_corpus("cremad"), root, out, config, executor, progress=False), stages)
+        prepare(Run(corpus, root, out, config, executor, progress=False), stages)
 
 
 def run_baseline(root: Path, out: Path) -> None:
@@ -97,15 +106,20 @@ def run_baseline(root: Path, out: Path) -> None:
         np.save(out / "audio" / f"{clip_id}.npy", spectrogram)
 
 
-def run_decode_only(root: Path) -> None:
+VIDEO_FILES = {"cremad": "VideoFlash/*.flv", "ave": "AVE/*.mp4", "ucf101": "UCF-101/*/*.avi"}
+
+
+def run_decode_only(name: str, root: Path) -> None:
     import av
     import soundfile as sf
 
-    for flv in sorted((root / "VideoFlash").glob("*.flv")):
-        with av.open(str(flv)) as container:
-            for _ in container.decode(video=0):
+    for video in sorted(root.glob(VIDEO_FILES[name])):
+        with av.open(str(video)) as container:
+            streams = {"video": 0} if name == "cremad" else {"video": 0, "audio": 0}
+            for _ in container.decode(**streams):
                 pass
-        sf.read(str(root / "AudioWAV" / f"{flv.stem}.wav"), dtype="float32")
+        if name == "cremad":  # its sound is a WAV of its own
+            sf.read(str(root / "AudioWAV" / f"{video.stem}.wav"), dtype="float32")
 
 
 STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported apart as start-up
@@ -116,9 +130,9 @@ STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported 
         "soundfile",
         "soxr",
         "scipy.fft",
+        "scipy.signal",  # the psd kind's; 2-3 s to import
         "tqdm",
         "pipeline.prepare",
-        "pipeline.corpora.cremad",
         "pipeline.stages.index",
         "pipeline.stages.frames",
         "pipeline.stages.spectrograms",
@@ -129,24 +143,25 @@ STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported 
 }
 
 
-def _run(method: str, root: Path, out: Path) -> None:
+def _run(name: str, method: str, root: Path, out: Path) -> None:
     import importlib
 
     os.environ["OMP_NUM_THREADS"] = "1"
     begin = time.perf_counter()
-    for module in STARTUP_IMPORTS[method.split("-")[0] if method.startswith("ours") else method]:
+    kind = method.split("-")[0] if method.startswith("ours") else method
+    for module in STARTUP_IMPORTS[kind] + ((f"pipeline.corpora.{name}",) if kind == "ours" else ()):
         importlib.import_module(module)
     if method == "ours-1-after-index":
-        run_ours(root, out, 1, ["index"])
+        run_ours(name, root, out, 1, ["index"])
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     if method == "ours-1-after-index":
-        run_ours(root, out, 1, RESNET_PATH[1:])
+        run_ours(name, root, out, 1, RESNET_PATH[1:])
     elif method.startswith("ours-"):
-        run_ours(root, out, int(method.split("-")[1]))
+        run_ours(name, root, out, int(method.split("-")[1]))
     elif method == "baseline":
         run_baseline(root, out)
     else:
-        run_decode_only(root)
+        run_decode_only(name, root)
     seconds = time.perf_counter() - start
     cpu_seconds = _cpu_seconds() - cpu_start
     peak_kib = max(
@@ -175,27 +190,43 @@ def _cpu_seconds() -> float:
 # --- the driver -------------------------------------------------------------------------------------------
 
 
-def make_corpus(work: Path, clips: int, size: str) -> Path:
+DEFAULT_SIZES = {"cremad": "480x360", "ave": "640x360", "ucf101": "320x240"}
+
+
+def synth_options(name: str, clips: int) -> tuple[dict, int]:
+    """The stand-in's options for about `clips` clean clips, and the number it makes."""
+    if name == "ave":
+        per_category = max(1, round(clips / 28))
+        return {"videos_per_category": per_category}, 28 * per_category
+    if name == "ucf101":  # the 51 classes with sound, none of UCF50's (they would only be rejected)
+        groups = max(1, round(clips / 102))
+        return {"classes": 51, "ucf50_classes": 0, "groups": groups, "clips_per_group": 2}, 102 * groups
+    return {"clips": clips}, clips
+
+
+def make_corpus(work: Path, name: str, clips: int, size: str) -> Path:
     """A cached synthetic corpus of `clips` good clips (no defects: every way gets the same clean input)."""
-    root = work / f"corpus-{clips}-{size}"
+    root = work / f"{name}-{clips}-{size}"
     if not (root / ".complete").is_file():
         shutil.rmtree(root, ignore_errors=True)
-        width, height = (int(v) for v in size.split("x"))
-        from pipeline.corpora.cremad.synth import SynthConfig, synth_cremad
+        from pipeline.corpora import get_corpus
 
-        synth_cremad(
-            root, SynthConfig(clips=clips, seed=0, width=width, height=height, workers=2, progress=True)
-        )
+        corpus = get_corpus(name)
+        width, height = (int(v) for v in size.split("x"))
+        options, _ = synth_options(name, clips)
+        config = corpus.synth_config(**options, seed=0, width=width, height=height, workers=2, progress=True)
+        corpus.check_synth(config)
+        corpus.synthesize(root, config)
         (root / ".complete").write_text("")
     return root
 
 
-def run_once(method: str, root: Path, out: Path) -> dict:
+def run_once(name: str, method: str, root: Path, out: Path) -> dict:
     """One fresh process preparing the corpus one way: {seconds, startup, peak_mib}."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     result = subprocess.run(
-        [sys.executable, __file__, "_run", method, str(root), str(out)],
+        [sys.executable, __file__, "_run", name, method, str(root), str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -206,7 +237,9 @@ def run_once(method: str, root: Path, out: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(methods: list[str], root: Path, work: Path, n: int, repeat: int) -> tuple[dict, list[dict]]:
+def measure(
+    name: str, methods: list[str], root: Path, work: Path, n: int, repeat: int
+) -> tuple[dict, list[dict]]:
     """`repeat` rounds, each running every method once in turn, so that a slow spell of the shared machine
     hits all of them alike (see METHODS for the order). Returns the median per method and the rounds
     themselves (for ratios)."""
@@ -218,7 +251,7 @@ def measure(methods: list[str], root: Path, work: Path, n: int, repeat: int) -> 
                 if first in order and second in order:
                     i, j = order.index(first), order.index(second)
                     order[i], order[j] = second, first
-        rounds.append({m: run_once(m, root, work / f"out-{n}-{m}") for m in order})
+        rounds.append({m: run_once(name, m, root, work / f"out-{name}-{n}-{m}") for m in order})
     medians = {}
     for m in methods:
         medians[m] = {
@@ -237,18 +270,30 @@ def ratio(rounds: list[dict], top: str, bottom: str, key: str = "seconds") -> st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="cremad", choices=sorted(VIDEO_FILES))
     parser.add_argument("--clips", type=int, nargs="+", default=[160, 640])
     parser.add_argument("--work", type=Path, default=Path("/tmp/mlbpipe-bench"))
-    parser.add_argument("--size", default="480x360", help="video size of the synthetic corpus")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--size", default=None, help="video size of the synthetic corpus [default: the real one's]"
+    )
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="[default: all; no baseline "
+                        "but for cremad]")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=5, help="rounds (each runs every method once)")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    size = args.size or DEFAULT_SIZES[args.corpus]
+    if args.methods is None:
+        args.methods = [m for m in METHODS if args.corpus == "cremad" or m != "baseline"]
+    if "baseline" in args.methods and args.corpus != "cremad":
+        parser.error("the baseline reads CREMA-D's FLV and WAV files: --corpus cremad only")
+    print(
+        f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.1f}; corpus {args.corpus} {size}"
+    )
 
     results: dict[int, dict[str, dict]] = {}
-    for n in args.clips:
-        root = make_corpus(args.work, n, args.size)
-        results[n], rounds = measure(args.methods, root, args.work, n, args.repeat)
+    for wanted in args.clips:
+        n = synth_options(args.corpus, wanted)[1]
+        root = make_corpus(args.work, args.corpus, n, size)
+        results[n], rounds = measure(args.corpus, args.methods, root, args.work, n, args.repeat)
         for method, r in results[n].items():
             # ours-2's workers are children of the fork server, not of the measured process: no CPU time
             cpu = "     n/a" if method == "ours-2" else f"{r['cpu_seconds']:6.2f} s"
@@ -306,7 +351,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "_run":
-        _run(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "_run":
+        _run(sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))
     else:
         main()

@@ -110,14 +110,15 @@ class ClipRecord:
         return self.ok and self.split in SPLITS
 
     def usable_for(self, input_path: str) -> bool:
-        return self.in_split() and self.usable.get(input_path, True)
+        """In a split and usable for `input_path` (a corpus without that path has no `usable` entry for it)."""
+        return self.in_split() and self.usable.get(input_path, False)
 
     def cached_candidate(self) -> bool:
         """A clip the cached path's stages (faces, features) take up: in a split, and not ruled out for
         `cached` by anything but the faces stage itself (its `no-face` reason is recomputed each run)."""
         if not self.in_split():
             return False
-        return self.usable.get("cached", True) or (self.reasons.get("cached") or "").startswith(
+        return self.usable.get("cached", False) or (self.reasons.get("cached") or "").startswith(
             f"{Reason.NO_FACE}:"
         )
 

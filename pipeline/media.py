@@ -254,8 +254,8 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
     stream is read again: the file is truncated only if all of them end early.
 
     Raises MediaError: `no-video-stream`, `zero-duration` (no packet), `decode-error` (cannot open, cannot
-    decode, or truncated: the packets end well before the duration the header announces); and those of
-    `check_readable`.
+    decode, or truncated: the packets end well before the duration the header announces, or number well
+    under the frame count the stream header announces); and those of `check_readable`.
     """
     import av
 
@@ -280,12 +280,15 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
         # The first picture is decoded only to prove the bitstream decodes: at 1/8 size (`lowres`, for the
         # decoders that offer it, FLV's H.263 among them; the others ignore it) it costs ~40% less.
         video.codec_context.options = {"lowres": "3"}
-        video_end_pts, decoded_one = 0, False
+        video_end_pts, decoded_one, packets = 0, False, 0
+        # the frame count of the stream header (AVI, MP4); 0 where there is none (FLV)
+        announced = video.frames
         try:
             for packet in container.demux(video):  # plain ints per packet: this loop runs for every clip
                 pts = packet.pts
                 if pts is None or packet.size == 0:
                     continue
+                packets += 1
                 end = pts + (packet.duration or 0)
                 video_end_pts = max(video_end_pts, end)
                 if not decoded_one:  # prove the codec works on the first picture
@@ -318,6 +321,14 @@ def probe_video(path: Path, relative: str) -> VideoInfo:
                 f"{any_end:.2f} s",
             )
         fps = float(video.average_rate) if video.average_rate else 0.0
+        # An AVI that lost its end (and its index) gets its duration recomputed from what is left, so the
+        # header duration cannot show the cut; the frame count its stream header announces still does.
+        if announced > 0 and announced - packets > max(TRUNCATION_TOLERANCE_S * fps, 0.1 * announced):
+            raise MediaError(
+                Reason.DECODE_ERROR,
+                f"{relative} is truncated: its stream header announces {announced} video frames but it holds "
+                f"{packets}",
+            )
         # canonical names ("flv1", "mp3"), not decoder names ("flv", "mp3float")
         video_codec = video.codec_context.codec.canonical_name
         audio_codec = audio.codec_context.codec.canonical_name if audio is not None else None

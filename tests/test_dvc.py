@@ -4,6 +4,7 @@ line or the reports hold (help texts, printed summaries, figures) reruns no prep
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -104,6 +105,44 @@ def test_dvc_repro_is_incremental(tmp_path):
     )  # T changed: 1 + 66150 // 300
 
 
+@pytest.mark.integration
+def test_a_corpus_added_in_params_gets_the_stages_its_input_paths_allow(tmp_path):
+    """Uncommenting AVE and UCF101 under `corpora` (as params.yaml shows) adds their ResNet-path stages and
+    synth stand-ins; the cached path's stages stay those of `cached_corpora`."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = _copy_repo(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    text = (repo / "params.yaml").read_text()
+    for line in ("# ave:", "#   root: data/ave/synthetic", "# ucf101:", "#   root: data/ucf101/synthetic"):
+        assert f"  {line}\n" in text, line  # the commented blocks the comment tells users to uncomment
+        text = text.replace(f"  {line}\n", f"  {line[2:]}\n", 1)
+    (repo / "params.yaml").write_text(text)
+    _set_params(
+        repo / "params.yaml",
+        {
+            "synth": {"ave": {"videos_per_category": 1, "width": 160, "height": 90}, "ucf101": {"groups": 1}},
+            "corpora": {"ave": {"frames": {"size": 32}}},
+            "workers": 1,
+        },
+    )
+
+    stages = {line.split()[0] for line in _dvc(repo, "stage", "list").splitlines() if line.strip()}
+    for corpus in ("cremad", "ave", "ucf101"):
+        for stage in ("synth", "index", "frames", "spectrograms", "shards_raw"):
+            assert f"{stage}@{corpus}" in stages, (stage, corpus, sorted(stages))
+    assert {s for s in stages if s.startswith(("faces@", "features@", "shards_cached@"))} == {
+        "faces@cremad",
+        "features@cremad",
+        "shards_cached@cremad",
+    }
+    ran = _ran(_dvc(repo, "repro", "shards_raw@ave"))
+    assert ran[:2] == ["synth@ave", "index@ave"] and ran[-1] == "shards_raw@ave", ran
+    meta = json.loads((repo / "data" / "ave" / "shards" / "raw" / "meta.json").read_text())
+    assert meta["corpus"] == "ave" and meta["num_classes"] == 28
+    assert meta["fields"]["frames.npy"]["shape"] == [4, 32, 32, 3]  # the corpus's 4 frames, params' size
+
+
 TINY_ALL = {
     "synth": {
         "cremad": {"clips": 24, "actors": 12, "width": 160, "height": 120}
@@ -163,8 +202,13 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     meta = (repo / "data" / "cremad" / "shards" / "cached" / "meta.json").read_text()
     assert '"random_init": true' in meta  # the demo's extractors say what they are
 
+    mlb_run = runs / "raw" / "mlb" / "late-linear" / "seed0" / "metrics.json"
+    # alpha: auto takes the corpus's setting from meta.json (CREMA-D, raw, late-linear)
+    assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 0.5, "beta_max": 10.0}
+
     assert _ran(_dvc(repo, "repro")) == []
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "lock"], cwd=repo, check=True)
     rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0"))
     assert sorted(rerun) == ["compare", "report", "train_raw_mlb@0"], rerun
+    assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 1.0, "beta_max": 10.0}

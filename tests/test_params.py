@@ -39,7 +39,7 @@ def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
 
 
 def test_the_training_sections_are_trainer_settings():
-    """train.raw / train.cached hold `methods` plus TrainConfig keys; mlb.* builds MLB."""
+    """train.raw / train.cached hold `methods` plus TrainConfig keys; mlb.* builds MLB (auto: left out)."""
     fields = set(TrainConfig.__dataclass_fields__)
     for path in ("raw", "cached"):
         section = dict(PARAMS["train"][path])
@@ -51,7 +51,9 @@ def test_the_training_sections_are_trainer_settings():
         config.validate()
         for method in methods:
             build_balancer(method)
-        build_balancer("mlb", **PARAMS["mlb"][path])
+        mlb = PARAMS["mlb"][path]  # auto (the corpus's setting from meta.json) or a number
+        assert all(value == "auto" or isinstance(value, float) for value in mlb.values()), mlb
+        build_balancer("mlb", **{key: value for key, value in mlb.items() if value != "auto"})
 
 
 def test_an_unknown_key_fails_with_the_section_and_the_keys_it_takes(tmp_path):

@@ -62,8 +62,9 @@ class MLB(MultiLoss):
 
     The authors' (alpha, beta_max): CREMA-D with ResNet-18 (raw input) Late-Linear (0.5, 10), Mid-MLP
     (0.5, 5), Gated (0.5, 10), FiLM (0.5, 20), TF (0.5, 20); CREMA-D with the Conformer (cached
-    features) (5, 2) for every fusion; AVE (2, 1); UCF101 (2, 0.5). The trainer takes a corpus's
-    settings from its shards' meta.json (`mlb.method_defaults`), not from here.
+    features) (5, 2) for every fusion; AVE (2, 1) in the paper, (2, 2) in the authors' AVE run (their
+    default k = 1 + tanh(alpha (r - 1))); UCF101 (2, 0.5). The trainer takes a corpus's settings from
+    its shards' meta.json (`mlb.method_defaults`, written from the corpus plug-in), not from here.
     """
 
     name = "mlb"

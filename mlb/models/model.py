@@ -124,7 +124,7 @@ def build_model(
     """Build the paper's model.
 
     features: "raw" (ResNet-18 from scratch on a `[B, 1, F, T]` spectrogram for audio and a
-        `[B, 3, 3, H, W]` frame stack for video) or "cached" (1x1 projection + Conformer per modality
+        `[B, N, 3, H, W]` frame stack for video) or "cached" (1x1 projection + Conformer per modality
         over `[B, T, D_in]` frozen-feature sequences with `<m>_mask`).
     fusion: "late-linear", "mid-mlp", "film", "gated" or "tf" (FiLM and Gated: exactly audio + video).
     size: "tiny" (unit tests on CPU), "small" (CPU benchmarks), "paper" (the paper's sizes, D = 512).

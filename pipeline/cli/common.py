@@ -92,6 +92,16 @@ def parse_params_json(items: list[str] | None, option: str) -> dict[str, Any]:
     return params
 
 
+def float_or_auto(value: str | None, option: str) -> float | None:
+    """A number, or `auto` (and no value): None, i.e. the setting the shards' meta.json gives."""
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"needs a number or auto, got {value!r}", param_hint=option) from None
+
+
 def split_csv(value: str, option: str, cast=str) -> list:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:

@@ -45,6 +45,11 @@ def _summary_lines(stage: str, result) -> tuple[list[str], list[str]]:
         files = result.get("ignored_files") or []
         if files:
             out.append(f"  ignored {len(files)} file(s) that are not media of a clip: {', '.join(files[:5])}")
+        notes = result.get("notes") or []
+        for note in notes[:10]:
+            err.append(f"  note: {note}")
+        if len(notes) > 10:
+            err.append(f"  note: ... and {len(notes) - 10} more")
         missing = [s for s in SPLITS if s not in result["kept_by_split"]]
         if missing:
             err.append(f"  warning: no kept clip in split(s) {', '.join(missing)}")
@@ -123,7 +128,7 @@ def cli(
         None,
         "--protocol",
         help="Split protocol (index.protocol) [default: the corpus's "
-        "first; cremad: vavl (the paper's) | speaker-random].",
+        "first; cremad: vavl (the paper's) | speaker-random; ave, ucf101: official].",
     ),
     partition: int = typer.Option(
         None,
@@ -145,7 +150,7 @@ def cli(
     spec: str = typer.Option(
         None,
         "--spec",
-        help="mel (log-Mel) | stft (log-magnitude STFT, F = 257) "
+        help="mel (log-Mel) | stft (log-magnitude STFT, F = 257) | psd (scipy.signal.spectrogram, AVE's) "
         f"(spectrograms.kind) [default: {field_default(SpectrogramConfig, 'kind')}].",
     ),
     n_mels: int = typer.Option(
@@ -191,7 +196,10 @@ def cli(
         f"features.device) [default: {field_default(FacesConfig, 'device')}].",
     ),
     stages: str = typer.Option(
-        ",".join(STAGE_NAMES), "--stages", help="Comma-separated stages to run, in pipeline order."
+        None,
+        "--stages",
+        help="Comma-separated stages to run, in pipeline order [default: every stage of the "
+        f"corpus's input paths; all: {','.join(STAGE_NAMES)}].",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     update_manifest: bool = typer.Option(
@@ -223,7 +231,7 @@ def cli(
                 overrides |= dict.fromkeys(SHORTCUTS[option], value)
         config = prepare_config(the_corpus, loaded, overrides, where)
         workers = workers if workers is not None else loaded.get("workers", 1)
-        selected = [s.strip() for s in stages.split(",") if s.strip()]
+        selected = None if stages is None else [s.strip() for s in stages.split(",") if s.strip()]
         executor = LocalExecutor(workers)
         try:
             run = Run(
@@ -237,7 +245,7 @@ def cli(
                         stage, result, None if quiet else seconds
                     ),
                 )
-            except CachedPathUnavailable as err:
+            except CachedPathUnavailable as err:  # the ResNet path needs no weights
                 raise ValueError(
                     f"{err}\nTo prepare only the ResNet path, add --stages "
                     "index,frames,spectrograms,shards_raw."

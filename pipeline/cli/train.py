@@ -10,7 +10,25 @@ from typing import Annotated
 import typer
 
 from mlb.train_config import INPUT_PATHS, SIZES, TrainConfig
-from pipeline.cli.common import command_errors, field_default, parse_params_json
+from pipeline.cli.common import command_errors, field_default, float_or_auto, parse_params_json
+
+
+def _why_no_shards(data: Path, features: str) -> str:
+    """The corpus's reason when it has no such input path (from OUT/corpus.json), else the usual fix."""
+    import json
+
+    from pipeline.corpora import get_corpus
+
+    try:
+        corpus = get_corpus(json.loads((data / "corpus.json").read_text())["corpus"])
+    except (OSError, ValueError, KeyError, TypeError):
+        corpus = None
+    if corpus is not None and features not in corpus.input_paths:
+        return (
+            f"{corpus.name} has no {features} path ({corpus.input_paths_note}); train with --features "
+            + ", ".join(corpus.input_paths)
+        )
+    return "run `mlbpipe prepare` first (or check --data)"
 
 
 def _default(key: str) -> str:
@@ -64,16 +82,18 @@ def cli(
     weight_decay: float = typer.Option(
         None, "--weight-decay", help="Adam weight decay [default: 1e-4 raw, 5e-6 cached]."
     ),
-    alpha: float = typer.Option(
+    alpha: str = typer.Option(
         None,
         "--alpha",
-        help="The method's alpha (MLB: tanh slope) [default: the authors' setting for this corpus, input path and "
-        "fusion, from the shards' meta.json].",
+        metavar="FLOAT|auto",
+        help="The method's alpha (MLB: tanh slope); auto (the default): the authors' setting for this corpus, "
+        "input path and fusion, from the shards' meta.json.",
     ),
-    beta_max: float = typer.Option(
+    beta_max: str = typer.Option(
         None,
         "--beta-max",
-        help="MLB's largest acceleration beta_max [default: the authors' setting, as --alpha].",
+        metavar="FLOAT|auto",
+        help="MLB's largest acceleration beta_max; auto (the default): the authors' setting, as --alpha.",
     ),
     param: Annotated[
         list[str] | None,
@@ -154,9 +174,10 @@ def cli(
     shard_dir = data / "shards" / features
     if not shard_dir.is_dir():
         raise typer.BadParameter(
-            f"{shard_dir} does not exist: run `mlbpipe prepare` first (or check --data)", param_hint="--data"
+            f"{shard_dir} does not exist: {_why_no_shards(data, features)}", param_hint="--data"
         )
     method_params = parse_params_json(param, "--param")
+    alpha, beta_max = float_or_auto(alpha, "--alpha"), float_or_auto(beta_max, "--beta-max")
     if alpha is not None:
         method_params["alpha"] = alpha
     if beta_max is not None:

@@ -11,7 +11,7 @@ import importlib
 
 from pipeline.corpora.base import Corpus, CorpusError
 
-BUILTIN = ("cremad",)  # packages pipeline/corpora/<name>/, each with a module-level `CORPUS`
+BUILTIN = ("cremad", "ave", "ucf101")  # packages pipeline/corpora/<name>/, each with a module-level `CORPUS`
 
 _registered: dict[str, Corpus] = {}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.manifest import ClipRecord, Reason, Segment
-from pipeline.media import MediaError, probe_audio, probe_video, resolve_inside
+from pipeline.media import LFS_POINTER_PREFIX, MediaError, probe_audio, probe_video, resolve_inside
 
 SEGMENT_TOLERANCE_S = 0.5  # a labelled segment may end this far past the media's measured end
 
@@ -82,6 +82,9 @@ class ClipSource:
 class Scan:
     clips: list[ClipSource]  # sorted by id
     ignored: list[str] = field(default_factory=list)  # files under the root that are not media of a clip
+    # what concerns the copy rather than one clip (a list line that names no clip, listed clips the copy
+    # lacks, rows that name one video twice), naming the file and line: printed with the index summary
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,18 @@ class Corpus(ABC):
         raise NotImplementedError(f"{self.name} has no synthetic stand-in")
 
 
+def sampled_lfs_stubs(found: list[Path]) -> tuple[int, int]:
+    """(stubs, sampled): how many of a sample of a corpus's media files (about 50, evenly spread) are Git
+    LFS pointer stubs, for a layout check: a clone without `git lfs pull` holds only those."""
+    sample = found[:: max(1, len(found) // 50)]
+    stubs = 0
+    for path in sample:
+        if path.stat().st_size < 1024:
+            with open(path, "rb") as f:
+                stubs += f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
+    return stubs, len(sample)
+
+
 def _format_text(audio_format: dict[str, int]) -> str:
     channels = "mono" if audio_format["channels"] == 1 else f"{audio_format['channels']}-channel"
     return f"{audio_format['sample_rate']} Hz {channels} {8 * audio_format['sample_width']}-bit"
@@ -201,6 +216,7 @@ def validate_clip(
         },
         segment=clip.segment,
         probe={"audio": None, "video": None},
+        usable=dict.fromkeys(corpus.input_paths, True),  # only the input paths the corpus has
         fixes=list(clip.fixes),
         extra=dict(clip.extra),
     )

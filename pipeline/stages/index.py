@@ -80,11 +80,19 @@ def _fingerprint(root: Path, scan: Scan, corpus: Corpus, config: IndexConfig) ->
                 files.append([rel, None, None, None])
     lists = corpus.manifests_dir
     listing = (
-        sorted((p.name, p.read_bytes().hex()) for p in sorted(lists.iterdir()) if p.is_file())
+        sorted((str(p.relative_to(lists)), p.read_bytes().hex()) for p in lists.rglob("*") if p.is_file())
         if lists.is_dir()
         else []
     )
-    blob = json.dumps([corpus.name, str(root.resolve()), files, asdict(config), listing], sort_keys=True)
+    # what the scan read from the corpus's annotation and list files (labels, segments, groups, problems):
+    # editing those files must index again, not only editing the media
+    scanned = [[c.id, c.label, c.label_name, c.group, None if c.segment is None else c.segment.as_tuple(),
+                c.expected, c.extra, list(c.fixes), c.problems] for c in scan.clips]  # fmt: skip
+    blob = json.dumps(
+        [corpus.name, str(root.resolve()), files, asdict(config), listing, scanned, scan.ignored, scan.notes],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -134,7 +142,7 @@ def run_index(
             manifest_path
         ):
             records = read_manifest(manifest_path)
-            return records, summarize(records) | {"ignored_files": scan.ignored}
+            return records, summarize(records) | {"ignored_files": scan.ignored, "notes": scan.notes}
 
     validate = partial(_validate_chunk, corpus, str(root), corpus.known_bad(), config.validation)
     chunks = [scan.clips[i : i + VALIDATE_CHUNK] for i in range(0, len(scan.clips), VALIDATE_CHUNK)]
@@ -166,4 +174,4 @@ def run_index(
         "config": asdict(config),
     }
     atomic_write_json(stamp_path, stamp, sort_keys=True)
-    return records, summarize(records) | {"ignored_files": scan.ignored}
+    return records, summarize(records) | {"ignored_files": scan.ignored, "notes": scan.notes}

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan
+from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs
 from pipeline.manifest import Reason
 
 NAME = "cremad"
@@ -26,7 +26,6 @@ EXPECTED_WAV = {"sample_rate": 16000, "channels": 1, "sample_width": 2}
 REAL_CLIPS = 7442  # clips of the real corpus (clips.tsv)
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[3] / "manifests" / "cremad"
-LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 
 _ID_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{1,2})$")
 
@@ -144,13 +143,10 @@ def check_layout(root: Path) -> list[LayoutCheck]:
                 )
             )
             continue
-        sample = found[:: max(1, len(found) // 50)]
-        stubs = sum(
-            1 for f in sample if f.stat().st_size < 1024 and f.read_bytes()[: len(LFS_HEADER)] == LFS_HEADER
-        )
+        stubs, sampled = sampled_lfs_stubs(found)
         detail = f"{len(found)} files (real CREMA-D: {REAL_CLIPS})"
         if stubs:
-            detail += f"; {stubs} of {len(sample)} sampled are Git LFS pointer stubs: run git lfs pull"
+            detail += f"; {stubs} of {sampled} sampled are Git LFS pointer stubs: run git lfs pull"
         checks.append(LayoutCheck(f"corpus {folder}", stubs == 0, detail))
     demographics = root / "VideoDemographics.csv"
     found = demographics.is_file()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import time
 import zlib
 from collections import Counter
@@ -31,12 +30,20 @@ from mlb.atomic import remove_stale_temps
 from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR, REAL_CLIPS, parse_clip_name
 from pipeline.corpora.cremad.synth import face as face_mod
 from pipeline.corpora.cremad.synth import media, voice
+from pipeline.corpora.synth_tools import (
+    check_common_options,
+    lfs_stub,
+    progress_field,
+    run_jobs,
+    seed_field,
+    workers_field,
+    write_bytes,
+)
 from pipeline.manifest import Reason
 
 CLIP_LISTS = ("vavl", "all")
 DEFAULT_CLIPS = 240
 WAV_HEADER_BYTES = 44
-LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 
 
 @dataclass(frozen=True)
@@ -98,12 +105,8 @@ class SynthConfig:
     )
     height: int = field(default=360, metadata={"help": "Video frame height (the real corpus: 360)."})
     fps: int = field(default=30, metadata={"help": "Video frame rate."})
-    seed: int = field(
-        default=0, metadata={"help": "Random seed: the same seed and options give byte-identical files."}
-    )
-    workers: int = field(
-        default=1, metadata={"help": "Processes to generate with (the output does not depend on it)."}
-    )
+    seed: int = seed_field()
+    workers: int = workers_field()
     with_defects: bool = field(
         default=False,
         metadata={
@@ -112,21 +115,14 @@ class SynthConfig:
             "give it in OUT/synth_defects.json."
         },
     )
-    progress: bool = field(
-        default=True, metadata={"cli": False}
-    )  # a progress bar (the command line always shows one)
+    progress: bool = progress_field()
 
     def __post_init__(self) -> None:
         for key in ("clips", "actors", "clips_per_actor"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("audio_cue", "video_cue"):
-            if not 0 <= getattr(self, key) <= 5:
-                raise ValueError(f"{key} must be in [0, 5], got {getattr(self, key)!r}")
-        for key in ("audio_noise", "video_noise"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)!r}")
+        check_common_options(self)
         if self.clip_list not in CLIP_LISTS:
             raise ValueError(f"clip_list must be one of {CLIP_LISTS}, got {self.clip_list!r}")
         for key, low in (("width", 64), ("height", 48)):
@@ -135,10 +131,6 @@ class SynthConfig:
                 raise ValueError(f"{key} must be an even number >= {low}, got {value!r}")
         if not 1 <= self.fps <= 120:
             raise ValueError(f"fps must be in [1, 120], got {self.fps!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed!r}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers!r}")
         if (
             self.clips is not None
             and self.clips_per_actor is not None
@@ -444,15 +436,10 @@ def write_demographics(out_dir: Path, seed: int, sex: dict[int, str]) -> None:
         race = RACES[int(rng.choice(len(RACES), p=[0.6, 0.25, 0.1, 0.05]))]
         eth = ETHNICITIES[int(rng.random() < 0.1)]
         rows.append(f"{actor},{int(rng.integers(20, 75))},{sex.get(actor, 'Male')},{race},{eth}")
-    media.write_bytes(out_dir / "VideoDemographics.csv", ("\n".join(rows) + "\n").encode())
+    write_bytes(out_dir / "VideoDemographics.csv", ("\n".join(rows) + "\n").encode())
 
 
 # --- defects -----------------------------------------------------------------------------------------
-
-
-def _lfs_stub(data_id: str, size: int) -> bytes:
-    oid = f"{zlib.crc32(data_id.encode()):064x}"
-    return LFS_POINTER.format(oid=oid, size=size).encode()
 
 
 def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> list[dict]:
@@ -522,7 +509,7 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     audio, frames = good_pair(c, flv=False)
     flv = flv_dir / f"{c.id}.flv"
     media.write_flv(flv, frames, audio, config.fps, write_duration=False)
-    media.write_bytes(flv, media.strip_flv_duration(flv.read_bytes()))
+    write_bytes(flv, media.strip_flv_duration(flv.read_bytes()))
     record(
         c.id,
         f"VideoFlash/{c.id}.flv",
@@ -547,29 +534,32 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
     s = synthetic
     c = s["lfs-pointer-wav"]
     good_pair(c, wav=False)
-    media.write_bytes(wav_dir / f"{c.id}.wav", _lfs_stub(c.id + ".wav", 2 * c.n_samples + WAV_HEADER_BYTES))
+    write_bytes(
+        wav_dir / f"{c.id}.wav",
+        lfs_stub(zlib.crc32(f"{c.id}.wav".encode()), 2 * c.n_samples + WAV_HEADER_BYTES),
+    )
     record(c.id, f"AudioWAV/{c.id}.wav", "lfs-pointer-wav", Reason.LFS_POINTER)
 
     c = s["lfs-pointer-flv"]
     good_pair(c, flv=False)
-    media.write_bytes(flv_dir / f"{c.id}.flv", _lfs_stub(c.id + ".flv", 300_000))
+    write_bytes(flv_dir / f"{c.id}.flv", lfs_stub(zlib.crc32(f"{c.id}.flv".encode()), 300_000))
     record(c.id, f"VideoFlash/{c.id}.flv", "lfs-pointer-flv", Reason.LFS_POINTER)
 
     c = s["empty-wav"]
     good_pair(c, wav=False)
-    media.write_bytes(wav_dir / f"{c.id}.wav", b"")
+    write_bytes(wav_dir / f"{c.id}.wav", b"")
     record(c.id, f"AudioWAV/{c.id}.wav", "empty-wav", Reason.EMPTY_FILE)
 
     c = s["empty-flv"]
     good_pair(c, flv=False)
-    media.write_bytes(flv_dir / f"{c.id}.flv", b"")
+    write_bytes(flv_dir / f"{c.id}.flv", b"")
     record(c.id, f"VideoFlash/{c.id}.flv", "empty-flv", Reason.EMPTY_FILE)
 
     c = s["truncated-flv"]  # cut mid-stream, as an interrupted download leaves it
     good_pair(c)
     flv = flv_dir / f"{c.id}.flv"
     data = flv.read_bytes()
-    media.write_bytes(flv, data[: len(data) // 2 + 7])  # +7: cut inside a tag, not on a boundary
+    write_bytes(flv, data[: len(data) // 2 + 7])  # +7: cut inside a tag, not on a boundary
     record(c.id, f"VideoFlash/{c.id}.flv", "truncated-flv", Reason.DECODE_ERROR, (Reason.DURATION_MISMATCH,))
 
     c = s["no-video-stream"]
@@ -643,21 +633,21 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
     write_demographics(out_dir, config.seed, sex)
     jobs = [(plan_clip(c, config, sex), out_dir) for c in clips]
 
-    from tqdm import tqdm
-
-    bar = {"total": len(jobs), "desc": "synth cremad", "unit": "clip", "disable": not config.progress}
-    if config.workers == 1:
-        durations = [_make_clip_job(job) for job in tqdm(jobs, **bar)]
-    else:
-        # spawn: the parent may hold torch / OpenMP threads that a fork would copy in a broken state
-        with multiprocessing.get_context("spawn").Pool(config.workers, _init_worker) as pool:
-            durations = list(tqdm(pool.imap(_make_clip_job, jobs, chunksize=1), **bar))
+    durations = run_jobs(
+        _make_clip_job,
+        jobs,
+        workers=config.workers,
+        desc="synth cremad",
+        unit="clip",
+        progress=config.progress,
+        initializer=_init_worker,
+    )
 
     clip_seconds = time.perf_counter() - start
     defects = []
     if config.with_defects:
         defects = make_defects(out_dir, config, sex)
-        media.write_bytes(out_dir / "synth_defects.json", (json.dumps(defects, indent=1) + "\n").encode())
+        write_bytes(out_dir / "synth_defects.json", (json.dumps(defects, indent=1) + "\n").encode())
     return SynthSummary(
         out_dir=out_dir,
         clip_ids=[c.id for c in clips],

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_output, atomic_write_bytes
+from mlb.atomic import atomic_output
 
 FLV_AUDIO_RATE = 22050  # the FLV muxer takes MP3 only at 11.025 / 22.05 / 44.1 kHz; 16 kHz is resampled
 MP3_BIT_RATE = 64_000
 VIDEO_BIT_RATE = 700_000
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (a generated corpus is remade by a rerun: no fsync)."""
-    atomic_write_bytes(path, data, durable=False)
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000, subtype: str = "PCM_16") -> None:
