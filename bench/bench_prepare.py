@@ -1,8 +1,8 @@
 """Benchmark: prepare the same N synthetic clips of a corpus three ways; print clips/s and peak memory.
 
     .venv/bin/python bench/bench_prepare.py --clips 160 640 [--repeat 5] [--work /tmp/mlbpipe-bench]
-    .venv/bin/python bench/bench_prepare.py --corpus ave --clips 56 224 --methods ours-1 decode-only ours-2
-    .venv/bin/python bench/bench_prepare.py --corpus ucf101 --clips 102 408 --methods ours-1 decode-only ours-2
+    .venv/bin/python bench/bench_prepare.py --corpus ave --clips 28 112 --repeat 3 --methods ours-1 decode-only ours-1-after-index ours-2
+    .venv/bin/python bench/bench_prepare.py --corpus ucf101 --clips 204 408 --repeat 3 --methods ours-1 decode-only ours-1-after-index ours-2
 
 (a) ours: `mlbpipe prepare CORPUS` (index + validate, frames, spectrograms, shards) with 1 and 2 workers,
     with the corpus's own settings (AVE and UCF101: their authors', 224 px frames);
@@ -27,7 +27,7 @@ of that process or of any worker it started (ru_maxrss). Ours also validates eve
 the others do not. The corpus is generated once (`mlbpipe synth CORPUS`, no defects: CREMA-D 480x360 at
 30 fps and UCF101 320x240 at 25 fps as the real ones, AVE 640x360 at 25 fps, 10 s videos) and cached under
 --work. N is rounded to what the stand-in can make (AVE: 28 categories x N/28 videos; UCF101: 51 classes x
-2 clips x N/102 groups).
+1 clip x N/51 groups, at least 4 groups).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,8 +200,8 @@ def synth_options(name: str, clips: int) -> tuple[dict, int]:
         per_category = max(1, round(clips / 28))
         return {"videos_per_category": per_category}, 28 * per_category
     if name == "ucf101":  # the 51 classes with sound, none of UCF50's (they would only be rejected)
-        groups = max(1, round(clips / 102))
-        return {"classes": 51, "ucf50_classes": 0, "groups": groups, "clips_per_group": 2}, 102 * groups
+        groups = max(4, round(clips / 51))  # the stand-in makes at least 4 groups per class
+        return {"classes": 51, "ucf50_classes": 0, "groups": groups, "clips_per_group": 1}, 51 * groups
     return {"clips": clips}, clips
 
 
@@ -212,9 +213,10 @@ def make_corpus(work: Path, name: str, clips: int, size: str) -> Path:
         from pipeline.corpora import get_corpus
 
         corpus = get_corpus(name)
-        width, height = (int(v) for v in size.split("x"))
         options, _ = synth_options(name, clips)
-        config = corpus.synth_config(**options, seed=0, width=width, height=height, workers=2, progress=True)
+        if {"width", "height"} <= {f.name for f in fields(corpus.synth_config)}:  # UCF101's is fixed
+            options["width"], options["height"] = (int(v) for v in size.split("x"))
+        config = corpus.synth_config(**options, seed=0, workers=2, progress=True)
         corpus.check_synth(config)
         corpus.synthesize(root, config)
         (root / ".complete").write_text("")
