@@ -73,6 +73,32 @@ def _kill_after(cmd: list[str], seconds: float, cwd: Path) -> bool:
         return True
 
 
+def _kill_when(cmd: list[str], ready, cwd: Path, timeout: float = 300) -> bool:
+    """Start `cmd` in its own process group, SIGKILL the whole group as soon as `ready()` is true (polled);
+    True if killed, False if it ended first. An event, not a time: a fresh clone's first run (compiling
+    every .pyc) is slower than the next, so a time taken from it can land after the end."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too: a real crash, no clean-up handlers run
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"{cmd} neither ended nor got ready in {timeout} s")
+    return False
+
+
 def _leftovers(folder: Path) -> list[str]:
     """Every temp name the pipeline writes (mlb.atomic and the per-clip engine): `<name>.tmp-<pid>`
     (files and folders), `<name>.old-<pid>` (a replaced folder), `.<name>.parts-<fingerprint>` (the
@@ -151,16 +177,18 @@ def test_train_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
         "1",
         "--no-dvclive",
     ]
-    started = time.perf_counter()
     subprocess.run(_cli(*args, "--out", str(tmp_path / "clean")), check=True, capture_output=True)
-    full = time.perf_counter() - started
     run = tmp_path / "killed"
+    steps = run / "steps.jsonl"
+
+    def logged() -> int:
+        return len(steps.read_text().splitlines()) if steps.exists() else 0
+
     rng = random.Random(3)
     steps_at_kill = []
-    for _ in range(2):  # late enough that a kill lands after the imports, inside training
-        if _kill_after(_cli(*args, "--out", str(run), "--resume"), rng.uniform(0.6, 0.9) * full, tmp_path):
-            steps = run / "steps.jsonl"
-            steps_at_kill.append(len(steps.read_text().splitlines()) if steps.exists() else 0)
+    for target in sorted(rng.sample(range(6, 44), 2)):  # of 48 steps: two kills inside training
+        if _kill_when(_cli(*args, "--out", str(run), "--resume"), lambda t=target: logged() >= t, tmp_path):
+            steps_at_kill.append(logged())
     subprocess.run(_cli(*args, "--out", str(run), "--resume"), check=True, capture_output=True)
     want = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())
