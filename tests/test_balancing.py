@@ -136,8 +136,11 @@ def _hand_k(unimodal, label, alpha, beta_max):
     return s, ks
 
 
-@pytest.mark.parametrize("case", ["raw-late-linear", "raw-mid-mlp", "cached-tf", "three-modalities"])
-def test_before_step_scales_each_modality_by_k(case):
+@pytest.mark.parametrize("ownership", ["authors", "input"])
+@pytest.mark.parametrize(
+    "case", ["raw-late-linear", "raw-mid-mlp", "cached-tf", "cached-gated", "three-modalities"]
+)
+def test_before_step_scales_each_modality_by_k(case, ownership):
     if case == "three-modalities":
         model_a, batch = _three_modality_model_and_batch()
     else:
@@ -167,7 +170,7 @@ def test_before_step_scales_each_modality_by_k(case):
     loss_a, _ = MultiLoss().loss(model_a, batch, out_a)
     loss_a.backward()
 
-    mlb = MLB(alpha=alpha, beta_max=beta_max)
+    mlb = MLB(alpha=alpha, beta_max=beta_max, ownership=ownership)
     out_b = model_b(batch)
     loss_b, _ = mlb.loss(model_b, batch, out_b)
     assert loss_b.item() == pytest.approx(loss_a.item(), rel=1e-6)
@@ -182,7 +185,7 @@ def test_before_step_scales_each_modality_by_k(case):
     for i, m in enumerate(model_b.modalities):
         assert logs[f"s_{m}"] == pytest.approx(s[i], rel=1e-5)
         assert logs[f"k_{m}"] == pytest.approx(ks[i], rel=1e-5)
-        for p, index in model_b.modality_grad_slices(m):
+        for p, index in model_b.modality_grad_slices(m, ownership):
             name = names_b[id(p)]
             ga = params_a[name].grad if index is None else params_a[name].grad[index]
             gb = p.grad if index is None else p.grad[index]
@@ -200,9 +203,10 @@ def test_before_step_scales_each_modality_by_k(case):
     for m in model_b.modalities:
         for n, _ in model_b.encoders[m].named_parameters():
             assert touched[f"encoders.{m}.{n}"].all()
+    authors_owned_biases = {"fusion.gate.bias", "fusion.value.bias"} if ownership == "authors" else set()
     for name, _ in model_b.named_parameters():
-        if name.startswith("fusion.") and name.endswith("bias"):
-            assert name not in touched, f"{name} is a fusion bias: it must stay shared"
+        if name.startswith("fusion.") and name.endswith("bias") and name not in authors_owned_biases:
+            assert name not in touched, f"{name} is a shared fusion bias under ownership={ownership!r}"
 
 
 def test_late_linear_weight_split_by_columns_and_bias_shared():

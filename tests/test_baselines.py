@@ -20,7 +20,6 @@ from mlb.balancing.agm import (
     clip_if_fusion_grad_large_,
     running_mean,
 )
-from mlb.balancing.grads import branch_grad_slices
 from mlb.balancing.mmcosine import MMCosine, cosine_logits
 from mlb.balancing.mslr import MSLR, mslr_ratio
 from mlb.balancing.ogm_ge import OGM, OGMGE, modulate_gradients_, ogm_coefficients, ogm_scores
@@ -191,9 +190,12 @@ def test_mslr_coefficients_over_epochs():
     assert restored.history == mslr.history and restored.ratio == mslr.ratio
 
 
-def test_mslr_scales_each_branch_but_not_the_probe_heads():
+@pytest.mark.parametrize("fusion_slices", [False, True])
+def test_mslr_scales_each_branch_but_not_the_probe_heads(fusion_slices):
+    """fusion_slices=False: encoders only (kkontras/MLB Bias_Infusion_MSLR, names enc_0 / enc_1);
+    True: also the Late-Linear halves (Lingy12/AGM_ICCV2023 CREMAD_main.py: audio_net + audio_cls)."""
     model, batch = _model(), _batch()
-    mslr = MSLR(init={"audio": 0.5, "video": 2.0})
+    mslr = MSLR(init={"audio": 0.5, "video": 2.0}, fusion_slices=fusion_slices)
     out, _, _, before = _backward(mslr, model, batch)
     logs = mslr.before_step(model, batch, out)
     assert (logs["k_audio"], logs["k_video"]) == (0.5, 2.0)
@@ -202,11 +204,11 @@ def test_mslr_scales_each_branch_but_not_the_probe_heads():
         if name.startswith("encoders."):
             k = {"audio": 0.5, "video": 2.0}[name.split(".")[1]]
             torch.testing.assert_close(after[name], g * k, rtol=1e-6, atol=0)
-        elif name == "fusion.weight":  # Late-Linear columns: audio first half, video second
+        elif name == "fusion.weight" and fusion_slices:  # Late-Linear columns: audio first, video second
             d = g.shape[1] // 2
             torch.testing.assert_close(after[name][:, :d], g[:, :d] * 0.5, rtol=1e-6, atol=0)
             torch.testing.assert_close(after[name][:, d:], g[:, d:] * 2.0, rtol=1e-6, atol=0)
-        else:  # fusion bias (shared) and the unimodal probe heads: untouched
+        else:  # the fusion layer (unless fusion_slices), its bias and the probe heads: untouched
             torch.testing.assert_close(after[name], g, rtol=0, atol=0)
 
 
@@ -252,45 +254,21 @@ def test_agm_running_mean_over_all_iterations():
     assert running_mean(m, 2, 5.0) == pytest.approx(3.0)  # (3 + 1 + 5) / 3
 
 
-def test_agm_steps_use_earlier_means_and_scale_each_branch():
+def test_agm_masked_passes_run_in_eval_mode_and_restore_train_mode():
+    """The step-by-step gradients are held against the authors' code in tests/test_fidelity_agm.py."""
     model, batch = _model(), _batch()
-    agm = AGM(alpha=1.5, clip=False)
-    # masked passes: eval mode, no gradient, and the model goes back to train mode
-    model.train()
-    pred_za, pred_zv = agm.masked_predictions(model, batch)
-    assert model.training and not pred_za.requires_grad
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(pred_za, model(zero_modality(batch, "audio")).fused)
-        torch.testing.assert_close(pred_zv, model(zero_modality(batch, "video")).fused)
-    model.train()
-
-    out, _, logs, _ = _backward(agm, model, batch)
-    # first iteration: target = exp(0 − 0) = 1, coefficient from this step's r only
-    assert logs["target_audio"] == 1.0
-    assert logs["k_audio"] == pytest.approx(math.exp(1.5 * min(1.0 - logs["r_audio"], 10.0)))
-    assert agm.mean_score == pytest.approx([logs["s_audio"], logs["s_video"]])
-    agm.before_step(model, batch, out)
-
-    second = _batch(seed=1)
-    first_means = list(agm.mean_score)
-    out, _, logs, before = _backward(agm, model, second)
-    # second iteration: the target comes from the first step's means, then the means take this step in
-    target_a = math.exp(first_means[1] - first_means[0])
-    assert logs["target_audio"] == pytest.approx(target_a, rel=1e-6)
-    assert logs["k_audio"] == pytest.approx(math.exp(1.5 * min(target_a - logs["r_audio"], 10.0)), rel=1e-6)
-    assert agm.mean_score == pytest.approx(
-        [(first_means[0] + logs["s_audio"]) / 2, (first_means[1] + logs["s_video"]) / 2]
-    )
-    agm.before_step(model, second, out)
-    after = _grads(model)
-    k = {"audio": logs["k_audio"], "video": logs["k_video"]}
-    branch = {m: _names(model, [p for p, _ in branch_grad_slices(model, m)]) for m in k}
-    for name, g in before.items():
-        if name.startswith("encoders."):
-            torch.testing.assert_close(after[name], g * k[name.split(".")[1]], rtol=1e-5, atol=0)
-        elif name not in branch["audio"] | branch["video"]:  # probe heads, fusion bias
-            torch.testing.assert_close(after[name], g, rtol=0, atol=0)
+    for variant in ("agm", "mlb"):
+        agm = AGM(alpha=1.5, variant=variant)
+        model.train()
+        out = model(batch)
+        pred_za, pred_zv = agm.masked_predictions(model, batch, out)
+        assert model.training and pred_za.requires_grad
+        if variant == "agm":
+            model.eval()
+            with torch.no_grad():
+                torch.testing.assert_close(pred_za, model(zero_modality(batch, "audio")).fused)
+                torch.testing.assert_close(pred_zv, model(zero_modality(batch, "video")).fused)
+            model.train()
 
 
 def test_agm_clips_the_global_norm_when_a_fusion_gradient_leaves_the_unit_box():
@@ -301,7 +279,8 @@ def test_agm_clips_the_global_norm_when_a_fusion_gradient_leaves_the_unit_box():
     assert all((p.grad == 0.5).all() for p in model.parameters())
     model.fusion.weight.grad[0, 0] = -3.0
     assert clip_if_fusion_grad_large_(model)
-    total = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    trained = [p for n, p in model.named_parameters() if not n.startswith("unimodal_heads.")]
+    total = torch.sqrt(sum((p.grad**2).sum() for p in trained))
     assert total.item() == pytest.approx(1.0, rel=1e-4)
 
 
@@ -309,7 +288,7 @@ def test_agm_non_finite_output_keeps_the_running_means_clean():
     agm = AGM()
     agm.mean_score, agm.iterations = [1.0, 2.0], 5
     model = SimpleNamespace(modalities=("audio", "video"), unimodal_heads={})
-    agm.masked_predictions = lambda model, batch: (torch.zeros(1, 2), torch.zeros(1, 2))  # no real model
+    agm.masked_predictions = lambda model, batch, out: (torch.zeros(1, 2), torch.zeros(1, 2))  # no real model
     out = ModelOutput(fused=torch.full((1, 2), float("nan")), unimodal={}, features={})  # a NaN output
     _, logs = agm.loss(model, {"label": torch.tensor([0])}, out)
     assert (logs["k_audio"], logs["k_video"]) == (1.0, 1.0)
@@ -463,7 +442,7 @@ def test_cosine_logits_scaling():
 
 def test_mmcosine_model_is_the_sum_of_per_modality_cosine_logits():
     mm = MMCosine(scale=10.0)
-    assert mm.model_options() == {"classifier": "cosine", "cosine_scale": 10.0}
+    assert mm.model_options() == {"classifier": "cosine", "cosine_scale": 10.0, "cosine_head": "per-modality"}
     model, batch = _model(**mm.model_options()), _batch()
     MMCosine.check_model(model)
     out = model(batch)
@@ -475,6 +454,34 @@ def test_mmcosine_model_is_the_sum_of_per_modality_cosine_logits():
     assert out.fused.abs().max() <= 20.0 + 1e-5  # |out_m| ≤ s each
     _, logs = mm.loss(model, batch, out)
     assert logs["loss"] == pytest.approx(F.cross_entropy(expected, batch["label"]).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["film", "gated"])
+def test_mmcosine_film_and_gated_are_the_authors_symmetric_heads(fusion):
+    """GeWu-Lab/MMCosine_ICASSP23 models/fusion_modules.py (FiLM, GatedFusion) and main_CD.py: each
+    modality modulates the other, then s·cos of each half with its own half of fc_out, summed."""
+    mm = MMCosine(scale=50.0)
+    model, batch = _model(fusion=fusion, **mm.model_options()), _batch()
+    MMCosine.check_model(model)
+    out = model(batch)
+    x, y, head = out.features["audio"], out.features["video"], model.fusion
+    d = x.shape[1]
+    if fusion == "film":
+        gamma_x, beta_x = torch.split(head.film["audio"](x), d, 1)
+        gamma_y, beta_y = torch.split(head.film["video"](y), d, 1)
+        x_new, y_new = gamma_y * x + beta_y, gamma_x * y + beta_x
+    else:
+        out_x, out_y = head.project["audio"](x), head.project["video"](y)
+        y_new, x_new = torch.mul(torch.sigmoid(out_x), out_y), torch.mul(torch.sigmoid(out_y), out_x)
+    fc_out = torch.cat([head.out["audio"], head.out["video"]], dim=1)  # [C, 2D], the authors' fc_out.weight
+    out_a = torch.mm(F.normalize(x_new, dim=1), F.normalize(fc_out[:, :d].t(), dim=0)) * 50.0
+    out_v = torch.mm(F.normalize(y_new, dim=1), F.normalize(fc_out[:, d:].t(), dim=0)) * 50.0
+    torch.testing.assert_close(out.fused, out_a + out_v)
+    torch.testing.assert_close(out.fused_parts["audio"], out_a)
+    # head="fused": the paper's one-directional head with one cosine output layer
+    fused = _model(fusion=fusion, **MMCosine(scale=50.0, head="fused").model_options())
+    assert type(fused.fusion).__name__ == {"film": "FiLM", "gated": "Gated"}[fusion]
+    MMCosine(scale=50.0, head="fused").check_scale(fused)
 
 
 def test_mmcosine_refuses_a_linear_or_mismatched_head():

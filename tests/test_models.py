@@ -154,6 +154,37 @@ def test_grad_slices_cover_encoders_and_heads_and_never_a_fusion_bias(fusion):
         model.modality_grad_slices("text")
 
 
+# The fusion-head parameters each rule gives each modality; "authors" is read off kkontras/MLB
+# Bias_Infusion.py's name matching ("mod0"/"enc_0"/"fc_0_lin.weight") on their heads' parameter names:
+# Gated fc_mod0_x / fc_mod1_y (weight and bias), FiLM fc / fc_out and TF mod_0_token (no match).
+FUSION_OWNED = {
+    ("late-linear", "authors"): ({"fusion.weight"}, {"fusion.weight"}),
+    ("mid-mlp", "authors"): ({"fusion.inputs.audio.weight"}, {"fusion.inputs.video.weight"}),
+    ("film", "authors"): (set(), set()),
+    ("gated", "authors"): (
+        {"fusion.gate.weight", "fusion.gate.bias"},
+        {"fusion.value.weight", "fusion.value.bias"},
+    ),
+    ("tf", "authors"): (set(), set()),
+    ("late-linear", "input"): ({"fusion.weight"}, {"fusion.weight"}),
+    ("mid-mlp", "input"): ({"fusion.inputs.audio.weight"}, {"fusion.inputs.video.weight"}),
+    ("film", "input"): ({"fusion.film.weight"}, set()),
+    ("gated", "input"): ({"fusion.gate.weight"}, {"fusion.value.weight"}),
+    ("tf", "input"): ({"fusion.modality_tokens.audio"}, {"fusion.modality_tokens.video"}),
+}
+
+
+@pytest.mark.parametrize(("fusion", "ownership"), sorted(FUSION_OWNED))
+def test_fusion_ownership_rules(fusion, ownership):
+    model = build_model(features="cached", fusion=fusion, size="tiny", input_dims=DIMS)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for m, expected in zip(model.modalities, FUSION_OWNED[(fusion, ownership)]):
+        owned = {names[id(p)] for p, _ in model.modality_grad_slices(m, ownership)}
+        assert {n for n in owned if n.startswith("fusion.")} == expected
+    with pytest.raises(ValueError, match="ownership"):
+        model.modality_grad_slices("audio", "bogus")
+
+
 def test_zero_modality_keeps_the_rest():
     batch = cached_batch()
     zeroed = zero_modality(batch, "audio")

@@ -1,39 +1,40 @@
 """AGM: Adaptive Gradient Modulation (Li et al., ICCV 2023), two modalities, any fusion head.
 
-Each step:
-1. Two extra forward passes in eval mode (no dropout, BatchNorm running statistics), each with one
-   modality's input zeroed (`mlb.models.model.zero_modality`; masks kept): pred_za (audio zeroed) and
-   pred_zv (video zeroed), `[B, C]` each.
-2. Zero-masking Shapley-style unimodal outputs (the two-player Shapley value without the both-zeroed
-   term, as the authors' two-modality code):
+Each step, as the authors' code computes it:
+1. Two extra forward passes in eval mode (no dropout, BatchNorm running statistics), *with gradients*,
+   each with one modality's input zeroed (masks kept): pred_za (audio zeroed), pred_zv (video zeroed),
+   `[B, C]` each. Which parts run again is the `variant`:
+   - "agm" (default; Lingy12/AGM_ICCV2023, the method's authors): the whole model on the masked batch.
+   - "mlb" (kkontras/MLB `OGM_Model.py`, the re-implementation behind the MLB paper's table): only the
+     zeroed modality's encoder; the fusion head (eval mode) reads it beside the other modality's
+     features from the full, train-mode pass.
+2. Zero-masking Shapley-style unimodal outputs (two players, no both-zeroed term):
        out_a = ½ (pred − pred_za + pred_zv),   out_v = ½ (pred − pred_zv + pred_za);   out_a + out_v = pred.
 3. score_m = mean over the batch of −log max(softmax(out_m)[y], 1e-8) (the authors' clamped CE).
 4. r_a = exp(score_v − score_a), r_v = exp(score_a − score_v) = 1 / r_a.
-5. Targets from the running means ŝ_m of score_m over *all earlier iterations* (every epoch):
+5. Targets from the running means ŝ_m of score_m over *all earlier iterations* (every epoch, every step):
    target_a = exp(ŝ_v − ŝ_a), target_v = 1 / target_a (1 before the first iteration); then
    coeff_m = exp(α · min(target_m − r_m, 10)); then ŝ_m is updated with this step's score.
-6. coeff_m multiplies the gradient of modality m's branch; then, if any gradient of the fusion head
-   leaves [−1, 1], the global gradient norm is clipped to 1 (the authors' rule).
-Loss: fused cross-entropy only (plus the detached unimodal-head probes of `base.probe_loss`).
-
-Where the coefficient is applied. The authors put identity modules with backward hooks on out_a and
-out_v, so coeff_m scales the gradient flowing into "modality m's branch" of the Shapley split. For the
-Late-Linear head with gradient-carrying masked passes, the video terms of ∂out_a cancel
-(½W_v − ½W_v), so that hook scales the audio side only: it is the same as multiplying the gradients
-of the audio encoder and of its slice of the fusion layer by coeff_a (up to the small gradients of
-the masked passes themselves). We implement that equivalent form for every fusion head: after
-`backward()`, the gradients of `grads.branch_grad_slices(model, m)` (encoder + its fusion slice) are
-multiplied by coeff_m. The masked passes then need no gradient (`torch.no_grad`), which is cheaper;
-they still cost two extra forward passes per step (see bench/). (Running the masked passes under
-no_grad *and* keeping the output hooks, as some re-implementations do, would scale every parameter by
-½(coeff_a + coeff_v): not modality-specific. We avoid that.)
+6. The loss is CE(out_a + out_v, y), and the gradient flowing back through out_m is multiplied by
+   coeff_m (the authors' identity modules with backward hooks; here tensor hooks). So the full pass
+   gets ½(coeff_a + coeff_v) of the gradient, pred_za gets ½(coeff_v − coeff_a) and pred_zv
+   ½(coeff_a − coeff_v). The shared fusion bias is thereby scaled by ½(coeff_a + coeff_v), and a fusion
+   weight also receives a term built from its encoder's output on a zero input: this is not the same
+   as multiplying each branch's gradient by its coefficient after `backward()`.
+7. If a gradient of the fusion head's weights (Late-Linear: its weight; the other heads: all their
+   parameters, as the MLB repository's check) leaves [−1, 1], the global gradient norm of the
+   parameters the method trains (the model without the unimodal probe heads, which the authors'
+   model does not have) is clipped to 1.
+The coefficient update runs at every step (the authors' code only logs conditionally).
+Plus the detached unimodal-head probes of `base.probe_loss` (no gradient to the encoders).
 
 Logs per step: `k_<m>` (coeff_m applied), `r_<m>`, `target_<m>`, `s_<m>` (score_m), `agm_clipped`.
 
-Authors' defaults: α = 1.5; the MLB authors ran α = 3.0. Modulation window [start_epoch, end_epoch]
-(default: always). Deviations: the authors skip the coefficient update at the first step of each
-epoch (a quirk we drop); the fusion-gradient check covers every fusion-head parameter (the authors'
-models had a single output layer `fc_out`, which is what Late-Linear has).
+Authors' defaults: α = 1.5; the MLB authors ran α = 3.0 in the paper's comparison. Modulation window
+[start_epoch, end_epoch] (default: always); outside it the coefficients are 1 and the masked passes
+run without gradients (their gradient would be 0), so AGM trains like Joint while still tracking the
+scores. Deviation: the authors' models keep the last coefficients after the window (their hooks stay);
+here they return to 1.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, floats_for_log, probe_loss
-from mlb.balancing.grads import branch_grad_slices, scale_grad_slices
+from mlb.balancing.base import Balancer, floats_for_log, probe_loss, unwrap
+from mlb.models.fusion import LateLinear
 from mlb.models.model import zero_modality
 
 PROB_FLOOR = 1e-8  # the authors' clamp of softmax(out)[y] before the log
@@ -98,25 +99,52 @@ def running_mean(mean: float, count: int, value: float) -> float:
     return mean * (n - 1) / n + value / n
 
 
+def fusion_weights_to_check(model) -> list[torch.nn.Parameter]:
+    """The fusion-head parameters whose gradients AGM's clipping rule looks at: Late-Linear's weight
+    (the authors' `fc_out.weight` / `fc_0_lin`, `fc_1_lin` weights; not the bias), every parameter of
+    the other heads (the MLB repository's `common_fc` check)."""
+    if isinstance(model.fusion, LateLinear):
+        return [model.fusion.weight]
+    return list(model.fusion.parameters())
+
+
+def trained_parameters(model) -> list[torch.nn.Parameter]:
+    """Every parameter except the unimodal probe heads (AGM's authors' model has no such heads)."""
+    probes = {id(p) for p in model.unimodal_heads.parameters()}
+    return [p for p in model.parameters() if id(p) not in probes]
+
+
 def clip_if_fusion_grad_large_(model, max_abs: float = 1.0, max_norm: float = 1.0) -> bool:
-    """The authors' rule: if any fusion-head gradient leaves [−max_abs, max_abs], clip the global
-    gradient norm of the whole model to `max_norm`. Returns whether it clipped (one device sync)."""
-    grads = [p.grad for p in model.fusion.parameters() if p.grad is not None]
+    """The authors' rule: if a gradient of `fusion_weights_to_check` leaves [−max_abs, max_abs], clip the
+    global gradient norm of `trained_parameters` to `max_norm`. Returns whether it clipped (one sync)."""
+    grads = [p.grad for p in fusion_weights_to_check(model) if p.grad is not None]
     if not grads:
         return False
     largest = torch.stack([g.detach().abs().max() for g in grads]).max()
     if bool(largest > max_abs):
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_norm)
+        torch.nn.utils.clip_grad_norm_(trained_parameters(model), max_norm=max_norm)
         return True
     return False
 
 
+def scale_backward(t: torch.Tensor, k: float) -> torch.Tensor:
+    """`t` itself, whose gradient is multiplied by k on the way back (the authors' hooked identity)."""
+    if t.requires_grad and k != 1.0:
+        t.register_hook(lambda g: g * k)
+    return t
+
+
 # ---- the method --------------------------------------------------------------------------------------
+VARIANTS = ("agm", "mlb")
+
+
 class AGM(Balancer):
     """Adaptive Gradient Modulation with zero-masked Shapley unimodal outputs (two modalities).
 
     Keyword arguments (authors' defaults):
     alpha: 1.5 (the MLB authors used 3.0).
+    variant: "agm" (the AGM authors' masked passes: the whole model again) or "mlb" (the MLB
+        repository's: only the zeroed encoder again); see the module docstring.
     max_gap: 10, the cap on target − r.
     clip: True applies the fusion-gradient clipping rule.
     start_epoch, end_epoch: coefficients are applied for epochs in [start_epoch, end_epoch]
@@ -131,19 +159,23 @@ class AGM(Balancer):
         self,
         *,
         alpha: float = 1.5,
+        variant: str = "agm",
         max_gap: float = MAX_GAP,
         clip: bool = True,
         start_epoch: int = 0,
         end_epoch: int | None = None,
     ):
-        if not alpha > 0:
-            raise ValueError(f"agm alpha must be > 0, got {alpha!r}")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"agm alpha must be a finite number > 0, got {alpha!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"agm variant must be one of {list(VARIANTS)}, got {variant!r}")
         if start_epoch < 0 or (end_epoch is not None and end_epoch < start_epoch):
             raise ValueError(
                 f"agm needs 0 <= start_epoch <= end_epoch, got start_epoch={start_epoch!r}, "
                 f"end_epoch={end_epoch!r}"
             )
         self.alpha = float(alpha)
+        self.variant = variant
         self.max_gap = float(max_gap)
         self.clip = bool(clip)
         self.start_epoch = int(start_epoch)
@@ -151,7 +183,6 @@ class AGM(Balancer):
         self.epoch = 0  # epochs completed so far = the index of the current epoch
         self.mean_score = [0.0, 0.0]  # running means ŝ_a, ŝ_v over all iterations
         self.iterations = 0
-        self._coeffs: tuple[float, float] | None = None  # from loss() to before_step()
 
     @classmethod
     def check_model(cls, model) -> None:
@@ -166,68 +197,64 @@ class AGM(Balancer):
     def active(self) -> bool:
         return self.start_epoch <= self.epoch and (self.end_epoch is None or self.epoch <= self.end_epoch)
 
-    def masked_predictions(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(pred_za, pred_zv)`: fused logits `[B, C]` with audio zeroed / video zeroed, eval mode,
-        no gradient; the model's train/eval mode is restored."""
+    def masked_predictions(self, model, batch: dict, out) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(pred_za, pred_zv)`: fused logits `[B, C]` with audio zeroed / video zeroed, in eval mode,
+        with gradients while the modulation is active; the model's train/eval mode is restored."""
         a, v = model.modalities
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                pred_za = model(zero_modality(batch, a)).fused
-                pred_zv = model(zero_modality(batch, v)).fused
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.active):
+                if self.variant == "agm":  # the whole model on the masked batch
+                    pred_za = model(zero_modality(batch, a)).fused
+                    pred_zv = model(zero_modality(batch, v)).fused
+                else:  # the zeroed encoder only, beside the other modality's train-mode features
+                    zeroed = {
+                        m: model.encoders[m](torch.zeros_like(batch[m]), batch.get(f"{m}_mask"))
+                        for m in (a, v)
+                    }
+                    pred_za = model.fuse({**out.encoded, a: zeroed[a]})[0]
+                    pred_zv = model.fuse({**out.encoded, v: zeroed[v]})[0]
         finally:
             model.train(was_training)
         return pred_za, pred_zv
 
     def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
+        model = unwrap(model)
         a, v = model.modalities
         label = batch["label"]
-        pred_za, pred_zv = self.masked_predictions(model, batch)
-        out_a, out_v = agm_shapley(out.fused.detach(), pred_za, pred_zv)  # [B, C] each, no grad
-        loss_fused = F.cross_entropy(out.fused, label)
+        pred_za, pred_zv = self.masked_predictions(model, batch, out)
+        out_a, out_v = agm_shapley(out.fused, pred_za, pred_zv)  # [B, C] each
         probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
+        scores = floats_for_log({f"s_{a}": agm_score(out_a, label), f"s_{v}": agm_score(out_v, label)})
+        score_a, score_v = scores[f"s_{a}"], scores[f"s_{v}"]
+        if math.isfinite(score_a) and math.isfinite(score_v):
+            c = agm_coefficients(score_a, score_v, *self.mean_score, self.alpha, self.max_gap)
+            self.mean_score = [
+                running_mean(self.mean_score[0], self.iterations, score_a),
+                running_mean(self.mean_score[1], self.iterations, score_v),
+            ]
+            self.iterations += 1
+            coeffs = (c["coeff_a"], c["coeff_v"]) if self.active else (1.0, 1.0)
+            balance_logs = {
+                f"r_{a}": c["r_a"],
+                f"r_{v}": c["r_v"],
+                f"target_{a}": c["target_a"],
+                f"target_{v}": c["target_v"],
+            }
+        else:  # a non-finite output (the trainer skips this step): keep the running means clean
+            coeffs, balance_logs = (1.0, 1.0), {}
+        # CE of out_a + out_v (= pred) with the gradient through out_m scaled by coeff_m
+        fused = scale_backward(out_a, coeffs[0]) + scale_backward(out_v, coeffs[1])  # [B, C]
+        loss_fused = F.cross_entropy(fused, label)
         total = loss_fused + sum(probes.values())
         logs = floats_for_log(
-            {
-                "loss": loss_fused,
-                "loss_fused": loss_fused,  # one sync: AGM needs floats
-                f"s_{a}": agm_score(out_a, label),
-                f"s_{v}": agm_score(out_v, label),
-            }
-            | {f"loss_{m}": val for m, val in probes.items()}
+            {"loss": loss_fused, "loss_fused": loss_fused} | {f"loss_{m}": val for m, val in probes.items()}
         )
-        score_a, score_v = logs[f"s_{a}"], logs[f"s_{v}"]
-        if not (math.isfinite(score_a) and math.isfinite(score_v)):
-            # a non-finite output (the trainer skips this step): keep the running means clean
-            self._coeffs = (1.0, 1.0)
-            return total, logs | {f"k_{a}": 1.0, f"k_{v}": 1.0}
-        c = agm_coefficients(score_a, score_v, *self.mean_score, self.alpha, self.max_gap)
-        self.mean_score = [
-            running_mean(self.mean_score[0], self.iterations, score_a),
-            running_mean(self.mean_score[1], self.iterations, score_v),
-        ]
-        self.iterations += 1
-        self._coeffs = (c["coeff_a"], c["coeff_v"]) if self.active else (1.0, 1.0)
-        logs |= {
-            f"r_{a}": c["r_a"],
-            f"r_{v}": c["r_v"],
-            f"target_{a}": c["target_a"],
-            f"target_{v}": c["target_v"],
-            f"k_{a}": self._coeffs[0],
-            f"k_{v}": self._coeffs[1],
-        }
-        return total, logs
+        return total, logs | scores | balance_logs | {f"k_{a}": coeffs[0], f"k_{v}": coeffs[1]}
 
     def before_step(self, model, batch: dict, out) -> dict[str, float]:
-        if self._coeffs is None:
-            raise RuntimeError("AGM.before_step called without AGM.loss for this step")
-        a, v = model.modalities
-        for m, k in zip((a, v), self._coeffs):
-            if k != 1.0:
-                scale_grad_slices(branch_grad_slices(model, m), k)
-        self._coeffs = None
-        clipped = self.clip and self.active and clip_if_fusion_grad_large_(model)
+        clipped = self.clip and self.active and clip_if_fusion_grad_large_(unwrap(model))
         return {"agm_clipped": float(clipped)}
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Scale the gradients of one modality's parameters in place (after `backward()`, before `step()`).
 
-`model.modality_grad_slices(m)` lists `(parameter, index)` pairs; index None means the whole tensor,
-a tuple of slices means only that part (the Late-Linear weight's columns of m). Parameters without
-a gradient (unused in this step) are skipped.
+`model.modality_grad_slices(m, ownership)` lists `(parameter, index)` pairs; index None means the whole
+tensor, a tuple of slices means only that part (the Late-Linear weight's columns of m). `ownership`
+picks the rule for the fusion head's parameters (`mlb.models.fusion.OWNERSHIP`). Parameters without a
+gradient (unused in this step) are skipped.
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ def scale_grad_slices(grad_slices, k: torch.Tensor | float) -> None:
         g.mul_(k)
 
 
-def scale_modality_grads(model, m: str, k: torch.Tensor | float) -> None:
+def scale_modality_grads(model, m: str, k: torch.Tensor | float, ownership: str = "input") -> None:
     """Multiply the gradient of every parameter (or parameter slice) of modality m by k."""
-    scale_grad_slices(unwrap(model).modality_grad_slices(m), k)
+    scale_grad_slices(unwrap(model).modality_grad_slices(m, ownership), k)
 
 
-def branch_grad_slices(model, m: str) -> list:
-    """Modality m's encoder and its slice of the fusion layer: `modality_grad_slices(m)` without the
-    unimodal head (a detached probe under the baselines that have no unimodal loss)."""
+def branch_grad_slices(model, m: str, ownership: str = "input") -> list:
+    """Modality m's encoder and its slice of the fusion layer: `modality_grad_slices(m, ownership)`
+    without the unimodal head (a detached probe under the baselines that have no unimodal loss)."""
     model = unwrap(model)
     head = {id(p) for p in model.unimodal_heads[m].parameters()}
-    return [(p, idx) for p, idx in model.modality_grad_slices(m) if id(p) not in head]
+    return [(p, idx) for p, idx in model.modality_grad_slices(m, ownership) if id(p) not in head]
+
+
+def encoder_grad_slices(model, m: str) -> list:
+    """Modality m's encoder alone: every parameter, whole."""
+    return [(p, None) for p in unwrap(model).encoders[m].parameters()]
 
 
 def scale_grads(model, coefficients: dict[str, torch.Tensor | float]) -> None:

@@ -5,8 +5,13 @@ Every step, after `backward()` and before `optimizer.step()`:
   r_i = mean_{j != i} s_j / s_i                                          (Eq. 5)
   β_i = β_max if r_i > 1 (modality i lags: accelerate) else 2 (it leads: decelerate)   (Eq. 6)
   k_i = 1 + (β_i - 1) · tanh(α · (r_i - 1))                              (Eq. 7)
-and the gradient of every parameter of modality i (encoder, unimodal head, its slice of the fusion
-layer; never a shared bias) is multiplied by k_i. The loss is the Multi-Loss (Eq. 3). No moving
+and the gradient of every parameter of modality i (encoder, unimodal head, its part of the fusion
+head) is multiplied by k_i. Which fusion-head parameters are "its part" follows the authors' rule by
+default (`ownership="authors"`: the Late-Linear weight's columns of i, Mid-MLP's first-layer weights of
+i, the Gated head's projection of i with its bias, nothing in FiLM or TF), the rule the paper's fusion
+ablation was measured under; `ownership="input"` is mlbpipe's structural rule (a weight that reads only
+i's features: FiLM's γ/β generator for audio, the Gated projection weights without biases, TF's
+modality tokens), documented in `mlb.models.fusion`. The loss is the Multi-Loss (Eq. 3). No moving
 average and no hard stop: as the unimodal heads converge r_i → 1 and k_i → 1.
 
 k_i depends only on the forward pass, so `MLB.loss` already computes it (its host copy for the logs
@@ -24,6 +29,7 @@ import torch
 from mlb.balancing.base import true_class_scores
 from mlb.balancing.grads import scale_modality_grads
 from mlb.balancing.multi_loss import MultiLoss, multi_loss_terms
+from mlb.models.fusion import OWNERSHIP
 
 EPS = 1e-6  # floor for s_i so r_i stays finite when a head gives the true class ~0 probability
 
@@ -59,6 +65,8 @@ class MLB(MultiLoss):
         also use < 1, which then slows the laggard too). Defaults: the authors' CREMA-D ResNet
         Late-Linear setting (0.5, 10).
     eps: floor for s_i.
+    ownership: "authors" (default) or "input": which fusion-head parameters count as modality i's
+        (see the module docstring and `mlb.models.fusion.OWNERSHIP`).
 
     The authors' (alpha, beta_max): CREMA-D with ResNet-18 (raw input) Late-Linear (0.5, 10), Mid-MLP
     (0.5, 5), Gated (0.5, 10), FiLM (0.5, 20), TF (0.5, 20); CREMA-D with the Conformer (cached
@@ -70,16 +78,21 @@ class MLB(MultiLoss):
     name = "mlb"
     uses_unimodal_heads = True
 
-    def __init__(self, *, alpha: float = 0.5, beta_max: float = 10.0, eps: float = EPS):
+    def __init__(
+        self, *, alpha: float = 0.5, beta_max: float = 10.0, eps: float = EPS, ownership: str = "authors"
+    ):
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"mlb alpha must be a finite number > 0, got {alpha!r}")
         if not (isinstance(beta_max, (int, float)) and math.isfinite(beta_max) and beta_max > 0):
             raise ValueError(f"mlb beta_max must be a finite number > 0, got {beta_max!r}")
         if not (isinstance(eps, (int, float)) and 0 < eps < 1):
             raise ValueError(f"mlb eps must be in (0, 1), got {eps!r}")
+        if ownership not in OWNERSHIP:
+            raise ValueError(f"mlb ownership must be one of {list(OWNERSHIP)}, got {ownership!r}")
         self.alpha = float(alpha)
         self.beta_max = float(beta_max)
         self.eps = float(eps)
+        self.ownership = ownership
 
     def _balance(self, out, label):
         """s, r, k (each `[M]`, `out.unimodal` order) and their log entries, all still tensors."""
@@ -109,5 +122,5 @@ class MLB(MultiLoss):
             ks, balance_logs = self._balance(out, batch["label"])
             logs = self.log_values(balance_logs)
         for i, m in enumerate(out.unimodal):
-            scale_modality_grads(model, m, ks[i])  # 0-d tensor on the device: no host sync
+            scale_modality_grads(model, m, ks[i], self.ownership)  # 0-d tensor on the device: no host sync
         return logs

@@ -1,18 +1,27 @@
-"""MMCosine: multi-modal cosine loss (Xu et al., ICASSP 2023).
+"""MMCosine: multi-modal cosine loss (Xu et al., ICASSP 2023; GeWu-Lab/MMCosine_ICASSP23).
 
 The classifier becomes a cosine classifier: features and class weights are L2-normalised, so no
 modality can dominate the fused logits through a larger feature or weight norm:
-    out_m = s · cos(f_m, W_m)  (per class c: s · ⟨f_m/‖f_m‖, w_{m,c}/‖w_{m,c}‖⟩),   fused = Σ_m out_m,
+    out_m = s · cos(h_m, W_m)  (per class c: s · ⟨h_m/‖h_m‖, w_{m,c}/‖w_{m,c}‖⟩),   fused = Σ_m out_m,
 and the loss is the cross-entropy of `fused` (no bias). s is the scaling that restores a usable
 softmax temperature (cosines lie in [−1, 1]).
 
 The cosine head lives in the model, so evaluation uses the same classifier as training: this method
 asks `mlb.models.build_model` for it through `model_options()` →
-`{"classifier": "cosine", "cosine_scale": s}`. With Late-Linear the head is exactly the formula above
-(`LateLinear(classifier="cosine")`, each modality's block of W normalised on its own); with the other
-fusion heads (Mid-MLP, FiLM, Gated, TF) it is their output layer made cosine (`CosineClassifier` on
-the fused representation), the authors' recipe for those heads. The unimodal heads are cosine too and
-are trained as detached probes (`base.probe_loss`).
+`{"classifier": "cosine", "cosine_scale": s, "cosine_head": head}`. Per fusion head:
+- Late-Linear: h_m = f_m, each modality's block of W normalised on its own (the authors' `main_CD.py`).
+- FiLM and Gated, `head="per-modality"` (default, the authors' recipe): the authors' *symmetric*
+  variants (`models/fusion_modules.py`: each modality modulates or gates the other), h_m = modality m's
+  modulated feature, each with its own normalised half of the output layer
+  (`mlb.models.fusion.SymmetricFiLM`, `SymmetricGated`). Note that the architecture then differs from
+  the paper's one-directional FiLM / Gated that the other methods train. `head="fused"` keeps the
+  paper's FiLM / Gated and makes their output layer one cosine classifier on the fused vector
+  (mlbpipe's own choice: same architecture as the other methods; not the authors').
+- Mid-MLP and TF: the authors have no version; their output layer becomes one cosine classifier on the
+  fused vector (mlbpipe's extension).
+The MLB authors' re-implementation (kkontras/MLB `OGM_Model.py`) normalises Late-Linear as above and
+leaves FiLM / Gated / TF heads plain linear. The unimodal heads are cosine too and are trained as
+detached probes (`base.probe_loss`).
 
 Authors' defaults: s = 10; they advise s ≈ 50 for FiLM and Gated fusion. `cosine_logits` below is the
 formula on plain tensors (the tests check the model's head against it).
@@ -20,13 +29,14 @@ formula on plain tensors (the tests check the model's head against it).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from mlb.balancing.base import Balancer, fused_loss_with_probes
-from mlb.models.fusion import CosineClassifier
+from mlb.models.fusion import COSINE_HEADS, CosineClassifier, PerModalityCosine
 
 
 # ---- pure math ---------------------------------------------------------------------------------------
@@ -38,8 +48,8 @@ def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: float) ->
 def cosine_scales(model) -> list[float]:
     """The scale of every cosine layer in the model's fusion head (empty when it has none)."""
     scales = [float(mod.scale) for mod in model.fusion.modules() if isinstance(mod, CosineClassifier)]
-    if getattr(model.fusion, "cosine", False):  # Late-Linear built with classifier="cosine"
-        scales.append(float(model.fusion.scale))
+    if getattr(model.fusion, "cosine", False) or isinstance(model.fusion, PerModalityCosine):
+        scales.append(float(model.fusion.scale))  # Late-Linear (classifier="cosine"), symmetric FiLM/Gated
     return scales
 
 
@@ -49,20 +59,25 @@ class MMCosine(Balancer):
 
     Keyword arguments (authors' defaults):
     scale: s = 10 (authors advise ~50 for FiLM / Gated fusion).
+    head: "per-modality" (the authors' symmetric FiLM / Gated with per-modality halves) or "fused"
+        (one cosine layer on the paper's FiLM / Gated); Late-Linear, Mid-MLP and TF are not affected.
     """
 
     name: ClassVar[str] = "mmcosine"
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 
-    def __init__(self, *, scale: float = 10.0):
-        if not scale > 0:
-            raise ValueError(f"mmcosine scale must be > 0, got {scale!r}")
+    def __init__(self, *, scale: float = 10.0, head: str = "per-modality"):
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"mmcosine scale must be a finite number > 0, got {scale!r}")
+        if head not in COSINE_HEADS:
+            raise ValueError(f"mmcosine head must be one of {list(COSINE_HEADS)}, got {head!r}")
         self.scale = float(scale)
+        self.head = head
         self._checked = False
 
     def model_options(self) -> dict[str, Any]:
-        return {"classifier": "cosine", "cosine_scale": self.scale}
+        return {"classifier": "cosine", "cosine_scale": self.scale, "cosine_head": self.head}
 
     @classmethod
     def check_model(cls, model) -> None:

@@ -18,8 +18,15 @@ additive late fusion, read each modality's own classifier; with Late-Linear the 
 `fused_parts` are that classifier. We use the probes because they exist for every fusion head.)
 Until the first validation, and whenever acc_m is missing, coeff_m = init_m.
 
-Branch of modality m = its encoder plus its own slice of the fusion layer
-(`model.modality_grad_slices(m)` without the unimodal probe head, whose learning rate is left alone).
+Which parameters coeff_m scales (`fusion_slices`):
+- False (default): modality m's encoder only, as the MLB repository's MSLR (kkontras/MLB
+  `Bias_Infusion_MSLR`, parameter names "enc_0" / "mod0"), the version behind the MLB paper's table.
+  One difference: on the Gated head that name rule also catches the per-modality gate / value layers,
+  which are not scaled here.
+- True: the encoder plus its slice of the fusion layer (`grads.branch_grad_slices`, the "input" rule),
+  as the AGM repository's MSLR (Lingy12/AGM_ICCV2023 `run/CREMAD_main.py`, 'audio_net' and 'audio_cls',
+  the modality's half of the additive classifier).
+The unimodal probe heads are never scaled (their learning rate is left alone).
 
 Logs: `k_<m>` and `r_<m>` every step; `mslr_ratio_<m>` from `on_epoch_end`.
 
@@ -34,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlb.balancing.base import Balancer, fused_loss_with_probes
-from mlb.balancing.grads import branch_grad_slices, scale_grad_slices
+from mlb.balancing.grads import branch_grad_slices, encoder_grad_slices, scale_grad_slices
 
 DEFAULT_INIT = {"audio": 0.7, "video": 1.3}
 
@@ -59,6 +66,8 @@ class MSLR(Balancer):
     init: per-modality initial coefficient, default `{"audio": 0.7, "video": 1.3}` (others 1.0).
     window: K, the number of earlier epochs averaged (20).
     acc_key: the `val_metrics` key of modality m's accuracy, a format string with `{modality}`.
+    fusion_slices: False scales the encoders only (MLB repository); True also each modality's slice
+        of the fusion layer (AGM repository). See the module docstring.
     """
 
     name: ClassVar[str] = "mslr"
@@ -66,7 +75,12 @@ class MSLR(Balancer):
     supported_fusions: ClassVar[frozenset[str] | None] = None
 
     def __init__(
-        self, *, init: dict[str, float] | None = None, window: int = 20, acc_key: str = "acc_{modality}"
+        self,
+        *,
+        init: dict[str, float] | None = None,
+        window: int = 20,
+        acc_key: str = "acc_{modality}",
+        fusion_slices: bool = False,
     ):
         init = dict(DEFAULT_INIT if init is None else init)
         for m, value in init.items():
@@ -79,6 +93,9 @@ class MSLR(Balancer):
         self.init = init
         self.window = int(window)
         self.acc_key = acc_key
+        if fusion_slices not in (True, False):
+            raise ValueError(f"mslr fusion_slices must be true or false, got {fusion_slices!r}")
+        self.fusion_slices = fusion_slices
         self.history: dict[str, list[float]] = {}  # modality -> validation accuracy per epoch
         self.ratio: dict[str, float] = {}  # modality -> latest ratio (1.0 until known)
         self.modalities: tuple[str, ...] = ()  # the model's, learnt at the first step
@@ -95,7 +112,8 @@ class MSLR(Balancer):
         logs = {}
         for m in model.modalities:
             k = self.coefficient(m)
-            scale_grad_slices(branch_grad_slices(model, m), k)
+            slices = branch_grad_slices(model, m) if self.fusion_slices else encoder_grad_slices(model, m)
+            scale_grad_slices(slices, k)
             logs[f"k_{m}"] = k
             logs[f"r_{m}"] = self.ratio.get(m, 1.0)
         return logs

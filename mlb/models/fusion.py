@@ -4,10 +4,16 @@ Every head takes `{modality: EncoderOutput}` and returns `(fused [B, C], fused_p
 where `fused_parts` is filled only by additive heads (Late-Linear; see `ModelOutput`).
 
 Every head also says which of its parameters belong to which modality, for gradient balancing
-(`modality_grad_slices(m) -> [(parameter, index)]`). The rule: a weight that reads only modality m's
-features is m's (the Late-Linear weight's columns of m, Mid-MLP's first layer of m, FiLM's
-γ/β generator (audio), Gated's per-modality projections, TF's modality token of m). Biases and layers
-that read a mix of modalities are shared and belong to no modality.
+(`modality_grad_slices(m, ownership) -> [(parameter, index)]`), under one of two rules (`OWNERSHIP`):
+- "input": a weight that reads only modality m's features is m's: the Late-Linear weight's columns of
+  m, Mid-MLP's first layer of m, FiLM's γ/β generator (audio), Gated's per-modality projection
+  weights, TF's modality token of m. Biases and layers that read a mix of modalities are shared.
+- "authors": the MLB authors' rule, which matches parameter names (`fc_0_lin.weight`, `mod0`, `mod1`
+  in kkontras/MLB `Bias_Infusion.py`): the Late-Linear columns and Mid-MLP's first-layer weights as
+  above, Gated's per-modality projections *with their biases*, and nothing in FiLM or TF (their
+  parameter names carry no modality). The paper's fusion ablation was measured under this rule.
+
+The two heads that do not depend on the rule (Late-Linear, Mid-MLP) give the same slices under both.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from torch import nn
 from mlb.models.encoders import EncoderOutput
 
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
+OWNERSHIP = ("authors", "input")
+COSINE_HEADS = ("per-modality", "fused")  # MMCosine on FiLM / Gated: see build_fusion
 
 
 class CosineClassifier(nn.Module):
@@ -78,7 +86,7 @@ class LateLinear(nn.Module):
         fused = torch.stack(list(parts.values())).sum(0)  # [B, C]
         return fused, parts
 
-    def modality_grad_slices(self, m: str):
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
         return [(self.weight, (slice(None), self.columns[m]))]
 
 
@@ -114,7 +122,7 @@ class MidMLP(nn.Module):
         h = sum(self.inputs[m](encoded[m].pooled) for m in self.modalities) + self.input_bias  # [B, H]
         return self.mlp(h), {}
 
-    def modality_grad_slices(self, m: str):
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
         return [(self.inputs[m].weight, None)]
 
 
@@ -142,7 +150,9 @@ class FiLM(nn.Module):
         gamma, beta = self.film(encoded[self.modulator].pooled).chunk(2, dim=1)  # 2 x [B, D]
         return self.out(gamma * encoded[self.modulated].pooled + beta), {}
 
-    def modality_grad_slices(self, m: str):
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
+        if ownership == "authors":
+            return []
         return [(self.film.weight, None)] if m == self.modulator else []
 
 
@@ -170,12 +180,71 @@ class Gated(nn.Module):
         gate = torch.sigmoid(self.gate(encoded[self.gate_modality].pooled))  # [B, D]
         return self.out(gate * self.value(encoded[self.value_modality].pooled)), {}
 
-    def modality_grad_slices(self, m: str):
-        if m == self.gate_modality:
-            return [(self.gate.weight, None)]
-        if m == self.value_modality:
-            return [(self.value.weight, None)]
-        return []
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
+        layer = {self.gate_modality: self.gate, self.value_modality: self.value}.get(m)
+        if layer is None:
+            return []
+        if ownership == "authors":
+            return [(layer.weight, None), (layer.bias, None)]
+        return [(layer.weight, None)]
+
+
+class PerModalityCosine(nn.Module):
+    """Base of MMCosine's symmetric FiLM and Gated heads (the MMCosine authors' `fusion_modules.py`):
+    each modality's modulated feature h_m gets its own half of the output layer, normalised on its own,
+    `fused_parts[m] = s · cos(h_m, rows of W_m)`, `fused = Σ_m fused_parts[m]`; no bias."""
+
+    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int, *, cosine_scale: float):
+        super().__init__()
+        if len(modalities) != 2:
+            raise ValueError(f"this fusion needs exactly 2 modalities, got {modalities}")
+        self.modalities = modalities
+        self.scale = cosine_scale
+        self.out = nn.ParameterDict({m: nn.Parameter(torch.empty(num_classes, dim)) for m in modalities})
+        full = torch.empty(num_classes, 2 * dim)
+        nn.init.xavier_uniform_(full)  # one layer over both halves, as the authors' fc_out
+        for i, m in enumerate(modalities):
+            self.out[m].data.copy_(full[:, i * dim : (i + 1) * dim])
+
+    def modulated(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, encoded: dict[str, EncoderOutput]):
+        first, second = self.modalities
+        h = dict(zip(self.modalities, self.modulated(encoded[first].pooled, encoded[second].pooled)))
+        parts = {m: self.scale * F.normalize(h[m], dim=1) @ F.normalize(self.out[m], dim=1).t() for m in h}
+        return parts[first] + parts[second], parts  # [B, C], {m: [B, C]}
+
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
+        return []  # every layer mixes both modalities
+
+
+class SymmetricFiLM(PerModalityCosine):
+    """MMCosine's FiLM: each modality modulates the other, `h_a = γ_v ⊙ a + β_v`, `h_v = γ_a ⊙ v + β_a`
+    (γ_m, β_m = split(Linear_m(m)))."""
+
+    def __init__(self, modalities, dim, num_classes, *, cosine_scale: float = 10.0):
+        super().__init__(modalities, dim, num_classes, cosine_scale=cosine_scale)
+        self.film = nn.ModuleDict({m: nn.Linear(dim, 2 * dim) for m in modalities})
+
+    def modulated(self, a, v):
+        first, second = self.modalities
+        gamma_a, beta_a = self.film[first](a).chunk(2, dim=1)  # 2 x [B, D]
+        gamma_v, beta_v = self.film[second](v).chunk(2, dim=1)
+        return gamma_v * a + beta_v, gamma_a * v + beta_a
+
+
+class SymmetricGated(PerModalityCosine):
+    """MMCosine's Gated: each modality gates the other, `h_a = σ(W_v v) ⊙ W_a a`, `h_v = σ(W_a a) ⊙ W_v v`."""
+
+    def __init__(self, modalities, dim, num_classes, *, cosine_scale: float = 10.0):
+        super().__init__(modalities, dim, num_classes, cosine_scale=cosine_scale)
+        self.project = nn.ModuleDict({m: nn.Linear(dim, dim) for m in modalities})
+
+    def modulated(self, a, v):
+        first, second = self.modalities
+        pa, pv = self.project[first](a), self.project[second](v)  # [B, D] each
+        return torch.sigmoid(pv) * pa, torch.sigmoid(pa) * pv
 
 
 class TransformerFusion(nn.Module):
@@ -224,7 +293,9 @@ class TransformerFusion(nn.Module):
         x = self.transformer(torch.cat(tokens, 1), src_key_padding_mask=~torch.cat(valid, 1))  # [B, L, D]
         return self.out(self.norm(x[:, 0])), {}
 
-    def modality_grad_slices(self, m: str):
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
+        if ownership == "authors":
+            return []
         return [(self.modality_tokens[m], None)]
 
 
@@ -237,8 +308,20 @@ def build_fusion(
     sizes: dict,
     classifier: str = "linear",
     cosine_scale: float = 10.0,
+    cosine_head: str = "per-modality",
 ) -> nn.Module:
-    """One of `FUSIONS`, sized by `sizes` (see `mlb.models.encoders.SIZES`)."""
+    """One of `FUSIONS`, sized by `sizes` (see `mlb.models.encoders.SIZES`).
+
+    cosine_head (with classifier="cosine"): "per-modality" builds FiLM and Gated as the MMCosine
+    authors' symmetric heads with one normalised output half per modality (`SymmetricFiLM`,
+    `SymmetricGated`); "fused" keeps the paper's FiLM / Gated with one cosine output layer on the fused
+    vector. Late-Linear is per-modality either way; Mid-MLP and TF always get one cosine output layer
+    (the authors have no version of them)."""
+    if cosine_head not in COSINE_HEADS:
+        raise ValueError(f"cosine_head must be one of {list(COSINE_HEADS)}, got {cosine_head!r}")
+    if classifier == "cosine" and cosine_head == "per-modality" and name in ("film", "gated"):
+        symmetric = SymmetricFiLM if name == "film" else SymmetricGated
+        return symmetric(modalities, dim, num_classes, cosine_scale=cosine_scale)
     common = {"classifier": classifier, "cosine_scale": cosine_scale}
     if name == "late-linear":
         return LateLinear(modalities, dim, num_classes, **common)

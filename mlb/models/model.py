@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mlb.models.encoders import EncoderOutput, build_encoder, encoder_sizes
-from mlb.models.fusion import CosineClassifier, build_fusion
+from mlb.models.fusion import OWNERSHIP, CosineClassifier, build_fusion
 
 GradSlice = tuple[nn.Parameter, tuple[slice, ...] | None]
 
@@ -36,12 +36,16 @@ class ModelOutput:
     fused_parts: `{modality: [B, C]}` per-modality additive parts of `fused` when the fusion head is
         additive (Late-Linear: `f_m · W_mᵀ + b / M`, so `sum(fused_parts.values()) == fused`; the
         cosine classifier: `s · cos(f_m, W_m)`); empty for the other heads. OGM-GE and MMCosine use it.
+    encoded: `{modality: EncoderOutput}` the encoders' outputs the fusion head read (pooled, sequence,
+        mask), so a method can run the fusion head again on changed inputs (`model.fuse`): AGM's
+        masked passes, DGL's detached features.
     """
 
     fused: torch.Tensor
     unimodal: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]
     fused_parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoded: dict[str, EncoderOutput] = field(default_factory=dict)
 
 
 class MultimodalModel(nn.Module):
@@ -70,7 +74,7 @@ class MultimodalModel(nn.Module):
         self.fusion = fusion
         self.unimodal_heads = nn.ModuleDict({m: unimodal_heads[m] for m in self.modalities})
         self.fusion_name = fusion_name
-        self._grad_slices: dict[str, list[GradSlice]] | None = None
+        self._grad_slices: dict[tuple[str, str], list[GradSlice]] = {}
 
     def encode(self, batch: dict) -> dict[str, EncoderOutput]:
         """Run every encoder on its input: `{m: EncoderOutput}`."""
@@ -78,28 +82,39 @@ class MultimodalModel(nn.Module):
 
     def forward(self, batch: dict) -> ModelOutput:
         encoded = self.encode(batch)
-        fused, fused_parts = self.fusion(encoded)  # [B, C], {m: [B, C]}
+        fused, fused_parts = self.fuse(encoded)  # [B, C], {m: [B, C]}
         features = {m: e.pooled for m, e in encoded.items()}  # {m: [B, D]}
         unimodal = {m: self.unimodal_heads[m](f) for m, f in features.items()}  # {m: [B, C]}
-        return ModelOutput(fused=fused, unimodal=unimodal, features=features, fused_parts=fused_parts)
+        return ModelOutput(
+            fused=fused, unimodal=unimodal, features=features, fused_parts=fused_parts, encoded=encoded
+        )
 
-    def modality_grad_slices(self, m: str) -> list[GradSlice]:
-        """Every parameter of modality m as `(parameter, index)`; index None = the whole tensor."""
+    def fuse(self, encoded: dict[str, EncoderOutput]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The fusion head alone on encoder outputs: `(fused [B, C], fused_parts {m: [B, C]})`."""
+        return self.fusion(encoded)
+
+    def modality_grad_slices(self, m: str, ownership: str = "input") -> list[GradSlice]:
+        """Every parameter of modality m as `(parameter, index)`; index None = the whole tensor.
+
+        ownership: which fusion-head parameters count as m's (`mlb.models.fusion.OWNERSHIP`): "input"
+        (a weight that reads only m's features) or "authors" (the MLB authors' name-matching rule)."""
         if m not in self.modalities:
             raise KeyError(f"unknown modality {m!r}; model has {self.modalities}")
-        if self._grad_slices is None:  # parameters never change: compute once
-            self._grad_slices = {
-                mod: [(p, None) for p in self.encoders[mod].parameters()]
-                + [(p, None) for p in self.unimodal_heads[mod].parameters()]
-                + list(self.fusion.modality_grad_slices(mod))
-                for mod in self.modalities
-            }
-        return self._grad_slices[m]
+        if ownership not in OWNERSHIP:
+            raise ValueError(f"ownership must be one of {list(OWNERSHIP)}, got {ownership!r}")
+        key = (m, ownership)
+        if key not in self._grad_slices:  # parameters never change: compute once per rule
+            self._grad_slices[key] = (
+                [(p, None) for p in self.encoders[m].parameters()]
+                + [(p, None) for p in self.unimodal_heads[m].parameters()]
+                + list(self.fusion.modality_grad_slices(m, ownership))
+            )
+        return self._grad_slices[key]
 
-    def shared_parameters(self) -> list[nn.Parameter]:
+    def shared_parameters(self, ownership: str = "input") -> list[nn.Parameter]:
         """Fusion parameters that no modality owns wholly (biases, layers reading every modality).
         A parameter that is only partly owned (the Late-Linear weight) is not listed."""
-        owned = {id(p) for m in self.modalities for p, _ in self.modality_grad_slices(m)}
+        owned = {id(p) for m in self.modalities for p, _ in self.modality_grad_slices(m, ownership)}
         return [p for p in self.fusion.parameters() if id(p) not in owned]
 
 
@@ -119,6 +134,7 @@ def build_model(
     modalities: tuple[str, ...] = ("audio", "video"),
     classifier: Literal["linear", "cosine"] = "linear",
     cosine_scale: float = 10.0,
+    cosine_head: str = "per-modality",
     dropout: float | None = None,
 ) -> MultimodalModel:
     """Build the paper's model.
@@ -132,6 +148,7 @@ def build_model(
     classifier: "linear", or "cosine" for MMCosine (the unimodal heads and the fusion's output layer
         become cosine classifiers with scale `cosine_scale`; Late-Linear becomes the sum of the
         per-modality cosine logits, as MMCosine defines it).
+    cosine_head: with classifier="cosine", how FiLM and Gated are built (`mlb.models.fusion.build_fusion`).
     dropout: overrides the size's dropout (encoders and fusion).
     """
     if features not in ("raw", "cached"):
@@ -172,5 +189,6 @@ def build_model(
         sizes=sizes,
         classifier=classifier,
         cosine_scale=cosine_scale,
+        cosine_head=cosine_head,
     )
     return MultimodalModel(encoders, fusion_head, {m: head() for m in modalities}, fusion_name=fusion)
