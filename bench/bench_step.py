@@ -1,8 +1,8 @@
 """Per-step training time of MLB and Multi-Loss relative to Joint Training, on the same model and batch,
 measured in one process (the goal: MLB <= 1.05x Multi-Loss).
 
-A step = forward, the method's loss, backward, the method's `before_step`, Adam step, exactly as the
-trainer runs it. Every method gets its own copy of the same initial model and the same fixed batch.
+A step = forward (the method's `forward`), the method's loss, backward, the method's `before_step`,
+Adam step, exactly as the trainer runs it; a method with several updates per batch (MLA) runs them all. Every method gets its own copy of the same initial model and the same fixed batch.
 Methods are timed in turns (round-robin, rotating the order each repeat) so drifting machine load
 hits them alike; each repeat times `--steps` steps after warm-up; the figure is the median over repeats.
 
@@ -149,19 +149,22 @@ def run_bench(
         return start
 
     def step(model, balancer, optimizer, record=None):
-        t = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(batch)
-            t = mark(record, "forward", t)
-            loss, logs = balancer.loss(model, batch, out)
-        t = mark(record, "loss", t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t = mark(record, "backward", t)
-        logs |= balancer.before_step(model, batch, out)
-        t = mark(record, "before_step", t)
-        optimizer.step()
-        mark(record, "optimizer", t)
+        logs = {}
+        for substep in range(balancer.updates_per_batch(model)):  # one update per batch, M for MLA
+            balancer.substep = substep
+            t = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = balancer.forward(model, batch)
+                t = mark(record, "forward", t)
+                loss, step_logs = balancer.loss(model, batch, out)
+            t = mark(record, "loss", t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t = mark(record, "backward", t)
+            logs |= step_logs | balancer.before_step(model, batch, out)
+            t = mark(record, "before_step", t)
+            optimizer.step()
+            mark(record, "optimizer", t)
         return logs
 
     for name, run in runs.items():  # warm-up (allocator, kernels, Adam state)

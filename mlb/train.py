@@ -606,34 +606,40 @@ def _train(config: TrainConfig, on_step: Callable[[TrainState], None] | None) ->
 def train_step(
     model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device
 ) -> dict[str, float] | None:
-    """One optimiser step with the balancer's hooks; None when the loss or a gradient is not finite."""
+    """One batch: `balancer.updates_per_batch(model)` optimiser updates (one for every method but the alternating ones),
+    each with the balancer's hooks; None when a loss or a gradient is not finite (the batch's remaining
+    updates are skipped; updates already made stay)."""
     from mlb.balancing import floats_for_log
 
     # A skipped step must leave no trace: the forward pass also updates buffers (BatchNorm running
     # statistics), which a NaN input would poison. They are small: keep a copy to put back.
     buffers = [b.detach().clone() for b in model.buffers()]
-    with autocast(device, amp_dtype):
-        out = model(batch)  # fused [B, C], unimodal {m: [B, C]}
-        loss, logs = balancer.loss(model, batch, out)
-    optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss.detach()):
-        _restore(model, buffers)
-        return None
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)  # real gradient values for the balancer (no-op when disabled)
-    logs = {**logs, **(balancer.before_step(model, batch, out) or {})}
-    if not grads_finite(parameters):
+    logs: dict[str, Any] = {}
+    label = batch["label"]
+    for substep in range(balancer.updates_per_batch(model)):
+        balancer.substep = substep
+        with autocast(device, amp_dtype):
+            out = balancer.forward(model, batch)  # fused [B, C], unimodal {m: [B, C]}
+            loss, step_logs = balancer.loss(model, batch, out)
         optimizer.zero_grad(set_to_none=True)
-        _restore(model, buffers)
-        scaler.update()  # an fp16 scaler lowers its scale after an overflow
-        return None
-    scaler.step(optimizer)
-    scaler.update()
-    with torch.no_grad():  # training accuracy per head, from this step's outputs
-        label = batch["label"]
-        logs["train_acc"] = (out.fused.argmax(1) == label).float().mean()
-        for m, logits in out.unimodal.items():
-            logs[f"train_acc_{m}"] = (logits.argmax(1) == label).float().mean()
+        if not torch.isfinite(loss.detach()):
+            _restore(model, buffers)
+            return None
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # real gradient values for the balancer (no-op when disabled)
+        logs |= {**step_logs, **(balancer.before_step(model, batch, out) or {})}
+        if not grads_finite(parameters):
+            optimizer.zero_grad(set_to_none=True)
+            _restore(model, buffers)
+            scaler.update()  # an fp16 scaler lowers its scale after an overflow
+            return None
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():  # training accuracy per head, from this update's outputs
+            if out.fused.shape[0] == label.shape[0]:  # G-Blending trains on part of the batch: no figure
+                logs["train_acc"] = (out.fused.argmax(1) == label).float().mean()
+                for m, logits in out.unimodal.items():
+                    logs[f"train_acc_{m}"] = (logits.argmax(1) == label).float().mean()
     return floats_for_log(logs)
 
 

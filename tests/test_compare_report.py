@@ -222,3 +222,24 @@ def test_compare_rejects_bad_lists(tmp_path):
         app, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--seeds", "a,b"]
     )
     assert result.exit_code == 2
+
+
+def test_compare_and_report_take_the_new_methods(tmp_path):
+    """MLA, G-Blending, DGL, MMPareto and ReconBoost run under `mlbpipe compare` (refusing the fusions they
+    cannot serve, with the reason) and appear in its tables and in `mlbpipe report`."""
+    from mlb.balancing import METHODS
+
+    new = [m for m in ("mla", "gblending", "dgl", "mmpareto", "reconboost") if m in METHODS]
+    write_shard_folder(tmp_path / "out" / "shards" / "raw", "raw")
+    runs = tmp_path / "runs"
+    args = ["compare", "--data", str(tmp_path / "out"), "--out", str(runs), "--methods", ",".join(new)]
+    args += ["--fusions", "late-linear,mid-mlp", "--seeds", "0", "--size", "tiny", "--epochs", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for m in new:
+        if METHODS[m].supported_fusions is not None:
+            assert f"{m} supports only ['late-linear']" in result.output
+    rows = json.loads((runs / "compare.json").read_text())
+    assert {r["group"]["method"] for r in rows} == set(new)
+    result = runner.invoke(app, ["report", "--runs", str(runs)])
+    assert result.exit_code == 0, result.output

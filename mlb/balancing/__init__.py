@@ -34,7 +34,19 @@ from mlb.balancing.multi_loss import MultiLoss
 METHODS: dict[str, type[Balancer]] = {cls.name: cls for cls in (Joint, MultiLoss, MLB)}
 
 # ---- baselines: register here (module names under mlb/balancing/) ----------------------------------
-BASELINE_MODULES = ("ogm_ge", "mslr", "agm", "pmr", "mmcosine", "unimodal")
+BASELINE_MODULES = (
+    "ogm_ge",
+    "mslr",
+    "agm",
+    "pmr",
+    "mmcosine",
+    "unimodal",
+    "mla",
+    "gblending",
+    "dgl",
+    "mmpareto",
+    "reconboost",
+)
 
 
 def _register_module(module_name: str) -> None:

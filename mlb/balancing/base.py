@@ -2,12 +2,16 @@
 
 A balancer is one object per run, used from any PyTorch loop (docs/CONTRACTS.md, "Balancing methods"):
 
-    out = model(batch)                                  # ModelOutput
-    loss, logs = balancer.loss(model, batch, out)       # scalar loss + floats to log
-    optimizer.zero_grad(); loss.backward()
-    logs |= balancer.before_step(model, batch, out)     # may scale gradients in place
-    optimizer.step()
-    balancer.on_epoch_end(epoch, val_metrics)           # per-epoch methods (MSLR, PMR)
+    for balancer.substep in range(balancer.updates_per_batch(model)):  # 1, but M for MLA
+        out = balancer.forward(model, batch)            # ModelOutput; model(batch) unless overridden
+        loss, logs = balancer.loss(model, batch, out)   # scalar loss + floats to log
+        optimizer.zero_grad(); loss.backward()
+        logs |= balancer.before_step(model, batch, out) # may change gradients in place
+        optimizer.step()
+    balancer.on_epoch_end(epoch, val_metrics)           # per-epoch methods (MSLR, PMR, G-Blending)
+
+A plain loop that ignores `updates_per_batch` and `forward` serves every method but MLA (the only one
+that overrides them).
 
 To write a new method: subclass `Balancer`, set the class attributes below, override the hooks you
 need (the defaults do nothing), and give it a unique `name`. `mlb.balancing` registers every
@@ -21,6 +25,8 @@ Class attributes a trainer reads:
   reaches an encoder.
 - `supported_fusions`: the fusion heads (`"late-linear"`, `"mid-mlp"`, `"film"`, `"gated"`, `"tf"`)
   the method works with; `None` means all. `check_model(model)` enforces it.
+- `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based);
+  the trainer sets it before each update's `forward`, so the hooks know which update they serve.
 Instance method a trainer calls before building the model:
 - `model_options()`: extra keyword arguments for `mlb.models.build_model` (MMCosine returns
   `{"classifier": "cosine", "cosine_scale": s}`); `{}` by default.
@@ -46,6 +52,8 @@ class Balancer:
     """Base class: Joint-style defaults (fused cross-entropy, no gradient changes).
 
     Hooks (override what you need):
+    - `forward(model, batch) -> ModelOutput`: the training forward pass, `model(batch)` by default; a
+      method that trains one modality per substep runs only what that update needs.
     - `loss(model, batch, out) -> (loss, logs)`: the scalar to back-propagate.
     - `before_step(model, batch, out) -> logs`: called after `backward()`, before `optimizer.step()`;
       may change `p.grad` in place. With `torch.amp.GradScaler`, call it before `scaler.unscale_`
@@ -61,8 +69,18 @@ class Balancer:
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
     sync_logs: bool = True  # False: logs hold detached 0-d tensors (see the module docstring)
+    substep: int = 0  # which of the batch's updates is running; set by the trainer
 
     # ---- hooks ---------------------------------------------------------------------------------
+    def updates_per_batch(self, model) -> int:
+        """Optimiser updates per batch: 1; a method alternating over modalities within a batch (MLA)
+        returns M."""
+        return 1
+
+    def forward(self, model, batch: dict):
+        """The training forward pass: `model(batch)`."""
+        return model(batch)
+
     def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
         """Fused cross-entropy only."""
         loss_fused = F.cross_entropy(out.fused, batch["label"])

@@ -189,6 +189,36 @@ class Gated(nn.Module):
         return [(layer.weight, None)]
 
 
+def entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MLA's test-time fusion weights: with e_m the entropy of softmax(logits_m) per sample,
+    λ_m = exp(max_j e_j − e_m) / Σ_k exp(max_j e_j − e_k) = softmax over modalities of −e. `{m: [B, 1]}`."""
+    names = list(logits)
+    entropy = torch.stack(
+        [-(F.softmax(x, dim=1) * F.log_softmax(x, dim=1)).sum(1) for x in logits.values()], dim=1
+    )  # [B, M]
+    weights = torch.softmax(-entropy, dim=1)  # [B, M]; the max shift cancels in the ratio
+    return {m: weights[:, i : i + 1] for i, m in enumerate(names)}
+
+
+class SharedHead(nn.Module):
+    """MLA's head: one `Linear(D, C)` shared by every modality, `parts[m] = f_m · Wᵀ + b`; the fused output
+    weighs the parts by their prediction uncertainty (`entropy_weights`), `fused = Σ_m λ_m · parts[m]`."""
+
+    def __init__(self, modalities: tuple[str, ...], dim: int, num_classes: int):
+        super().__init__()
+        self.modalities = modalities
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, encoded: dict[str, EncoderOutput]):
+        parts = {m: self.linear(encoded[m].pooled) for m in self.modalities if m in encoded}  # {m: [B, C]}
+        weights = entropy_weights({m: p.detach() for m, p in parts.items()})  # {m: [B, 1]}
+        fused = torch.stack([weights[m] * parts[m] for m in parts]).sum(0)  # [B, C]
+        return fused, parts
+
+    def modality_grad_slices(self, m: str, ownership: str = "input"):
+        return []  # shared by every modality
+
+
 class PerModalityCosine(nn.Module):
     """Base of MMCosine's symmetric FiLM and Gated heads (the MMCosine authors' `fusion_modules.py`):
     each modality's modulated feature h_m gets its own half of the output layer, normalised on its own,
@@ -317,6 +347,12 @@ def build_fusion(
     `SymmetricGated`); "fused" keeps the paper's FiLM / Gated with one cosine output layer on the fused
     vector. Late-Linear is per-modality either way; Mid-MLP and TF always get one cosine output layer
     (the authors have no version of them)."""
+    if classifier == "shared":
+        if name != "late-linear":
+            raise ValueError(
+                f"classifier='shared' (MLA's shared head) replaces late-linear only, got fusion={name!r}"
+            )
+        return SharedHead(modalities, dim, num_classes)
     if cosine_head not in COSINE_HEADS:
         raise ValueError(f"cosine_head must be one of {list(COSINE_HEADS)}, got {cosine_head!r}")
     if classifier == "cosine" and cosine_head == "per-modality" and name in ("film", "gated"):

@@ -149,12 +149,14 @@ def build_model(
         become cosine classifiers with scale `cosine_scale`; Late-Linear becomes the sum of the
         per-modality cosine logits, as MMCosine defines it).
     cosine_head: with classifier="cosine", how FiLM and Gated are built (`mlb.models.fusion.build_fusion`).
+    classifier="shared" (MLA, late-linear only): one linear head shared by the modalities, its outputs
+        fused by their prediction uncertainty (`mlb.models.fusion.SharedHead`); unimodal heads linear.
     dropout: overrides the size's dropout (encoders and fusion).
     """
     if features not in ("raw", "cached"):
         raise ValueError(f"features must be 'raw' or 'cached', got {features!r}")
-    if classifier not in ("linear", "cosine"):
-        raise ValueError(f"classifier must be 'linear' or 'cosine', got {classifier!r}")
+    if classifier not in ("linear", "cosine", "shared"):
+        raise ValueError(f"classifier must be 'linear', 'cosine' or 'shared', got {classifier!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     sizes = encoder_sizes(size)  # raises on an unknown size
@@ -176,7 +178,7 @@ def build_model(
             encoders[m] = build_encoder(kind, sizes=sizes)
     dim = sizes["dim"]
 
-    def head() -> nn.Module:
+    def head() -> nn.Module:  # the unimodal heads (probes under MLA)
         if classifier == "cosine":
             return CosineClassifier(dim, num_classes, scale=cosine_scale)
         return nn.Linear(dim, num_classes)

@@ -59,8 +59,9 @@ def cli(
     method: str = typer.Option(
         None,
         "--method",
-        help="Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, audio-only, "
-        f"video-only {_default('method')}.",
+        help="Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, mmpareto, "
+        "reconboost, mla, gblending, dgl, audio-only, video-only; its own settings with --param "
+        f"{_default('method')}.",
     ),
     fusion: str = typer.Option(
         None, "--fusion", help=f"Fusion head: late-linear, mid-mlp, film, gated, tf {_default('fusion')}."

@@ -1,0 +1,132 @@
+"""MLA: alternating unimodal adaptation (Zhang et al., CVPR 2024, "Multimodal Representation Learning by
+Alternating Unimodal Adaptation"), as the paper describes it.
+
+The fusion head is one linear head h shared by every modality (`mlb.models.fusion.SharedHead`, built
+through `model_options()`; it takes the place of Late-Linear). Each batch, for every modality m in turn,
+one optimiser update (`updates_per_batch` = M):
+1. forward encoder m alone, `logits_m = h(f_m)`, loss `CE(logits_m, y)` (plus m's detached probe head);
+2. gradient modification of the shared head (orthogonal weight modification, OWM): with P the
+   projector built from the inputs of the earlier updates, `∇W ← ∇W · P` (W: `[C, D]`, P: `[D, D]`), so
+   the update for m does not undo what the head learnt for the other modalities; then P takes this
+   update's input, `r = batch mean of f_m` (`[D, 1]`): `k = P r`, `P ← P − k kᵀ / (α + rᵀ k)`;
+3. step.
+Test time (validation, test): `fused = Σ_m λ_m · h(f_m)` with `λ = softmax over m of −entropy(softmax(h(f_m)))`
+per clip (the paper's uncertainty-based fusion).
+
+Authors' defaults: OWM α = 0.1 at the start of an epoch (their code decays it to 0.01 over the epoch).
+Differences from the authors' code (kkontras' and CXianRen's notes on it, BalanceBenchmark's
+`MLA_trainer.py`), where this follows the paper instead:
+- their gradient modification *adds* `∇W · Pᵀ` to `∇W` after normalising P by its Frobenius norm, which
+  leaves the gradient nearly unchanged; here `∇W ← ∇W · P` (OWM), with P updated after it is applied
+  (their code updates P with the current input first);
+- their entropy is taken over the batch dimension; here over classes, per clip;
+- α is held constant (a balancer does not know the epoch's length in advance).
+- The unimodal heads are mlbpipe's detached probes (per-head accuracies); MLA's own unimodal outputs
+  are `out.fused_parts[m]` of the shared head.
+Logs per update: `loss_shared_<m>` (the shared head's CE on m), `loss_<m>` (probe); `loss` is the
+sum over the batch's updates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mlb.balancing.base import Balancer, unwrap
+from mlb.models.fusion import SharedHead
+from mlb.models.model import ModelOutput
+
+
+def owm_update(projector: torch.Tensor, r: torch.Tensor, alpha: float) -> torch.Tensor:
+    """OWM's recursive projector update: `k = P r`, `P − k kᵀ / (α + rᵀ k)`. `[D, D]`, `[D]` -> `[D, D]`."""
+    r = r.reshape(-1, 1)  # [D, 1]
+    k = projector @ r  # [D, 1]
+    return projector - (k @ k.t()) / (alpha + (r.t() @ k))  # [D, D]
+
+
+class MLA(Balancer):
+    """Alternating unimodal updates through a shared head, with orthogonal weight modification.
+
+    Keyword arguments:
+    owm_alpha: α of the OWM projector update (> 0), default 0.1.
+    modify: True applies the gradient modification (False: plain alternating training).
+    """
+
+    name: ClassVar[str] = "mla"
+    uses_unimodal_heads: ClassVar[bool] = False
+    supported_fusions: ClassVar[frozenset[str] | None] = frozenset({"late-linear"})
+
+    def __init__(self, *, owm_alpha: float = 0.1, modify: bool = True):
+        if not (isinstance(owm_alpha, (int, float)) and math.isfinite(owm_alpha) and owm_alpha > 0):
+            raise ValueError(f"mla owm_alpha must be a finite number > 0, got {owm_alpha!r}")
+        if modify not in (True, False):
+            raise ValueError(f"mla modify must be true or false, got {modify!r}")
+        self.owm_alpha = float(owm_alpha)
+        self.modify = bool(modify)
+        self.projector: torch.Tensor | None = None  # P [D, D], built lazily on the head's device
+        self._batch_loss = 0.0
+
+    def model_options(self) -> dict[str, Any]:
+        return {"classifier": "shared"}
+
+    @classmethod
+    def check_model(cls, model) -> None:
+        super().check_model(model)
+        if type(unwrap(model).fusion) is not SharedHead:  # built without MLA's model_options()
+            raise ValueError(
+                "method 'mla' needs the shared head (build the model with MLA().model_options(), "
+                "{'classifier': 'shared'}, and fusion='late-linear')"
+            )
+
+    def updates_per_batch(self, model) -> int:
+        return len(unwrap(model).modalities)
+
+    def modality(self, model) -> str:
+        return unwrap(model).modalities[self.substep]
+
+    def forward(self, model, batch: dict) -> ModelOutput:
+        """Encoder m alone (m = this update's modality) and the shared head on it."""
+        inner, m = unwrap(model), self.modality(model)
+        encoded = {m: inner.encoders[m](batch[m], batch.get(f"{m}_mask"))}
+        fused, parts = inner.fuse(encoded)  # [B, C]: the shared head on f_m (weight 1)
+        feature = encoded[m].pooled  # [B, D]
+        return ModelOutput(
+            fused=fused,
+            unimodal={m: inner.unimodal_heads[m](feature)},
+            features={m: feature},
+            fused_parts=parts,
+            encoded=encoded,
+        )
+
+    def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
+        m, label = self.modality(model), batch["label"]
+        shared = F.cross_entropy(out.fused, label)
+        probe = F.cross_entropy(unwrap(model).unimodal_heads[m](out.features[m].detach()), label)
+        logs = self.log_values({f"loss_shared_{m}": shared, f"loss_{m}": probe})
+        self._batch_loss = (0.0 if self.substep == 0 else self._batch_loss) + float(logs[f"loss_shared_{m}"])
+        if self.substep == self.updates_per_batch(model) - 1:
+            logs["loss"] = self._batch_loss
+        return shared + probe, logs
+
+    def before_step(self, model, batch: dict, out) -> dict[str, float]:
+        if not self.modify:
+            return {}
+        m = self.modality(model)
+        weight = unwrap(model).fusion.linear.weight  # [C, D]
+        r = out.features[m].detach().float().mean(0)  # [D]
+        if self.projector is None:
+            self.projector = torch.eye(r.numel(), dtype=torch.float32)  # [D, D]
+        self.projector = self.projector.to(r.device)  # a resumed run loads it on the CPU
+        if weight.grad is not None:
+            weight.grad.copy_(weight.grad @ self.projector.to(weight.grad))  # [C, D] @ [D, D]
+        self.projector = owm_update(self.projector, r, self.owm_alpha)
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"projector": None if self.projector is None else self.projector.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.projector = state["projector"]

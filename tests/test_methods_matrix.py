@@ -1,0 +1,137 @@
+"""Every registered method × both input paths × every fusion head: two updates through the trainer's own
+step (`mlb.train.train_step`, with the method's `forward` and `updates_per_batch`) and an epoch end, or a
+refusal that names the fusion; and the new methods through `mlb.train.train` with an exact resume."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+from shard_factory import write_shard_folder
+
+from mlb.balancing import METHODS, build_balancer
+from mlb.models import build_model
+from mlb.models.fusion import FUSIONS
+from mlb.train import TrainConfig, load_checkpoint, train, train_step
+
+DIMS = {"audio": 5, "video": 7}
+
+
+def _batch(features: str, seed: int, b: int = 12) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if features == "raw":
+        batch = {
+            "audio": torch.randn(b, 1, 32, 24, generator=g),
+            "video": torch.randn(b, 3, 3, 32, 32, generator=g),
+        }
+    else:
+        mask = torch.ones(b, 9, dtype=torch.bool)
+        mask[0, 6:] = False
+        batch = {
+            "audio": torch.randn(b, 9, 5, generator=g),
+            "audio_mask": mask,
+            "video": torch.randn(b, 4, 7, generator=g),
+            "video_mask": torch.ones(b, 4, dtype=torch.bool),
+        }
+    batch["label"] = torch.randint(0, 6, (b,), generator=g)
+    batch["id"] = [f"clip{seed}_{i}" for i in range(b)]
+    return batch
+
+
+def _supports(cls, fusion: str) -> bool:
+    return cls.supported_fusions is None or fusion in cls.supported_fusions
+
+
+@pytest.mark.parametrize("features", ["raw", "cached"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_or_refuses(name, fusion, features):
+    cls = METHODS[name]
+    balancer = build_balancer(name)
+    torch.manual_seed(0)
+    if not _supports(cls, fusion):
+        with pytest.raises(ValueError, match=fusion):
+            model = build_model(
+                features=features, fusion=fusion, size="tiny", input_dims=DIMS, **balancer.model_options()
+            )
+            balancer.check_model(model)
+        return
+    model = build_model(
+        features=features, fusion=fusion, size="tiny", input_dims=DIMS, **balancer.model_options()
+    )
+    balancer.check_model(model)
+    balancer.sync_logs = False  # as the trainer runs it
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    start = copy.deepcopy(model.state_dict())
+    model.train()
+    for epoch in range(2):
+        logs = train_step(
+            model, _batch(features, epoch), balancer, optimizer, scaler, parameters, None, torch.device("cpu")
+        )
+        assert logs is not None and all(isinstance(v, float) and math.isfinite(v) for v in logs.values()), (
+            logs
+        )
+        balancer.on_epoch_end(
+            epoch, {"acc": 0.3, "acc_audio": 0.2 + 0.1 * epoch, "acc_video": 0.25, "loss": 1.0}
+        )
+    moved = {
+        n.split(".")[1]
+        for n, p in model.state_dict().items()
+        if n.startswith("encoders.") and not torch.equal(p, start[n])
+    }
+    assert moved == {"audio", "video"}, f"{name} moved the encoders of {moved}"
+    buffer = io.BytesIO()  # the state survives a checkpoint (saved with torch.save, loaded weights_only)
+    torch.save(balancer.state_dict(), buffer)
+    buffer.seek(0)
+    build_balancer(name).load_state_dict(torch.load(buffer, weights_only=True))
+
+
+NEW_METHODS = ("mla", "gblending", "dgl", "mmpareto", "reconboost")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    return write_shard_folder(out / "raw", "raw", counts={"train": 24, "validation": 8, "test": 8})
+
+
+@pytest.mark.parametrize("name", [m for m in NEW_METHODS if m in METHODS])
+def test_new_methods_train_and_resume_exactly(name, shards, tmp_path):
+    kw = {
+        "data": shards,
+        "features": "raw",
+        "size": "tiny",
+        "epochs": 2,
+        "batch_size": 8,
+        "seed": 1,
+        "device": "cpu",
+        "dvclive": False,
+        "method": name,
+        "fusion": "late-linear",
+        "checkpoint_every": 2,
+    }
+    if name == "gblending":
+        kw["method_params"] = {"super_epoch": 1, "holdout": 0.25}  # a weight update inside two epochs
+    straight = train(TrainConfig(out=tmp_path / "straight", **kw))
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(state):
+        if state.step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(TrainConfig(out=tmp_path / "resumed", **kw), on_step=interrupt)
+    resumed = train(TrainConfig(out=tmp_path / "resumed", resume=True, **kw))
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert resumed["test"] == straight["test"]
+    assert math.isfinite(straight["test"]["fused"]["accuracy"])
