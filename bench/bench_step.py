@@ -89,7 +89,9 @@ def make_batch(features: str, size: str, batch_size: int, device: torch.device, 
             lengths[::4] = max(1, int(0.6 * t))
             batch[m] = torch.randn(batch_size, t, d, generator=g)
             batch[f"{m}_mask"] = torch.arange(t)[None, :] < lengths[:, None]
-    return {k: v.to(device) for k, v in batch.items()}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["id"] = [f"clip{i:04d}" for i in range(batch_size)]  # G-Blending holds clips out by id
+    return batch
 
 
 def run_bench(

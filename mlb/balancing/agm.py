@@ -8,6 +8,8 @@ Each step, as the authors' code computes it:
    - "mlb" (kkontras/MLB `OGM_Model.py`, the re-implementation behind the MLB paper's table): only the
      zeroed modality's encoder; the fusion head (eval mode) reads it beside the other modality's
      features from the full, train-mode pass.
+   The default is the method's own authors' definition, since a baseline should be run as its authors
+   run it; pass `variant="mlb"` to reproduce the comparison the MLB paper reports.
 2. Zero-masking Shapley-style unimodal outputs (two players, no both-zeroed term):
        out_a = ½ (pred − pred_za + pred_zv),   out_v = ½ (pred − pred_zv + pred_za);   out_a + out_v = pred.
 3. score_m = mean over the batch of −log max(softmax(out_m)[y], 1e-8) (the authors' clamped CE).

@@ -22,8 +22,11 @@ OGM-GE with α = 1.0: pass `alpha=1.0` to reproduce their table.
 Differences from the authors' code, on purpose:
 - Only the two Late-Linear halves are defined, so other fusion heads are refused (`check_model`).
 - The authors scale and perturb only 4-D tensors (conv kernels) of the ResNet encoders; we scale and
-  perturb every parameter of the encoder (the Conformer path has no conv kernels). The Late-Linear
-  weight and the unimodal heads are never touched.
+  perturb every parameter of the encoder (the Conformer path has no conv kernels), as the MLB
+  repository's OGM-GE does (parameter names `enc_0` / `enc_1`). The Late-Linear weight and the unimodal
+  heads are never touched (the AGM repository's OGM-GE also scales each modality's half of its additive
+  classifier). At an exact tie the MLB repository slows video (`score_0 / score_1 > 1`); we follow
+  the OGM-GE authors.
 - A score of 0 (all softmax probabilities underflowed) is clamped at 1e-12 so ρ stays finite.
 - The epoch counter is the number of `on_epoch_end` calls seen so far (0 during the first epoch).
 """
