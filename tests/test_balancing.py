@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import three_modality_model_and_batch
 
 from mlb.balancing import (
     METHODS,
@@ -19,9 +20,6 @@ from mlb.balancing import (
     performance_ratios,
 )
 from mlb.models import ModelOutput, build_model
-from mlb.models.encoders import ConformerEncoder
-from mlb.models.fusion import LateLinear
-from mlb.models.model import MultimodalModel
 
 
 # ---- the coefficient rule (Eq. 5-7), expected values worked out by hand ------------------------------
@@ -105,26 +103,6 @@ def _raw_batch(b=6, seed=0):
     }
 
 
-def _three_modality_model_and_batch():
-    """M = 3: three tiny Conformer encoders and a Late-Linear fusion."""
-    torch.manual_seed(0)
-    mods, dim, c = ("a", "b", "c"), 8, 4
-    encoders = {
-        m: ConformerEncoder(5, dim=dim, num_layers=1, heads=2, ffn_dim=8, conv_kernel=3, dropout=0.0)
-        for m in mods
-    }
-    model = MultimodalModel(
-        encoders,
-        LateLinear(mods, dim, c),
-        {m: torch.nn.Linear(dim, c) for m in mods},
-        fusion_name="late-linear",
-    )
-    g = torch.Generator().manual_seed(1)
-    batch = {m: torch.randn(5, 7, 5, generator=g) for m in mods}
-    batch["label"] = torch.randint(0, c, (5,), generator=g)
-    return model, batch
-
-
 def _hand_k(unimodal, label, alpha, beta_max):
     """Eq. 4-7 written out in plain Python, independent of mlb.balancing."""
     s = [F.softmax(lg.detach(), 1)[torch.arange(len(label)), label].mean().item() for lg in unimodal.values()]
@@ -142,7 +120,7 @@ def _hand_k(unimodal, label, alpha, beta_max):
 )
 def test_before_step_scales_each_modality_by_k(case, ownership):
     if case == "three-modalities":
-        model_a, batch = _three_modality_model_and_batch()
+        model_a, batch = three_modality_model_and_batch()
     else:
         features, fusion = case.split("-", 1)
         torch.manual_seed(0)

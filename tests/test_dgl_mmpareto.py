@@ -12,14 +12,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import three_modality_model_and_batch
 
 from mlb.balancing.base import Balancer
 from mlb.balancing.dgl import DGL
 from mlb.balancing.mmpareto import MMPareto, mmpareto_gradients, pareto_weights
 from mlb.models import build_model
-from mlb.models.encoders import ConformerEncoder
-from mlb.models.fusion import LateLinear
-from mlb.models.model import MultimodalModel
 
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 CASES = [f"{features}-{fusion}" for features in ("cached", "raw") for fusion in FUSIONS] + [
@@ -50,29 +48,9 @@ def _cached_batch(b=6, seed=2):
     }
 
 
-def _three_modality_model_and_batch():
-    """M = 3: three tiny Conformer encoders and a Late-Linear fusion."""
-    torch.manual_seed(0)
-    mods, dim, c = ("a", "b", "c"), 8, 4
-    encoders = {
-        m: ConformerEncoder(5, dim=dim, num_layers=1, heads=2, ffn_dim=8, conv_kernel=3, dropout=0.0)
-        for m in mods
-    }
-    model = MultimodalModel(
-        encoders,
-        LateLinear(mods, dim, c),
-        {m: torch.nn.Linear(dim, c) for m in mods},
-        fusion_name="late-linear",
-    )
-    g = torch.Generator().manual_seed(1)
-    batch = {m: torch.randn(5, 7, 5, generator=g) for m in mods}
-    batch["label"] = torch.randint(0, c, (5,), generator=g)
-    return model, batch
-
-
 def _model_and_batch(case):
     if case == "three-modalities":
-        return _three_modality_model_and_batch()
+        return three_modality_model_and_batch()
     features, fusion = case.split("-", 1)
     torch.manual_seed(0)
     model = build_model(features=features, fusion=fusion, size="tiny", input_dims={"audio": 5, "video": 7})

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import three_modality_model_and_batch
 
 from mlb.balancing import MLB
 from mlb.balancing.mmcosine import MMCosine
@@ -24,9 +25,6 @@ from mlb.balancing.mslr import MSLR
 from mlb.balancing.ogm_ge import OGMGE
 from mlb.balancing.pmr import PMR
 from mlb.models import ModelOutput, build_model
-from mlb.models.encoders import ConformerEncoder
-from mlb.models.fusion import LateLinear
-from mlb.models.model import MultimodalModel
 
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 DIMS = {"audio": 5, "video": 7}
@@ -55,26 +53,6 @@ def _batch(features, b=8, seed=0, video_dim=7):
         "video_mask": torch.ones(b, 4, dtype=torch.bool),
         "label": torch.randint(0, 6, (b,), generator=g),
     }
-
-
-def _three_modality_model_and_batch():
-    """M = 3: three tiny Conformer encoders, Late-Linear fusion (as in tests/test_balancing.py)."""
-    torch.manual_seed(0)
-    mods, dim, c = ("a", "b", "c"), 8, 4
-    encoders = {
-        m: ConformerEncoder(5, dim=dim, num_layers=1, heads=2, ffn_dim=8, conv_kernel=3, dropout=0.0)
-        for m in mods
-    }
-    model = MultimodalModel(
-        encoders,
-        LateLinear(mods, dim, c),
-        {m: torch.nn.Linear(dim, c) for m in mods},
-        fusion_name="late-linear",
-    )
-    g = torch.Generator().manual_seed(1)
-    batch = {m: torch.randn(6, 7, 5, generator=g) for m in mods}
-    batch["label"] = torch.randint(0, c, (6,), generator=g)
-    return model, batch
 
 
 def _make_leader(model, batch, lead, factor=3.0):
@@ -236,7 +214,7 @@ def test_mlb_matches_authors_equalize_gradients(fusion, features, lead):
 
 def test_mlb_three_modalities_match_authors_mlb_3d():
     """kkontras/MLB Bias_Infusion.py Bias_Infusion_MLB_3d.on_backward_end + _equalize_gradients (tanh_mode 2)."""
-    model, batch = _three_modality_model_and_batch()
+    model, batch = three_modality_model_and_batch(6)
     _make_leader(model, batch, "a", factor=4.0)
     alpha, beta_max = 2.0, 3.0
     out = model(batch)
@@ -260,7 +238,7 @@ def test_mlb_exact_tie_is_the_authors_else_branch_with_k_one(modalities):
     if modalities == 2:
         model, batch = _model("cached", "late-linear"), _batch("cached")
     else:
-        model, batch = _three_modality_model_and_batch()
+        model, batch = three_modality_model_and_batch(6)
     with torch.no_grad():  # identical heads that ignore their input: equal scores, bit for bit
         for head in model.unimodal_heads.values():
             head.weight.zero_()

@@ -9,12 +9,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import three_modality_model_and_batch
 
 from mlb.balancing.reconboost import ReconBoost, reconboost_phase
 from mlb.models import build_model
-from mlb.models.encoders import ConformerEncoder
-from mlb.models.fusion import LateLinear
-from mlb.models.model import ModelOutput, MultimodalModel
+from mlb.models.model import ModelOutput
 
 AV = ("audio", "video")
 
@@ -47,25 +46,6 @@ def _model(features):
     return build_model(
         features=features, fusion="late-linear", size="tiny", input_dims={"audio": 5, "video": 7}
     )
-
-
-def _three_modality_model_and_batch():
-    torch.manual_seed(0)
-    mods, dim, c = ("a", "b", "c"), 8, 4
-    encoders = {
-        m: ConformerEncoder(5, dim=dim, num_layers=1, heads=2, ffn_dim=8, conv_kernel=3, dropout=0.0)
-        for m in mods
-    }
-    model = MultimodalModel(
-        encoders,
-        LateLinear(mods, dim, c),
-        {m: torch.nn.Linear(dim, c) for m in mods},
-        fusion_name="late-linear",
-    )
-    g = torch.Generator().manual_seed(1)
-    batch = {m: torch.randn(5, 7, 5, generator=g) for m in mods}
-    batch["label"] = torch.randint(0, c, (5,), generator=g)
-    return model, batch
 
 
 def _step(model, batch, balancer, optimizer, set_to_none=True):
@@ -141,7 +121,7 @@ CASES = [  # (modalities, epoch with boost_epochs = ensemble_epochs = 2, boosted
 @pytest.mark.parametrize("mods, epoch, m, others, previous", CASES)
 @pytest.mark.parametrize("w1, w2, alpha", [(5.0, 1.0, 0.5), (3.0, 1.0, 0.5), (2.0, 1.5, 2.0)])
 def test_boosting_loss_matches_the_authors_formula(mods, epoch, m, others, previous, w1, w2, alpha):
-    model = _model("cached") if mods == AV else _three_modality_model_and_batch()[0]
+    model = _model("cached") if mods == AV else three_modality_model_and_batch()[0]
     c = 6 if mods == AV else 4
     out, label = _random_out(model, c=c)
     rb = ReconBoost(weight1=w1, weight2=w2, alpha=alpha, boost_epochs=2, ensemble_epochs=2)
@@ -270,7 +250,7 @@ def test_first_step_frozen_columns_keep_zero_moments():
 
 
 def test_three_modalities_boosting_freezes_the_other_two():
-    model, batch = _three_modality_model_and_batch()
+    model, batch = three_modality_model_and_batch()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-2)
     rb = ReconBoost(boost_epochs=1, ensemble_epochs=1)
     rb.epoch = 5  # stage 2's ensemble epoch: all three trained
@@ -420,7 +400,7 @@ def test_refuses_late_linear_variants_without_additive_linear_parts(classifier):
 
 def test_accepts_late_linear():
     ReconBoost.check_model(_model("raw"))
-    ReconBoost.check_model(_three_modality_model_and_batch()[0])
+    ReconBoost.check_model(three_modality_model_and_batch()[0])
 
 
 @pytest.mark.parametrize(
