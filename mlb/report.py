@@ -1,7 +1,8 @@
 """The paper's figures, drawn from the library's own functions and from `mlbpipe compare` results.
 
 - Figure 2: MLB's k against r for several (α, β_max), from `mlb.balancing.mlb_coefficients` itself.
-- Figure 3: test accuracy by method and fusion head, mean ± std over seeds/folds.
+- Figure 3: test accuracy by method and fusion head, with 95% bootstrap intervals over test clips when the
+  runs have test_predictions.json (`mlb.stats`), else mean ± std over seeds/folds.
 - Figure 4: the agreement groups (which unimodal heads are right) with the fused accuracy per method.
 - Figure 5: ECE per method, and a reliability diagram of the fused output.
 - Unimodal heads: each method's audio and video head beside the same encoder trained alone (the gap
@@ -75,31 +76,89 @@ def is_alone(method: str) -> bool:
     return method.endswith("-only")
 
 
+def _head_of(key: str) -> str | None:
+    """The predictions head behind a test-accuracy key ("test.fused.accuracy" -> "fused"), else None."""
+    parts = key.split(".")
+    if parts == ["test", "fused", "accuracy"]:
+        return "fused"
+    if len(parts) == 4 and parts[0] == "test" and parts[1] == "unimodal" and parts[3] == "accuracy":
+        return parts[2]
+    return None
+
+
+def accuracy_bars(
+    summaries: list[GroupSummary], key: str = "test.fused.accuracy", runs: list[dict] | None = None
+) -> tuple[dict[tuple[str, str], tuple[float, float, float]], str]:
+    """Figure 3's bars: ({(method, fusion): (height, error below, error above)} in %, what the errors are).
+
+    When every run of every drawn group has test_predictions.json, the height is the mean accuracy over
+    folds and the errors reach the 95% bootstrap interval over test clips (`mlb.stats.accuracy_interval`,
+    resampled within folds); otherwise, for every bar alike, mean ± sample std over the runs, from the
+    summaries.
+    """
+    from mlb.stats import PREDICTIONS, accuracy_interval
+
+    summaries = [s for s in summaries if not is_alone(s.group["method"]) and key in s.mean]
+    head = _head_of(key)
+    members: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs or []:
+        members[(str(run["features"]), str(run["method"]), str(run["fusion"]))].append(run)
+    groups = [members[(s.group["features"], s.group["method"], s.group["fusion"])] for s in summaries]
+
+    def has_predictions(run: dict) -> bool:
+        return "path" in run and (Path(run["path"]) / PREDICTIONS).is_file()
+
+    # all bars or none: a figure mixing intervals and stds would invite comparing unlike things
+    with_predictions = head is not None and all(g and all(map(has_predictions, g)) for g in groups)
+    bars = {}
+    for s, group in zip(summaries, groups):
+        name = (s.group["method"], s.group["fusion"])
+        if with_predictions:
+            estimate, low, high = accuracy_interval(group, head)
+            bars[name] = (100 * estimate, 100 * (estimate - low), 100 * (high - estimate))
+        else:
+            bars[name] = (100 * s.mean[key], 100 * s.std[key], 100 * s.std[key])
+    folds = "/".join(map(str, sorted({s.runs for s in summaries})))
+    if with_predictions:
+        what = (
+            f"mean over {folds} seeds/folds; error bars: 95% bootstrap interval over test clips, "
+            "resampled within folds"
+        )
+    else:
+        what = f"mean ± std over {folds} runs"
+    return bars, what
+
+
 def figure_accuracy(
     summaries: list[GroupSummary],
     path: Path,
     key: str = "test.fused.accuracy",
     ylabel: str = "test accuracy (%)",
+    runs: list[dict] | None = None,
 ) -> Path:
-    """Paper Figure 3: bars per method, one colour per fusion head, error bars = std over seeds."""
-    summaries = [s for s in summaries if not is_alone(s.group["method"])]
-    methods = list(dict.fromkeys(s.group["method"] for s in summaries))
-    fusions = list(dict.fromkeys(s.group["fusion"] for s in summaries))
+    """Paper Figure 3: bars per method, one colour per fusion head. Error bars: the 95% bootstrap interval
+    over test clips when `runs` (the summaries' runs) all have test_predictions.json, else std over seeds;
+    the title says which (see `accuracy_bars`)."""
+    bars, what = accuracy_bars(summaries, key, runs)
+    methods = list(dict.fromkeys(m for m, _ in bars))
+    fusions = list(dict.fromkeys(f for _, f in bars))
     width = 0.8 / max(1, len(fusions))
     fig, ax = _subplots(figsize=(max(6.4, 1.1 * len(methods) * max(1, len(fusions)) ** 0.5 + 2), 4.2))
     for j, fusion in enumerate(fusions):
-        xs, means, stds = [], [], []
+        xs, heights, below, above = [], [], [], []
         for i, method in enumerate(methods):
-            for s in summaries:
-                if s.group["method"] == method and s.group["fusion"] == fusion and key in s.mean:
-                    xs.append(i + (j - (len(fusions) - 1) / 2) * width)
-                    means.append(100 * s.mean[key])
-                    stds.append(100 * s.std[key])
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=fusion, color=COLORS[j % len(COLORS)])
+            if (method, fusion) in bars:
+                height, low, high = bars[(method, fusion)]
+                xs.append(i + (j - (len(fusions) - 1) / 2) * width)
+                heights.append(height)
+                below.append(low)
+                above.append(high)
+        ax.bar(
+            xs, heights, width, yerr=[below, above], capsize=3, label=fusion, color=COLORS[j % len(COLORS)]
+        )
     ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel(ylabel)
-    runs = sorted({s.runs for s in summaries})
-    ax.set_title(f"{ylabel} by method and fusion (mean ± std, {'/'.join(map(str, runs))} runs)")
+    ax.set_title(f"{ylabel} by method and fusion\n({what})", fontsize=9)
     ax.legend(title="fusion", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -329,7 +388,7 @@ def write_report(runs: Path, out: Path | None = None, fusion: str = "late-linear
         sub = [s for s in summaries if s.group["features"] == features]
         sub_runs = [r for r in all_runs if r["features"] == features]
         made += [
-            figure_accuracy(sub, out / f"fig3_accuracy_{features}.png"),
+            figure_accuracy(sub, out / f"fig3_accuracy_{features}.png", runs=sub_runs),
             figure_agreement(sub_runs, out / f"fig4_agreement_{features}.png", fusion),
             figure_ece(sub, sub_runs, out / f"fig5_ece_{features}.png", fusion),
             figure_heads(sub, out / f"heads_{features}.png", fusion),

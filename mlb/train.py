@@ -219,15 +219,25 @@ def flat_val_metrics(metrics: dict[str, Any], loss: float) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_split(
-    model, loader: ShardLoader, device: torch.device, amp_dtype, num_classes: int
+    model,
+    loader: ShardLoader,
+    device: torch.device,
+    amp_dtype,
+    num_classes: int,
+    predictions: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy."""
+    """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy.
+
+    `predictions`, when given, is filled with the per-clip predicted classes in loader order:
+    {"ids", "label", "fused", "unimodal": {modality: [...]}} (what `RUN/test_predictions.json` holds; the
+    paired statistics of `mlb.stats` match two runs clip by clip)."""
     model.eval()
-    labels, fused, unimodal = [], [], {}
+    ids, labels, fused, unimodal = [], [], [], {}
     for batch in loader.iterate(0):
         batch = to_device(batch, device)
         with autocast(device, amp_dtype):
             out = model(batch)
+        ids += list(batch["id"])
         labels.append(batch["label"].cpu())
         fused.append(out.fused.float().cpu())  # [B, C]
         for m, logits in out.unimodal.items():
@@ -242,6 +252,13 @@ def evaluate_split(
         num_classes,
     )
     metrics["loss"] = loss
+    if predictions is not None:
+        predictions |= {
+            "ids": ids,
+            "label": label.tolist(),
+            "fused": fused_logits.argmax(dim=1).tolist(),
+            "unimodal": {m: torch.cat(v).argmax(dim=1).tolist() for m, v in unimodal.items()},
+        }
     return metrics, loss
 
 
@@ -332,21 +349,35 @@ class EpochLog:
 
 
 def train(
-    config: TrainConfig, *, on_step: Callable[[TrainState], None] | None = None, command: str | None = None
+    config: TrainConfig,
+    *,
+    on_step: Callable[[TrainState], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    test: bool = True,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train, select on validation, test once; write RUN/metrics.json and return its content.
 
     The run holds RUN for its whole life (mlb.lock: a second run on the same folder is refused, naming this
     one's `command`). SIGINT or SIGTERM stops it after the step in progress, with a checkpoint, and raises
     mlb.stopping.Stopped: `--resume` continues exactly. `on_step(state)` is called after every training
-    step (after any checkpoint of that step): tests use it to interrupt a run.
+    step (after any checkpoint of that step): tests use it to interrupt a run. `on_epoch(epoch, value)` is
+    called after each epoch's validation and checkpoint with the validation accuracy that selects the
+    checkpoint (fused, or the trained head's for a "-only" method): a tuner reports it and may raise to prune
+    the run. `test=False` never reads the test split (a
+    tuning trial): metrics.json then has no `test` entry and no test_predictions.json is written.
     """
     config.validate()
     with folder_lock(config.out, command or " ".join(sys.argv)):
-        return _train(config, on_step)
+        return _train(config, on_step, on_epoch, test)
 
 
-def _train(config: TrainConfig, on_step: Callable[[TrainState], None] | None) -> dict[str, Any]:
+def _train(
+    config: TrainConfig,
+    on_step: Callable[[TrainState], None] | None,
+    on_epoch: Callable[[int, float], None] | None,
+    test: bool,
+) -> dict[str, Any]:
     from mlb.balancing import build_balancer
     from mlb.models import build_model
 
@@ -558,6 +589,8 @@ def _train(config: TrainConfig, on_step: Callable[[TrainState], None] | None) ->
             state.epoch += 1
             state.batch_in_epoch = 0
             save_last()
+            if on_epoch is not None:
+                on_epoch(state.epoch - 1, flat[selection_key])
             if out_of_steps:
                 break
 
@@ -565,14 +598,13 @@ def _train(config: TrainConfig, on_step: Callable[[TrainState], None] | None) ->
     check_skipped(state, config)
     selected = load_checkpoint(best_path, BEST_KEYS)
     model.load_state_dict(selected["model"])
-    test_loader = ShardLoader(folder, "test", **eval_kw)
     val_metrics, _ = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
-    test_metrics, _ = evaluate_split(model, test_loader, device, amp_dtype, folder.num_classes)
     result = {
         "method": config.method,
         "fusion": config.fusion,
         "features": config.features,
         "seed": config.seed,
+        "fold": config.seed if config.fold is None else config.fold,
         "method_params": params,
         "selected": {
             "epoch": selected["epoch"],
@@ -588,18 +620,23 @@ def _train(config: TrainConfig, on_step: Callable[[TrainState], None] | None) ->
             "seconds_this_process": round(time.perf_counter() - started, 3),
         },
         "validation": val_metrics,
-        "test": test_metrics,
     }
-    atomic_write_json(run / "metrics.json", result)
-    epoch_log.close(
-        {
-            "selected/val_acc": selected["val_accuracy"],
-            "selected/epoch": selected["epoch"],
+    summary = {"selected/val_acc": selected["val_accuracy"], "selected/epoch": selected["epoch"]}
+    if test:
+        predictions: dict[str, Any] = {}
+        test_loader = ShardLoader(folder, "test", **eval_kw)
+        test_metrics, _ = evaluate_split(
+            model, test_loader, device, amp_dtype, folder.num_classes, predictions=predictions
+        )
+        result["test"] = test_metrics
+        atomic_write_json(run / "test_predictions.json", predictions, indent=None)
+        summary |= {
             "test/acc": test_metrics["fused"]["accuracy"],
             "test/f1": test_metrics["fused"]["macro_f1"],
             **{f"test/acc_{m}": h["accuracy"] for m, h in test_metrics["unimodal"].items()},
         }
-    )
+    atomic_write_json(run / "metrics.json", result)
+    epoch_log.close(summary)
     return result
 
 

@@ -53,6 +53,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # the cosine floor, as a fraction of lr
     patience: int = 10  # early stopping: epochs without a better validation accuracy
     seed: int = 0
+    fold: int | None = (
+        None  # which fold (data partition) this run belongs to, for the statistics; None: the seed
+    )
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
     num_workers: int = 0
@@ -82,6 +85,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise bad(key, "must be an integer >= 1 (or unset)")
+        if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
+            raise bad("fold", "must be an integer >= 0 (or unset)")
         for key in ("num_workers", "checkpoint_every", "seed"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise bad(key, "must be an integer >= 0")

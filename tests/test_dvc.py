@@ -159,6 +159,14 @@ TINY_ALL = {
         "raw": {"methods": ["joint", "video-only"], "size": "tiny", "epochs": 2, "batch_size": 8},
         "cached": {"methods": ["joint"], "size": "tiny", "epochs": 2, "batch_size": 8, "lr": 0.001},
     },
+    "protocol": {
+        "methods": "joint,mlb",
+        "trials": 2,
+        "epochs": 1,
+        "size": "tiny",
+        "batch_size": 8,
+        "seeds": "0,1",
+    },
 }
 
 
@@ -188,6 +196,8 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
         "train_cached",
         "train_cached_mlb",
         "compare",
+        "tune",
+        "compare_tuned",
         "report",
     ):
         assert stage in stages, stage
@@ -206,9 +216,18 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     # alpha: auto takes the corpus's setting from meta.json (CREMA-D, raw, late-linear)
     assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 0.5, "beta_max": 10.0}
 
+    # the protocol: equal-budget tuning on validation, then the comparison reading the tuned settings
+    tuned = yaml.safe_load((runs / "tuned_params.yaml").read_text())["raw"]
+    assert {m: tuned[m]["late-linear"]["trials"] for m in ("joint", "mlb")} == {"joint": 2, "mlb": 2}
+    tuned_mlb = json.loads((runs / "protocol/raw/mlb/late-linear/seed1/run.json").read_text())
+    assert tuned_mlb["method_params"] == tuned["mlb"]["late-linear"]["method_params"]
+    assert "not resolved" in (runs / "protocol" / "compare_stats.md").read_text()  # 2 seeds, 6 test clips
+
     assert _ran(_dvc(repo, "repro")) == []
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "lock"], cwd=repo, check=True)
-    rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0"))
-    assert sorted(rerun) == ["compare", "report", "train_raw_mlb@0"], rerun
+    rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0", "-S", "protocol.pin.mlb.alpha=2.0"))
+    assert sorted(rerun) == ["compare", "compare_tuned", "report", "train_raw_mlb@0", "tune"], rerun
     assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 1.0, "beta_max": 10.0}
+    tuned = yaml.safe_load((runs / "tuned_params.yaml").read_text())["raw"]["mlb"]["late-linear"]
+    assert tuned["method_params"]["alpha"] == 2.0  # pinned by hand: not searched

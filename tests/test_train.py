@@ -214,8 +214,8 @@ def test_selection_on_validation_and_test_evaluated_once(out_dir, tmp_path, monk
     calls = []
     real = train_module.evaluate_split
 
-    def spy(model, loader, *args):
-        metrics, loss = real(model, loader, *args)
+    def spy(model, loader, *args, **kw):
+        metrics, loss = real(model, loader, *args, **kw)
         calls.append((loader.split, metrics["fused"]["accuracy"]))
         return metrics, loss
 

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, floats_for_log, probe_loss, unwrap
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, floats_for_log, probe_loss, unwrap
 from mlb.models.fusion import LateLinear
 from mlb.models.model import zero_modality
 
@@ -154,6 +154,7 @@ class AGM(Balancer):
     """
 
     name: ClassVar[str] = "agm"
+    search_space: ClassVar[SearchSpace] = {"alpha": FloatRange(0.1, 5.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 

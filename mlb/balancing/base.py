@@ -23,6 +23,8 @@ Class attributes a trainer reads:
   When False the heads are still trained as detached *probes* if the method calls `probe_loss`
   (so per-head accuracies and the agreement table stay meaningful), but no gradient from them
   reaches an encoder.
+- `search_space`: {init keyword: FloatRange | IntRange} that `mlbpipe tune` searches; `{}` (only the
+  shared learning rate and weight decay) by default.
 - `supported_fusions`: the fusion heads (`"late-linear"`, `"mid-mlp"`, `"film"`, `"gated"`, `"tf"`)
   the method works with; `None` means all. `check_model(model)` enforces it.
 - `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based);
@@ -40,12 +42,34 @@ sets `balancer.sync_logs = False`: the values are then detached 0-d tensors, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
+
+
+# ---- search spaces: what `mlbpipe tune` may vary, declared by each method beside its code ---------------
+@dataclass(frozen=True)
+class FloatRange:
+    """A float hyper-parameter searched in [low, high] (on a log scale when `log`)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer hyper-parameter searched in [low, high]."""
+
+    low: int
+    high: int
+
+
+SearchSpace = dict[str, FloatRange | IntRange]
 
 
 class Balancer:
@@ -68,6 +92,9 @@ class Balancer:
     name: ClassVar[str] = "base"
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
+    # The method's own hyper-parameters that `mlbpipe tune` searches (keyword arguments of __init__), with
+    # their ranges; the learning rate and weight decay are searched for every method (mlb.tune).
+    search_space: ClassVar[SearchSpace] = {}
     sync_logs: bool = True  # False: logs hold detached 0-d tensors (see the module docstring)
     substep: int = 0  # which of the batch's updates is running; set by the trainer
 

@@ -43,7 +43,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, unimodal_losses, unwrap
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unimodal_losses, unwrap
 from mlb.models.encoders import EncoderOutput
 
 
@@ -73,6 +73,7 @@ class DGL(Balancer):
     """
 
     name: ClassVar[str] = "dgl"
+    search_space: ClassVar[SearchSpace] = {"alpha": FloatRange(0.5, 10.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = True
 
     def __init__(self, *, alpha: float = 4.0):

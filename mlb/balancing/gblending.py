@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, unwrap
+from mlb.balancing.base import Balancer, IntRange, SearchSpace, unwrap
 
 FUSED = "fused"
 
@@ -86,6 +86,7 @@ class GBlending(Balancer):
     """
 
     name: ClassVar[str] = "gblending"
+    search_space: ClassVar[SearchSpace] = {"super_epoch": IntRange(2, 10)}
     uses_unimodal_heads: ClassVar[bool] = True
     supported_fusions: ClassVar[frozenset[str] | None] = None
 

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, unwrap
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unwrap
 from mlb.models.fusion import SharedHead
 from mlb.models.model import ModelOutput
 
@@ -56,6 +56,7 @@ class MLA(Balancer):
     """
 
     name: ClassVar[str] = "mla"
+    search_space: ClassVar[SearchSpace] = {"owm_alpha": FloatRange(0.01, 1.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = frozenset({"late-linear"})
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import ClassVar
 
 import torch
 
-from mlb.balancing.base import true_class_scores
+from mlb.balancing.base import FloatRange, SearchSpace, true_class_scores
 from mlb.balancing.grads import scale_modality_grads
 from mlb.balancing.multi_loss import MultiLoss, multi_loss_terms
 from mlb.models.fusion import OWNERSHIP
@@ -76,6 +77,10 @@ class MLB(MultiLoss):
     """
 
     name = "mlb"
+    search_space: ClassVar[SearchSpace] = {
+        "alpha": FloatRange(0.1, 10.0, log=True),
+        "beta_max": FloatRange(0.5, 20.0, log=True),
+    }
     uses_unimodal_heads = True
 
     def __init__(

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, fused_loss_with_probes
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, fused_loss_with_probes
 from mlb.models.fusion import COSINE_HEADS, CosineClassifier, PerModalityCosine
 
 
@@ -64,6 +64,7 @@ class MMCosine(Balancer):
     """
 
     name: ClassVar[str] = "mmcosine"
+    search_space: ClassVar[SearchSpace] = {"scale": FloatRange(1.0, 50.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 

@@ -60,7 +60,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, unwrap
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unwrap
 from mlb.balancing.multi_loss import multi_loss_terms
 
 # the MGDA-UB solver's edge cases: weight of the multimodal gradient when one gradient dominates
@@ -120,6 +120,7 @@ class MMPareto(Balancer):
     """
 
     name: ClassVar[str] = "mmpareto"
+    search_space: ClassVar[SearchSpace] = {"gamma": FloatRange(1.0, 3.0)}
     uses_unimodal_heads: ClassVar[bool] = True
 
     def __init__(self, *, gamma: float = 1.5):

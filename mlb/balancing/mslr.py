@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mlb.balancing.base import Balancer, fused_loss_with_probes
+from mlb.balancing.base import Balancer, IntRange, SearchSpace, fused_loss_with_probes
 from mlb.balancing.grads import branch_grad_slices, encoder_grad_slices, scale_grad_slices
 
 DEFAULT_INIT = {"audio": 0.7, "video": 1.3}
@@ -71,6 +71,7 @@ class MSLR(Balancer):
     """
 
     name: ClassVar[str] = "mslr"
+    search_space: ClassVar[SearchSpace] = {"window": IntRange(2, 20)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, fused_loss_with_probes
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, fused_loss_with_probes
 
 SCORE_EPS = 1e-12  # floor for a batch score so ρ = score_v / score_a stays finite
 
@@ -95,6 +95,7 @@ class OGMGE(Balancer):
     """
 
     name: ClassVar[str] = "ogm-ge"
+    search_space: ClassVar[SearchSpace] = {"alpha": FloatRange(0.1, 1.0)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = frozenset({"late-linear"})
 

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, probe_loss
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, probe_loss
 
 
 class BalancerDivergedError(RuntimeError):
@@ -122,6 +122,10 @@ class PMR(Balancer):
     """
 
     name: ClassVar[str] = "pmr"
+    search_space: ClassVar[SearchSpace] = {
+        "alpha": FloatRange(0.1, 3.0, log=True),
+        "momentum": FloatRange(0.0, 0.9),
+    }
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
 

@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from mlb.balancing.base import Balancer, probe_loss, unwrap
+from mlb.balancing.base import Balancer, FloatRange, SearchSpace, probe_loss, unwrap
 from mlb.models.fusion import LateLinear
 from mlb.models.model import ModelOutput
 
@@ -234,6 +234,10 @@ class ReconBoost(Balancer):
     """
 
     name: ClassVar[str] = "reconboost"
+    search_space: ClassVar[SearchSpace] = {
+        "weight1": FloatRange(1.0, 10.0, log=True),
+        "alpha": FloatRange(0.1, 1.0),
+    }
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = frozenset({"late-linear"})
 

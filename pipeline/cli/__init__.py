@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import __version__
-from pipeline.cli import compare, demo, doctor, prepare, synth, train
+from pipeline.cli import compare, demo, doctor, prepare, synth, train, tune
 
 app = typer.Typer(
     name="mlbpipe",
@@ -39,6 +39,7 @@ def _root(
 app.add_typer(synth.app, name="synth")
 app.command("prepare")(prepare.cli)
 app.command("train")(train.cli)
+app.command("tune")(tune.cli)
 app.command("compare")(compare.compare)
 app.command("report")(compare.report)
 app.command("doctor")(doctor.cli)

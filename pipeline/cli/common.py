@@ -9,6 +9,7 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -90,6 +91,47 @@ def parse_params_json(items: list[str] | None, option: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key.replace("-", "_")] = value
     return params
+
+
+def parse_method_params(items: list[str] | None, option: str) -> dict[str, dict[str, Any]]:
+    """`METHOD.KEY=VALUE` pairs as {method: {key: value}}; a bare `lr=` or `weight_decay=` goes under
+    "shared" (every method). VALUE is read as JSON when it parses."""
+    params: dict[str, dict[str, Any]] = {}
+    for key, value in parse_params_json(items, option).items():
+        method, sep, name = key.partition(".")
+        if not sep:
+            if key not in ("lr", "weight_decay"):
+                raise typer.BadParameter(
+                    f"{key!r} must be METHOD.KEY (e.g. mlb.alpha), or lr / weight_decay", param_hint=option
+                )
+            method, name = "shared", key
+        params.setdefault(method.replace("_", "-"), {})[name] = value
+    return params
+
+
+def pins_from_params(path: Path | None, option: str) -> dict[str, dict[str, Any]]:
+    """`protocol.pin` of a params.yaml: {method or "shared": {key: value}}, the settings fixed by hand
+    (`dvc exp run -S protocol.pin.mlb.alpha=1`); {} without a file."""
+    from pipeline.params import load_params
+
+    if path is None:
+        return {}
+    pins = (load_params(path).get("protocol") or {}).get("pin") or {}
+    if not isinstance(pins, dict) or not all(isinstance(v, dict) for v in pins.values()):
+        raise typer.BadParameter(
+            f"{path}: protocol.pin must map a method (or shared) to {{key: value}}, got {pins!r}",
+            param_hint=option,
+        )
+    return {method.replace("_", "-"): dict(values) for method, values in pins.items()}
+
+
+def merge_pins(*trees: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{method: {key: value}} trees merged key by key, later trees winning."""
+    merged: dict[str, dict[str, Any]] = {}
+    for tree in trees:
+        for method, values in tree.items():
+            merged.setdefault(method, {}).update(values)
+    return merged
 
 
 def float_or_auto(value: str | None, option: str) -> float | None:

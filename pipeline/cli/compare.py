@@ -6,15 +6,22 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import command_errors, parse_params_json, split_csv
+from pipeline.cli.common import (
+    command_errors,
+    merge_pins,
+    parse_method_params,
+    pins_from_params,
+    split_csv,
+)
 
 
 def compare(
-    data: Path = typer.Option(
+    data: str = typer.Option(
         None,
         "--data",
-        help="The prepare output folder OUT (shards in OUT/shards/<features>/); "
-        "not needed with --aggregate-only.",
+        help="The prepare output folder OUT (shards in OUT/shards/<features>/); with --folds, a path with "
+        "{fold} in it, one prepared folder per fold (e.g. data/cremad-p{fold}). Not needed with "
+        "--aggregate-only.",
     ),
     out: Path = typer.Option(
         ...,
@@ -28,7 +35,19 @@ def compare(
     ),
     fusions: str = typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads."),
     seeds: str = typer.Option(
-        "0,1,2", "--seeds", help="Comma-separated seeds (or folds prepared separately)."
+        "0,1,2", "--seeds", help="Comma-separated seeds, all on the one --data folder."
+    ),
+    folds: str = typer.Option(
+        None,
+        "--folds",
+        help="Comma-separated folds (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits), each trained with "
+        "seed = fold on --data with {fold} replaced; replaces --seeds.",
+    ),
+    tuned: Path = typer.Option(
+        None,
+        "--tuned",
+        help="best_params.yaml of `mlbpipe tune`: each method's tuned lr, weight decay and own settings "
+        "(--method-param still wins).",
     ),
     epochs: int = typer.Option(20, "--epochs", min=1, help="The same epoch budget for every method."),
     size: str = typer.Option("small", "--size", help="Model size: tiny, small, paper."),
@@ -40,7 +59,11 @@ def compare(
     method_param: list[str] = typer.Option(
         [],
         "--method-param",
-        help="METHOD.KEY=VALUE, e.g. mlb.alpha=2 (repeatable); unset keys keep the authors' defaults.",
+        help="METHOD.KEY=VALUE, e.g. mlb.alpha=2, or lr=/weight_decay= for every method (repeatable); unset "
+        "keys keep the tuned values or the authors' defaults.",
+    ),
+    params_file: Path = typer.Option(
+        None, "--params", help="A params.yaml whose protocol.pin fixes settings (--method-param wins)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     aggregate_only: bool = typer.Option(
@@ -50,10 +73,13 @@ def compare(
         "already in RUNS (e.g. after DVC's matrix stages trained them).",
     ),
 ) -> None:
-    """Train methods x fusion heads x seeds with the same budget and aggregate mean ± std into one table.
+    """Train methods x fusion heads x seeds (or folds) with the same budget; aggregate mean ± std over them,
+    and say with paired statistics whether each method differs from Joint and from MLB.
 
     Finished runs are kept (a rerun only trains what is missing); a method that does not support a fusion
-    head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv and .json.
+    head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean ± std
+    per method and fusion) and RUNS/compare_stats.md, .json (paired differences per fold and 95% paired
+    bootstrap intervals over the test clips, with a verdict: better, worse or not resolved).
     """
     import sys
 
@@ -67,19 +93,32 @@ def compare(
         if not aggregate_only:
             if data is None:
                 raise typer.BadParameter("is required unless --aggregate-only", param_hint="--data")
-            shard_dir = data / "shards" / features
-            if not shard_dir.is_dir():
+            fold_list = split_csv(folds, "--folds", int) if folds else None
+            if fold_list is not None and "{fold}" not in data:
                 raise typer.BadParameter(
-                    f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
+                    f"{data!r} has no {{fold}}: with --folds give one folder per fold, e.g. data/cremad-p{{fold}}"
+                    " (or use --seeds on one folder)",
+                    param_hint="--data",
                 )
-            params: dict[str, dict] = {}
-            for key, value in parse_params_json(method_param, "--method-param").items():
-                method, sep, name = key.partition(".")
-                if not sep:
-                    raise typer.BadParameter(f"{key!r} must be METHOD.KEY", param_hint="--method-param")
-                params.setdefault(method.replace("_", "-"), {})[name] = value
+            fold_data = None
+            if fold_list is not None:
+                fold_data = {k: Path(data.format(fold=k)) / "shards" / features for k in fold_list}
+            shard_dirs = list(fold_data.values()) if fold_data else [Path(data) / "shards" / features]
+            for shard_dir in shard_dirs:  # every fold's shards exist before the first run starts
+                if not shard_dir.is_dir():
+                    raise typer.BadParameter(
+                        f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
+                    )
+            params = merge_pins(
+                pins_from_params(params_file, "--params"), parse_method_params(method_param, "--method-param")
+            )
+            tuned_tree = None
+            if tuned is not None:
+                from mlb.tune import read_tuned
+
+                tuned_tree = read_tuned(tuned)
             base = TrainConfig(
-                data=shard_dir,
+                data=shard_dirs[0],
                 out=out,
                 features=features,
                 size=size,
@@ -94,10 +133,12 @@ def compare(
                 base,
                 split_csv(methods, "--methods"),
                 split_csv(fusions, "--fusions"),
-                split_csv(seeds, "--seeds", int),
+                fold_list or split_csv(seeds, "--seeds", int),
                 out,
                 params,
                 log=typer.echo,
+                fold_data=fold_data,
+                tuned=tuned_tree,
             )
             atomic_write_json(out / "skipped.json", skipped)
         summaries = aggregate(load_runs(out))
@@ -106,6 +147,11 @@ def compare(
             raise typer.Exit(1)
         paths = write_tables(summaries, out)
         typer.echo(paths["md"].read_text())
+        from mlb.stats import write_stats
+
+        stats = write_stats(load_runs(out), out)
+        typer.echo(stats["md"].read_text())
+        paths |= {f"stats_{k}": v for k, v in stats.items()}
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -8,7 +8,6 @@ training against the same encoder trained alone) and where the figures are.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,24 +32,35 @@ def run_stage(name: str, env: dict) -> float:
 
 
 def phenomenon(runs: Path, features: str, fusion: str = "late-linear") -> list[str]:
-    """Unimodal head accuracies (test) of each method beside the encoders trained alone."""
+    """Unimodal head accuracies (test) of each method beside the encoders trained alone, each with its 95%
+    bootstrap interval over the test clips (mlb.stats.accuracy_interval)."""
+    from mlb.compare import load_runs
+    from mlb.stats import accuracy_interval
+
     lines = []
+    by_method: dict[str, list[dict]] = {}
+    for run in load_runs(runs / features) if (runs / features).is_dir() else []:
+        if run["fusion"] == fusion:
+            by_method.setdefault(run["method"], []).append(run)
     for method in ("audio-only", "video-only", "joint", "multi-loss", "mlb"):
-        accs = {}
-        for path in sorted((runs / features / method / fusion).glob("seed*/metrics.json")):
-            test = json.loads(path.read_text())["test"]
-            for m, head in test["unimodal"].items():
-                accs.setdefault(m, []).append(head["accuracy"])
-            accs.setdefault("fused", []).append(test["fused"]["accuracy"])
-        if not accs:
+        group = by_method.get(method)
+        if not group:
             continue
 
-        def mean(key: str, accs: dict = accs) -> str:
-            return f"{100 * sum(accs[key]) / len(accs[key]):5.1f}" if key in accs else "  n/a"
+        def cell(head: str, group: list[dict] = group, method: str = method) -> str:
+            if head not in ("fused", *group[0]["test"]["unimodal"]) or (
+                head == "fused" and method.endswith("-only")
+            ):
+                return f"{'-':>18}"
+            try:
+                mean, low, high = accuracy_interval(group, head, n_resamples=2000)
+            except (FileNotFoundError, ValueError):  # runs from before per-clip predictions: the mean alone
+                test = [r["test"]["fused"] if head == "fused" else r["test"]["unimodal"][head] for r in group]
+                return f"{100 * sum(t['accuracy'] for t in test) / len(test):5.1f} {'':12}"
+            return f"{100 * mean:5.1f} [{100 * low:4.1f}, {100 * high:5.1f}]"
 
-        fused = "    -" if method.endswith("-only") else mean("fused")
         lines.append(
-            f"  {method:<11} fused {fused}   audio head {mean('audio')}   video head {mean('video')}"
+            f"  {method:<11} fused {cell('fused')}  audio head {cell('audio')}  video head {cell('video')}"
         )
     return lines
 
@@ -84,8 +94,22 @@ def main() -> int:
     for features in ("raw", "cached"):
         lines = phenomenon(runs, features)
         if lines:
-            print(f"Unimodal heads on test, {features} input path (%; *-only = that encoder trained alone):")
+            print(
+                f"Unimodal heads on test, {features} input path (%, with 95% bootstrap intervals over the test "
+                "clips; *-only = that encoder trained alone):"
+            )
             print("\n".join(lines) + "\n")
+    for stats in (runs / "compare_stats.md", runs / "protocol" / "compare_stats.md"):
+        if stats.exists():
+            print(
+                f"Paired differences against Joint and MLB ({stats.relative_to(ROOT)}):\n{stats.read_text()}"
+            )
+    print(
+        "Read these with their intervals: the demo corpus has 80 test clips, so one clip is 1.25 points and most "
+        "differences are not resolved. A rerun on this machine gives the same numbers bit for bit, but another "
+        "machine's floating-point kernels give other single runs (differences of 10 points and more). The "
+        "ranking of methods comes from the feature bench (README, 'Which method is better?').\n"
+    )
     figures = sorted((runs / "figures").glob("*.png"))
     if figures:
         print("Figures:")

@@ -1,0 +1,302 @@
+"""Equal-budget hyper-parameter search on VALIDATION accuracy: the paper's protocol ("tuning was conducted
+separately for each method, dataset, backbone encoder and fusion strategy on the validation set").
+
+One Optuna study per (input path, method, fusion), all in one SQLite file `TUNE/optuna.sqlite3` (a real
+database: `optuna-dashboard sqlite:///TUNE/optuna.sqlite3` reads it). Every study gets the same number of
+trials, recorded in the study and enforced on every rerun. A trial is one `mlb.train.train` run with
+`test=False`, so the test split is never read; its value is the best validation accuracy over its epochs
+(the checkpoint selection metric). The sampler is TPE; a median pruner stops a trial whose validation
+accuracy after an epoch is below the median of earlier trials at that epoch.
+
+What is searched: the learning rate and the weight decay for every method (`shared_space`: a decade around
+the paper's values either way), plus the method's own `search_space` (declared in its file under
+mlb/balancing/). A pinned key (`pins`) is fixed and left out of the search.
+
+Kills: a trial that was running when the process died stays RUNNING in the database. The next run marks it
+FAIL (user attribute `killed`), does not count it, and enqueues its parameters again, so the budget is
+finished with no trial counted twice. A trial that fails on its own (e.g. a non-finite loss at a bad lr)
+counts: it spent budget like any other.
+
+Results: `TUNE/best_params.yaml`, {features: {method: {fusion: {lr, weight_decay, method_params,
+val_accuracy, trial, trials}}}}, which `mlbpipe compare --tuned` reads. Trial folders keep their logs and
+metrics; their checkpoints are deleted once the trial ends (a large sweep would otherwise fill the disk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlb.atomic import atomic_write_text
+from mlb.balancing.base import FloatRange, IntRange
+from mlb.train_config import PAPER_OPTIM, TrainConfig, TrainError
+
+DB_NAME = "optuna.sqlite3"
+BEST_NAME = "best_params.yaml"
+SHARED_KEYS = ("lr", "weight_decay")
+
+
+class TuneError(ValueError):
+    """A tuning setting or state that cannot work; the message names the study or key and the fix."""
+
+
+@dataclass
+class TuneConfig:
+    """How a search runs; the same for every method of one tune."""
+
+    trials: int = 20  # finished trials per (input path, method, fusion): the equal budget
+    seed: int = 0  # the TPE sampler's seed
+    startup_trials: int = 5  # random trials before TPE models the space, and before the pruner acts
+    prune_after_epochs: int = 2  # the pruner never stops a trial before this many epochs
+    prune: bool = True
+
+    def validate(self) -> None:
+        for key, low in (("trials", 1), ("seed", 0), ("startup_trials", 0), ("prune_after_epochs", 0)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise TuneError(f"tune config {key}={value!r}: must be an integer >= {low}")
+
+
+def shared_space(features: str) -> dict[str, FloatRange]:
+    """lr and weight decay: a decade either way of the paper's values for the input path (log scale)."""
+    lr, weight_decay, _batch = PAPER_OPTIM[features]
+    return {
+        "lr": FloatRange(lr / 10, lr * 10, log=True),
+        "weight_decay": FloatRange(weight_decay / 10, weight_decay * 10, log=True),
+    }
+
+
+def search_space(method: str, features: str, pins: dict[str, Any] | None = None) -> dict:
+    """The whole space of one method: shared keys first, then the method's own, minus the pinned keys."""
+    from mlb.balancing import METHODS
+
+    if method not in METHODS:
+        raise TuneError(f"tune methods: unknown method {method!r}; choose from {sorted(METHODS)}")
+    space = shared_space(features) | dict(METHODS[method].search_space)
+    return {k: v for k, v in space.items() if k not in (pins or {})}
+
+
+def suggest(trial, space: dict) -> dict[str, Any]:
+    """One point of `space` from an Optuna trial."""
+    values = {}
+    for key, dim in space.items():
+        if isinstance(dim, FloatRange):
+            values[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+        elif isinstance(dim, IntRange):
+            values[key] = trial.suggest_int(key, dim.low, dim.high)
+        else:
+            raise TuneError(f"search space {key}: unknown dimension {dim!r}")
+    return values
+
+
+def split_params(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(shared optimiser settings, the method's own keyword arguments)."""
+    shared = {k: v for k, v in values.items() if k in SHARED_KEYS}
+    return shared, {k: v for k, v in values.items() if k not in SHARED_KEYS}
+
+
+def study_name(features: str, method: str, fusion: str) -> str:
+    return f"{features}/{method}/{fusion}"
+
+
+def _counted(trial) -> bool:
+    """Trials that spent budget: finished, pruned, or failed on their own (not killed)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("killed", False)
+
+
+def _open_study(out: Path, name: str, config: TuneConfig):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials)
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=config.startup_trials, n_warmup_steps=config.prune_after_epochs
+        )
+        if config.prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=f"sqlite:///{out / DB_NAME}",
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    budget = study.user_attrs.get("trials")
+    if budget is None:
+        study.set_user_attr("trials", config.trials)
+    elif budget != config.trials:  # the equal budget: a study keeps the count it was created with
+        raise TuneError(
+            f"study {name!r} in {out / DB_NAME} was created with trials={budget}, not {config.trials}: every "
+            "method gets the same budget; rerun with --trials {budget}, or tune into another folder"
+        )
+    return study
+
+
+def _recover_killed(study, trial_dir: Callable[[int], Path], log) -> None:
+    """Trials left RUNNING by a killed process: FAIL (not counted) and their parameters enqueued again."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "killed", True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        shutil.rmtree(trial_dir(trial.number), ignore_errors=True)
+        log(f"  trial {trial.number} was interrupted: not counted, its parameters are tried again")
+
+
+def tune_one(
+    base: TrainConfig,
+    method: str,
+    fusion: str,
+    out: Path,
+    config: TuneConfig,
+    pins: dict[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Run the study of one (input path, method, fusion) until it holds `config.trials` counted trials;
+    return its best trial's settings (see `best_settings`)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mlb.train import train
+
+    pins = dict(pins or {})
+    space = search_space(method, base.features, pins)
+    name = study_name(base.features, method, fusion)
+    study = _open_study(out, name, config)
+
+    def trial_dir(number: int) -> Path:
+        return out / base.features / method / fusion / f"trial{number:03d}"
+
+    _recover_killed(study, trial_dir, log)
+    while (done := sum(_counted(t) for t in study.get_trials(deepcopy=False))) < config.trials:
+        trial = study.ask()
+        values = pins | suggest(trial, space)
+        shared, own = split_params(values)
+        run_dir = trial_dir(trial.number)
+        shutil.rmtree(run_dir, ignore_errors=True)  # a leftover of an earlier database: start clean
+        run_config = dataclasses.replace(
+            base,
+            method=method,
+            fusion=fusion,
+            out=run_dir,
+            resume=False,
+            dvclive=False,
+            method_params=own,
+            lr=shared.get("lr", base.lr),
+            weight_decay=shared.get("weight_decay", base.weight_decay),
+        )
+
+        def report(epoch: int, value: float, trial=trial) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: validation accuracy {value:.4f} below the median")
+
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        log(f"[{name}] trial {trial.number} ({done + 1}/{config.trials}): {shown}")
+        try:
+            result = train(run_config, on_epoch=report, test=False, command=f"mlbpipe tune ({name})")
+        except optuna.TrialPruned as pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"  pruned at {pruned}")
+        except (TrainError, ValueError, FloatingPointError) as err:  # the trial's settings failed: it counts
+            trial.set_user_attr("error", str(err))
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"  failed: {err}")
+        else:
+            study.tell(trial, result["selected"]["val_accuracy"])
+            log(f"  validation accuracy {result['selected']['val_accuracy']:.4f}")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return best_settings(study, pins)
+
+
+def best_settings(study, pins: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{lr, weight_decay, method_params, val_accuracy, trial, trials} of a study's best trial; pinned keys
+    included. Keys the search did not cover (lr left to the paper's default) are absent."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise TuneError(
+            f"study {study.study_name!r}: no trial completed (all pruned or failed); see the trial folders"
+        )
+    best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earliest trial
+    shared, own = split_params({**(pins or {}), **best.params})
+    return {
+        **{k: float(v) for k, v in shared.items()},
+        "method_params": own,
+        "val_accuracy": float(best.value),
+        "trial": best.number,
+        "trials": sum(_counted(t) for t in study.get_trials(deepcopy=False)),
+    }
+
+
+def run_tune(
+    base: TrainConfig,
+    methods: list[str],
+    fusions: list[str],
+    out: Path,
+    config: TuneConfig,
+    pins: dict[str, dict[str, Any]] | None = None,
+    log=print,
+    best_path: Path | None = None,
+) -> dict:
+    """Tune every (method, fusion) with the same budget; write and return the best settings' tree
+    (`best_path`, TUNE/best_params.yaml by default).
+
+    `pins` is {method: {key: value}}, with "shared" for keys every method gets (lr, weight_decay)."""
+    from mlb.balancing import METHODS
+
+    config.validate()
+    pins = pins or {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for method in methods:  # unknown names and refused fusions fail before any trial runs
+        search_space(method, base.features)
+    best_path = Path(best_path or out / BEST_NAME)
+    tree = yaml.safe_load(best_path.read_text()) if best_path.exists() else {}
+    tree = tree or {}
+    for method in methods:
+        for fusion in fusions:
+            supported = METHODS[method].supported_fusions
+            if supported is not None and fusion not in supported:
+                log(f"[{study_name(base.features, method, fusion)}] skipped: {method} supports only "
+                    f"{sorted(supported)}")  # fmt: skip
+                continue
+            method_pins = dict(pins.get("shared", {})) | dict(pins.get(method, {}))
+            best = tune_one(base, method, fusion, out, config, method_pins, log)
+            tree.setdefault(base.features, {}).setdefault(method, {})[fusion] = best
+            atomic_write_text(best_path, yaml.safe_dump(tree, sort_keys=True))
+    return tree
+
+
+def read_tuned(path: Path) -> dict:
+    """TUNE/best_params.yaml as written by `run_tune`; a clear error when it is not that file."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise TuneError(f"{path} does not exist: run `mlbpipe tune` first (it writes {BEST_NAME})") from None
+    except yaml.YAMLError as err:
+        raise TuneError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise TuneError(f"{path}: expected {{features: {{method: {{fusion: settings}}}}}}, got {tree!r}")
+    return tree
+
+
+def tuned_settings(tree: dict, features: str, method: str, fusion: str) -> dict[str, Any] | None:
+    """The tuned {lr, weight_decay, method_params} of one (input path, method, fusion), or None."""
+    return ((tree.get(features) or {}).get(method) or {}).get(fusion)

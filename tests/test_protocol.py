@@ -1,0 +1,100 @@
+"""`mlbpipe compare` over folds and with tuned settings: each fold trains on its own data, the tuned lr, weight
+decay and method parameters reach the runs, and settings given by hand win."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from shard_factory import write_shard_folder
+from typer.testing import CliRunner
+
+from mlb.compare import run_comparison
+from mlb.train import TrainConfig
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory):
+    """Two prepared folders, one per fold (different clips: another seed of the factory)."""
+    root = tmp_path_factory.mktemp("folds")
+    for fold in (1, 2):
+        write_shard_folder(root / f"p{fold}" / "shards" / "raw", "raw", seed=fold)
+    return root
+
+
+def _base(data, out) -> TrainConfig:
+    return TrainConfig(
+        data=data, out=out, features="raw", size="tiny", epochs=1, batch_size=8, dvclive=False, device="cpu"
+    )
+
+
+def test_folds_train_on_their_own_data_with_seed_equal_to_fold(folds, tmp_path):
+    fold_data = {k: folds / f"p{k}" / "shards" / "raw" for k in (1, 2)}
+    run_comparison(
+        _base(fold_data[1], tmp_path), ["joint"], ["late-linear"], [1, 2], tmp_path, fold_data=fold_data,
+        log=lambda *_: None,
+    )  # fmt: skip
+    for fold in (1, 2):
+        run = tmp_path / "raw" / "joint" / "late-linear" / f"fold{fold}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        config = json.loads((run / "run.json").read_text())["config"]
+        assert metrics["fold"] == metrics["seed"] == fold
+        assert config["data"] == str(fold_data[fold])
+        predictions = json.loads((run / "test_predictions.json").read_text())
+        assert len(predictions["ids"]) == metrics["test"]["num_samples"] == 12
+    ids = [json.loads((tmp_path / "raw/joint/late-linear" / f"fold{k}/test_predictions.json").read_text())["ids"]
+           for k in (1, 2)]  # fmt: skip
+    assert ids[0] == sorted(ids[0])  # loader order is the shards' order, the same for every run of a fold
+
+
+def test_tuned_settings_reach_the_run_and_settings_by_hand_win(folds, tmp_path):
+    data = folds / "p1" / "shards" / "raw"
+    tuned = {"raw": {"mlb": {"late-linear": {"lr": 0.002, "weight_decay": 3e-5,
+                                             "method_params": {"alpha": 1.5, "beta_max": 4.0}}}}}  # fmt: skip
+    run_comparison(
+        _base(data, tmp_path), ["mlb", "joint"], ["late-linear"], [0], tmp_path, tuned=tuned,
+        method_params={"mlb": {"beta_max": 7.0}, "shared": {"weight_decay": 1e-6}}, log=lambda *_: None,
+    )  # fmt: skip
+    mlb_run = json.loads((tmp_path / "raw/mlb/late-linear/seed0/run.json").read_text())
+    assert mlb_run["config"]["lr"] == 0.002
+    assert mlb_run["config"]["weight_decay"] == 1e-6  # by hand wins over tuned
+    assert mlb_run["method_params"] == {"alpha": 1.5, "beta_max": 7.0}
+    joint_run = json.loads((tmp_path / "raw/joint/late-linear/seed0/run.json").read_text())
+    assert joint_run["config"]["lr"] is None  # not tuned: the paper's default
+    assert joint_run["config"]["weight_decay"] == 1e-6
+
+
+def test_cli_folds_need_a_fold_placeholder_and_read_tuned_yaml(folds, tmp_path):
+    result = runner.invoke(
+        app, ["compare", "--data", str(folds / "p1"), "--out", str(tmp_path / "r"), "--folds", "1,2"]
+    )
+    assert result.exit_code == 2 and "{fold}" in result.output
+    result = runner.invoke(
+        app, ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,3"]
+    )
+    assert result.exit_code == 2 and "p3" in result.output  # a missing fold fails before any run
+    bad = tmp_path / "tuned.yaml"
+    bad.write_text("- not a mapping\n")
+    result = runner.invoke(
+        app,
+        ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,2",
+         "--tuned", str(bad)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "tuned.yaml" in result.output
+    good = tmp_path / "best.yaml"
+    good.write_text(yaml.safe_dump({"raw": {"joint": {"late-linear": {"lr": 0.003, "method_params": {}}}}}))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"protocol": {"pin": {"shared": {"weight_decay": 2e-5}}}}))
+    result = runner.invoke(
+        app,
+        ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,2",
+         "--methods", "joint", "--epochs", "1", "--size", "tiny", "--batch-size", "8", "--device", "cpu",
+         "--tuned", str(good), "--params", str(params)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "r/raw/joint/late-linear/fold2/run.json").read_text())["config"]
+    assert (config["lr"], config["weight_decay"]) == (0.003, 2e-5)
