@@ -8,8 +8,8 @@ trials, recorded in the study and enforced on every rerun. A trial is one `mlb.t
 (the checkpoint selection metric). The sampler is TPE; a median pruner stops a trial whose validation
 accuracy after an epoch is below the median of earlier trials at that epoch.
 
-What is searched: the learning rate and the weight decay for every method (`shared_space`: a decade around
-the paper's values either way), plus the method's own `search_space` (declared in its file under
+What is searched: the learning rate and the weight decay for every method (`shared_space`: a decade either
+way of the base config's values, the paper's by default), plus the method's own `search_space` (declared in its file under
 mlb/balancing/). A pinned key (`pins`) is fixed and left out of the search.
 
 Kills: a trial that was running when the process died stays RUNNING in the database. The next run marks it
@@ -63,22 +63,28 @@ class TuneConfig:
                 raise TuneError(f"tune config {key}={value!r}: must be an integer >= {low}")
 
 
-def shared_space(features: str) -> dict[str, FloatRange]:
-    """lr and weight decay: a decade either way of the paper's values for the input path (log scale)."""
-    lr, weight_decay, _batch = PAPER_OPTIM[features]
+def shared_space(features: str, lr: float | None = None, weight_decay: float | None = None) -> dict:
+    """lr and weight decay: a decade either way (log scale) of the given values, by default the paper's for
+    the input path."""
+    paper_lr, paper_weight_decay, _batch = PAPER_OPTIM[features]
+    lr = paper_lr if lr is None else lr
+    weight_decay = paper_weight_decay if weight_decay is None else weight_decay
     return {
         "lr": FloatRange(lr / 10, lr * 10, log=True),
         "weight_decay": FloatRange(weight_decay / 10, weight_decay * 10, log=True),
     }
 
 
-def search_space(method: str, features: str, pins: dict[str, Any] | None = None) -> dict:
-    """The whole space of one method: shared keys first, then the method's own, minus the pinned keys."""
+def search_space(
+    method: str, features: str, pins: dict[str, Any] | None = None, *, lr=None, weight_decay=None
+) -> dict:
+    """The whole space of one method: shared keys first (around `lr` / `weight_decay`, the paper's when None),
+    then the method's own, minus the pinned keys."""
     from mlb.balancing import METHODS
 
     if method not in METHODS:
         raise TuneError(f"tune methods: unknown method {method!r}; choose from {sorted(METHODS)}")
-    space = shared_space(features) | dict(METHODS[method].search_space)
+    space = shared_space(features, lr, weight_decay) | dict(METHODS[method].search_space)
     return {k: v for k, v in space.items() if k not in (pins or {})}
 
 
@@ -175,7 +181,7 @@ def tune_one(
     from mlb.train import train
 
     pins = dict(pins or {})
-    space = search_space(method, base.features, pins)
+    space = search_space(method, base.features, pins, lr=base.lr, weight_decay=base.weight_decay)
     name = study_name(base.features, method, fusion)
     study = _open_study(out, name, config)
 

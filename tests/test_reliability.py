@@ -39,7 +39,7 @@ PREPARE = [
     "--crop-size",
     "64",
 ]
-KILLS = 6  # SIGKILLs of prepare, at seeded random moments
+KILLS = 4  # SIGKILLs of prepare, at seeded random moments
 
 
 def _cli(*args: str) -> list[str]:

@@ -43,6 +43,12 @@ def cli(
     size: str = typer.Option("small", "--size", help="Model size: tiny, small, paper."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="[default: 32 raw, 8 cached]"),
     patience: int = typer.Option(10, "--patience", min=1, help="Early stopping patience in epochs."),
+    lr: float = typer.Option(
+        None, "--lr", help="Centre of the lr search (a decade either way) [default: the paper's]."
+    ),
+    weight_decay: float = typer.Option(
+        None, "--weight-decay", help="Centre of the weight-decay search [default: the paper's]."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of every trial's training run."),
     sampler_seed: int = typer.Option(None, "--sampler-seed", help=f"TPE's seed {_default('seed')}."),
     prune: bool = typer.Option(
@@ -93,6 +99,8 @@ def cli(
             epochs=epochs,
             batch_size=batch_size,
             patience=patience,
+            lr=lr,
+            weight_decay=weight_decay,
             seed=seed,
             device=device,
         )
