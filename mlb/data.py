@@ -482,11 +482,16 @@ class ShardLoader:
         rank: int | None = None,
         world_size: int | None = None,
         pin_memory: bool = False,
+        in_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if in_memory and num_workers:
+            raise ValueError(
+                f"in_memory needs num_workers=0 (the decoded clips live in this process), got {num_workers}"
+            )
         self.folder, self.split, self.batch_size = folder, split, batch_size
         self.shuffle, self.seed, self.num_workers = shuffle, seed, num_workers
         self.shuffle_buffer, self.drop_last, self.pin_memory = shuffle_buffer, drop_last, pin_memory
@@ -495,6 +500,8 @@ class ShardLoader:
 
             rank, world_size, _, _ = wds.utils.pytorch_worker_info()
         self.rank, self.world_size = rank, world_size
+        self.in_memory = in_memory
+        self._decoded: dict[str, list[dict[str, Any]]] = {}  # in_memory: shard name -> its decoded examples
         self.shards = folder.shards(split)
         check_split(folder, split)
 
@@ -543,6 +550,21 @@ class ShardLoader:
         def batch_stage(examples):
             yield from _batched(examples, self.batch_size, self.drop_last, folder.input_path)
 
+        def decoded_shards(items):
+            """in_memory: stages 4, 6-7 once per shard, then the kept examples. Shuffling the examples instead
+            of the undecoded samples yields the same order, so the batches equal the streaming path's."""
+            for item in items:
+                name = Path(item["url"]).name
+                if name not in self._decoded:
+                    samples = read_tar_samples(iter([item]), sizes=folder.sizes)
+                    self._decoded[name] = [to_example(decode_sample(s, folder), folder) for s in samples]
+                yield from self._decoded[name]
+
+        if self.in_memory:
+            return wds.DataPipeline(
+                wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, decoded_shards, shuffle_stage,
+                batch_stage,
+            )  # fmt: skip
         return wds.DataPipeline(
             wds.SimpleShardList(urls),  # 1-2. shard list in the (seed, epoch) order
             wds.split_by_node,  # 3. DDP ranks

@@ -398,7 +398,12 @@ def _train(
     for split in SPLITS:  # an empty or missing split fails now, not after hours of training
         check_split(folder, split)
     batch_size = config.resolved_batch_size
-    loader_kw = {"seed": config.seed, "num_workers": config.num_workers, "pin_memory": device.type == "cuda"}
+    loader_kw = {
+        "seed": config.seed,
+        "num_workers": config.num_workers,
+        "pin_memory": device.type == "cuda",
+        "in_memory": config.in_memory,
+    }
     train_loader = ShardLoader(
         folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer, **loader_kw
     )

@@ -18,6 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Config keys that may change between an interrupted run and its resume (they do not change the math).
 RESUMABLE_CHANGES = {
     "resume", "epochs", "max_steps", "device", "dvclive", "max_bad_steps", "max_skipped_fraction", "patience",
+    "in_memory",
 }  # fmt: skip
 
 
@@ -59,6 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
     num_workers: int = 0
+    in_memory: bool = False  # decode every split once and keep it in memory (same batches; for small corpora)
     shuffle_buffer: int = 512
     checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
     resume: bool = False
@@ -90,6 +92,8 @@ class TrainConfig:
         for key in ("num_workers", "checkpoint_every", "seed"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise bad(key, "must be an integer >= 0")
+        if self.in_memory and self.num_workers:
+            raise bad("in_memory", "needs num_workers=0 (the decoded clips live in the training process)")
         if self.shuffle_buffer < 1:
             raise bad("shuffle_buffer", "must be >= 1")
         for key in ("lr", "weight_decay"):

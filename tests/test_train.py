@@ -347,3 +347,16 @@ def test_lr_schedule_constant_warmup_then_cosine_restarts():
         [1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5, 0.5 - 0.5 * np.cos(np.pi / 4)]
     )
     assert factors[7] == 1.0 and factors[11] == pytest.approx(0.5) and factors[15] == 1.0  # cycles of 4, 8
+
+
+def test_in_memory_gives_the_same_batches_and_weights_as_streaming(out_dir, tmp_path):
+    """Decoding each split once and shuffling the kept examples is a speed option only."""
+    kw = {"method": "mlb", "epochs": 2, "features": "cached"}
+    streaming = train(_config(out_dir, tmp_path / "streaming", **kw))
+    in_memory = train(_config(out_dir, tmp_path / "in_memory", in_memory=True, **kw))
+    a = load_checkpoint(tmp_path / "streaming" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "in_memory" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert in_memory["test"] == streaming["test"]
+    with pytest.raises(TrainConfigError, match="in_memory"):
+        _config(out_dir, tmp_path / "x", in_memory=True, num_workers=1).validate()

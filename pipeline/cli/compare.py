@@ -65,6 +65,17 @@ def compare(
     params_file: Path = typer.Option(
         None, "--params", help="A params.yaml whose protocol.pin fixes settings (--method-param wins)."
     ),
+    in_memory: bool = typer.Option(
+        False,
+        "--in-memory/--streaming",
+        help="Keep each run's decoded splits in memory (same batches, faster).",
+    ),
+    eval_batch_size: int = typer.Option(
+        None,
+        "--eval-batch-size",
+        min=1,
+        help="Batch size of validation and test [default: the training one].",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     aggregate_only: bool = typer.Option(
         False,
@@ -127,6 +138,8 @@ def compare(
                 lr=lr,
                 patience=patience,
                 device=device,
+                in_memory=in_memory,
+                eval_batch_size=eval_batch_size,
             )
             base.validate()
             _, skipped = run_comparison(

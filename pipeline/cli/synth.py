@@ -1,5 +1,7 @@
 """`mlbpipe synth CORPUS OUT`: a synthetic stand-in of a corpus, in its exact layout. One command per corpus
-that has a stand-in; its options are the fields of the corpus's synth config (defaults and help from there)."""
+that has a stand-in; its options are the fields of the corpus's synth config (defaults and help from there).
+`mlbpipe synth features OUT`: a synthetic corpus written straight into cached-feature shards
+(`pipeline.synth_features`), options from `FeatureSynthConfig` the same way."""
 
 from __future__ import annotations
 
@@ -74,3 +76,42 @@ def _command(corpus_name: str):
 for _name in corpus_names():
     if get_corpus(_name).synth_config is not None:
         app.command(_name)(_command(_name))
+
+
+def _features(ctx: typer.Context, out: Path, **options) -> None:
+    from pipeline.synth_features import FeatureSynthConfig, synthesize_features
+
+    with exit_on(ParamsError, ValueError, prefix="mlbpipe synth features: invalid option"):
+        given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+        config = from_mapping(FeatureSynthConfig, given, "synth.features")
+    try:
+        summary = synthesize_features(out, config)
+    except OSError as err:
+        typer.echo(f"mlbpipe synth features: cannot write to OUT {out}: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(summary.describe())
+
+
+def _features_command():
+    from pipeline.synth_features import FeatureSynthConfig
+
+    parameters = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=typer.Argument(
+                ...,
+                help="Folder OUT: the shards go to OUT/shards/cached/ (replaced as a whole).",
+                show_default=False,
+            ),
+            annotation=Path,
+        ),
+        *dataclass_options(FeatureSynthConfig),
+    ]
+    doc = "Write a synthetic corpus straight into cached-feature shards OUT/shards/cached/.\n\n"
+    doc += inspect.getdoc(FeatureSynthConfig) or ""
+    return with_signature(_features, parameters, doc)
+
+
+app.command("features")(_features_command())

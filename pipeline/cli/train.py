@@ -125,6 +125,19 @@ def cli(
         "--patience",
         help=f"Early stopping: epochs without a better validation accuracy {_default('patience')}.",
     ),
+    in_memory: bool = typer.Option(
+        None,
+        "--in-memory/--streaming",
+        help="Decode every split once and keep it in memory: the same batches, faster on a small corpus "
+        f"(needs --workers 0) {_default('in_memory')}.",
+        show_default=False,
+    ),
+    eval_batch_size: int = typer.Option(
+        None,
+        "--eval-batch-size",
+        min=1,
+        help="Batch size of validation and test [default: the training one].",
+    ),
     warmup_epochs: float = typer.Option(
         None, "--warmup-epochs", help=f"Constant-lr warm-up length in epochs {_default('warmup_epochs')}."
     ),
@@ -195,6 +208,7 @@ def cli(
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
         "restart_epochs": restart_epochs, "patience": patience, "seed": seed, "device": device,
         "precision": precision, "num_workers": workers, "checkpoint_every": checkpoint_every,
+        "in_memory": in_memory, "eval_batch_size": eval_batch_size,
     }  # fmt: skip
     config = TrainConfig(
         data=shard_dir,

@@ -66,6 +66,17 @@ def cli(
     best_params: Path = typer.Option(
         None, "--best-params", help="Where to write the best settings [default: TUNE/best_params.yaml]."
     ),
+    in_memory: bool = typer.Option(
+        False,
+        "--in-memory/--streaming",
+        help="Keep each run's decoded splits in memory (same batches, faster).",
+    ),
+    eval_batch_size: int = typer.Option(
+        None,
+        "--eval-batch-size",
+        min=1,
+        help="Batch size of validation and test [default: the training one].",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Search each method's hyper-parameters on VALIDATION accuracy with the same trial budget for every
@@ -103,6 +114,8 @@ def cli(
             weight_decay=weight_decay,
             seed=seed,
             device=device,
+            in_memory=in_memory,
+            eval_batch_size=eval_batch_size,
         )
         base.validate()
         run_tune(

@@ -1,0 +1,204 @@
+"""The bench that can rank methods on a CPU: every method x {Late-Linear, Mid-MLP} x 5 seeds (and each encoder
+trained alone) on the synthetic feature corpus (`mlbpipe synth features`), then the fold table and the paired
+statistics against Joint and MLB.
+
+    python bench/bench_rank.py --out /tmp/rank            # synthesise, train everything, write the tables
+    python bench/bench_rank.py --out /tmp/rank --report   # only aggregate what is there
+
+Runs go two at a time, one thread each (the machine's 2 cores), through `mlb.compare.run_comparison`, so a
+killed bench resumes where it stopped. Writes OUT/runs/compare.{md,csv,json}, OUT/runs/compare_stats.{md,json},
+OUT/bench.json (wall time, test-set size, the phenomenon figures) and OUT/phenomenon.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FUSIONS = ("late-linear", "mid-mlp")
+SEEDS = (0, 1, 2, 3, 4)
+# The training budget of every run (the same for all methods, as `mlbpipe compare` requires).
+# in_memory and the eval batch only make it faster (the same batches as streaming).
+BUDGET = {
+    "size": "tiny",
+    "epochs": 5,
+    "batch_size": 64,
+    "lr": 5e-3,
+    "in_memory": True,
+    "eval_batch_size": 512,
+}
+
+
+def all_methods() -> list[str]:
+    from mlb.balancing import METHODS
+
+    first = ["joint", "multi-loss", "mlb"]
+    return first + sorted(m for m in METHODS if m not in first)
+
+
+def combos() -> list[tuple[str, str, int]]:
+    """(method, fusion, seed) of the bench; a method that refuses a fusion is left out; the alone runs once
+    (Late-Linear: their fused head is not used)."""
+    from mlb.balancing import METHODS
+
+    out = []
+    for method in all_methods():
+        supported = METHODS[method].supported_fusions
+        fusions = ("late-linear",) if method.endswith("-only") else FUSIONS
+        for fusion in fusions:
+            if supported is None or fusion in supported:
+                out += [(method, fusion, seed) for seed in SEEDS]
+    return out
+
+
+def base_config(data: Path, runs: Path):
+    from mlb.train import TrainConfig
+
+    return TrainConfig(data=data, out=runs, features="cached", device="cpu", dvclive=False, **BUDGET)
+
+
+def worker(out: Path, index: int, count: int) -> None:
+    """Train this worker's share of the combos (every count-th, so costly methods spread over workers)."""
+    import torch
+
+    from mlb.compare import run_comparison
+
+    torch.set_num_threads(1)
+    data, runs = out / "shards" / "cached", out / "runs"
+    mine = combos()[index::count]
+    for i, (method, fusion, seed) in enumerate(mine, 1):
+        print(f"[worker {index}: {i}/{len(mine)}] {method} / {fusion} / seed {seed}", flush=True)
+        run_comparison(base_config(data, runs), [method], [fusion], [seed], runs, log=lambda *_: None)
+
+
+def phenomenon(runs: list[dict], weak: str, strong: str) -> dict:
+    """The weak modality's head after each method (Late-Linear) beside its encoder trained alone, with the
+    95% intervals over test clips."""
+    from mlb.stats import accuracy_interval
+
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["fusion"] == "late-linear":
+            groups.setdefault(run["method"], []).append(run)
+    table = {}
+    for method, group in groups.items():
+        row = {}
+        for head in (weak, strong, "fused"):
+            if head == "fused" and method.endswith("-only"):
+                continue
+            if head != "fused" and head not in group[0]["test"]["unimodal"]:
+                continue
+            row[head] = accuracy_interval(group, head, n_resamples=2000)
+        table[method] = row
+    return table
+
+
+def figure(table: dict, weak: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in table if weak in table[m]]
+    means = [100 * table[m][weak][0] for m in methods]
+    errors = [[100 * (table[m][weak][0] - table[m][weak][1]) for m in methods],
+              [100 * (table[m][weak][2] - table[m][weak][0]) for m in methods]]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(10, 4))
+    colours = ["tab:green" if m == f"{weak}-only" else "tab:blue" for m in methods]
+    ax.bar(methods, means, yerr=errors, color=colours, capsize=3)
+    alone = table.get(f"{weak}-only", {}).get(weak)
+    if alone:
+        ax.axhline(100 * alone[0], color="tab:green", linestyle="--", label=f"{weak} encoder trained alone")
+        ax.legend()
+    ax.set_ylabel(f"{weak} head test accuracy (%)")
+    ax.set_title(f"The weak modality ({weak}) after each method, Late-Linear, 5 seeds (95% intervals)")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(out: Path, seconds: float | None) -> dict:
+    from mlb.compare import aggregate, load_runs, write_tables
+    from mlb.stats import write_stats
+
+    runs_dir = out / "runs"
+    runs = load_runs(runs_dir)
+    write_tables(aggregate(runs), runs_dir)
+    write_stats(runs, runs_dir)
+    meta = json.loads((out / "shards" / "cached" / "meta.json").read_text())
+    sizes = json.loads((out / "shards" / "cached" / "sizes.json").read_text())
+    strong = meta["config"]["synth_features"]["strong"]
+    weak = "video" if strong == "audio" else "audio"
+    table = phenomenon(runs, weak, strong)
+    figure(table, weak, out / "phenomenon.png")
+    result = {
+        "wall_seconds": seconds,
+        "runs": len(runs),
+        "test_clips": sum(n for name, n in sizes.items() if name.startswith("test-")),
+        "weak": weak,
+        "phenomenon": {
+            m: {h: [round(100 * v, 2) for v in t] for h, t in row.items()} for m, row in table.items()
+        },
+    }
+    if seconds is None and (out / "bench.json").exists():
+        result["wall_seconds"] = json.loads((out / "bench.json").read_text()).get("wall_seconds")
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only aggregate the runs already there")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        worker(args.out, args.worker, args.workers)
+        return
+    seconds = None
+    if not args.report:
+        from pipeline.synth_features import FeatureSynthConfig, synthesize_features
+
+        started = time.perf_counter()
+        if not (args.out / "shards" / "cached" / "meta.json").exists():
+            print(synthesize_features(args.out, FeatureSynthConfig()).describe(), flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--out",
+                    str(args.out),
+                    "--workers",
+                    str(args.workers),
+                    "--worker",
+                    str(i),
+                ],
+                env=env,
+            )
+            for i in range(args.workers)
+        ]
+        if any(p.wait() != 0 for p in procs):
+            sys.exit("a bench worker failed; rerun the same command to resume")
+        seconds = round(time.perf_counter() - started, 1)
+    result = report(args.out, seconds)
+    print((args.out / "runs" / "compare.md").read_text())
+    print((args.out / "runs" / "compare_stats.md").read_text())
+    print(json.dumps({k: v for k, v in result.items() if k != "phenomenon"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
