@@ -44,7 +44,7 @@ def all_methods() -> list[str]:
     return first + sorted(m for m in METHODS if m not in first)
 
 
-def combos() -> list[tuple[str, str, int]]:
+def combos(fusions_wanted=FUSIONS) -> list[tuple[str, str, int]]:
     """(method, fusion, seed) of the bench; a method that refuses a fusion is left out; the alone runs once
     (Late-Linear: their fused head is not used)."""
     from mlb.balancing import METHODS
@@ -52,7 +52,7 @@ def combos() -> list[tuple[str, str, int]]:
     out = []
     for method in all_methods():
         supported = METHODS[method].supported_fusions
-        fusions = ("late-linear",) if method.endswith("-only") else FUSIONS
+        fusions = ("late-linear",) if method.endswith("-only") else fusions_wanted
         for fusion in fusions:
             if supported is None or fusion in supported:
                 out += [(method, fusion, seed) for seed in SEEDS]
@@ -65,18 +65,43 @@ def base_config(data: Path, runs: Path):
     return TrainConfig(data=data, out=runs, features="cached", device="cpu", dvclive=False, **BUDGET)
 
 
-def worker(out: Path, index: int, count: int) -> None:
+def worker(out: Path, index: int, count: int, tuned: Path | None) -> None:
     """Train this worker's share of the combos (every count-th, so costly methods spread over workers)."""
     import torch
 
     from mlb.compare import run_comparison
+    from mlb.tune import read_tuned
 
     torch.set_num_threads(1)
-    data, runs = out / "shards" / "cached", out / "runs"
-    mine = combos()[index::count]
+    data, runs = out / "shards" / "cached", out / ("runs_tuned" if tuned else "runs")
+    tree = read_tuned(tuned) if tuned else None
+    mine = combos(("late-linear",) if tuned else FUSIONS)[index::count]
     for i, (method, fusion, seed) in enumerate(mine, 1):
         print(f"[worker {index}: {i}/{len(mine)}] {method} / {fusion} / seed {seed}", flush=True)
-        run_comparison(base_config(data, runs), [method], [fusion], [seed], runs, log=lambda *_: None)
+        run_comparison(
+            base_config(data, runs), [method], [fusion], [seed], runs, log=lambda *_: None, tuned=tree
+        )
+
+
+def tune_worker(out: Path, index: int, count: int, trials: int) -> None:
+    """Tune this worker's share of the methods on Late-Linear, into OUT/tune<index>/."""
+    import torch
+
+    from mlb.tune import TuneConfig, run_tune
+
+    torch.set_num_threads(1)
+    methods = [m for m in all_methods() if not m.endswith("-only")][index::count]
+    tune_dir = out / f"tune{index}"
+    run_tune(base_config(out / "shards" / "cached", tune_dir), methods, ["late-linear"], tune_dir,
+             TuneConfig(trials=trials, startup_trials=3, prune_after_epochs=2))  # fmt: skip
+
+
+def run_workers(args, *extra: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, __file__, "--out", str(args.out), "--workers", str(args.workers), *extra]
+    procs = [subprocess.Popen([*command, "--worker", str(i)], env=env) for i in range(args.workers)]
+    if any(p.wait() != 0 for p in procs):
+        sys.exit("a bench worker failed; rerun the same command to resume")
 
 
 def phenomenon(runs: list[dict], weak: str, strong: str) -> dict:
@@ -155,6 +180,35 @@ def report(out: Path, seconds: float | None) -> dict:
     return result
 
 
+def tune_then_compare(args) -> None:
+    """The protocol on the bench: tune every method (equal budget), then train its tuned settings."""
+    import yaml
+
+    from mlb.compare import aggregate, load_runs, write_tables
+    from mlb.stats import write_stats
+
+    started = time.perf_counter()
+    run_workers(args, "--tune", str(args.tune))
+    tuned: dict = {"cached": {}}
+    for i in range(args.workers):
+        part = yaml.safe_load((args.out / f"tune{i}" / "best_params.yaml").read_text())
+        tuned["cached"] |= part["cached"]
+    path = args.out / "tuned_params.yaml"
+    path.write_text(yaml.safe_dump(tuned, sort_keys=True))
+    tune_seconds = round(time.perf_counter() - started, 1)
+    run_workers(args, "--tuned", str(path))
+    runs_dir = args.out / "runs_tuned"
+    runs = load_runs(runs_dir)
+    write_tables(aggregate(runs), runs_dir)
+    write_stats(runs, runs_dir)
+    seconds = round(time.perf_counter() - started, 1)
+    times = {"tune_seconds": tune_seconds, "wall_seconds": seconds, "trials_per_method": args.tune}
+    (args.out / "tune_bench.json").write_text(json.dumps(times))
+    print((runs_dir / "compare.md").read_text())
+    print((runs_dir / "compare_stats.md").read_text())
+    print(json.dumps(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,10 +216,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="only aggregate the runs already there")
+    parser.add_argument("--tune", type=int, default=None, help="trials per method: tune, then train tuned")
+    parser.add_argument("--tuned", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker is not None and args.tune is not None:
+        tune_worker(args.out, args.worker, args.workers, args.tune)
+        return
     if args.worker is not None:
-        worker(args.out, args.worker, args.workers)
+        worker(args.out, args.worker, args.workers, args.tuned)
+        return
+    if args.tune is not None:
+        tune_then_compare(args)
         return
     seconds = None
     if not args.report:
@@ -174,25 +236,7 @@ def main() -> None:
         started = time.perf_counter()
         if not (args.out / "shards" / "cached" / "meta.json").exists():
             print(synthesize_features(args.out, FeatureSynthConfig()).describe(), flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--out",
-                    str(args.out),
-                    "--workers",
-                    str(args.workers),
-                    "--worker",
-                    str(i),
-                ],
-                env=env,
-            )
-            for i in range(args.workers)
-        ]
-        if any(p.wait() != 0 for p in procs):
-            sys.exit("a bench worker failed; rerun the same command to resume")
+        run_workers(args)
         seconds = round(time.perf_counter() - started, 1)
     result = report(args.out, seconds)
     print((args.out / "runs" / "compare.md").read_text())

@@ -120,6 +120,16 @@ def test_conformer_encoder_ignores_padded_values(train):
         torch.testing.assert_close(first.pooled[1:2], alone.pooled, rtol=1e-5, atol=1e-6)
 
 
+def test_conformer_encoder_takes_rows_all_shorter_than_the_padding():
+    """A subset of a batch (G-Blending's held-out rows) can be padded beyond its longest row."""
+    torch.manual_seed(0)
+    enc = ConformerEncoder(6, dim=8, num_layers=1, heads=2, ffn_dim=16, conv_kernel=3, dropout=0.0).eval()
+    x = torch.randn(2, 9, 6)
+    mask = torch.arange(9)[None, :] < torch.tensor([5, 3])[:, None]  # [2, 9], no row uses steps 5-8
+    padded, trimmed = enc(x, mask), enc(x[:, :5], mask[:, :5])
+    torch.testing.assert_close(padded.pooled, trimmed.pooled)
+
+
 def test_tf_fusion_ignores_padded_values():
     torch.manual_seed(0)
     model = build_model(features="cached", fusion="tf", size="tiny", input_dims=DIMS).eval()

@@ -229,6 +229,10 @@ class ConformerEncoder(nn.Module):
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
         lengths = mask.sum(1).clamp_min(1)  # [B]; an empty sequence would make attention NaN
+        # torchaudio builds its padding mask from `lengths`, [B, max(lengths)]: drop the padding columns that
+        # no row uses (a subset of a batch, e.g. G-Blending's held-out rows), or the shapes disagree.
+        used = int(lengths.max())
+        x, mask = x[:, :used], mask[:, :used]  # [B, T', D_in], [B, T']
         h = self.project(x.masked_fill(~mask[:, :, None], 0.0))  # [B, T, dim]
         self._state[x.device] = ~mask
         try:
