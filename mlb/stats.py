@@ -264,22 +264,35 @@ def _points(x: float) -> str:
 
 def stats_markdown(rows: list[dict]) -> str:
     """The rows of `compare_to_baselines` as a Markdown table (differences in accuracy points) + legend."""
-    head = ["features", "fusion", "method", "baseline", "folds", "Δ acc [CI]", "Δ per fold", "verdict"]
+    head = [
+        "features",
+        "fusion",
+        "method",
+        "baseline",
+        "folds",
+        "Δ acc [CI]",
+        "Δ per fold",
+        "same sign",
+        "verdict",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["mean_diff"] is None:
-            interval, per_fold, verdict = "-", "-", f"{r['verdict']}: {r['reason']}"
+            interval, per_fold, same, verdict = "-", "-", "-", f"{r['verdict']}: {r['reason']}"
         else:
             interval = f"{_points(r['mean_diff'])} [{_points(r['ci_low'])}, {_points(r['ci_high'])}]"
             per_fold, verdict = ", ".join(_points(d) for d in r["fold_diffs"]), r["verdict"]
+            # how many folds point the way of the mean: the spread over retraining that the interval omits
+            same = f"{sum(d * r['mean_diff'] > 0 for d in r['fold_diffs'])}/{r['folds']}"
         cells = [r["features"], r["fusion"], r["method"], r["baseline"], str(r["folds"])]
-        lines.append("| " + " | ".join(cells + [interval, per_fold, verdict]) + " |")
+        lines.append("| " + " | ".join(cells + [interval, per_fold, same, verdict]) + " |")
     confidence = rows[0]["confidence"] if rows else 0.95
     heads = sorted({r["head"] for r in rows}) or ["fused"]
     legend = (
         f"Δ acc: test accuracy of the method minus that of the baseline ({'/'.join(heads)} head), in "
         "points, averaged over the folds both were trained on (each fold weighs the same); Δ per fold "
-        f"lists the folds' own differences. The interval is a {100 * confidence:g}% paired bootstrap "
+        "lists the folds' own differences, and same sign how many of them point the way of the mean. "
+        f"The interval is a {100 * confidence:g}% paired bootstrap "
         "percentile interval over test clips: clips are resampled with replacement within each fold, the "
         "same clips for both methods, and the resampled folds are pooled into one mean; it covers the "
         "test-set sampling noise, not the spread from retraining. Verdict: better when the whole interval "
