@@ -132,7 +132,9 @@ def figure(table: dict, weak: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in table if weak in table[m]]
+    # Joint, Multi-Loss, MLB, the others, then the encoder alone (the other encoder alone has no weak head)
+    methods = [m for m in all_methods() if m in table and weak in table[m] and not m.endswith("-only")]
+    methods += [f"{weak}-only"] * (f"{weak}-only" in table)
     means = [100 * table[m][weak][0] for m in methods]
     errors = [[100 * (table[m][weak][0] - table[m][weak][1]) for m in methods],
               [100 * (table[m][weak][2] - table[m][weak][0]) for m in methods]]  # fmt: skip
