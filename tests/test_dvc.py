@@ -217,17 +217,20 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 0.5, "beta_max": 10.0}
 
     # the protocol: equal-budget tuning on validation, then the comparison reading the tuned settings
-    tuned = yaml.safe_load((runs / "tuned_params.yaml").read_text())["raw"]
+    tuned = yaml.safe_load((repo / "protocol" / "tuned_params.yaml").read_text())["raw"]
     assert {m: tuned[m]["late-linear"]["trials"] for m in ("joint", "mlb")} == {"joint": 2, "mlb": 2}
-    tuned_mlb = json.loads((runs / "protocol/raw/mlb/late-linear/seed1/run.json").read_text())
+    tuned_mlb = json.loads((repo / "protocol/runs/raw/mlb/late-linear/seed1/run.json").read_text())
     assert tuned_mlb["method_params"] == tuned["mlb"]["late-linear"]["method_params"]
-    assert "| raw | late-linear | mlb | joint | 2 |" in (runs / "protocol" / "compare_stats.md").read_text()
+    assert (
+        "| raw | late-linear | mlb | joint | 2 |"
+        in (repo / "protocol" / "runs" / "compare_stats.md").read_text()
+    )
 
     assert _ran(_dvc(repo, "repro")) == []
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "lock"], cwd=repo, check=True)
-    rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0", "-S", "protocol.pin.mlb.alpha=2.0"))
+    rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0", "-S", "+protocol.pin.mlb.alpha=2.0"))
     assert sorted(rerun) == ["compare", "compare_tuned", "report", "train_raw_mlb@0", "tune"], rerun
     assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 1.0, "beta_max": 10.0}
-    tuned = yaml.safe_load((runs / "tuned_params.yaml").read_text())["raw"]["mlb"]["late-linear"]
+    tuned = yaml.safe_load((repo / "protocol" / "tuned_params.yaml").read_text())["raw"]["mlb"]["late-linear"]
     assert tuned["method_params"]["alpha"] == 2.0  # pinned by hand: not searched

@@ -111,7 +111,7 @@ def parse_method_params(items: list[str] | None, option: str) -> dict[str, dict[
 
 def pins_from_params(path: Path | None, option: str) -> dict[str, dict[str, Any]]:
     """`protocol.pin` of a params.yaml: {method or "shared": {key: value}}, the settings fixed by hand
-    (`dvc exp run -S protocol.pin.mlb.alpha=1`); {} without a file."""
+    (`dvc exp run -S '+protocol.pin.mlb.alpha=1'`); {} without a file."""
     from pipeline.params import load_params
 
     if path is None:

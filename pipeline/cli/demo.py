@@ -99,7 +99,7 @@ def main() -> int:
                 "clips; *-only = that encoder trained alone):"
             )
             print("\n".join(lines) + "\n")
-    for stats in (runs / "compare_stats.md", runs / "protocol" / "compare_stats.md"):
+    for stats in (runs / "compare_stats.md", ROOT / "protocol" / "runs" / "compare_stats.md"):
         if stats.exists():
             print(
                 f"Paired differences against Joint and MLB ({stats.relative_to(ROOT)}):\n{stats.read_text()}"
