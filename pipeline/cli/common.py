@@ -62,6 +62,15 @@ def describe_error(err: BaseException, out=None) -> str:
     )
 
 
+# Options that several run-many-runs commands (compare, tune) share, defined once.
+IN_MEMORY_OPTION = typer.Option(
+    False, "--in-memory/--streaming", help="Keep each run's decoded splits in memory (same batches, faster)."
+)
+EVAL_BATCH_SIZE_OPTION = typer.Option(
+    None, "--eval-batch-size", min=1, help="Batch size of validation and test [default: the training one]."
+)
+
+
 def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
     """`KEY=VALUE` pairs; VALUE is read as YAML when it parses (numbers, true/false, null, lists), else it
     stays a string. Dashes in KEY become underscores."""

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from pipeline.cli.common import (
+    EVAL_BATCH_SIZE_OPTION,
+    IN_MEMORY_OPTION,
     command_errors,
     merge_pins,
     parse_method_params,
@@ -65,17 +67,8 @@ def compare(
     params_file: Path = typer.Option(
         None, "--params", help="A params.yaml whose protocol.pin fixes settings (--method-param wins)."
     ),
-    in_memory: bool = typer.Option(
-        False,
-        "--in-memory/--streaming",
-        help="Keep each run's decoded splits in memory (same batches, faster).",
-    ),
-    eval_batch_size: int = typer.Option(
-        None,
-        "--eval-batch-size",
-        min=1,
-        help="Batch size of validation and test [default: the training one].",
-    ),
+    in_memory: bool = IN_MEMORY_OPTION,
+    eval_batch_size: int = EVAL_BATCH_SIZE_OPTION,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     aggregate_only: bool = typer.Option(
         False,
@@ -154,7 +147,8 @@ def compare(
                 tuned=tuned_tree,
             )
             atomic_write_json(out / "skipped.json", skipped)
-        summaries = aggregate(load_runs(out))
+        finished = load_runs(out)
+        summaries = aggregate(finished)
         if not summaries:
             typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
             raise typer.Exit(1)
@@ -162,7 +156,7 @@ def compare(
         typer.echo(paths["md"].read_text())
         from mlb.stats import write_stats
 
-        stats = write_stats(load_runs(out), out)
+        stats = write_stats(finished, out)
         typer.echo(stats["md"].read_text())
         paths |= {f"stats_{k}": v for k, v in stats.items()}
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -39,18 +39,23 @@ def _synth(corpus_name: str, ctx: typer.Context, out: Path, params: Path | None,
     typer.echo(summary.describe())
 
 
-def _command(corpus_name: str):
-    corpus = get_corpus(corpus_name)
-    parameters = [
+def _ctx_and_out(out_help: str) -> list[inspect.Parameter]:
+    """The first two parameters of every synth command: typer's context and the OUT folder."""
+    return [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter(
             "out",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=typer.Argument(
-                ..., help="Folder to write the corpus into (created if needed).", show_default=False
-            ),
+            default=typer.Argument(..., help=out_help, show_default=False),
             annotation=Path,
         ),
+    ]
+
+
+def _command(corpus_name: str):
+    corpus = get_corpus(corpus_name)
+    parameters = [
+        *_ctx_and_out("Folder to write the corpus into (created if needed)."),
         inspect.Parameter(
             "params",
             inspect.Parameter.KEYWORD_ONLY,
@@ -96,17 +101,7 @@ def _features_command():
     from pipeline.synth_features import FeatureSynthConfig
 
     parameters = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter(
-            "out",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=typer.Argument(
-                ...,
-                help="Folder OUT: the shards go to OUT/shards/cached/ (replaced as a whole).",
-                show_default=False,
-            ),
-            annotation=Path,
-        ),
+        *_ctx_and_out("Folder OUT: the shards go to OUT/shards/cached/ (replaced as a whole)."),
         *dataclass_options(FeatureSynthConfig),
     ]
     doc = "Write a synthetic corpus straight into cached-feature shards OUT/shards/cached/.\n\n"

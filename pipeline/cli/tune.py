@@ -8,6 +8,8 @@ import typer
 
 from mlb.tune import TuneConfig
 from pipeline.cli.common import (
+    EVAL_BATCH_SIZE_OPTION,
+    IN_MEMORY_OPTION,
     command_errors,
     field_default,
     merge_pins,
@@ -66,17 +68,8 @@ def cli(
     best_params: Path = typer.Option(
         None, "--best-params", help="Where to write the best settings [default: TUNE/best_params.yaml]."
     ),
-    in_memory: bool = typer.Option(
-        False,
-        "--in-memory/--streaming",
-        help="Keep each run's decoded splits in memory (same batches, faster).",
-    ),
-    eval_batch_size: int = typer.Option(
-        None,
-        "--eval-batch-size",
-        min=1,
-        help="Batch size of validation and test [default: the training one].",
-    ),
+    in_memory: bool = IN_MEMORY_OPTION,
+    eval_batch_size: int = EVAL_BATCH_SIZE_OPTION,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Search each method's hyper-parameters on VALIDATION accuracy with the same trial budget for every
