@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_prepare.py --clips 160 640 [--repeat 5] [--work /tmp/mlbpipe-bench]
     .venv/bin/python bench/bench_prepare.py --corpus ave --clips 28 112 --repeat 3 --methods ours-1 decode-only ours-1-after-index ours-2
     .venv/bin/python bench/bench_prepare.py --corpus ucf101 --clips 204 408 --repeat 3 --methods ours-1 decode-only ours-1-after-index ours-2
+    .venv/bin/python bench/bench_prepare.py --clips 160 --repeat 3 --methods ours-1 ours-2 ray-2   # the engines
 
 (a) ours: `mlbpipe prepare CORPUS` (index + validate, frames, spectrograms, shards) with 1 and 2 workers,
     with the corpus's own settings (AVE and UCF101: their authors', 224 px frames);
@@ -14,7 +15,11 @@
     the floor no pipeline can beat on one core;
 (d) ours-1-after-index: ours with 1 worker, the index stage (validation of every file) run before the clock
     starts: what the frames, spectrograms and shards stages cost by themselves (not a goal; it shows
-    how much of the gap to decode-only is validation).
+    how much of the gap to decode-only is validation);
+(e) ray-2: ours on the Ray engine (`--engine ray`, pipeline.engine.ray_executor; needs the `ray` extra), a
+    local Ray instance of 2 CPUs started inside the clock like the local pool (its start is also printed
+    apart). With ours-1 and ours-2 in --methods, the throughput of each engine is printed as a ratio
+    against ours-1 (local, 1 worker).
 Goals: (a, 2 workers) >= 3x (b); (a, 1 worker) within 1.5x of (c); peak memory flat in N
 (4x the clips, <= 1.2x the memory).
 
@@ -48,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The pairs compared by a ratio run next to each other in every round (ours-1 and decode-only, ours-2 and
 # baseline), each pair in alternate order from round to round: a drift of the shared machine within a
 # round then hits both sides of a ratio alike.
-METHODS = ("ours-1", "decode-only", "ours-1-after-index", "ours-2", "baseline")
+METHODS = ("ours-1", "decode-only", "ours-1-after-index", "ours-2", "baseline", "ray-2")
 
 
 # --- the three ways (each runs in its own process: `bench_prepare.py _run METHOD ROOT OUT`) --------------
@@ -60,15 +65,27 @@ RESNET_PATH = ["index", "frames", "spectrograms", "shards_raw"]
 PARAMS = {"cremad": {"index": {"protocol": "speaker-random"}}}  # CREMA-D's default protocol needs VAVL's list
 
 
-def run_ours(name: str, root: Path, out: Path, workers: int, stages: list[str] = RESNET_PATH) -> None:
+def run_ours(
+    name: str, root: Path, out: Path, workers: int, stages: list[str] = RESNET_PATH, engine: str = "local"
+) -> float:
+    """Prepare with the given engine; returns the seconds its executor took to start."""
     from pipeline.corpora import get_corpus
     from pipeline.engine import LocalExecutor
     from pipeline.prepare import Run, prepare, prepare_config
 
     corpus = get_corpus(name)
     config = prepare_config(corpus, PARAMS.get(name, {}), {})
-    with LocalExecutor(workers) as executor:
+    start = time.perf_counter()
+    if engine == "ray":
+        from pipeline.engine import RayExecutor
+
+        executor = RayExecutor(workers)
+    else:
+        executor = LocalExecutor(workers)
+    started = time.perf_counter() - start
+    with executor:
         prepare(Run(corpus, root, out, config, executor, progress=False), stages)
+    return started
 
 
 def run_baseline(root: Path, out: Path) -> None:
@@ -142,6 +159,7 @@ STARTUP_IMPORTS = {  # imported before the clock starts; their cost is reported 
     "baseline": ("cv2", "numpy", "soundfile"),
     "decode-only": ("av", "soundfile"),
 }
+STARTUP_IMPORTS["ray"] = (*STARTUP_IMPORTS["ours"], "ray")
 
 
 def _run(name: str, method: str, root: Path, out: Path) -> None:
@@ -149,16 +167,22 @@ def _run(name: str, method: str, root: Path, out: Path) -> None:
 
     os.environ["OMP_NUM_THREADS"] = "1"
     begin = time.perf_counter()
-    kind = method.split("-")[0] if method.startswith("ours") else method
-    for module in STARTUP_IMPORTS[kind] + ((f"pipeline.corpora.{name}",) if kind == "ours" else ()):
+    kind = method.split("-")[0] if method.startswith(("ours", "ray")) else method
+    if kind == "ray":  # a one-machine Ray instance binds loopback only (read by ray at import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for module in STARTUP_IMPORTS[kind] + ((f"pipeline.corpora.{name}",) if kind in ("ours", "ray") else ()):
         importlib.import_module(module)
     if method == "ours-1-after-index":
         run_ours(name, root, out, 1, ["index"])
     start, cpu_start = time.perf_counter(), _cpu_seconds()
+    engine_start = 0.0
     if method == "ours-1-after-index":
-        run_ours(name, root, out, 1, RESNET_PATH[1:])
+        engine_start = run_ours(name, root, out, 1, RESNET_PATH[1:])
     elif method.startswith("ours-"):
-        run_ours(name, root, out, int(method.split("-")[1]))
+        engine_start = run_ours(name, root, out, int(method.split("-")[1]))
+    elif method.startswith("ray-"):
+        engine_start = run_ours(name, root, out, int(method.split("-")[1]), engine="ray")
     elif method == "baseline":
         run_baseline(root, out)
     else:
@@ -175,6 +199,7 @@ def _run(name: str, method: str, root: Path, out: Path) -> None:
                 "seconds": seconds,
                 "cpu_seconds": cpu_seconds,
                 "startup": start - begin,
+                "engine_start": engine_start,
                 "peak_mib": peak_kib / 1024,
                 "torch_imported": "torch" in sys.modules,
             }
@@ -257,7 +282,8 @@ def measure(
     medians = {}
     for m in methods:
         medians[m] = {
-            key: statistics.median(r[m][key] for r in rounds) for key in ("seconds", "cpu_seconds", "startup")
+            key: statistics.median(r[m][key] for r in rounds)
+            for key in ("seconds", "cpu_seconds", "startup", "engine_start")
         }
         medians[m]["peak_mib"] = max(r[m]["peak_mib"] for r in rounds)
         medians[m]["clips_per_s"] = n / medians[m]["seconds"]
@@ -297,12 +323,14 @@ def main() -> None:
         root = make_corpus(args.work, args.corpus, n, size)
         results[n], rounds = measure(args.corpus, args.methods, root, args.work, n, args.repeat)
         for method, r in results[n].items():
-            # ours-2's workers are children of the fork server, not of the measured process: no CPU time
-            cpu = "     n/a" if method == "ours-2" else f"{r['cpu_seconds']:6.2f} s"
+            # ours-2's workers are children of the fork server, ray-2's of Ray's raylet, not of the measured
+            # process: no CPU time (and ray-2's peak is the driver's only)
+            cpu = "     n/a" if method in ("ours-2", "ray-2") else f"{r['cpu_seconds']:6.2f} s"
             print(
                 f"N={n:4d} {method:18s} {r['seconds']:7.2f} s  {r['clips_per_s']:7.2f} clips/s  "
                 f"cpu {cpu}  peak {r['peak_mib']:7.1f} MiB  (+ {r['startup']:.2f} s imports)  "
-                f"[median of {args.repeat}]",
+                f"[median of {args.repeat}]"
+                + (f"  (engine start {r['engine_start']:.2f} s)" if method == "ray-2" else ""),
                 flush=True,
             )
         if {"ours-2", "baseline"} <= set(args.methods):
@@ -327,6 +355,18 @@ def main() -> None:
             print(
                 f"N={n}: ours 1 worker / 2 workers = {ratio(rounds, 'ours-1', 'ours-2')} (the machine's parallel gain)"
             )
+        if {"ours-1", "ray-2"} <= set(args.methods):
+            print(f"N={n}: throughput (clips/s) against local with 1 worker, the same rounds:")
+            for method in ("ours-1", "ours-2", "ray-2"):
+                if method in args.methods:  # clips/s ratio = time of ours-1 / time of the method
+                    after = sorted(
+                        r["ours-1"]["seconds"] / (r[method]["seconds"] - r[method]["engine_start"])
+                        for r in rounds
+                    )
+                    print(
+                        f"  {method:8s} {ratio(rounds, 'ours-1', method)}; after the engine started: "
+                        f"{statistics.median(after):.2f}x"
+                    )
 
     if len(results) >= 2:
         small, large = min(results), max(results)

@@ -4,9 +4,11 @@ One epoch of one split is this list of stages (see `ShardLoader._pipeline`):
 
 1. shard list    the split's tars as listed in `sizes.json` (names checked: no paths, no URLs);
 2. shard shuffle a permutation that is a pure function of (seed, epoch); the same on every rank, so
-                 `wds.split_by_node` hands every rank disjoint shards (WebDataset's own `shardshuffle`
+                 the split below hands every rank disjoint shards (WebDataset's own `shardshuffle`
                  is therefore off: this stage replaces it, reproducibly);
-3. split         `wds.split_by_node` (DDP ranks), then `wds.split_by_worker` (loader workers);
+3. split         every `world_size`-th shard from `rank` on (the loader's own rank and world size, one
+                 source with the trainer's: not WebDataset's guess from the environment), then
+                 `wds.split_by_worker` (loader workers);
 4. read tars     `read_tar_samples`: members grouped by key (the WebDataset convention); every
                  member name is checked first (`check_member_name`): only `<key>.<name>.npy` and
                  `<key>.json` exist;
@@ -22,6 +24,9 @@ array, a missing field, a wrong dtype or shape, a label out of range, a key that
 id) stops the run with an error naming the shard and the clip. Nothing is skipped silently: prepare
 already rejected bad clips with a reason, so a bad sample here means corrupt or foreign shards, and
 dropping it would quietly change the data set.
+
+Storage: the folder is a local path or a URL (`s3://bucket/prefix`); every read goes through `mlb.storage`
+(pathlib locally, fsspec for URLs, each remote tar fetched whole with one request).
 
 Epoch size comes from `sizes.json`: `ShardLoader.num_batches(epoch)` is exact, because the shard
 order and the shard-to-rank/worker assignment are pure functions of (seed, epoch). A resumed run
@@ -42,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mlb.storage import PathOrURL, StorageError, check_folder, is_file, is_url, join, open_binary, read_text
 
 SPLITS = ("train", "validation", "test")
 INPUT_PATHS = ("raw", "cached")
@@ -72,18 +79,18 @@ class ShardMetaError(ShardError):
 # --- folder-level files: meta.json, sizes.json, stats.json ------------------------------------------
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: PathOrURL) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise ShardError(f"{path} is missing: is this a shard folder written by `mlbpipe prepare`?") from None
     except json.JSONDecodeError as err:
         raise ShardError(f"{path} is not valid JSON: {err}") from None
 
 
-def read_sizes(folder: Path) -> dict[str, int]:
+def read_sizes(folder: PathOrURL) -> dict[str, int]:
     """`sizes.json` as {tar name: sample count}; names must be plain `<split>-NNNNNN.tar` that exist."""
-    sizes = read_json(Path(folder) / "sizes.json")
+    sizes = read_json(join(folder, "sizes.json"))
     if not isinstance(sizes, dict):
         raise ShardError(
             f"{folder}/sizes.json must be an object {{tar name: count}}, got {type(sizes).__name__}"
@@ -95,7 +102,7 @@ def read_sizes(folder: Path) -> dict[str, int]:
             )
         if not isinstance(count, int) or count < 0:
             raise ShardError(f"{folder}/sizes.json: count of {name} must be an integer >= 0, got {count!r}")
-        if not (Path(folder) / name).is_file():
+        if not is_file(join(folder, name)):
             raise ShardError(
                 f"{folder}/sizes.json lists {name} but the file is missing: copy the shard folder again, or rerun the "
                 "stage that wrote it"
@@ -132,7 +139,7 @@ def _normalise(value: Any) -> Any:
 class ShardFolder:
     """The folder-level facts of one input path's shards (`OUT/shards/<input path>/`)."""
 
-    path: Path
+    path: PathOrURL  # a Path, or a URL string (pathlib would fold its `//`)
     meta: dict[str, Any]
     sizes: dict[str, int]
     stats: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -170,10 +177,19 @@ class ShardFolder:
         return list(self.meta["fields"][field_name]["shape"])
 
 
-def open_shard_folder(path: Path, expected_meta: Mapping[str, Any] | None = None) -> ShardFolder:
-    """Read and check `meta.json`, `sizes.json` and (if present) `stats.json` of a shard folder."""
-    path = Path(path)
-    meta = read_json(path / "meta.json")
+def open_shard_folder(path: PathOrURL, expected_meta: Mapping[str, Any] | None = None) -> ShardFolder:
+    """Read and check `meta.json`, `sizes.json` and (if present) `stats.json` of a shard folder (a path or
+    a URL: an unreachable endpoint, a missing bucket or prefix is a ShardError naming the URL and the fix)."""
+    path = path if is_url(path) else Path(path)
+    try:
+        check_folder(path)  # a URL only: one listing, which also answers the existence checks below
+        return _read_shard_folder(path, expected_meta)
+    except StorageError as err:
+        raise ShardError(str(err)) from None
+
+
+def _read_shard_folder(path: PathOrURL, expected_meta: Mapping[str, Any] | None) -> ShardFolder:
+    meta = read_json(join(path, "meta.json"))
     if not isinstance(meta, dict):
         raise ShardError(f"{path}/meta.json must be an object")
     for key in ("input_path", "num_classes", "fields"):
@@ -190,7 +206,7 @@ def open_shard_folder(path: Path, expected_meta: Mapping[str, Any] | None = None
             raise ShardMetaError(
                 f"{path}/meta.json 'fields' lacks {field_name!r} ({modality} of the {meta['input_path']} path)"
             )
-    stats = read_json(path / "stats.json") if (path / "stats.json").is_file() else {}
+    stats = read_json(join(path, "stats.json")) if is_file(join(path, "stats.json")) else {}
     if meta["input_path"] == "cached":
         for field_name in MODALITY_FIELDS["cached"].values():
             if field_name.removesuffix(".npy") not in stats:
@@ -231,7 +247,7 @@ def check_member_name(name: str, where: str = "tar") -> bool:
 def read_tar_samples(
     shards: Iterator[dict[str, Any]], sizes: Mapping[str, int] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Stage 4: `{"url": path}` items to samples `{"__key__", "__url__", "<field>": bytes, ...}`.
+    """Stage 4: `{"url": path or URL}` items to samples `{"__key__", "__url__", "<field>": bytes, ...}`.
 
     With `sizes` (`sizes.json`), a tar that holds another number of clips than listed is an error.
 
@@ -239,7 +255,8 @@ def read_tar_samples(
     name goes through `check_member_name` before its bytes are read; links, folders and other
     non-file members are refused. (We do not use `wds.tarfile_to_samples` here: it reads tars in
     stream mode, 10 KB records at a time, which made shards 2x slower than per-clip files to read in
-    bench/bench_loader.py; random-access mode reads each member with one call.)
+    bench/bench_loader.py; random-access mode reads each member with one call. A remote tar is read
+    whole into memory first, with one request: `mlb.storage.open_binary`.)
     """
     import tarfile
 
@@ -248,10 +265,17 @@ def read_tar_samples(
         sample: dict[str, Any] | None = None
         seen: set[str] = set()
         try:
-            tar = tarfile.open(url, mode="r:")  # noqa: SIM115 (closed below; samples are yielded while it is open)
-        except (tarfile.TarError, OSError) as err:
+            file = open_binary(url)  # closed below; samples are yielded while it is open
+        except StorageError as err:  # the endpoint went away mid-run: not a corrupt shard
+            raise ShardError(str(err)) from None
+        except OSError as err:
             raise ShardError(_corrupt(url, err)) from None
-        with tar:  # uncompressed tars only, as written by prepare
+        try:
+            tar = tarfile.open(fileobj=file, mode="r:")  # noqa: SIM115 (as above)
+        except (tarfile.TarError, OSError) as err:
+            file.close()
+            raise ShardError(_corrupt(url, err)) from None
+        with file, tar:  # uncompressed tars only, as written by prepare
             members = iter(tar)
             while True:
                 try:  # a tar cut short (a failed copy, a full disk) fails here, naming the shard
@@ -428,7 +452,7 @@ def shard_order(shards: list[str], seed: int, epoch: int, shuffle: bool) -> list
 
 
 def assigned_shards(order: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-    """The shards one worker of one rank reads: the same slicing as wds.split_by_node/split_by_worker."""
+    """The shards one worker of one rank reads: every world_size-th from rank, then every num_workers-th."""
     return order[rank::world_size][worker :: max(num_workers, 1)]
 
 
@@ -527,12 +551,11 @@ class ShardLoader:
     def _pipeline(self, epoch: int):
         import webdataset as wds
 
+        order = shard_order(self.shards, self.seed, epoch, self.shuffle)
+        # 3. this rank's shards (`assigned_shards` before the worker split)
         folder, urls = (
             self.folder,
-            [
-                str(self.folder.path / name)
-                for name in shard_order(self.shards, self.seed, epoch, self.shuffle)
-            ],
+            [str(join(self.folder.path, name)) for name in order[self.rank :: self.world_size]],
         )
 
         def shuffle_stage(samples):
@@ -562,12 +585,10 @@ class ShardLoader:
 
         if self.in_memory:
             return wds.DataPipeline(
-                wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, decoded_shards, shuffle_stage,
-                batch_stage,
+                wds.SimpleShardList(urls), wds.split_by_worker, decoded_shards, shuffle_stage, batch_stage,
             )  # fmt: skip
         return wds.DataPipeline(
-            wds.SimpleShardList(urls),  # 1-2. shard list in the (seed, epoch) order
-            wds.split_by_node,  # 3. DDP ranks
+            wds.SimpleShardList(urls),  # 1-3. this rank's shards in the (seed, epoch) order
             wds.split_by_worker,  # 3. loader workers
             functools.partial(read_tar_samples, sizes=folder.sizes),  # 4.
             shuffle_stage,  # 5.

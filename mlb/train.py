@@ -43,14 +43,33 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mlb.atomic import atomic_output, atomic_write_json, atomic_write_text
+from mlb.atomic import atomic_write_json
+from mlb.checkpoint import (
+    BEST_KEYS,
+    LAST_KEYS,
+    check_resumable,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from mlb.data import MODALITY_FIELDS, SPLITS, ShardFolder, ShardLoader, check_split, open_shard_folder
 from mlb.device import resolve_device
+from mlb.distributed import (
+    LOCAL,
+    World,
+    close_world,
+    init_world,
+    sum_gradients_,
+    sync_batchnorm,
+    world_from_env,
+)
 from mlb.lock import folder_lock
 from mlb.method_defaults import method_defaults
 from mlb.metrics import evaluate
+from mlb.run_logs import EpochLog, StepLog, epoch_summary
 from mlb.stopping import Stopped, stop_on_signals
-from mlb.train_config import RESUMABLE_CHANGES, TrainConfig, TrainConfigError, TrainError
+from mlb.train_config import TrainConfig, TrainConfigError, TrainError
 
 
 @dataclass
@@ -90,91 +109,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states() -> dict[str, Any]:
-    """torch / numpy / python RNG states as tensors and plain lists (loadable with weights_only)."""
-    _kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    n = states["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    p = states["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-LAST_KEYS = (
-    "model",
-    "optimizer",
-    "scaler",
-    "scheduler",
-    "balancer",
-    "rng",
-    "state",
-    "config",
-    "method_params",
-)
-BEST_KEYS = ("model", "epoch", "step", "val_accuracy", "config")
-
-
-def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A checkpoint, never unpickling code (weights_only=True accepts tensors, numbers, strings, lists and
-    dicts). TrainError naming the file and the fix when it cannot be read or lacks one of `keys`."""
-    fix = "delete it to train from scratch, or put back a good copy"
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainError(f"{path} does not exist") from None
-    except Exception as err:  # noqa: BLE001 (a cut file, random bytes, a foreign pickle: all mean "unreadable")
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise TrainError(
-            f"{path} cannot be read as a checkpoint ({type(err).__name__}: {first[:200]}); it may have been cut "
-            f"short (a full disk, a failed copy) or not be one: {fix}"
-        ) from None
-    missing = [key for key in keys if not isinstance(saved, dict) or key not in saved]
-    if missing:
-        raise TrainError(
-            f"{path} is not a checkpoint of mlbpipe train (it has no {', '.join(missing)}): {fix}"
-        )
-    return saved
-
-
-def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """torch.save through a temp file and a rename; TrainError naming the file when the write fails."""
-    try:
-        with atomic_output(path) as tmp:  # a resume never reads half a checkpoint
-            torch.save(obj, tmp)
-    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError, without errno
-        import shutil
-
-        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
-        reason = (
-            err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
-        )
-        raise TrainError(
-            f"writing {path} failed ({reason[:200]}; {free:.0f} MiB free there): the disk may be full or the folder "
-            "read-only; free space (or fix its permissions) and rerun with --resume"
-        ) from None
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. CPU runs fp32 (deterministic and exact resume)."""
     if device.type != "cuda" or precision == "fp32":
@@ -194,14 +128,30 @@ def grads_finite(parameters: list[torch.nn.Parameter]) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+def local_batch_size(global_batch: int, world: World) -> int:
+    """Each rank's share of the global batch (`batch_size` is the global batch, whatever the world size, so
+    the lr and the schedule need no change); TrainConfigError when it does not divide evenly."""
+    if global_batch % world.size:
+        raise TrainConfigError(
+            f"train config batch_size={global_batch} does not divide among {world.size} training processes; "
+            f"use a multiple of {world.size}"
+        )
+    return global_batch // world.size
+
+
+def check_world_shards(folder: ShardFolder, world: World) -> None:
+    """Every rank needs a training shard of its own; TrainError naming the counts and the fixes."""
+    shards = folder.shards("train")
+    if len(shards) < world.size:
+        raise TrainError(
+            f"{folder.path}: {len(shards)} training shard(s) for {world.size} training processes; each needs at "
+            "least one. Rewrite the shards smaller (prepare's shard size) or start fewer processes"
+        )
+
+
 def input_dims(folder: ShardFolder) -> dict[str, int]:
     """Feature size per modality of the cached path, from meta.json (`[T, D]` fields)."""
     return {m: int(folder.field_shape(f)[-1]) for m, f in MODALITY_FIELDS["cached"].items()}
-
-
-def summarise(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())} if a.size else {}
 
 
 def flat_val_metrics(metrics: dict[str, Any], loss: float) -> dict[str, float]:
@@ -268,83 +218,6 @@ def autocast(device: torch.device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-class StepLog:
-    """`RUN/steps.jsonl`: one JSON object per training step. On resume, lines after the checkpoint's
-    step are dropped first, so the file equals an uninterrupted run's."""
-
-    def __init__(self, path: Path, keep_until_step: int) -> None:
-        self.path = path
-        kept, self.records = [], []
-        for line in path.read_text().splitlines() if path.exists() else []:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                continue
-            if record["step"] <= keep_until_step:
-                kept.append(line)
-                self.records.append(record)
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-        self.file = path.open("a")
-
-    def series(self, epoch: int) -> dict[str, list[float]]:
-        """{name: values} of an epoch's steps already on file (a run resumed mid-epoch), for its summary."""
-        series: dict[str, list[float]] = {}
-        for record in self.records:
-            if record["epoch"] == epoch:
-                for name, value in record.items():
-                    if name not in ("step", "epoch", "lr"):
-                        series.setdefault(name, []).append(value)
-        return series
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class EpochLog:
-    """Per-epoch logging to DVCLive (`RUN/dvclive/`), or nowhere when disabled."""
-
-    def __init__(self, run: Path, enabled: bool, resume: bool) -> None:
-        self.live = None
-        if enabled:
-            from dvclive import Live
-
-            # save_dvc_exp=False: never touch git; dvcyaml=None: the project's dvc.yaml declares the
-            # plots and metrics of RUN/dvclive itself.
-            self.live = Live(
-                dir=str(run / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None
-            )
-
-    @staticmethod
-    def drop_epochs_from(run: Path, epoch: int) -> None:
-        """On resume: remove plot rows of epochs >= `epoch` (logged before the run died, to be redone)."""
-        for tsv in (run / "dvclive" / "plots" / "metrics").rglob("*.tsv"):
-            header, *rows = tsv.read_text().splitlines()
-            column = header.split("\t").index("step")
-            kept = [row for row in rows if int(row.split("\t")[column]) < epoch]
-            tsv.write_text("\n".join([header, *kept]) + "\n")
-
-    def log(self, epoch: int, values: dict[str, float]) -> None:
-        if self.live is None:
-            return
-        self.live.step = epoch
-        for name, value in values.items():
-            if value is not None and math.isfinite(value):
-                self.live.log_metric(name, value)
-        self.live.next_step()
-
-    def close(self, summary: dict[str, float] | None = None) -> None:
-        """End the DVCLive run; `summary` values (the selected checkpoint, test metrics) go into
-        dvclive/metrics.json only, so `dvc exp show` lists them."""
-        if self.live is not None:
-            for name, value in (summary or {}).items():  # "test/acc" -> {"test": {"acc": ...}}, as log_metric
-                group, _, key = name.rpartition("/")
-                self.live.summary.setdefault(group, {})[key] = value
-            self.live.end()
-
-
 # --- the trainer -------------------------------------------------------------------------------------
 
 
@@ -368,8 +241,17 @@ def train(
     tuning trial): metrics.json then has no `test` entry and no test_predictions.json is written.
     """
     config.validate()
-    with folder_lock(config.out, command or " ".join(sys.argv)):
-        return _train(config, on_step, on_epoch, test)
+    world = world_from_env()  # torchrun's RANK / WORLD_SIZE; a single process outside it
+    lock = (
+        folder_lock(config.out, command or " ".join(sys.argv)) if world.is_main else contextlib.nullcontext()
+    )
+    joins_group = world.distributed and not torch.distributed.is_initialized()
+    try:
+        with lock:
+            return _train(config, on_step, on_epoch, test)
+    finally:
+        if joins_group:  # the group this call set up (init_world) ends with it
+            close_world(world)
 
 
 def _train(
@@ -390,26 +272,40 @@ def _train(
             f"train config out={str(run)!r}: it already holds a checkpoint ({last_path}); "
             "pass resume=True (--resume) or choose another folder"
         )
-    device = resolve_device(config.device)
+    world, device = init_world(resolve_device(config.device))  # one source of rank and world size
+    main = world.is_main  # rank 0 alone writes files
+
+    def say(message: str) -> None:
+        if main:
+            print(message)
+
     amp_dtype = resolve_precision(config.precision, device)
 
     # --- data: refuse shards of the wrong kind before reading a sample -------------------------------
     folder = open_shard_folder(config.data, {"input_path": config.features, **config.expected_meta})
     for split in SPLITS:  # an empty or missing split fails now, not after hours of training
         check_split(folder, split)
-    batch_size = config.resolved_batch_size
+    batch_size = local_batch_size(config.resolved_batch_size, world)
+    check_world_shards(folder, world)
     loader_kw = {
         "seed": config.seed,
         "num_workers": config.num_workers,
         "pin_memory": device.type == "cuda",
         "in_memory": config.in_memory,
     }
+    # Training shards are split by rank, then by loader worker; every rank takes the smallest rank's
+    # number of batches, so no rank waits in a collective for one that ran out of data.
     train_loader = ShardLoader(
-        folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer, **loader_kw
-    )
-    eval_kw = dict(batch_size=config.eval_batch_size or batch_size, shuffle=False, **loader_kw)
+        folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer,
+        rank=world.rank, world_size=world.size, **loader_kw,
+    )  # fmt: skip
+    # Every rank evaluates the whole split (rank 0's figures decide; the others only keep pace).
+    eval_kw = dict(
+        batch_size=config.eval_batch_size or config.resolved_batch_size, shuffle=False, rank=0, world_size=1,
+        **loader_kw,
+    )  # fmt: skip
     val_loader = ShardLoader(folder, "validation", **eval_kw)
-    steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch without DDP
+    steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch on one process
 
     # --- model, balancer, optimiser ------------------------------------------------------------------
     seed_everything(config.seed)
@@ -429,8 +325,9 @@ def _train(
     )
     if config.features == "cached":
         model_kw["input_dims"] = input_dims(folder)
-    model = build_model(**model_kw).to(device)
+    model = sync_batchnorm(build_model(**model_kw).to(device), world, device)  # global-batch BatchNorm
     balancer.check_model(model)
+    balancer.world = world  # the balancer reduces its statistics over the ranks
     if hasattr(balancer, "sync_logs"):
         balancer.sync_logs = False  # step logs become floats once, after optimizer.step()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -452,6 +349,8 @@ def _train(
         "device": str(device),
         "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
         "steps_per_epoch": steps_per_epoch,
+        "world_size": world.size,
+        "batch_size_per_process": batch_size,
         "scheduler": {"name": "constant-warmup+cosine-restarts", **schedule},
     }
 
@@ -470,7 +369,8 @@ def _train(
         }
 
     def save_last() -> None:
-        save_checkpoint(checkpoint(), last_path)
+        if main:
+            save_checkpoint(checkpoint(), last_path)
 
     # --- resume ----------------------------------------------------------------------------------------
     if resuming:
@@ -482,24 +382,26 @@ def _train(
         balancer.load_state_dict(saved["balancer"])
         state = TrainState(**saved["state"])
         set_rng_states(saved["rng"])
-        print(
+        say(
             f"mlbpipe train: resuming {last_path} at epoch {state.epoch}, batch {state.batch_in_epoch}, "
             f"step {state.step}"
         )
     elif config.resume:
-        print(f"mlbpipe train: --resume given but {last_path} does not exist: starting from scratch")
+        say(f"mlbpipe train: --resume given but {last_path} does not exist: starting from scratch")
     if resuming and (state.epoch >= config.epochs or state.stopped_early) and (run / "metrics.json").exists():
-        print(f"mlbpipe train: {run} is already finished; not evaluating the test split again")
+        say(f"mlbpipe train: {run} is already finished; not evaluating the test split again")
         return json.loads((run / "metrics.json").read_text())
-    atomic_write_json(run / "run.json", run_info)
-    step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step)
-    epochs_file = StepLog(run / "epochs.jsonl", keep_until_step=state.step)  # the per-epoch summaries, too
+    if main:
+        atomic_write_json(run / "run.json", run_info)
+    step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step, enabled=main)
+    # the per-epoch summaries, too
+    epochs_file = StepLog(run / "epochs.jsonl", keep_until_step=state.step, enabled=main)
     # Selection metric: validation fused accuracy, or one head's for a method that trains only that head.
     selection_head = getattr(balancer, "selection_head", None)
     selection_key = f"acc_{selection_head}" if selection_head else "acc"
-    if resuming and config.dvclive:
+    if resuming and config.dvclive and main:
         EpochLog.drop_epochs_from(run, state.epoch)
-    epoch_log = EpochLog(run, config.dvclive, resume=resuming)
+    epoch_log = EpochLog(run, config.dvclive and main, resume=resuming)
     started = time.perf_counter()
 
     # --- train: one epoch per iteration; validation and selection at each epoch end --------------------
@@ -514,19 +416,22 @@ def _train(
             model.train()
             epoch_logs = step_log.series(state.epoch)  # {name: [values]}; non-empty after a mid-epoch resume
             out_of_steps = False
+            epoch_batches = train_loader.num_batches(state.epoch)
             batches = tqdm(
                 train_loader.iterate(state.epoch, skip_batches=state.batch_in_epoch),
-                total=steps_per_epoch - state.batch_in_epoch,
+                total=max(epoch_batches - state.batch_in_epoch, 0),
                 desc=f"epoch {state.epoch}",
                 leave=False,
-                disable=None,
+                disable=None if main else True,
             )  # disable=None: no bar when not a terminal
             for batch in batches:
                 batch = to_device(batch, device)
                 lr = base_lr * lr_at(state.step, **schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logs = train_step(model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device)
+                logs = train_step(
+                    model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device, world
+                )
                 state.step += 1
                 state.batch_in_epoch += 1
                 if logs is None:  # non-finite: no update
@@ -544,15 +449,17 @@ def _train(
                     for name, value in logs.items():
                         epoch_logs.setdefault(name, []).append(value)
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    step_log.file.flush()
+                    step_log.flush()
                     save_last()
                 if on_step is not None:
                     on_step(state)
-                if stop.requested:  # mid-epoch, no validation: the resumed run validates this epoch once
-                    step_log.file.flush()
+                if world.any_true(
+                    stop.requested
+                ):  # mid-epoch, no validation: the resumed run validates it once
+                    step_log.flush()
                     save_last()
                     raise Stopped(
-                        f"mlbpipe train: {stop.reason} after step {state.step} (epoch {state.epoch}, batch "
+                        f"mlbpipe train: {stop.reason or 'another training process was stopped'} after step {state.step} (epoch {state.epoch}, batch "
                         f"{state.batch_in_epoch}); checkpoint {last_path}: rerun the same command with --resume "
                         "to continue"
                     )
@@ -562,7 +469,7 @@ def _train(
 
             # --- validate, select, stop early --------------------------------------------------------
             val_metrics, val_loss = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
-            flat = flat_val_metrics(val_metrics, val_loss)
+            flat = world.broadcast_floats(flat_val_metrics(val_metrics, val_loss), device)
             balancer_logs = balancer.on_epoch_end(state.epoch, flat) or {}
             improved = flat[selection_key] > state.best_val_accuracy
             if improved:
@@ -576,19 +483,20 @@ def _train(
                     "val_accuracy": flat[selection_key],
                     "config": config.to_json(),
                 }
-                save_checkpoint(best, best_path)
+                if main:
+                    save_checkpoint(best, best_path)
             else:
                 state.epochs_without_improvement += 1
                 state.stopped_early = state.epochs_without_improvement >= config.patience
-            summary = epoch_summary(epoch_logs, flat, balancer_logs, state, lr_now(optimizer))
+            summary = epoch_summary(epoch_logs, flat, balancer_logs, state.skipped_steps, lr_now(optimizer))
             epoch_log.log(state.epoch, summary)
             epochs_file.write({"epoch": state.epoch, "step": state.step, **summary})
-            print(
+            say(
                 f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
                 + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in model.modalities)
                 + (" (best)" if improved else "")
             )
-            if out_of_steps and state.batch_in_epoch < steps_per_epoch:
+            if out_of_steps and state.batch_in_epoch < epoch_batches:
                 save_last()  # mid-epoch: a resume with more steps continues here
                 break
             state.epoch += 1
@@ -599,8 +507,11 @@ def _train(
             if out_of_steps:
                 break
 
-    # --- test once, at the checkpoint selected on validation -------------------------------------------
+    # --- test once, at the checkpoint selected on validation (rank 0; the other ranks are done) ------
     check_skipped(state, config)
+    if not main:
+        epoch_log.close()
+        return {}
     selected = load_checkpoint(best_path, BEST_KEYS)
     model.load_state_dict(selected["model"])
     val_metrics, _ = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
@@ -623,6 +534,7 @@ def _train(
             "skipped_nonfinite_steps": state.skipped_steps,
             "stopped_early": state.stopped_early,
             "seconds_this_process": round(time.perf_counter() - started, 3),
+            "world_size": world.size,
         },
         "validation": val_metrics,
     }
@@ -646,11 +558,15 @@ def _train(
 
 
 def train_step(
-    model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device
+    model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device, world: World = LOCAL
 ) -> dict[str, float] | None:
     """One batch: `balancer.updates_per_batch(model)` optimiser updates (one for every method but the alternating ones),
     each with the balancer's hooks; None when a loss or a gradient is not finite (the batch's remaining
-    updates are skipped; updates already made stay)."""
+    updates are skipped; updates already made stay).
+
+    Under torchrun (`world`): each rank back-propagates its loss times n_r / N (its clips' share of the
+    global batch), the gradients are summed over the ranks before `before_step`, and a non-finite loss on
+    any rank skips the update on all; the returned logs are averaged over the ranks."""
     from mlb.balancing import floats_for_log
 
     # A skipped step must leave no trace: the forward pass also updates buffers (BatchNorm running
@@ -664,10 +580,19 @@ def train_step(
             out = balancer.forward(model, batch)  # fused [B, C], unimodal {m: [B, C]}
             loss, step_logs = balancer.loss(model, batch, out)
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss.detach()):
+        rows = out.fused.shape[0]  # the clips this update's loss averages over
+        finite = bool(torch.isfinite(loss.detach()))
+        if world.distributed:  # one collective: the global batch's size, and whether every rank is finite
+            total_rows, bad = world.sum(
+                torch.tensor([rows, 0 if finite else 1], dtype=torch.float64)
+            ).tolist()
+            finite = bad == 0
+            loss = loss * (rows / total_rows)  # the sum over ranks is then the global batch's mean loss
+        if not finite:
             _restore(model, buffers)
             return None
         scaler.scale(loss).backward()
+        sum_gradients_(parameters, world)  # the global batch's gradients, before the balancer reads them
         scaler.unscale_(optimizer)  # real gradient values for the balancer (no-op when disabled)
         logs |= {**step_logs, **(balancer.before_step(model, batch, out) or {})}
         if not grads_finite(parameters):
@@ -682,7 +607,7 @@ def train_step(
                 logs["train_acc"] = (out.fused.argmax(1) == label).float().mean()
                 for m, logits in out.unimodal.items():
                     logs[f"train_acc_{m}"] = (logits.argmax(1) == label).float().mean()
-    return floats_for_log(logs)
+    return world.mean_logs(floats_for_log(logs), int(label.shape[0]))
 
 
 def _restore(model, buffers: list[torch.Tensor]) -> None:
@@ -695,26 +620,6 @@ def lr_now(optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def epoch_summary(
-    step_logs: dict[str, list[float]],
-    val: dict[str, float],
-    balancer_logs: dict[str, Any],
-    state: TrainState,
-    lr: float,
-) -> dict[str, float]:
-    """What DVCLive gets per epoch: train means (loss terms, accuracies), k/r/s mean/min/max, val metrics."""
-    values: dict[str, float] = {"lr": lr, "skipped_steps": float(state.skipped_steps)}
-    for name, series in step_logs.items():
-        if name[:2] in ("k_", "r_", "s_"):
-            for stat, value in summarise(series).items():
-                values[f"train/{name}_{stat}"] = value
-        else:
-            values[f"train/{name}"] = summarise(series).get("mean", float("nan"))
-    values |= {f"val/{k}": v for k, v in val.items()}
-    values |= {f"balancer/{k}": float(v) for k, v in balancer_logs.items() if isinstance(v, (int, float))}
-    return values
-
-
 def check_skipped(state: TrainState, config: TrainConfig) -> None:
     """A run that skipped more than `max_skipped_fraction` of its steps as non-finite learnt from too little
     of its data to report on: TrainError with the count and the likely causes."""
@@ -725,22 +630,3 @@ def check_skipped(state: TrainState, config: TrainConfig) -> None:
             "causes: NaN/Inf in the inputs, a learning rate too high for this model, fp16 overflow (try "
             "--precision fp32 or bf16)"
         )
-
-
-def check_resumable(
-    saved: dict[str, Any], config: TrainConfig, params: dict[str, Any], meta: dict[str, Any]
-) -> None:
-    """A resume must continue the same run: same data, model and optimisation settings."""
-    now = config.to_json()
-    for key, value in saved["config"].items():
-        if key not in RESUMABLE_CHANGES and now.get(key) != value:
-            raise TrainConfigError(
-                f"train config {key}={now.get(key)!r} differs from the checkpoint's {value!r}; "
-                "a resumed run must use the same settings"
-            )
-    if saved["method_params"] != params:
-        raise TrainConfigError(
-            f"method parameters {params!r} differ from the checkpoint's {saved['method_params']!r}"
-        )
-    if saved["shard_meta"] != meta:
-        raise TrainConfigError("the shards' meta.json differs from the one the checkpoint was trained on")

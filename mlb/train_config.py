@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlb.data import INPUT_PATHS
+from mlb.storage import is_url
 
 SIZES = ("tiny", "small", "paper")  # model sizes (mlb.models.encoders)
 # Paper defaults per input path: (lr, weight decay, batch size). ResNet-18 on raw, Conformer on cached.
@@ -35,7 +36,7 @@ class TrainError(RuntimeError):
 class TrainConfig:
     """Everything a run depends on. `validate()` fails early, naming the key and the value."""
 
-    data: Path  # the shard folder of one input path: OUT/shards/<features>/
+    data: Path | str  # the shard folder of one input path: OUT/shards/<features>/, or a URL (s3://bucket/...)
     out: Path  # the run folder RUN/
     features: str = "cached"  # "raw" (ResNet-18) or "cached" (Conformer)
     method: str = "mlb"
@@ -76,7 +77,8 @@ class TrainConfig:
 
         if self.features not in INPUT_PATHS:
             raise bad("features", f"must be one of {INPUT_PATHS}")
-        if not Path(self.data).is_dir():
+        # A URL is probed when the run opens it (mlb.data.open_shard_folder): no network access here.
+        if not is_url(self.data) and not Path(self.data).is_dir():
             raise bad("data", "is not a folder (expected OUT/shards/<features>/ with meta.json, sizes.json)")
         if self.size not in SIZES:
             raise bad("size", f"must be one of {SIZES}")

@@ -154,6 +154,8 @@ class AGM(Balancer):
     """
 
     name: ClassVar[str] = "agm"
+    # this step's scores over the global batch, hence the running means and the coefficients
+    reduced_statistics: ClassVar[tuple[str, ...]] = ("score",)
     search_space: ClassVar[SearchSpace] = {"alpha": FloatRange(0.1, 5.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
@@ -229,7 +231,10 @@ class AGM(Balancer):
         pred_za, pred_zv = self.masked_predictions(model, batch, out)
         out_a, out_v = agm_shapley(out.fused, pred_za, pred_zv)  # [B, C] each
         probes = probe_loss(model, out, label)  # trains the unimodal heads only (detached features)
-        scores = floats_for_log({f"s_{a}": agm_score(out_a, label), f"s_{v}": agm_score(out_v, label)})
+        both = self.world.batch_mean(
+            torch.stack([agm_score(out_a, label), agm_score(out_v, label)]), label.numel()
+        )
+        scores = floats_for_log({f"s_{a}": both[0], f"s_{v}": both[1]})
         score_a, score_v = scores[f"s_{a}"], scores[f"s_{v}"]
         if math.isfinite(score_a) and math.isfinite(score_v):
             c = agm_coefficients(score_a, score_v, *self.mean_score, self.alpha, self.max_gap)

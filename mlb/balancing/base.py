@@ -29,6 +29,11 @@ Class attributes a trainer reads:
   the method works with; `None` means all. `check_model(model)` enforces it.
 - `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based);
   the trainer sets it before each update's `forward`, so the hooks know which update they serve.
+- `world` (`mlb.distributed.World`): the training processes. Under torchrun the trainer sets it; a method
+  whose coefficients come from batch statistics reduces them with `self.world.batch_mean(...)` /
+  `self.world.sum(...)` (the identity on one process), so every rank computes the same coefficients from
+  the global batch. `reduced_statistics` names what a method reduces (documentation and tests). The
+  gradients a hook sees after `backward()` are already the global batch's (the trainer sums them first).
 Instance method a trainer calls before building the model:
 - `model_options()`: extra keyword arguments for `mlb.models.build_model` (MMCosine returns
   `{"classifier": "cosine", "cosine_scale": s}`); `{}` by default.
@@ -47,6 +52,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+
+from mlb.distributed import LOCAL, World
 
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 
@@ -95,6 +102,9 @@ class Balancer:
     # The method's own hyper-parameters that `mlbpipe tune` searches (keyword arguments of __init__), with
     # their ranges; the learning rate and weight decay are searched for every method (mlb.tune).
     search_space: ClassVar[SearchSpace] = {}
+    # Batch statistics this method reduces across training processes (see `world` in the module docstring)
+    reduced_statistics: ClassVar[tuple[str, ...]] = ()
+    world: World = LOCAL  # the training processes; set by the trainer under torchrun
     sync_logs: bool = True  # False: logs hold detached 0-d tensors (see the module docstring)
     substep: int = 0  # which of the batch's updates is running; set by the trainer
 

@@ -86,6 +86,7 @@ class GBlending(Balancer):
     """
 
     name: ClassVar[str] = "gblending"
+    reduced_statistics: ClassVar[tuple[str, ...]] = ("loss_sums",)  # the epoch's train / held-out CE sums
     search_space: ClassVar[SearchSpace] = {"super_epoch": IntRange(2, 10)}
     uses_unimodal_heads: ClassVar[bool] = True
     supported_fusions: ClassVar[frozenset[str] | None] = None
@@ -154,6 +155,10 @@ class GBlending(Balancer):
         return total, self.log_values(logs)
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
+        if self.world.distributed:  # every rank's clips: the sums over the whole held-out part and train
+            heads = sorted(self.sums)
+            total = self.world.sum(torch.tensor([self.sums[h] for h in heads], dtype=torch.float64))
+            self.sums = {h: row for h, row in zip(heads, total.tolist())}
         point = {
             head: [s[0] / s[1] if s[1] else float("nan"), s[2] / s[3] if s[3] else float("nan")]
             for head, s in self.sums.items()

@@ -56,6 +56,7 @@ class MLA(Balancer):
     """
 
     name: ClassVar[str] = "mla"
+    reduced_statistics: ClassVar[tuple[str, ...]] = ("feature_mean",)  # r, the OWM projector's update
     search_space: ClassVar[SearchSpace] = {"owm_alpha": FloatRange(0.01, 1.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = frozenset({"late-linear"})
@@ -117,7 +118,8 @@ class MLA(Balancer):
             return {}
         m = self.modality(model)
         weight = unwrap(model).fusion.linear.weight  # [C, D]
-        r = out.features[m].detach().float().mean(0)  # [D]
+        feature = out.features[m].detach().float()  # [B, D]
+        r = self.world.batch_mean(feature.mean(0), feature.shape[0])  # [D], the global batch's mean
         if self.projector is None:
             self.projector = torch.eye(r.numel(), dtype=torch.float32)  # [D, D]
         self.projector = self.projector.to(r.device)  # a resumed run loads it on the CPU

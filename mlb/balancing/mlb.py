@@ -77,6 +77,7 @@ class MLB(MultiLoss):
     """
 
     name = "mlb"
+    reduced_statistics = ("s",)  # the true-class scores, over the global batch
     search_space: ClassVar[SearchSpace] = {
         "alpha": FloatRange(0.1, 10.0, log=True),
         "beta_max": FloatRange(0.5, 20.0, log=True),
@@ -101,7 +102,9 @@ class MLB(MultiLoss):
 
     def _balance(self, out, label):
         """s, r, k (each `[M]`, `out.unimodal` order) and their log entries, all still tensors."""
-        scores = true_class_scores(out, label)  # [M]
+        scores = self.world.batch_mean(
+            true_class_scores(out, label), label.numel()
+        )  # [M], the global batch's
         ratios = performance_ratios(scores, self.eps)  # [M]
         ks = mlb_coefficients(scores, self.alpha, self.beta_max, self.eps)  # [M]
         logs = {}

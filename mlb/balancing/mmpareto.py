@@ -46,7 +46,8 @@ Differences from the authors' code:
 - They pick encoder parameters by name ('audio' / 'visual' in the name, not 'head'); we take
   `model.encoders[m]`. Any fusion head and M >= 2 (theirs: concatenation, two modalities).
 - γ is a keyword hyper-parameter (theirs a constant).
-- Not for DistributedDataParallel: `autograd.grad` does not all-reduce, so replicas would diverge.
+- Under torchrun the per-loss gradients are averaged over the ranks before they are combined
+  (`reduced_statistics`): `autograd.grad` alone would give each rank its own.
 - With fp16 autocast and a `GradScaler`, the per-loss gradients come from the unscaled losses and may
   underflow; use bf16 or fp32.
 """
@@ -120,6 +121,8 @@ class MMPareto(Balancer):
     """
 
     name: ClassVar[str] = "mmpareto"
+    # the per-loss encoder gradients (autograd.grad), averaged over the global batch before they are combined
+    reduced_statistics: ClassVar[tuple[str, ...]] = ("per_loss_gradients",)
     search_space: ClassVar[SearchSpace] = {"gamma": FloatRange(1.0, 3.0)}
     uses_unimodal_heads: ClassVar[bool] = True
 
@@ -142,6 +145,10 @@ class MMPareto(Balancer):
         # keep the graph for the trainer's backward(); None = the loss does not reach that tensor
         g_f = torch.autograd.grad(terms["loss_fused"], flat, retain_graph=True, allow_unused=True)
         g_u = torch.autograd.grad(uni_sum, flat, retain_graph=True, allow_unused=True)
+        if self.world.distributed:  # the global batch's gradients (None stays None: same graph on every rank)
+            n = label.numel()
+            g_f = tuple(None if g is None else self.world.batch_mean(g, n) for g in g_f)
+            g_u = tuple(None if g is None else self.world.batch_mean(g, n) for g in g_u)
         writes, balance = [], {}
         start = 0
         for m in inner.modalities:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from mlb.balancing.base import Balancer, FloatRange, SearchSpace, fused_loss_with_probes
+from mlb.distributed import LOCAL, World
 
 SCORE_EPS = 1e-12  # floor for a batch score so ρ = score_v / score_a stays finite
 
@@ -68,11 +69,12 @@ def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float)
     return {"ratio_a": ratio_a, "ratio_v": ratio_v, "coeff_a": coeff_a, "coeff_v": coeff_v}
 
 
-def modulate_gradients_(params, coeff: torch.Tensor | float, *, noise: bool) -> None:
+def modulate_gradients_(params, coeff: torch.Tensor | float, *, noise: bool, world: World = LOCAL) -> None:
     """In place, for every parameter with a gradient: grad ← coeff · grad (+ N(0, std(grad)) if noise).
 
     The noise std is that of the original (unscaled) gradient, as in the authors' code; a tensor with
-    a single element has no std and gets no noise.
+    a single element has no std and gets no noise. Under torchrun every rank adds rank 0's draw, so the
+    replicas stay equal.
     """
     for p in params:
         if p.grad is None:
@@ -81,7 +83,7 @@ def modulate_gradients_(params, coeff: torch.Tensor | float, *, noise: bool) -> 
         std = g.float().std() if (noise and g.numel() > 1) else None  # of the original gradient
         g.mul_(coeff)
         if std is not None:
-            g.add_(torch.randn_like(g) * std.to(g.dtype))
+            g.add_(world.broadcast_(torch.randn_like(g)) * std.to(g.dtype))
 
 
 # ---- the method --------------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class OGMGE(Balancer):
     """
 
     name: ClassVar[str] = "ogm-ge"
+    reduced_statistics: ClassVar[tuple[str, ...]] = ("score",)  # Σ softmax[y] per modality, global batch
     search_space: ClassVar[SearchSpace] = {"alpha": FloatRange(0.1, 1.0)}
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = frozenset({"late-linear"})
@@ -143,12 +146,19 @@ class OGMGE(Balancer):
                 f"(the Late-Linear halves); got {sorted(out.fused_parts)}"
             )
         label = batch["label"]
-        score_a = ogm_scores(out.fused_parts[a], label)
-        score_v = ogm_scores(out.fused_parts[v], label)
+        # sums over the global batch (one collective for both under torchrun)
+        score_a, score_v = self.world.sum(
+            torch.stack([ogm_scores(out.fused_parts[a], label), ogm_scores(out.fused_parts[v], label)])
+        ).unbind()
         c = ogm_coefficients(score_a, score_v, self.alpha)
         if self.active:
             for m, coeff in ((a, c["coeff_a"]), (v, c["coeff_v"])):
-                modulate_gradients_(model.encoders[m].parameters(), coeff.to(out.fused.device), noise=self.ge)
+                modulate_gradients_(
+                    model.encoders[m].parameters(),
+                    coeff.to(out.fused.device),
+                    noise=self.ge,
+                    world=self.world,
+                )
         # k = the coefficient applied this step (1 outside the modulation window)
         one = torch.ones_like(c["coeff_a"])
         return self.log_values(

@@ -85,12 +85,21 @@ def update_prototypes(
     return torch.where(seen[:, None], blended, previous)
 
 
+def pmr_scores(logits_a: torch.Tensor, logits_v: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """`[Σ softmax(logits_a)[y], Σ softmax(logits_v)[y]]` over the batch (detached, `[2]`)."""
+    return torch.stack(
+        [torch.softmax(lg.detach(), dim=1).gather(1, label[:, None]).sum() for lg in (logits_a, logits_v)]
+    )
+
+
 def pmr_ratio(logits_a: torch.Tensor, logits_v: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """ρ = Σ softmax(logits_a)[y] / Σ softmax(logits_v)[y] (detached, 0-d; the denominator is floored
     at 1e-12 so ρ stays finite)."""
-    s_a = torch.softmax(logits_a.detach(), dim=1).gather(1, label[:, None]).sum()
-    s_v = torch.softmax(logits_v.detach(), dim=1).gather(1, label[:, None]).sum()
-    return s_a / s_v.clamp_min(1e-12)
+    return ratio_of_scores(pmr_scores(logits_a, logits_v, label))
+
+
+def ratio_of_scores(scores: torch.Tensor) -> torch.Tensor:
+    return scores[0] / scores[1].clamp_min(1e-12)
 
 
 def pmr_weights(ratio: float, alpha: float) -> tuple[float, float]:
@@ -122,6 +131,8 @@ class PMR(Balancer):
     """
 
     name: ClassVar[str] = "pmr"
+    # the step's ratio and prototype losses (the weaker modality), and the epoch's class sums (prototypes)
+    reduced_statistics: ClassVar[tuple[str, ...]] = ("ratio", "loss_proto", "class_sums")
     search_space: ClassVar[SearchSpace] = {
         "alpha": FloatRange(0.1, 3.0, log=True),
         "momentum": FloatRange(0.0, 0.9),
@@ -211,12 +222,14 @@ class PMR(Balancer):
             fa, fv = out.features[a], out.features[v]  # [B, D] each
             logits_a = prototype_logits(fa, self.prototypes[a].to(fa.device))  # [B, C]
             logits_v = prototype_logits(fv, self.prototypes[v].to(fv.device))  # [B, C]
-            ratio = pmr_ratio(logits_a, logits_v, label)
             proto_a = F.cross_entropy(logits_a, label)
             proto_v = F.cross_entropy(logits_v, label)
-            ratio_f, proto_a_f, proto_v_f, fused_f = torch.stack(
-                [ratio, proto_a.detach(), proto_v.detach(), loss_fused.detach().float()]
-            ).tolist()
+            # the global batch's ratio (summed scores) and mean losses: every rank picks the same modality
+            n = label.numel()
+            scores = self.world.sum(pmr_scores(logits_a, logits_v, label))  # [2]
+            losses = torch.stack([proto_a.detach(), proto_v.detach(), loss_fused.detach().float()])  # [3]
+            ratio_f = float(ratio_of_scores(scores))
+            proto_a_f, proto_v_f, fused_f = self.world.batch_mean(losses, n).tolist()
             if not math.isfinite(fused_f):  # the model's output itself is bad: the trainer skips the step
                 active = False
             elif all(math.isfinite(x) for x in (ratio_f, proto_a_f, proto_v_f)):
@@ -238,7 +251,9 @@ class PMR(Balancer):
         return objective + sum(probes.values()), self.log_values(values)
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
-        if self._sums:
+        if self._sums:  # the epoch's class sums over every rank's clips
+            self._sums = {m: self.world.sum(s) for m, s in self._sums.items()}
+            self._counts = {m: self.world.sum(c) for m, c in self._counts.items()}
             new = {
                 m: update_prototypes(s, self._counts[m], self.prototypes.get(m), self.momentum)
                 for m, s in self._sums.items()

@@ -34,6 +34,7 @@ SHORTCUTS = {
     "crop_size": ("faces.crop_size", "features.effb2.image_size"),
     "device": ("faces.device", "features.device"),
 }
+ENGINES = ("local", "ray")
 RUN_KEYS = ("workers", "device")  # top-level keys of params.yaml that prepare reads besides the sections
 
 
@@ -121,8 +122,22 @@ def cli(
     workers: int = typer.Option(
         None,
         "--workers",
-        help="Parallel processes (the output does not depend on it) "
-        "[default: params.yaml's workers, else 1].",
+        help="Parallel processes (the output does not depend on it); with --engine ray, the CPUs "
+        "(tasks at a time) to use [default: params.yaml's workers, else 1].",
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="Where the per-clip work runs: local (a pool of processes on this machine) | ray (Ray "
+        "tasks, one CPU and one thread each, retried when a worker dies; needs ray: the ray extra of mlbpipe). "
+        "The shards are the same bytes as the local engine's run with OMP_NUM_THREADS=1.",
+    ),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="With --engine ray: the Ray cluster to run on (auto, or ray://HOST:10001); the corpus root "
+        "and --out must then be on storage every node sees at the same path [default: start Ray on "
+        "this machine with --workers CPUs].",
     ),
     protocol: str = typer.Option(
         None,
@@ -215,6 +230,13 @@ def cli(
     weights, or `--effb2-weights random --w2v2-model random-tiny` for a demo."""
     from pipeline.engine import LocalExecutor
 
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"{engine!r}: choose {' or '.join(ENGINES)}", param_hint="--engine")
+    if address is not None and engine != "ray":
+        raise typer.BadParameter(
+            "names a Ray cluster: it needs --engine ray (the local engine runs on this machine)",
+            param_hint="--address",
+        )
     shortcuts = {
         "protocol": protocol, "partition": partition, "seed": seed, "size": size, "spec": spec, "n_mels": n_mels,
         "maxcount": maxcount, "effb2_weights": effb2_weights, "w2v2_model": w2v2_model,
@@ -232,7 +254,12 @@ def cli(
         config = prepare_config(the_corpus, loaded, overrides, where)
         workers = workers if workers is not None else loaded.get("workers", 1)
         selected = None if stages is None else [s.strip() for s in stages.split(",") if s.strip()]
-        executor = LocalExecutor(workers)
+        if engine == "ray":
+            from pipeline.engine import RayExecutor
+
+            executor = RayExecutor(workers, address)
+        else:
+            executor = LocalExecutor(workers)
         try:
             run = Run(
                 the_corpus, root, out, config, executor, progress=not quiet, update_manifest=update_manifest

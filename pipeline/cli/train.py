@@ -4,11 +4,13 @@ value)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mlb.storage import is_url, join
 from mlb.train_config import INPUT_PATHS, SIZES, TrainConfig
 from pipeline.cli.common import command_errors, field_default, float_or_auto, parse_params_json
 
@@ -45,9 +47,11 @@ def cli(
         ),
     ],
     data: Annotated[
-        Path,
+        str,  # not Path: pathlib folds the `//` of a URL
         typer.Option(
-            "--data", help="The prepare output folder OUT; shards are read from OUT/shards/<features>/."
+            "--data",
+            help="The prepare output folder OUT, a path or a URL (s3://bucket/prefix); shards are read from "
+            "OUT/shards/<features>/.",
         ),
     ],
     out: Annotated[
@@ -169,6 +173,14 @@ def cli(
     dvclive: bool = typer.Option(
         True, "--dvclive/--no-dvclive", help="Log every epoch with DVCLive to RUN/dvclive."
     ),
+    s3_endpoint: str = typer.Option(
+        None,
+        "--s3-endpoint",
+        metavar="URL",
+        help="S3-compatible server for s3:// --data, e.g. http://127.0.0.1:9000 (sets AWS_ENDPOINT_URL_S3 for "
+        "this run; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [default: $AWS_ENDPOINT_URL, "
+        "else AWS].",
+    ),
 ) -> None:
     """Train one model on prepared shards, select the checkpoint on validation accuracy, test it once.
 
@@ -178,6 +190,11 @@ def cli(
     Writes RUN/metrics.json (validation metrics at the selected checkpoint and the test metrics: accuracy,
     macro-F1 and ECE of the fused output and of each unimodal head, the agreement table, confusion
     matrices), RUN/checkpoints/{last,best}.pt, RUN/dvclive/ and RUN/steps.jsonl (k_i, r_i, s_i per step).
+
+    Several processes: `torchrun --nproc_per_node N -m pipeline.cli train ...` (or `--no-python mlbpipe
+    train ...`) trains data-parallel, with gloo on CPU and NCCL on GPUs; --batch-size is the global batch,
+    split evenly among the processes, and rank 0 alone writes RUN. A checkpoint resumes with any number of
+    processes.
     """
     from mlb.train import train
 
@@ -185,11 +202,16 @@ def cli(
         raise typer.BadParameter(f"must be one of {INPUT_PATHS}, got {features!r}", param_hint="--features")
     if size is not None and size not in SIZES:
         raise typer.BadParameter(f"must be one of {SIZES}, got {size!r}", param_hint="--size")
-    shard_dir = data / "shards" / features
-    if not shard_dir.is_dir():
-        raise typer.BadParameter(
-            f"{shard_dir} does not exist: {_why_no_shards(data, features)}", param_hint="--data"
-        )
+    if s3_endpoint:  # the variable botocore and mlb.storage read; loader workers inherit it
+        os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint
+    if is_url(data):  # probed when the run opens it: a missing bucket or prefix fails there, naming the fix
+        shard_dir: Path | str = join(data, f"shards/{features}")
+    else:
+        shard_dir = Path(data) / "shards" / features
+        if not shard_dir.is_dir():
+            raise typer.BadParameter(
+                f"{shard_dir} does not exist: {_why_no_shards(Path(data), features)}", param_hint="--data"
+            )
     method_params = parse_params_json(param, "--param")
     alpha, beta_max = float_or_auto(alpha, "--alpha"), float_or_auto(beta_max, "--beta-max")
     if alpha is not None:
@@ -222,6 +244,8 @@ def cli(
     )
     with command_errors("mlbpipe train", out):
         result = train(config)
+    if not result:  # a training process other than rank 0 under torchrun: rank 0 reports
+        return
     test = result["test"]
     heads = " ".join(f"{m} {h['accuracy']:.4f}" for m, h in test["unimodal"].items())
     typer.echo(

@@ -1,0 +1,265 @@
+"""Data-parallel training across processes (torchrun): who this process is, and the collectives.
+
+One source of rank and world size: `World`, built once by `init_world()` from the variables torchrun sets
+(`RANK`, `WORLD_SIZE`, `LOCAL_RANK`). On one process every collective is the identity, so the trainer and
+the balancers call them unconditionally.
+
+How a step stays equal to one process on the global batch (docs in `mlb.train`):
+- every rank back-propagates its batch-mean loss weighted by n_r / N (its share of the global batch),
+  and the gradients are then summed across ranks (`sum_gradients_`), once per optimiser update, *before*
+  the balancer's `before_step` reads or rewrites them;
+- a balancer reduces the statistics its coefficients come from (`Balancer.world`: `batch_mean`, `sum`),
+  so k_i is the same on every rank;
+- BatchNorm normalises with the global batch's statistics (`sync_batchnorm`).
+
+Why not torch's `DistributedDataParallel` wrapper: it all-reduces inside `backward()` through hooks on
+each parameter. Several methods take several backward passes per batch (MLA's one per modality,
+MMPareto's per-loss `autograd.grad`, which those hooks never see) or leave parameters unused in an
+update; averaging explicitly, once, at a fixed point of the step, serves every method with one rule. The
+cost is that communication does not overlap the backward pass.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes; `World()` is a single process."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes every file (logs, DVCLive, checkpoints, metrics)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    # ---- collectives: the identity on one process -------------------------------------------------------
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of `tensor` (a new tensor; the input is left alone)."""
+        if not self.distributed:
+            return tensor
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total
+
+    def batch_mean(self, mean: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+        """The global batch's mean from each rank's batch `mean` (any shape) over its `count` rows:
+        Σ_r count_r · mean_r / Σ_r count_r, exact when the ranks' batches differ in size."""
+        if not self.distributed:
+            return mean
+        flat = mean.detach().float().reshape(-1)  # [K]
+        n = torch.as_tensor(count, dtype=flat.dtype, device=flat.device).reshape(1)
+        total = self.sum(torch.cat([flat * n, n]))  # [K + 1]
+        return (total[:-1] / total[-1]).reshape(mean.shape).to(mean.dtype)
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `tensor` on every rank, in place (random draws that must agree, e.g. OGM-GE's noise)."""
+        if self.distributed:
+            dist.broadcast(tensor, src=0)
+        return tensor
+
+    def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+        """True when `flag` holds on every rank (one rank's non-finite loss skips the step everywhere)."""
+        if not self.distributed:
+            return bool(flag)
+        return bool(self.sum(torch.tensor([0.0 if flag else 1.0], device=device)).item() == 0)
+
+    def any_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+        if not self.distributed:
+            return bool(flag)
+        return bool(self.sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
+
+    def broadcast_floats(
+        self, values: dict[str, float], device: torch.device | str = "cpu"
+    ) -> dict[str, float]:
+        """Rank 0's values for the same keys on every rank (the selection and early-stopping decisions)."""
+        if not self.distributed:
+            return values
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+        dist.broadcast(tensor, src=0)
+        return dict(zip(keys, tensor.tolist()))
+
+    def gather_json(self, obj, device: torch.device | str = "cpu") -> list:
+        """Every rank's JSON-serialisable `obj`, in rank order, on every rank. JSON bytes in a uint8
+        tensor, never a pickle."""
+        if not self.distributed:
+            return [obj]
+        data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=device)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.size)]
+        dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+        padded[: data.numel()] = data
+        gathered = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(self.size)]
+        dist.all_gather(gathered, padded)
+        return [json.loads(bytes(g[: int(s.item())].tolist()).decode()) for g, s in zip(gathered, sizes)]
+
+    def mean_logs(
+        self, logs: dict[str, float], count: int, device: torch.device | str = "cpu"
+    ) -> dict[str, float]:
+        """The step's log values averaged over ranks, weighted by each rank's `count` of clips. A key that
+        only some ranks logged is averaged over those (coefficients already reduced come out unchanged)."""
+        if not self.distributed:
+            return logs
+        per_rank = self.gather_json({"n": count, "logs": logs}, device)
+        merged: dict[str, float] = {}
+        for key in logs:
+            pairs = [(r["n"], r["logs"][key]) for r in per_rank if key in r["logs"]]
+            weight = sum(n for n, _ in pairs)
+            merged[key] = (
+                sum(n * v for n, v in pairs) / weight if weight else sum(v for _, v in pairs) / len(pairs)
+            )
+        return merged
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+LOCAL = World()
+
+
+def world_from_env() -> World:
+    """The World torchrun describes in the environment (`World()` outside torchrun)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return LOCAL
+    return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_world(device: torch.device, timeout_s: float = 1800.0) -> tuple[World, torch.device]:
+    """Join the process group torchrun describes: NCCL on CUDA, gloo on CPU. Returns the World and this
+    process's device (`cuda:LOCAL_RANK` on GPUs). A single process returns (World(), device)."""
+    world = world_from_env()
+    if not world.distributed:
+        return world, device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
+    if dist.get_world_size() != world.size or dist.get_rank() != world.rank:
+        raise RuntimeError(
+            f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with the environment "
+            f"(RANK={world.rank}, WORLD_SIZE={world.size})"
+        )
+    return world, device
+
+
+def close_world(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_gradients_(parameters: list[nn.Parameter], world: World) -> None:
+    """Sum every gradient over ranks in place, one flat buffer and one collective. Each rank has weighted
+    its loss by its share of the global batch, so the sum is the global batch's gradient. Which gradients
+    exist is the same on every rank (same method, same graph)."""
+    if not world.distributed:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # [P]
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+# ---- BatchNorm over the global batch ---------------------------------------------------------------------
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with its gradient: the gradient of a sum over ranks is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics are those of the global batch (all ranks), with gradients
+    through the reduction (`_SumOverRanks`), so a run on W processes
+    normalises exactly as one process on the same global batch. Works on gloo (CPU), where
+    `nn.SyncBatchNorm` does not; same parameters and buffers as the BatchNorm it replaces, so checkpoints
+    load across world sizes. Eval mode is plain BatchNorm on the running statistics."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (
+            self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ):
+            return super().forward(x)
+        all_reduce = _SumOverRanks.apply
+        dims = [0, *range(2, x.dim())]  # every axis but the channel's
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        n_local = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
+        # Σx and Σx² in one collective (one per layer per pass). var = Σx²/N − mean² loses digits only where
+        # |mean| >> std, which BatchNorm's inputs are not (2 processes match 1 within 1e-6 in the tests).
+        packed = torch.cat([x.sum(dims), x.pow(2).sum(dims), n_local])  # [2C + 1]
+        total = all_reduce(packed)
+        c, n = x.shape[1], total[-1]
+        mean = total[:c] / n  # [C]
+        var = (total[c : 2 * c] / n - mean.pow(2)).clamp_min(0.0)  # [C], biased (as BatchNorm normalises)
+        centred = x - mean.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+        y = centred / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def sync_batchnorm(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """Every BatchNorm of `model` normalising over the global batch when there are several ranks:
+    `nn.SyncBatchNorm` on CUDA, `GlobalBatchNorm` elsewhere. One process: the model unchanged."""
+    if not world.distributed:
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            replacement = GlobalBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            ).to(device)
+            replacement.load_state_dict(child.state_dict())
+            replacement.train(child.training)
+            setattr(model, name, replacement)
+        else:
+            sync_batchnorm(child, world, device)
+    return model
