@@ -21,6 +21,7 @@ cost is that communication does not overlap the backward pass.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
@@ -144,8 +145,9 @@ def world_from_env() -> World:
 
 
 def init_world(device: torch.device, timeout_s: float = 1800.0) -> tuple[World, torch.device]:
-    """Join the process group torchrun describes: NCCL on CUDA, gloo on CPU. Returns the World and this
-    process's device (`cuda:LOCAL_RANK` on GPUs). A single process returns (World(), device)."""
+    """Join the process group torchrun describes: NCCL on CUDA, gloo on CPU (set up at the first call, left
+    up until the process exits). Returns the World and this process's device (`cuda:LOCAL_RANK` on GPUs).
+    A single process returns (World(), device)."""
     world = world_from_env()
     if not world.distributed:
         return world, device
@@ -153,6 +155,9 @@ def init_world(device: torch.device, timeout_s: float = 1800.0) -> tuple[World, 
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # Once per process, kept for every later run in it (a process may train several): a group destroyed
+        # and set up again on torchrun's store can hang.
+        atexit.register(close_world, world)
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),

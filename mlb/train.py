@@ -58,7 +58,6 @@ from mlb.device import resolve_device
 from mlb.distributed import (
     LOCAL,
     World,
-    close_world,
     init_world,
     sum_gradients_,
     sync_batchnorm,
@@ -245,13 +244,8 @@ def train(
     lock = (
         folder_lock(config.out, command or " ".join(sys.argv)) if world.is_main else contextlib.nullcontext()
     )
-    joins_group = world.distributed and not torch.distributed.is_initialized()
-    try:
-        with lock:
-            return _train(config, on_step, on_epoch, test)
-    finally:
-        if joins_group:  # the group this call set up (init_world) ends with it
-            close_world(world)
+    with lock:
+        return _train(config, on_step, on_epoch, test)
 
 
 def _train(
