@@ -22,6 +22,7 @@ from mlb.lock import folder_lock
 from mlb.stopping import Stopped, stop_on_signals
 from pipeline.corpora.base import Corpus
 from pipeline.engine import Executor
+from pipeline.engine.executors import as_executor
 from pipeline.params import dotted, from_mapping, merge, stage_sections
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
@@ -129,6 +130,7 @@ def _shards_raw(run: Run):
 def _faces(run: Run):
     from pipeline.stages.faces import run_faces
 
+    # plain tasks, not for_models(): MTCNN is small, and video decoding wants every worker
     return run_faces(
         run.manifest,
         run.root,
@@ -143,15 +145,19 @@ def _faces(run: Run):
 def _features(run: Run):
     from pipeline.stages.features import run_features
 
-    # one process: the models are big, and a GPU belongs to one process
-    return run_features(
-        run.manifest,
-        run.root,
-        run.work("faces"),
-        run.work("features"),
-        run.config.features,
-        progress=run.progress,
-    )
+    # The executor for models: this process for the local engine (the models are big, and a GPU belongs
+    # to one process), a pool of Ray actors (one per GPU) for the Ray engine; closed with the stage, so
+    # the actors free their GPUs before the next stage.
+    with as_executor(run.executor).for_models(run.config.features.device) as models:
+        return run_features(
+            run.manifest,
+            run.root,
+            run.work("faces"),
+            run.work("features"),
+            run.config.features,
+            executor=models,
+            progress=run.progress,
+        )
 
 
 def _shards_cached(run: Run):

@@ -1,12 +1,16 @@
 """The Ray engine (pipeline.engine.ray_executor): `mlbpipe prepare --engine ray` on one local Ray instance
 of 2 CPUs gives the local engine's bytes, also when a worker process dies mid-run; a task's own exception
-comes out as itself, not retried. Skipped where ray is not installed (the `ray` extra)."""
+comes out as itself, not retried. The cached path runs its extractors in Ray actors (`for_models()`) and
+gives the local engine's features and shards; a killed actor's call is rerun, and the actors are gone when
+the stage ends. Skipped where ray is not installed (the `ray` extra)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +23,7 @@ ray = pytest.importorskip("ray")
 
 # Light imports only: every Ray worker that runs a task function of this module imports it (the command
 # line, which pulls torch in, is imported inside the tests).
-from pipeline.engine import ClipJob, RayExecutor, run_per_clip
+from pipeline.engine import ClipJob, Executor, RayExecutor, run_per_clip
 from pipeline.engine.per_clip import InputsChanged
 from pipeline.manifest import read_manifest
 
@@ -30,12 +34,12 @@ PREPARE = [
 ]  # fmt: skip
 
 
-def _prepare_cli(*args: str):
+def _prepare_cli(*args: str, command: list[str] = PREPARE):
     from typer.testing import CliRunner
 
     from pipeline.cli import app
 
-    return CliRunner().invoke(app, [*PREPARE, *args])
+    return CliRunner().invoke(app, [*command, *args])
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +161,159 @@ def test_the_engines_own_errors_come_through_ray(ray_instance, tmp_path):
     jobs = [ClipJob(f"c{i:02d}", str(tmp_path / f"gone-{i}.wav")) for i in range(10)]
     with RayExecutor(2) as executor, pytest.raises(InputsChanged, match="is gone since the index stage"):
         run_per_clip("toy", jobs, _toy_compute, {}, tmp_path / "toy.h5", executor=executor, progress=False)
+
+
+# --- the cached path: the extractors in Ray actors (RayExecutor.for_models) -------------------------------
+
+# One worker: the features run in a single actor (the pool of several is the next test's), whose start
+# (torch, transformers) is most of this test's time on 2 CPUs.
+CACHED_PREPARE = [
+    "prepare", "cremad", "--protocol", "speaker-random", "--quiet", "--workers", "1",
+    "--stages", "index,faces,features,shards_cached", "--faces-fps", "1", "--crop-size", "64",
+    "--device", "cpu",  # both engines' bytes are the CPU's, on any machine
+]  # fmt: skip
+
+
+def _note_actor(log: str, fn, item):
+    """fn(item), noting the process and the Ray actor (None in a plain task) that ran it."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {ray.get_runtime_context().get_actor_id()}\n")
+    return fn(item)
+
+
+class _Noted(Executor):
+    """A model executor whose every call notes where it ran."""
+
+    def __init__(self, models: Executor, log: Path):
+        self.models, self.log, self.workers = models, log, models.workers
+
+    def map_unordered(self, fn, items):
+        return self.models.map_unordered(partial(_note_actor, str(self.log), fn), items)
+
+    def close(self) -> None:
+        self.models.close()
+
+
+class NotesWhereModelsRun(RayExecutor):
+    def __init__(self, log: Path, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def for_models(self, device: str = "auto") -> Executor:
+        return _Noted(super().for_models(device), self.log)
+
+
+def _features_content(path: Path) -> dict:
+    """Every array and error of features.h5, and its config without the (machine-dependent) faces path."""
+    import h5py
+
+    content: dict = {}
+
+    def add(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            content[name] = (obj.dtype.str, obj.shape, obj[()].tobytes())
+
+    with h5py.File(path, "r") as f:
+        f.visititems(add)
+        content["errors"] = {k: str(v) for k, v in f["errors"].attrs.items()}
+        config = json.loads(f.attrs["config"])
+        config.pop("faces_path")
+        content["config"] = config
+    return content
+
+
+def _cached_files(out: Path) -> dict[str, bytes]:
+    files = [out / "manifest.jsonl", out / "corpus.json", *(out / "shards" / "cached").rglob("*")]
+    return {str(f.relative_to(out)): f.read_bytes() for f in files if f.is_file()}
+
+
+def _wait_until_cpus_are_free(cpus: float, timeout: float = 30) -> None:
+    """The actors hold one CPU each: once they are killed, the instance's CPUs are all free again."""
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < cpus:
+        assert time.monotonic() < deadline, f"CPUs still held: {ray.available_resources()}"
+        time.sleep(0.1)
+
+
+def test_the_cached_path_runs_its_extractors_in_ray_actors_with_the_local_engines_bytes(
+    ray_instance, synth_corpus_defects, tmp_path, monkeypatch
+):
+    import torch
+
+    import pipeline.engine
+    from pipeline.compute import extractors as ex
+
+    # tiny seeded weights saved to files, loaded back by path in every process, as real checkpoints are
+    effb2_path = tmp_path / "effb2.pth"
+    torch.save(
+        ex.build_effnet_b2(ex.EffNetB2Config(weights="random", image_size=64, seed=3)).state_dict(),
+        effb2_path,
+    )
+    w2v2_folder = ex.write_tiny_wav2vec2(tmp_path / "w2v2", seed=5)
+    local, out, log = tmp_path / "local", tmp_path / "ray", tmp_path / "actors.log"
+    cached = [
+        *CACHED_PREPARE, "--effb2-weights", str(effb2_path), "--w2v2-model", str(w2v2_folder),
+        "--root", str(synth_corpus_defects),
+    ]  # fmt: skip
+    result = _prepare_cli(*cached, "--out", str(local), command=[])
+    assert result.exit_code == 0, result.output
+    # --engine ray builds its executor from pipeline.engine: this one notes where the models run
+    monkeypatch.setattr(pipeline.engine, "RayExecutor", partial(NotesWhereModelsRun, log))
+    result = _prepare_cli(*cached, "--engine", "ray", "--out", str(out), command=[])
+    assert result.exit_code == 0, result.output
+    _wait_until_cpus_are_free(2)  # the actors are gone (killed when the stage ended)
+
+    got, want = _cached_files(out), _cached_files(local)
+    assert sorted(got) == sorted(want) and any(name.endswith(".tar") for name in want)
+    assert [name for name in want if got[name] != want[name]] == []
+    features = _features_content(out / "work" / "features.h5")
+    assert features == _features_content(local / "work" / "features.h5")
+    assert any(name.startswith("effb2/") for name in features)
+    # every call of the features stage (the extractors' identity, then each batch) ran in a Ray actor, a
+    # process other than this one, which kept its models from one call to the next
+    calls = [line.split() for line in log.read_text().splitlines()]
+    pids, actors = {int(pid) for pid, _ in calls}, {actor for _, actor in calls}
+    assert len(calls) >= 3 and "None" not in actors and len(actors) == len(pids) == 1
+    assert os.getpid() not in pids
+
+
+def _fails_on_two_dies_once(marker: str, log: str, item: int) -> int:
+    return _die_once(marker, partial(_fails_on_two, log), item)
+
+
+def test_a_killed_model_actor_is_restarted_and_a_calls_own_exception_comes_out_as_itself(
+    ray_instance, tmp_path
+):
+    log, marker = tmp_path / "runs.log", tmp_path / "died"
+    with RayExecutor(2) as executor:
+        with executor.for_models("cpu") as models:
+            assert models.workers == 2  # no GPU asked for: one actor per worker
+            dies_once = partial(_fails_on_two_dies_once, str(marker), str(log))
+            assert sorted(models.map_unordered(dies_once, [0, 1])) == [(0, 0), (1, 10)]
+            with pytest.raises(ValueError, match="bad item 2") as caught:
+                list(models.map_unordered(partial(_fails_on_two, str(log)), [2]))
+        _wait_until_cpus_are_free(2)  # closed: its actors are killed
+    assert marker.is_file()  # an actor did die, and its call was rerun on the restarted actor
+    assert type(caught.value) is ValueError
+    assert any("Ray worker" in note for note in caught.value.__notes__)
+    assert log.read_text().splitlines().count("2") == 1  # not retried
+
+
+def _device_of(name: str) -> tuple[str, list]:
+    from pipeline.compute.extractors import resolve_device
+
+    return resolve_device(name), ray.get_gpu_ids()
+
+
+@pytest.mark.gpu
+def test_model_actors_hold_a_gpu_each_and_auto_resolves_to_cuda_in_them(ray_instance):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible")
+    with RayExecutor(2) as executor, executor.for_models("auto") as models:
+        assert models.workers == min(2, torch.cuda.device_count())
+        [(_, (device, gpu_ids))] = models.map_unordered(_device_of, ["auto"])
+    assert device == "cuda" and len(gpu_ids) == 1
 
 
 def test_address_needs_engine_ray(tmp_path):

@@ -5,6 +5,12 @@ be pickled to another process) and takes the results back as they finish, in any
 executor, puts them in order, so the output never depends on how or where the work ran. `LocalExecutor` runs
 them in this process (1 worker) or in a pool of single-threaded worker processes; a distributed executor
 plugs in behind the same two methods.
+
+`for_models()` is the executor for stages that hold a model (a big, stateful object, possibly on a GPU:
+the features stage's frozen extractors). Such a stage builds its model once per process (a module-level
+cache), so it wants few, long-lived processes that own their device, not many short tasks. By default that
+is `InProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models are
+too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ class Executor(ABC):
     def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         """Yield `(index into items, fn(item))` for every item, in the order they finish. An exception
         raised by `fn` is raised here."""
+
+    def for_models(self, device: str = "auto") -> Executor:
+        """The executor for stages that hold a model (see the module doc), to be closed by the caller when
+        the stage is done. `device` is the stage's device setting ("cpu" asks for CPU workers even where
+        there are GPUs); it is resolved where the model is built, never here. Default: this process."""
+        return InProcess()
 
     def close(self) -> None:
         """Release the workers (a no-op where there are none)."""

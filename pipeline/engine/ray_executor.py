@@ -1,4 +1,5 @@
-"""`RayExecutor`: the per-clip work of `prepare` as Ray tasks, on this machine or on a Ray cluster.
+"""`RayExecutor`: the per-clip work of `prepare` as Ray tasks (Ray actors for the stages that hold a model),
+on this machine or on a Ray cluster.
 
     with RayExecutor(workers=8) as executor:                      # a local Ray instance of 8 CPUs
         prepare(Run(corpus, root, out, config, executor))
@@ -19,10 +20,19 @@ Faults: a task whose worker process dies (killed, out of memory, a lost node) is
 `map_unordered` as the original exception, as with LocalExecutor (Ray's traceback of the worker as a
 note).
 
-The extractor stages stay on plain tasks: Ray keeps a worker process between tasks, so the faces
-stage's MTCNN (cached per process) is built once per worker, as in a LocalExecutor worker; the features
-stage runs in the calling process whatever the executor (pipeline.prepare). Tasks ask for no GPU, and Ray
-hides the GPUs from such tasks: with `device: auto` the faces run on the workers' CPUs.
+Models: `for_models()` (the features stage, pipeline.prepare) is a pool of Ray actors, long-lived
+processes each given one batch at a time: the stage's extractors (cached per process) are built once per
+actor and stay loaded for the whole stage. Where the cluster has GPUs each actor holds one (as many actors
+as GPUs, at most `workers`) and the features' `device: auto` resolves to CUDA inside the actor, which
+sees only its own GPU (so name it `auto` or `cuda`, not `cuda:N`); on a cluster without GPUs, or with
+`device: cpu`, there are `workers` actors of one CPU each. An actor whose process dies is restarted and
+its batch rerun (`max_retries` times, as for tasks); an exception raised by the stage comes out as itself.
+The actors are killed when the stage closes its executor, or at the latest on close().
+
+The faces stage stays on plain tasks: its MTCNN is small, Ray keeps a worker process between tasks, so
+it is built once per worker as in a LocalExecutor worker, and the stage is bound by video decoding, which
+wants every CPU of the cluster rather than one actor per GPU. Tasks ask for no GPU, and Ray hides the
+GPUs from such tasks: with `device: auto` the faces run on the workers' CPUs.
 """
 
 from __future__ import annotations
@@ -63,13 +73,37 @@ def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
+def _result(ray, ref):
+    """The value of a finished task or actor call: the task's own exception raised as itself (with the
+    worker's traceback as a note), a fault of the cluster as a RuntimeError."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause
+        if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+            cause.add_note(f"raised in a Ray worker: {err}")  # its message holds the worker's traceback
+            raise cause from None
+        raise RuntimeError(f"a Ray task failed: {err}") from err
+    except ray.exceptions.RayError as err:  # retries used up, a lost node, a stopped cluster
+        raise RuntimeError(f"the Ray cluster could not run a task ({type(err).__name__}): {err}") from err
+
+
+class _ModelWorker:
+    """The body of one Ray actor: a process that stays up between calls, so the caches of the module-level
+    functions it runs (the features stage's extractors) keep their models loaded."""
+
+    def run(self, fn: Callable[[Any], Any], item: Any) -> Any:
+        return _call(fn, item)
+
+
 class RayExecutor(Executor):
     """Tasks on Ray, at most `workers` at a time (one CPU each), their results handed back as they finish.
 
     address: None starts a Ray instance on this machine with `workers` CPUs (loopback only) and stops it
     on close(); "auto" or "ray://host:10001" connects to a running cluster, and close() only disconnects.
     A process already connected to Ray (ray.init called before) is used as it is and left connected.
-    max_retries: how many times Ray reruns a task whose worker process died.
+    max_retries: how many times Ray reruns a task whose worker process died (and restarts a dead actor of
+    `for_models()`).
     """
 
     def __init__(self, workers: int = 1, address: str | None = None, *, max_retries: int = 3):
@@ -86,6 +120,8 @@ class RayExecutor(Executor):
             else:
                 ray.init(address=address, logging_level=logging.WARNING)
             self._owns_connection = True
+        self._max_retries = max_retries
+        self._pools: list[RayActorPool] = []  # the for_models() pools handed out, killed on close()
         # retry_exceptions=False: a Python exception is the task's answer (a bad input, a full disk), not a
         # fault of the machine; rerunning it would only delay the same error.
         self._task = ray.remote(_call).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
@@ -102,24 +138,68 @@ class RayExecutor(Executor):
             finished, _ = ray.wait(list(pending), num_returns=1)
             for ref in finished:
                 index = pending.pop(ref)
-                yield index, self._result(ref)
+                yield index, _result(ray, ref)
         # Stopping early (the caller's Stopped, a failed task) leaves the tasks in flight to finish: each
         # writes its part, which the rerun keeps, as a LocalExecutor's running tasks do.
 
-    def _result(self, ref):
-        ray = self._ray
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as err:
-            cause = err.cause
-            if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
-                cause.add_note(f"raised in a Ray worker: {err}")  # its message holds the worker's traceback
-                raise cause from None
-            raise RuntimeError(f"a Ray task failed: {err}") from err
-        except ray.exceptions.RayError as err:  # retries used up, a lost node, a stopped cluster
-            raise RuntimeError(f"the Ray cluster could not run a task ({type(err).__name__}): {err}") from err
+    def for_models(self, device: str = "auto") -> Executor:
+        pool = RayActorPool(self._ray, self.workers, device, max_retries=self._max_retries)
+        self._pools.append(pool)
+        return pool
 
     def close(self) -> None:
+        for pool in self._pools:  # a caller that left its pool open: its actors would hold their GPUs
+            pool.close()
+        self._pools.clear()
         if self._owns_connection:
             self._owns_connection = False
             self._ray.shutdown()  # stops the instance it started; on a cluster, only disconnects
+
+
+class RayActorPool(Executor):
+    """`RayExecutor.for_models()`: a pool of Ray actors (`_ModelWorker`), each given one item at a time,
+    the results handed back as they finish. The actors start at construction (each builds its models at
+    its first item) and are killed on close().
+
+    One GPU per actor where the cluster has any (as many actors as GPUs, at most `workers`), unless
+    `device` is "cpu"; else `workers` actors of one CPU. `device` is only read for that choice: the stage
+    resolves it in the actor, where Ray has made the actor's own GPU the only one visible.
+    max_retries: how many times Ray restarts a dead actor and reruns the call it was running.
+    """
+
+    def __init__(self, ray, workers: int, device: str = "auto", *, max_retries: int = 3):
+        self._ray = ray
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
+        # One CPU besides the GPU: the actor also reads and decodes its batch's inputs.
+        resources = {"num_cpus": 1, "num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+        self.workers = min(gpus, workers) if gpus >= 1 else workers
+        # max_task_retries: a call lost with its actor (killed, out of memory, a lost node) is rerun on the
+        # restarted actor; an exception raised by the call is its answer and is not retried (Ray's default
+        # for actor methods).
+        actor_class = ray.remote(_ModelWorker).options(
+            **resources, max_restarts=max_retries, max_task_retries=max_retries
+        )
+        self._actors = [actor_class.remote() for _ in range(self.workers)]
+
+    def map_unordered(self, fn, items):
+        ray = self._ray
+        if not self._actors:
+            raise RuntimeError("this RayActorPool is closed")
+        fn_ref = ray.put(fn)  # shipped once, not once per item
+        idle, next_index, pending = list(self._actors), 0, {}
+        while next_index < len(items) or pending:
+            # One item per actor at a time: a batch never waits behind another on a busy actor while a
+            # free one idles.
+            while next_index < len(items) and idle:
+                actor = idle.pop()
+                pending[actor.run.remote(fn_ref, items[next_index])] = (next_index, actor)
+                next_index += 1
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(ref)
+            idle.append(actor)
+            yield index, _result(ray, ref)
+
+    def close(self) -> None:
+        actors, self._actors = self._actors, []
+        for actor in actors:  # frees their GPUs and memory now; a call in flight is lost (rerun on resume)
+            self._ray.kill(actor)

@@ -9,7 +9,9 @@ holds the extractor identities under `extractors`, which the shards stage copies
 
 Batched: Wav2Vec2 sees `audio_batch_size` clips at once (padded, with an attention mask), EfficientNet
 `frame_batch_size` crops at once, under `torch.inference_mode`, with fp16/bf16 autocast on CUDA. The
-models are built once per process. With a GPU keep `workers` at 1 (one process owns the GPU).
+models are built once per process, so the batches belong on few long-lived processes that own their device:
+`prepare` runs them on its executor's `for_models()` (this process for the local engine, one Ray actor per
+GPU for the Ray engine). With a GPU and a LocalExecutor keep `workers` at 1 (one process owns the GPU).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pipeline.compute.extractors import (
     Wav2Vec2Extractor,
 )
 from pipeline.engine import ClipJob, Executor, run_per_clip
+from pipeline.engine.executors import as_executor
 from pipeline.manifest import Reason, read_manifest
 from pipeline.media import read_audio, resample, resolve_inside
 from pipeline.store.intermediates import (
@@ -104,9 +107,22 @@ def _extractors(config_json: str) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]
     )
 
 
-def extractors_for(config: FeaturesConfig) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
+def _extractors_key(config: FeaturesConfig) -> str:
+    """`_extractors`'s argument: the same string compute_features makes of the stage config. The device
+    stays as configured ("auto"), to be resolved in the process that builds the models."""
     keys = {"effb2": asdict(config.effb2), "w2v2": asdict(config.w2v2), "device": config.device}
-    return _extractors(json.dumps(keys, sort_keys=True))
+    return json.dumps(keys, sort_keys=True)
+
+
+def extractors_for(config: FeaturesConfig) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
+    return _extractors(_extractors_key(config))
+
+
+def _identities(config_json: str) -> dict:
+    """What produces the features, told by the process that computes them (its device sets the compute
+    dtype)."""
+    effb2, w2v2 = _extractors(config_json)
+    return {"audio": w2v2.identity(), "video": effb2.identity()}
 
 
 def compute_features(jobs: Sequence[ClipJob], config: dict) -> dict:
@@ -179,8 +195,15 @@ def run_features(
         for r in read_manifest(manifest_path)
         if r.cached_candidate()
     ]
-    effb2, w2v2 = extractors_for(config)  # fails early on unusable weights, before any clip
-    identity = {"audio": w2v2.identity(), "video": effb2.identity()}
+    executor = as_executor(executor)
+    # Asked of the executor's workers, where the batches run (a GPU actor computes in effb2/w2v2.dtype,
+    # whatever this process has), once per worker: each builds its models now, all at once rather than at
+    # their first batches, and unusable weights fail before any clip.
+    key = _extractors_key(config)
+    identities = [found for _, found in executor.map_unordered(_identities, [key] * executor.workers)]
+    identity = identities[0]
+    if any(found != identity for found in identities):
+        raise RuntimeError(f"the workers of the features stage disagree on the extractors: {identities}")
     stage_config = {
         "effb2": asdict(config.effb2),
         "w2v2": asdict(config.w2v2),
