@@ -22,6 +22,7 @@ cost is that communication does not overlap the backward pass.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime
 import json
 import os
@@ -39,6 +40,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    device: str = "cpu"  # where the collectives' tensors live: NCCL reduces CUDA tensors only
 
     @property
     def is_main(self) -> bool:
@@ -54,9 +56,9 @@ class World:
         """The sum over ranks of `tensor` (a new tensor; the input is left alone)."""
         if not self.distributed:
             return tensor
-        total = tensor.detach().clone()
+        total = tensor.detach().to(self.device, copy=True)
         dist.all_reduce(total)
-        return total
+        return total.to(tensor.device)
 
     def batch_mean(self, mean: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
         """The global batch's mean from each rank's batch `mean` (any shape) over its `count` rows:
@@ -71,36 +73,31 @@ class World:
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's `tensor` on every rank, in place (random draws that must agree, e.g. OGM-GE's noise)."""
         if self.distributed:
-            dist.broadcast(tensor, src=0)
+            there = tensor.to(self.device)
+            dist.broadcast(there, src=0)
+            if there is not tensor:
+                tensor.copy_(there)
         return tensor
 
-    def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
-        """True when `flag` holds on every rank (one rank's non-finite loss skips the step everywhere)."""
+    def any_true(self, flag: bool) -> bool:
         if not self.distributed:
             return bool(flag)
-        return bool(self.sum(torch.tensor([0.0 if flag else 1.0], device=device)).item() == 0)
+        return bool(self.sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
-    def any_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
-        if not self.distributed:
-            return bool(flag)
-        return bool(self.sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
-
-    def broadcast_floats(
-        self, values: dict[str, float], device: torch.device | str = "cpu"
-    ) -> dict[str, float]:
+    def broadcast_floats(self, values: dict[str, float]) -> dict[str, float]:
         """Rank 0's values for the same keys on every rank (the selection and early-stopping decisions)."""
         if not self.distributed:
             return values
         keys = sorted(values)
-        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-        dist.broadcast(tensor, src=0)
-        return dict(zip(keys, tensor.tolist()))
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        return dict(zip(keys, self.broadcast_(tensor).tolist()))
 
-    def gather_json(self, obj, device: torch.device | str = "cpu") -> list:
+    def gather_json(self, obj) -> list:
         """Every rank's JSON-serialisable `obj`, in rank order, on every rank. JSON bytes in a uint8
         tensor, never a pickle."""
         if not self.distributed:
             return [obj]
+        device = self.device
         data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=device)
         sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.size)]
         dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device))
@@ -111,14 +108,12 @@ class World:
         dist.all_gather(gathered, padded)
         return [json.loads(bytes(g[: int(s.item())].tolist()).decode()) for g, s in zip(gathered, sizes)]
 
-    def mean_logs(
-        self, logs: dict[str, float], count: int, device: torch.device | str = "cpu"
-    ) -> dict[str, float]:
+    def mean_logs(self, logs: dict[str, float], count: int) -> dict[str, float]:
         """The step's log values averaged over ranks, weighted by each rank's `count` of clips. A key that
         only some ranks logged is averaged over those (coefficients already reduced come out unchanged)."""
         if not self.distributed:
             return logs
-        per_rank = self.gather_json({"n": count, "logs": logs}, device)
+        per_rank = self.gather_json({"n": count, "logs": logs})
         merged: dict[str, float] = {}
         for key in logs:
             pairs = [(r["n"], r["logs"][key]) for r in per_rank if key in r["logs"]]
@@ -127,10 +122,6 @@ class World:
                 sum(n * v for n, v in pairs) / weight if weight else sum(v for _, v in pairs) / len(pairs)
             )
         return merged
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
 
 
 LOCAL = World()
@@ -154,6 +145,7 @@ def init_world(device: torch.device, timeout_s: float = 1800.0) -> tuple[World, 
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
+        world = dataclasses.replace(world, device=str(device))
     if not dist.is_initialized():
         # Once per process, kept for every later run in it (a process may train several): a group destroyed
         # and set up again on torchrun's store can hang.

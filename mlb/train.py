@@ -463,7 +463,7 @@ def _train(
 
             # --- validate, select, stop early --------------------------------------------------------
             val_metrics, val_loss = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
-            flat = world.broadcast_floats(flat_val_metrics(val_metrics, val_loss), device)
+            flat = world.broadcast_floats(flat_val_metrics(val_metrics, val_loss))
             balancer_logs = balancer.on_epoch_end(state.epoch, flat) or {}
             improved = flat[selection_key] > state.best_val_accuracy
             if improved:
