@@ -5,7 +5,7 @@ statistics against Joint and MLB.
     python bench/bench_rank.py --out /tmp/rank            # synthesise, train everything, write the tables
     python bench/bench_rank.py --out /tmp/rank --report   # only aggregate what is there
 
-Runs go two at a time, one thread each (the machine's 2 cores), through `mlb.compare.run_comparison`, so a
+Runs go two at a time, one thread each (the machine's 2 cores), through `mlb.train.sweep.run_comparison`, so a
 killed bench resumes where it stopped. Writes OUT/runs/compare.{md,csv,json}, OUT/runs/compare_stats.{md,json},
 OUT/bench.json (wall time, test-set size, the phenomenon figures) and OUT/phenomenon.png.
 """
@@ -69,8 +69,8 @@ def worker(out: Path, index: int, count: int, tuned: Path | None) -> None:
     """Train this worker's share of the combos (every count-th, so costly methods spread over workers)."""
     import torch
 
-    from mlb.compare import run_comparison
-    from mlb.tune import read_tuned
+    from mlb.train.sweep import run_comparison
+    from mlb.train.tune import read_tuned
 
     torch.set_num_threads(1)
     data, runs = out / "shards" / "cached", out / ("runs_tuned" if tuned else "runs")
@@ -87,7 +87,7 @@ def tune_worker(out: Path, index: int, count: int, trials: int) -> None:
     """Tune this worker's share of the methods on Late-Linear, into OUT/tune<index>/."""
     import torch
 
-    from mlb.tune import TuneConfig, run_tune
+    from mlb.train.tune import TuneConfig, run_tune
 
     torch.set_num_threads(1)
     methods = [m for m in all_methods() if not m.endswith("-only")][index::count]
@@ -107,7 +107,7 @@ def run_workers(args, *extra: str) -> None:
 def phenomenon(runs: list[dict], weak: str, strong: str) -> dict:
     """The weak modality's head after each method (Late-Linear) beside its encoder trained alone, with the
     95% intervals over test clips."""
-    from mlb.stats import accuracy_interval
+    from mlb.analysis.stats import accuracy_interval
 
     groups: dict[str, list[dict]] = {}
     for run in runs:
@@ -154,8 +154,8 @@ def figure(table: dict, weak: str, path: Path) -> None:
 
 
 def report(out: Path, seconds: float | None) -> dict:
-    from mlb.compare import aggregate, load_runs, write_tables
-    from mlb.stats import write_stats
+    from mlb.analysis.compare import aggregate, load_runs, write_tables
+    from mlb.analysis.stats import write_stats
 
     runs_dir = out / "runs"
     runs = load_runs(runs_dir)
@@ -186,8 +186,8 @@ def tune_then_compare(args) -> None:
     """The protocol on the bench: tune every method (equal budget), then train its tuned settings."""
     import yaml
 
-    from mlb.compare import aggregate, load_runs, write_tables
-    from mlb.stats import write_stats
+    from mlb.analysis.compare import aggregate, load_runs, write_tables
+    from mlb.analysis.stats import write_stats
 
     started = time.perf_counter()
     run_workers(args, "--tune", str(args.tune))

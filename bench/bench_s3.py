@@ -142,7 +142,8 @@ def step_rate(batches: list[dict], size: str, repeats: int, device: torch.device
     CUDA as the trainer's `auto`) over the batches."""
     from mlb.balancing import build_balancer
     from mlb.models import build_model
-    from mlb.train import to_device, train_step
+    from mlb.train import train_step
+    from mlb.train.trainer import to_device
 
     torch.manual_seed(0)
     balancer = build_balancer("mlb", alpha=5.0, beta_max=2.0)

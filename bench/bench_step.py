@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from mlb.atomic import atomic_write_text
 from mlb.balancing import build_balancer
+from mlb.common.atomic import atomic_write_text
 from mlb.models import build_model
 
 # Input shapes per size: "paper" = the real CREMA-D tensors (257 x 188 STFT, 3 frames of 224 x 224;

@@ -25,7 +25,7 @@ id) stops the run with an error naming the shard and the clip. Nothing is skippe
 already rejected bad clips with a reason, so a bad sample here means corrupt or foreign shards, and
 dropping it would quietly change the data set.
 
-Storage: the folder is a local path or a URL (`s3://bucket/prefix`); every read goes through `mlb.storage`
+Storage: the folder is a local path or a URL (`s3://bucket/prefix`); every read goes through `mlb.common.storage`
 (pathlib locally, fsspec for URLs, each remote tar fetched whole with one request).
 
 Epoch size comes from `sizes.json`: `ShardLoader.num_batches(epoch)` is exact, because the shard
@@ -48,19 +48,18 @@ from typing import Any
 
 import numpy as np
 
-from mlb.storage import PathOrURL, StorageError, check_folder, is_file, is_url, join, open_binary, read_text
+from mlb.common.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_PATHS, MODALITY_FIELDS, SPLITS
+from mlb.common.storage import (
+    PathOrURL,
+    StorageError,
+    check_folder,
+    is_file,
+    is_url,
+    join,
+    open_binary,
+    read_text,
+)
 
-SPLITS = ("train", "validation", "test")
-INPUT_PATHS = ("raw", "cached")
-
-# Which shard field feeds which modality, per input path (docs/CONTRACTS.md).
-MODALITY_FIELDS: dict[str, dict[str, str]] = {
-    "raw": {"audio": "spec.npy", "video": "frames.npy"},
-    "cached": {"audio": "w2v2.npy", "video": "effb2.npy"},
-}
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, RGB (also the frozen EfficientNet-B2 input)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN, _STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
 
 _SHARD_NAME = re.compile(r"^(train|validation|test)-\d{6}\.tar$")
@@ -256,7 +255,7 @@ def read_tar_samples(
     non-file members are refused. (We do not use `wds.tarfile_to_samples` here: it reads tars in
     stream mode, 10 KB records at a time, which made shards 2x slower than per-clip files to read in
     bench/bench_loader.py; random-access mode reads each member with one call. A remote tar is read
-    whole into memory first, with one request: `mlb.storage.open_binary`.)
+    whole into memory first, with one request: `mlb.common.storage.open_binary`.)
     """
     import tarfile
 
@@ -425,7 +424,7 @@ def collate(examples: list[dict[str, Any]], input_path: str) -> dict[str, Any]:
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    """Loader workers leave SIGINT / SIGTERM to the trainer, which stops at a safe point (mlb.stopping)."""
+    """Loader workers leave SIGINT / SIGTERM to the trainer, which stops at a safe point (mlb.common.stopping)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

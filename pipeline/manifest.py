@@ -16,8 +16,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mlb.atomic import atomic_write_bytes
-from mlb.data import INPUT_PATHS, SPLITS  # the split names and the two input paths a clip may be usable for
+from mlb.common.atomic import atomic_write_bytes
+from mlb.common.contract import (  # the split names and the two input paths a clip may be usable for
+    INPUT_PATHS,
+    SPLITS,
+)
 
 
 class Reason(StrEnum):

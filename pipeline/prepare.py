@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlb.lock import folder_lock
-from mlb.stopping import Stopped, stop_on_signals
+from mlb.common.lock import folder_lock
+from mlb.common.stopping import Stopped, stop_on_signals
 from pipeline.corpora.base import Corpus
 from pipeline.engine import Executor
 from pipeline.engine.executors import as_executor
@@ -245,9 +245,9 @@ def prepare(
     """Run `stages` (default: all, in order) after `check_run`; `on_done(stage, result, seconds)` after
     each. Raises CorpusError / ValueError on bad input.
 
-    The run holds OUT for its whole life (mlb.lock: a second run on the same folder is refused, naming this
+    The run holds OUT for its whole life (mlb.common.lock: a second run on the same folder is refused, naming this
     one's `command`). SIGINT or SIGTERM stops it once the batches in progress are written, raising
-    mlb.stopping.Stopped; the same command then goes on from there."""
+    mlb.common.stopping.Stopped; the same command then goes on from there."""
     selected = check_stages(stages, run.corpus)
     check_run(run, selected)
     with folder_lock(run.out, command or " ".join(sys.argv)), stop_on_signals() as stop:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_folder, atomic_write_json
-from mlb.data import MODALITY_FIELDS, SPLITS
+from mlb.common.atomic import atomic_folder, atomic_write_json
+from mlb.common.contract import MODALITY_FIELDS, SPLITS
 from pipeline.stages.shards_cached import RunningStats
 from pipeline.store.shards import shard_meta, write_shards, write_sizes_and_meta
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-import mlb.train
+import mlb.train.trainer
 from mlb.balancing.mlb import MLB
 
 
@@ -36,7 +36,7 @@ def main() -> None:
         records[-1]["k"].append({name: float(v) for name, v in logs.items() if name.startswith("k_")})
         return logs
 
-    train_step = mlb.train.train_step
+    train_step = mlb.train.trainer.train_step
 
     def recording_train_step(model, *rest, **kw):
         logs = train_step(model, *rest, **kw)
@@ -47,7 +47,7 @@ def main() -> None:
         return logs
 
     MLB.before_step = recording_before_step
-    mlb.train.train_step = recording_train_step
+    mlb.train.trainer.train_step = recording_train_step
     from pipeline.cli import main as cli_main
 
     # The first `mlbpipe train` sets the process group up; the later ones run in it.

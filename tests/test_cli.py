@@ -82,7 +82,7 @@ def test_only_the_command_line_imports_typer():
 
     code = (
         "import sys\n"
-        "import pipeline.prepare, pipeline.corpora.cremad, pipeline.stages.shards_cached, mlb.train, mlb.report\n"
+        "import pipeline.prepare, pipeline.corpora.cremad, pipeline.stages.shards_cached, mlb.train, mlb.analysis.report\n"
         "import pipeline.corpora.cremad.synth\n"
         "assert 'typer' not in sys.modules, [m for m in sys.modules if m.startswith('typer')]\n"
     )

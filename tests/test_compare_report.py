@@ -10,9 +10,10 @@ import pytest
 from shard_factory import write_shard_folder
 from typer.testing import CliRunner
 
-from mlb.compare import aggregate, flatten, load_runs, run_comparison, to_markdown
-from mlb.report import NoRunsError, write_report
+from mlb.analysis.compare import aggregate, flatten, load_runs, to_markdown
+from mlb.analysis.report import NoRunsError, write_report
 from mlb.train import TrainConfig
+from mlb.train.sweep import run_comparison
 from pipeline.cli import app
 
 runner = CliRunner()
@@ -208,7 +209,7 @@ def test_report_leaves_matplotlib_backend_alone(tmp_path):
         "import sys, matplotlib\n"
         "matplotlib.use('pdf')\n"
         "from pathlib import Path\n"
-        "from mlb.report import figure_k_vs_r\n"
+        "from mlb.analysis.report import figure_k_vs_r\n"
         f"figure_k_vs_r(Path({str(tmp_path / 'k.png')!r}))\n"
         "assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

@@ -23,12 +23,13 @@ import torch
 from shard_factory import write_shard_folder
 
 from mlb.balancing import build_balancer
-from mlb.checkpoint import load_checkpoint
 from mlb.data import ShardLoader, open_shard_folder
-from mlb.distributed import World
 from mlb.models import build_model
-from mlb.train import TrainConfig, check_world_shards, local_batch_size, seed_everything, train, train_step
-from mlb.train_config import TrainConfigError, TrainError
+from mlb.train import TrainConfig, train, train_step
+from mlb.train.checkpoint import load_checkpoint
+from mlb.train.config import TrainConfigError, TrainError
+from mlb.train.trainer import check_world_shards, local_batch_size, seed_everything
+from mlb.world import World
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # Every method that serves the raw path's Late-Linear head (the unimodal "-only" methods need no balancing)

@@ -89,7 +89,7 @@ def test_dvc_repro_is_incremental(tmp_path):
     assert _ran(second) == [] and "up to date" in second
 
     # what only the command line and the reports hold: help texts, printed summaries, figures
-    for edited in ("pipeline/cli/prepare.py", "pipeline/cli/common.py", "mlb/report.py"):
+    for edited in ("pipeline/cli/prepare.py", "pipeline/cli/common.py", "mlb/analysis/report.py"):
         with open(repo / edited, "a") as f:
             f.write("\n# an edit that changes no stage's work\n")
     assert _ran(_dvc(repo, "repro", "shards_raw@cremad")) == []

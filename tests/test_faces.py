@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from mlb.atomic import atomic_write_json
+from mlb.common.atomic import atomic_write_json
 from pipeline.compute import faces as faces_compute
 from pipeline.corpora import get_corpus
 from pipeline.manifest import ClipRecord, corpus_description_path, read_manifest, write_manifest

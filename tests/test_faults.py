@@ -29,8 +29,8 @@ import torch
 from shard_factory import npy_bytes, replace_member, write_shard_folder
 from typer.testing import CliRunner
 
-from mlb.lock import LOCK_NAME, FolderBusyError, folder_lock
-from mlb.stopping import STOPPED_EXIT, current_request, stop_on_signals
+from mlb.common.lock import LOCK_NAME, FolderBusyError, folder_lock
+from mlb.common.stopping import STOPPED_EXIT, current_request, stop_on_signals
 from pipeline.cli import app
 
 pytestmark = pytest.mark.integration
@@ -199,7 +199,7 @@ def test_compare_on_a_full_disk_writes_no_partial_table(trained, tmp_path, monke
 
 
 def test_a_read_only_output_folder_is_named_with_the_fix(synth_corpus_defects, tmp_path, monkeypatch):
-    import mlb.lock
+    import mlb.common.lock
 
     out = tmp_path / "out"
     real = os.open
@@ -209,7 +209,7 @@ def test_a_read_only_output_folder_is_named_with_the_fix(synth_corpus_defects, t
             raise PermissionError(errno.EROFS, "Read-only file system", str(path))
         return real(path, flags, *args)
 
-    monkeypatch.setattr(mlb.lock.os, "open", read_only)
+    monkeypatch.setattr(mlb.common.lock.os, "open", read_only)
     result = CliRunner().invoke(app, [*PREPARE, "--root", str(synth_corpus_defects), "--out", str(out)])
     _refused(result, 2, str(out), "Read-only file system", "fix its permissions")
     assert not (out / "manifest.jsonl").exists()
@@ -272,7 +272,7 @@ def test_two_prepares_on_one_out_the_second_is_refused_and_the_first_is_whole(sy
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(trained, tmp_path):
     raw_data, run = trained[0], tmp_path / "run"
-    code = f"from mlb.lock import folder_lock\nimport os, signal\nwith folder_lock({str(run)!r}, 'killed'):\n" \
+    code = f"from mlb.common.lock import folder_lock\nimport os, signal\nwith folder_lock({str(run)!r}, 'killed'):\n" \
            "    os.kill(os.getpid(), signal.SIGKILL)\n"  # fmt: skip
     subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(Path.cwd())}, check=False

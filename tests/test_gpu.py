@@ -36,9 +36,10 @@ import pytest
 import torch
 from shard_factory import write_shard_folder
 
-import mlb.train as train_module
-from mlb.train import TrainConfig, load_checkpoint, train
-from mlb.train_config import PRECISIONS
+import mlb.train.trainer as train_module
+from mlb.train import TrainConfig, train
+from mlb.train.checkpoint import load_checkpoint
+from mlb.train.config import PRECISIONS
 
 _OVERRIDE = os.environ.get("MLBPIPE_TEST_GPU_DEVICE", "")
 if _OVERRIDE not in ("", "cpu"):

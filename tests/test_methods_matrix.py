@@ -15,7 +15,8 @@ from shard_factory import write_shard_folder
 from mlb.balancing import METHODS, build_balancer
 from mlb.models import build_model
 from mlb.models.fusion import FUSIONS
-from mlb.train import TrainConfig, load_checkpoint, train, train_step
+from mlb.train import TrainConfig, train, train_step
+from mlb.train.checkpoint import load_checkpoint
 
 DIMS = {"audio": 5, "video": 7}
 

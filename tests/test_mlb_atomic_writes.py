@@ -1,4 +1,4 @@
-"""The trainer's and the tables' files go through `mlb.atomic`: same bytes as before, no temp left, and a
+"""The trainer's and the tables' files go through `mlb.common.atomic`: same bytes as before, no temp left, and a
 write that fails half-way leaves the previous file whole."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import pytest
 import torch
 from shard_factory import write_shard_folder
 
-from mlb.compare import aggregate, to_markdown, write_tables
-from mlb.train import StepLog, TrainConfig, TrainError, load_checkpoint, train
+from mlb.analysis.compare import aggregate, to_markdown, write_tables
+from mlb.train import TrainConfig, TrainError, train
+from mlb.train.checkpoint import load_checkpoint
+from mlb.train.logs import StepLog
 
 
 def _temps(folder: Path) -> list[Path]:

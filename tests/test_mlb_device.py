@@ -1,12 +1,12 @@
-"""`mlb.device.resolve_device`: auto, explicit devices, and early errors that name the value."""
+"""`mlb.common.device.resolve_device`: auto, explicit devices, and early errors that name the value."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import mlb.train
-from mlb.device import resolve_device
+import mlb.train.trainer
+from mlb.common.device import resolve_device
 
 
 @pytest.fixture
@@ -49,4 +49,4 @@ def test_names_torch_rejects_are_value_errors_naming_the_value(name):
 
 
 def test_the_trainer_uses_it():
-    assert mlb.train.resolve_device is resolve_device
+    assert mlb.train.trainer.resolve_device is resolve_device

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mlb.balancing import build_balancer
-from mlb.train_config import TrainConfig
+from mlb.train.config import TrainConfig
 from pipeline.corpora import get_corpus
 from pipeline.params import ParamsError, from_mapping, load_params, stage_sections
 from pipeline.prepare import PrepareConfig, prepare_config
@@ -98,7 +98,7 @@ def test_params_yaml_must_be_a_mapping(tmp_path):
 
 def test_model_sizes_agree_between_the_config_and_the_encoders():
     from mlb.models.encoders import SIZES
-    from mlb.train_config import SIZES as CONFIG_SIZES
+    from mlb.train.config import SIZES as CONFIG_SIZES
 
     assert tuple(SIZES) == CONFIG_SIZES
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mlb.atomic import atomic_folder, remove_stale_temps
+from mlb.common.atomic import atomic_folder, remove_stale_temps
 from pipeline.cli import app
 from pipeline.compute.spectrogram import loop_into, mel_filterbank, spectrogram_batch
 from pipeline.engine import ClipJob, LocalExecutor, run_per_clip

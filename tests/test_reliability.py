@@ -100,7 +100,7 @@ def _kill_when(cmd: list[str], ready, cwd: Path, timeout: float = 300) -> bool:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    """Every temp name the pipeline writes (mlb.atomic and the per-clip engine): `<name>.tmp-<pid>`
+    """Every temp name the pipeline writes (mlb.common.atomic and the per-clip engine): `<name>.tmp-<pid>`
     (files and folders), `<name>.old-<pid>` (a replaced folder), `.<name>.parts-<fingerprint>` (the
     finished batches of an unfinished intermediate)."""
     return sorted(

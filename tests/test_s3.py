@@ -26,7 +26,8 @@ moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
 from mlb.data import ShardError, ShardLoader, open_shard_folder
-from mlb.train import TrainConfig, load_checkpoint, train
+from mlb.train import TrainConfig, train
+from mlb.train.checkpoint import load_checkpoint
 from pipeline.cli import app
 
 BUCKET = "mlb"

@@ -1,4 +1,4 @@
-"""mlb.stats: the stratified paired bootstrap (checked against hand-enumerated exact distributions and
+"""mlb.analysis.stats: the stratified paired bootstrap (checked against hand-enumerated exact distributions and
 scipy), the method-vs-baseline rows on hand-written run folders, and Figure 3's error bars."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-import mlb.stats
-from mlb.compare import aggregate, load_runs
-from mlb.report import accuracy_bars, figure_accuracy
-from mlb.stats import (
+import mlb.analysis.stats
+from mlb.analysis.compare import aggregate, load_runs
+from mlb.analysis.report import accuracy_bars, figure_accuracy
+from mlb.analysis.stats import (
     accuracy_interval,
     compare_to_baselines,
     paired_bootstrap,
@@ -51,7 +51,11 @@ def _exact_quantile(distribution: Counter, q: float) -> float:
 
 # (chunk size, distinct-value limit): resampled value counts (multinomial); drawn indices in the default
 # chunks; drawn indices in chunks of 10 resamples
-PATHS = [(mlb.stats.CHUNK_ELEMENTS, mlb.stats.DISCRETE_VALUES), (mlb.stats.CHUNK_ELEMENTS, 0), (40, 0)]
+PATHS = [
+    (mlb.analysis.stats.CHUNK_ELEMENTS, mlb.analysis.stats.DISCRETE_VALUES),
+    (mlb.analysis.stats.CHUNK_ELEMENTS, 0),
+    (40, 0),
+]
 
 
 @pytest.mark.parametrize("chunk_elements, discrete_values", PATHS)
@@ -61,8 +65,8 @@ def test_two_folds_match_the_exact_bootstrap_distribution(monkeypatch, chunk_ele
     with exact CDF .079, .185, .396, .618, .804, .933, .987, .999, 1; so the 10%/90% percentiles are
     .125/.625 and the 2.5%/97.5% ones 0/.75. The estimate weighs folds equally: (.5 + .25) / 2 = .375,
     not the pooled 2/6. Both ways of resampling, and a small chunk size, must give this distribution."""
-    monkeypatch.setattr(mlb.stats, "CHUNK_ELEMENTS", chunk_elements)
-    monkeypatch.setattr(mlb.stats, "DISCRETE_VALUES", discrete_values)
+    monkeypatch.setattr(mlb.analysis.stats, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(mlb.analysis.stats, "DISCRETE_VALUES", discrete_values)
     a, b = np.array([1.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0])
     exact = Counter(
         (a[list(ia)].mean() + b[list(ib)].mean()) / 2
@@ -77,9 +81,9 @@ def test_two_folds_match_the_exact_bootstrap_distribution(monkeypatch, chunk_ele
         assert got == pytest.approx((0.375, low, high), abs=1e-12)
 
 
-@pytest.mark.parametrize("discrete_values", [mlb.stats.DISCRETE_VALUES, 0])
+@pytest.mark.parametrize("discrete_values", [mlb.analysis.stats.DISCRETE_VALUES, 0])
 def test_one_fold_agrees_with_scipy_percentile_bootstrap(monkeypatch, discrete_values):
-    monkeypatch.setattr(mlb.stats, "DISCRETE_VALUES", discrete_values)
+    monkeypatch.setattr(mlb.analysis.stats, "DISCRETE_VALUES", discrete_values)
     d = np.random.default_rng(7).choice([-1.0, 0.0, 1.0], size=200, p=[0.2, 0.5, 0.3])
     ours = paired_bootstrap([d], n_resamples=20000, seed=1)
     theirs = scipy.stats.bootstrap(

@@ -11,9 +11,11 @@ import torch
 from shard_factory import first_key, npy_bytes, replace_member, write_shard_folder
 from typer.testing import CliRunner
 
-import mlb.train as train_module
+import mlb.train.trainer as train_module
 from mlb.data import ShardError
-from mlb.train import TrainConfig, TrainConfigError, TrainError, load_checkpoint, lr_at, train
+from mlb.train import TrainConfig, TrainConfigError, TrainError, train
+from mlb.train.checkpoint import load_checkpoint
+from mlb.train.trainer import lr_at
 from pipeline.cli import app
 
 runner = CliRunner()

@@ -7,7 +7,8 @@ from shard_factory import write_shard_folder
 
 from mlb.balancing import build_balancer
 from mlb.models import build_model
-from mlb.train import TrainConfig, load_checkpoint, train
+from mlb.train import TrainConfig, train
+from mlb.train.checkpoint import load_checkpoint
 
 
 def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():

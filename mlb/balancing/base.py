@@ -29,7 +29,7 @@ Class attributes a trainer reads:
   the method works with; `None` means all. `check_model(model)` enforces it.
 - `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based);
   the trainer sets it before each update's `forward`, so the hooks know which update they serve.
-- `world` (`mlb.distributed.World`): the training processes. Under torchrun the trainer sets it; a method
+- `world` (`mlb.train.distributed.World`): the training processes. Under torchrun the trainer sets it; a method
   whose coefficients come from batch statistics reduces them with `self.world.batch_mean(...)` /
   `self.world.sum(...)` (the identity on one process), so every rank computes the same coefficients from
   the global batch. `reduced_statistics` names what a method reduces (documentation and tests). The
@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.distributed import LOCAL, World
+from mlb.world import LOCAL, World
 
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 
@@ -100,7 +100,7 @@ class Balancer:
     uses_unimodal_heads: ClassVar[bool] = False
     supported_fusions: ClassVar[frozenset[str] | None] = None
     # The method's own hyper-parameters that `mlbpipe tune` searches (keyword arguments of __init__), with
-    # their ranges; the learning rate and weight decay are searched for every method (mlb.tune).
+    # their ranges; the learning rate and weight decay are searched for every method (mlb.train.tune).
     search_space: ClassVar[SearchSpace] = {}
     # Batch statistics this method reduces across training processes (see `world` in the module docstring)
     reduced_statistics: ClassVar[tuple[str, ...]] = ()

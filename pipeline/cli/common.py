@@ -32,11 +32,11 @@ def command_errors(prefix: str, out=None) -> Iterator[None]:
     traceback: bad settings and inputs (ValueError), runs that cannot go on (RuntimeError: another run holds
     the folder, a shard or checkpoint that cannot be read, an input that vanished) and failed reads or writes
     (OSError: a full disk, a read-only folder), the file and the fix in the message. A stop on SIGINT or
-    SIGTERM exits with mlb.stopping.STOPPED_EXIT. MLBPIPE_DEBUG=1 lets the exception through, traceback and
+    SIGTERM exits with mlb.common.stopping.STOPPED_EXIT. MLBPIPE_DEBUG=1 lets the exception through, traceback and
     all."""
     import os
 
-    from mlb.stopping import STOPPED_EXIT, Stopped
+    from mlb.common.stopping import STOPPED_EXIT, Stopped
 
     try:
         yield

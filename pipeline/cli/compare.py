@@ -1,4 +1,4 @@
-"""`mlbpipe compare` and `mlbpipe report`: thin wrappers over `mlb.compare` and `mlb.report`."""
+"""`mlbpipe compare` and `mlbpipe report`: thin wrappers over `mlb.analysis.compare` and `mlb.analysis.report`."""
 
 from __future__ import annotations
 
@@ -87,12 +87,13 @@ def compare(
     """
     import sys
 
-    from mlb.lock import folder_lock
+    from mlb.common.lock import folder_lock
 
     with command_errors("mlbpipe compare", out), folder_lock(out, " ".join(sys.argv)):
-        from mlb.atomic import atomic_write_json
-        from mlb.compare import aggregate, load_runs, run_comparison, write_tables
+        from mlb.analysis.compare import aggregate, load_runs, write_tables
+        from mlb.common.atomic import atomic_write_json
         from mlb.train import TrainConfig
+        from mlb.train.sweep import run_comparison
 
         if not aggregate_only:
             if data is None:
@@ -118,7 +119,7 @@ def compare(
             )
             tuned_tree = None
             if tuned is not None:
-                from mlb.tune import read_tuned
+                from mlb.train.tune import read_tuned
 
                 tuned_tree = read_tuned(tuned)
             base = TrainConfig(
@@ -154,7 +155,7 @@ def compare(
             raise typer.Exit(1)
         paths = write_tables(summaries, out)
         typer.echo(paths["md"].read_text())
-        from mlb.stats import write_stats
+        from mlb.analysis.stats import write_stats
 
         stats = write_stats(finished, out)
         typer.echo(stats["md"].read_text())
@@ -173,7 +174,7 @@ def report(
     fusion (Fig. 3), agreement groups (Fig. 4), ECE and reliability (Fig. 5), the unimodal heads beside the
     encoders trained alone, and training curves of k_i and unimodal accuracies for the first seed of each
     method. Writes FIGURES/report.md linking them."""
-    from mlb.report import NoRunsError, write_report
+    from mlb.analysis.report import NoRunsError, write_report
 
     out = out or runs / "figures"
     try:

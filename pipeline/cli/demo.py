@@ -33,9 +33,9 @@ def run_stage(name: str, env: dict) -> float:
 
 def phenomenon(runs: Path, features: str, fusion: str = "late-linear") -> list[str]:
     """Unimodal head accuracies (test) of each method beside the encoders trained alone, each with its 95%
-    bootstrap interval over the test clips (mlb.stats.accuracy_interval)."""
-    from mlb.compare import load_runs
-    from mlb.stats import accuracy_interval
+    bootstrap interval over the test clips (mlb.analysis.stats.accuracy_interval)."""
+    from mlb.analysis.compare import load_runs
+    from mlb.analysis.stats import accuracy_interval
 
     lines = []
     by_method: dict[str, list[dict]] = {}

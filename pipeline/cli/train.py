@@ -1,5 +1,5 @@
 """`mlbpipe train`: resolves paths and options, then calls `mlb.train.train`. Every default is
-`mlb.train_config.TrainConfig`'s (an option left out is not passed, and the help shows the dataclass's
+`mlb.train.config.TrainConfig`'s (an option left out is not passed, and the help shows the dataclass's
 value)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from mlb.storage import is_url, join
-from mlb.train_config import INPUT_PATHS, SIZES, TrainConfig
+from mlb.common.storage import is_url, join
+from mlb.train.config import INPUT_PATHS, SIZES, TrainConfig
 from pipeline.cli.common import command_errors, field_default, float_or_auto, parse_params_json
 
 
@@ -202,7 +202,7 @@ def cli(
         raise typer.BadParameter(f"must be one of {INPUT_PATHS}, got {features!r}", param_hint="--features")
     if size is not None and size not in SIZES:
         raise typer.BadParameter(f"must be one of {SIZES}, got {size!r}", param_hint="--size")
-    if s3_endpoint:  # the variable botocore and mlb.storage read; loader workers inherit it
+    if s3_endpoint:  # the variable botocore and mlb.common.storage read; loader workers inherit it
         os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint
     if is_url(data):  # probed when the run opens it: a missing bucket or prefix fails there, naming the fix
         shard_dir: Path | str = join(data, f"shards/{features}")

@@ -1,4 +1,4 @@
-"""`mlbpipe tune`: a thin wrapper over `mlb.tune.run_tune`."""
+"""`mlbpipe tune`: a thin wrapper over `mlb.train.tune.run_tune`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mlb.tune import TuneConfig
+from mlb.train.tune import TuneConfig
 from pipeline.cli.common import (
     EVAL_BATCH_SIZE_OPTION,
     IN_MEMORY_OPTION,
@@ -81,11 +81,11 @@ def cli(
     """
     import sys
 
-    from mlb.lock import folder_lock
+    from mlb.common.lock import folder_lock
 
     with command_errors("mlbpipe tune", out), folder_lock(out, " ".join(sys.argv)):
         from mlb.train import TrainConfig
-        from mlb.tune import BEST_NAME, run_tune
+        from mlb.train.tune import BEST_NAME, run_tune
 
         shard_dir = data / "shards" / features
         if not shard_dir.is_dir():

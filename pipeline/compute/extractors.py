@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.data import IMAGENET_MEAN, IMAGENET_STD
+from mlb.common.contract import IMAGENET_MEAN, IMAGENET_STD
 
 EFFNET_B2_NAME = "efficientnet-b2"
 EFFNET_B2_DIM = 1408  # channels of B2's last feature map
@@ -57,8 +57,8 @@ class WeightsUnavailableError(ValueError):
 
 
 def resolve_device(device: str = "auto") -> str:
-    """The device name the extractors use (mlb.device.resolve_device, as a string: "cpu", "cuda", "cuda:1")."""
-    from mlb.device import resolve_device as resolve
+    """The device name the extractors use (mlb.common.device.resolve_device, as a string: "cpu", "cuda", "cuda:1")."""
+    from mlb.common.device import resolve_device as resolve
 
     return str(resolve(device))
 

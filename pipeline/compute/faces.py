@@ -30,7 +30,7 @@ def make_detector(min_face_size: int, device: str = "auto"):
     setting."""
     from facenet_pytorch import MTCNN
 
-    from mlb.device import resolve_device
+    from mlb.common.device import resolve_device
 
     return MTCNN(
         keep_all=True, select_largest=False, min_face_size=min_face_size, device=resolve_device(device)

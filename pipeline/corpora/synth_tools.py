@@ -10,7 +10,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from mlb.atomic import atomic_write_bytes
+from mlb.common.atomic import atomic_write_bytes
 from pipeline.media import LFS_POINTER_PREFIX
 
 

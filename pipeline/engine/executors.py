@@ -136,7 +136,7 @@ def _init_worker() -> None:
 
     _die_with_parent()
     # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the main process stops the run at a
-    # safe point (mlb.stopping) and a worker finishes the batch in hand, so it ignores them.
+    # safe point (mlb.common.stopping) and a worker finishes the batch in hand, so it ignores them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Each worker is one process on one core: keep the math libraries single-threaded.

@@ -7,7 +7,7 @@ Every stage that computes per clip (frames, spectrograms, faces, features) runs 
   `.<output name>.parts-<fingerprint>/`, and a rerun after a kill skips every part whose inputs and
   config are unchanged;
 - one intermediate: the parts are merged in id order into a single HDF5 file, written under a temp name and
-  renamed (mlb.atomic), so a file under the final name is always complete;
+  renamed (mlb.common.atomic), so a file under the final name is always complete;
 - a progress bar, and per-clip errors recorded (in the file's `errors` group) rather than raised.
 
 HDF5 layout (pipeline.store.intermediates reads it): `/<array name>/<clip id>` datasets, `/errors`
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_output, remove_stale_temps
-from mlb.stopping import Stopped, current_request
+from mlb.common.atomic import atomic_output, remove_stale_temps
+from mlb.common.stopping import Stopped, current_request
 from pipeline.engine.executors import Executor, as_executor
 from pipeline.manifest import ClipRecord
 from pipeline.media import resolve_inside

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from mlb.atomic import atomic_write_json, remove_stale_temps
-from mlb.stopping import Stopped, current_request
+from mlb.common.atomic import atomic_write_json, remove_stale_temps
+from mlb.common.stopping import Stopped, current_request
 from pipeline.corpora.base import ClipSource, Corpus, CorpusError, Scan, ValidationConfig
 from pipeline.engine import Executor
 from pipeline.engine.executors import as_executor

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_folder, atomic_write_json
+from mlb.common.atomic import atomic_folder, atomic_write_json
 from pipeline.manifest import SPLITS, read_corpus_description, read_manifest
 from pipeline.store.intermediates import read_clip_features, read_stage_config
 from pipeline.store.shards import sample_json, shard_meta, write_shards, write_sizes_and_meta

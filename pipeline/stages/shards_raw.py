@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlb.atomic import atomic_folder
+from mlb.common.atomic import atomic_folder
 from pipeline.compute.spectrogram import spectrogram_shape
 from pipeline.manifest import SPLITS, ClipRecord, read_corpus_description, read_manifest
 from pipeline.store.intermediates import read_stage_config

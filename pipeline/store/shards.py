@@ -1,6 +1,6 @@
 """Deterministic WebDataset shards (docs/CONTRACTS.md, "Shards").
 
-    with atomic_folder(out / "shards" / "raw") as tmp:  # mlb.atomic
+    with atomic_folder(out / "shards" / "raw") as tmp:  # mlb.common.atomic
         sizes = {}
         for split in ("train", "validation", "test"):
             sizes |= write_shards(samples_of(split), tmp, split, maxcount=1000)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_write_bytes, temp_name
+from mlb.common.atomic import atomic_write_bytes, temp_name
 from pipeline.manifest import ClipRecord
 
 SHARD_PATTERN = "{split}-{index:06d}.tar"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import remove_stale_temps
+from mlb.common.atomic import remove_stale_temps
 from pipeline.corpora.ave.layout import ANNOTATIONS, CATEGORIES, HEADER, LIST_FILES, SPLIT_LISTS, VIDEO_DIR
 from pipeline.corpora.ave.synth import media, scene
 from pipeline.corpora.synth_tools import (

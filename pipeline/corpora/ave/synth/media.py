@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_output
+from mlb.common.atomic import atomic_output
 
 AAC_FRAME = 1024  # samples per AAC frame
 AAC_BIT_RATE_PER_CHANNEL = 64_000

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import remove_stale_temps
+from mlb.common.atomic import remove_stale_temps
 from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR, REAL_CLIPS, parse_clip_name
 from pipeline.corpora.cremad.synth import face as face_mod
 from pipeline.corpora.cremad.synth import media, voice

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_output
+from mlb.common.atomic import atomic_output
 
 FLV_AUDIO_RATE = 22050  # the FLV muxer takes MP3 only at 11.025 / 22.05 / 44.1 kHz; 16 kHz is resampled
 MP3_BIT_RATE = 64_000

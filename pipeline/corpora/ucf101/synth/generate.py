@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import remove_stale_temps
+from mlb.common.atomic import remove_stale_temps
 from pipeline.corpora.synth_tools import (
     check_common_options,
     lfs_stub,

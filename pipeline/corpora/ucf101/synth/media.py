@@ -2,7 +2,7 @@
 XVID, as the real corpus's XviD files) and, optionally, MP3 audio (LAME) at the audio's own rate and
 channel count.
 
-Every file is written under a temporary name and renamed into place (mlb.atomic), so an interrupted run
+Every file is written under a temporary name and renamed into place (mlb.common.atomic), so an interrupted run
 never leaves a half-written file under its final name. Output is byte-reproducible: FFmpeg runs with
 `bitexact` (no encoder version string, no time-dependent metadata) on a single thread.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.atomic import atomic_output
+from mlb.common.atomic import atomic_output
 
 VIDEO_BIT_RATE = 500_000
 MP3_BIT_RATE = {1: 64_000, 2: 128_000}  # by channel count

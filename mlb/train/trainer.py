@@ -43,8 +43,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mlb.atomic import atomic_write_json
-from mlb.checkpoint import (
+from mlb.common.atomic import atomic_write_json
+from mlb.common.device import resolve_device
+from mlb.common.lock import folder_lock
+from mlb.common.stopping import Stopped, stop_on_signals
+from mlb.data import MODALITY_FIELDS, SPLITS, ShardFolder, ShardLoader, check_split, open_shard_folder
+from mlb.method_defaults import method_defaults
+from mlb.metrics import evaluate
+from mlb.train.checkpoint import (
     BEST_KEYS,
     LAST_KEYS,
     check_resumable,
@@ -53,22 +59,15 @@ from mlb.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from mlb.data import MODALITY_FIELDS, SPLITS, ShardFolder, ShardLoader, check_split, open_shard_folder
-from mlb.device import resolve_device
-from mlb.distributed import (
-    LOCAL,
-    World,
+from mlb.train.config import TrainConfig, TrainConfigError, TrainError
+from mlb.train.distributed import (
     init_world,
     sum_gradients_,
     sync_batchnorm,
     world_from_env,
 )
-from mlb.lock import folder_lock
-from mlb.method_defaults import method_defaults
-from mlb.metrics import evaluate
-from mlb.run_logs import EpochLog, StepLog, epoch_summary
-from mlb.stopping import Stopped, stop_on_signals
-from mlb.train_config import TrainConfig, TrainConfigError, TrainError
+from mlb.train.logs import EpochLog, StepLog, epoch_summary
+from mlb.world import LOCAL, World
 
 
 @dataclass
@@ -179,7 +178,7 @@ def evaluate_split(
 
     `predictions`, when given, is filled with the per-clip predicted classes in loader order:
     {"ids", "label", "fused", "unimodal": {modality: [...]}} (what `RUN/test_predictions.json` holds; the
-    paired statistics of `mlb.stats` match two runs clip by clip)."""
+    paired statistics of `mlb.analysis.stats` match two runs clip by clip)."""
     model.eval()
     ids, labels, fused, unimodal = [], [], [], {}
     for batch in loader.iterate(0):
@@ -230,9 +229,9 @@ def train(
 ) -> dict[str, Any]:
     """Train, select on validation, test once; write RUN/metrics.json and return its content.
 
-    The run holds RUN for its whole life (mlb.lock: a second run on the same folder is refused, naming this
+    The run holds RUN for its whole life (mlb.common.lock: a second run on the same folder is refused, naming this
     one's `command`). SIGINT or SIGTERM stops it after the step in progress, with a checkpoint, and raises
-    mlb.stopping.Stopped: `--resume` continues exactly. `on_step(state)` is called after every training
+    mlb.common.stopping.Stopped: `--resume` continues exactly. `on_step(state)` is called after every training
     step (after any checkpoint of that step): tests use it to interrupt a run. `on_epoch(epoch, value)` is
     called after each epoch's validation and checkpoint with the validation accuracy that selects the
     checkpoint (fused, or the trained head's for a "-only" method): a tuner reports it and may raise to prune

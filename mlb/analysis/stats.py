@@ -5,7 +5,7 @@ test clip. Two methods trained on the same fold (same data split and seed) saw t
 their predictions can be compared clip by clip: per clip, `correct_a - correct_b` is 1, 0 or -1.
 
 - The statistic is the mean over folds of each fold's mean difference (every fold weighs the same, as in
-  the mean ± std tables of `mlb.compare`); in points of accuracy it is the mean accuracy difference.
+  the mean ± std tables of `mlb.analysis.compare`); in points of accuracy it is the mean accuracy difference.
 - Its interval is a stratified paired bootstrap: test clips are resampled with replacement within each
   fold, the same clips for both methods (that is what "paired" means), folds are kept as they are, and the
   interval is the percentile interval of the resampled statistic. It says how much the difference could
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.compare import FIRST_METHODS
+from mlb.analysis.compare import FIRST_METHODS
 
 PREDICTIONS = "test_predictions.json"
 
@@ -145,7 +145,7 @@ def _by_fold(runs: list[dict]) -> dict[int, dict]:
 def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fused") -> list[dict]:
     """Pair runs of two methods by fold and compare their predictions clip by clip.
 
-    Runs are dicts as `mlb.compare.load_runs` returns them (with "path"). Only folds that both lists have
+    Runs are dicts as `mlb.analysis.compare.load_runs` returns them (with "path"). Only folds that both lists have
     are used, in fold order. Per fold: {"fold", "clips", "acc_a", "acc_b", "diff" (acc_a - acc_b),
     "correct_diff" (per clip, in run a's clip order: correct_a - correct_b)}. Rows are matched by clip id;
     different clip sets or labels raise ValueError naming both run folders.
@@ -203,7 +203,7 @@ def accuracy_interval(
 
 
 def _method_order(method: str) -> tuple:
-    """Joint, Multi-Loss, MLB first, then the other methods by name (as `mlb.compare`'s tables)."""
+    """Joint, Multi-Loss, MLB first, then the other methods by name (as `mlb.analysis.compare`'s tables)."""
     return (FIRST_METHODS.index(method) if method in FIRST_METHODS else len(FIRST_METHODS), method)
 
 
@@ -304,7 +304,7 @@ def stats_markdown(rows: list[dict]) -> str:
 def write_stats(runs: list[dict], out_dir: Path, n_resamples: int = 10000, seed: int = 0) -> dict[str, Path]:
     """RUNS/compare_stats.md (fused head) and .json (the fused head and every unimodal head) of
     `compare_to_baselines` against Joint and MLB; returns their paths."""
-    from mlb.atomic import atomic_write_json, atomic_write_text
+    from mlb.common.atomic import atomic_write_json, atomic_write_text
 
     heads = ["fused"] + sorted({m for run in runs for m in run.get("test", {}).get("unimodal", {})})
     rows = {head: compare_to_baselines(runs, head=head, n_resamples=n_resamples, seed=seed) for head in heads}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mlb.atomic import atomic_write_text
+from mlb.common.atomic import atomic_write_text
 
 
 def summarise(values: list[float]) -> dict[str, float]:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlb.atomic import atomic_output
-from mlb.train_config import RESUMABLE_CHANGES, TrainConfig, TrainConfigError, TrainError
+from mlb.common.atomic import atomic_output
+from mlb.train.config import RESUMABLE_CHANGES, TrainConfig, TrainConfigError, TrainError
 
 
 def rng_states() -> dict[str, Any]:

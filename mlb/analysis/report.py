@@ -2,7 +2,7 @@
 
 - Figure 2: MLB's k against r for several (α, β_max), from `mlb.balancing.mlb_coefficients` itself.
 - Figure 3: test accuracy by method and fusion head, with 95% bootstrap intervals over test clips when the
-  runs have test_predictions.json (`mlb.stats`), else mean ± std over seeds/folds.
+  runs have test_predictions.json (`mlb.analysis.stats`), else mean ± std over seeds/folds.
 - Figure 4: the agreement groups (which unimodal heads are right) with the fused accuracy per method.
 - Figure 5: ECE per method, and a reliability diagram of the fused output.
 - Unimodal heads: each method's audio and video head beside the same encoder trained alone (the gap
@@ -27,8 +27,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mlb.atomic import atomic_write_text
-from mlb.compare import GroupSummary, aggregate, load_runs, to_markdown
+from mlb.analysis.compare import GroupSummary, aggregate, load_runs, to_markdown
+from mlb.common.atomic import atomic_write_text
 
 COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -92,11 +92,11 @@ def accuracy_bars(
     """Figure 3's bars: ({(method, fusion): (height, error below, error above)} in %, what the errors are).
 
     When every run of every drawn group has test_predictions.json, the height is the mean accuracy over
-    folds and the errors reach the 95% bootstrap interval over test clips (`mlb.stats.accuracy_interval`,
+    folds and the errors reach the 95% bootstrap interval over test clips (`mlb.analysis.stats.accuracy_interval`,
     resampled within folds); otherwise, for every bar alike, mean ± sample std over the runs, from the
     summaries.
     """
-    from mlb.stats import PREDICTIONS, accuracy_interval
+    from mlb.analysis.stats import PREDICTIONS, accuracy_interval
 
     summaries = [s for s in summaries if not is_alone(s.group["method"]) and key in s.mean]
     head = _head_of(key)

@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from mlb.atomic import atomic_write_text
 from mlb.balancing.base import FloatRange, IntRange
-from mlb.train_config import PAPER_OPTIM, TrainConfig, TrainError
+from mlb.common.atomic import atomic_write_text
+from mlb.train.config import PAPER_OPTIM, TrainConfig, TrainError
 
 DB_NAME = "optuna.sqlite3"
 BEST_NAME = "best_params.yaml"
@@ -178,7 +178,7 @@ def tune_one(
     import optuna
     from optuna.trial import TrialState
 
-    from mlb.train import train
+    from mlb.train.trainer import train
 
     pins = dict(pins or {})
     space = search_space(method, base.features, pins, lr=base.lr, weight_decay=base.weight_decay)

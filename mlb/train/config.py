@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlb.data import INPUT_PATHS
-from mlb.storage import is_url
+from mlb.common.contract import INPUT_PATHS
+from mlb.common.storage import is_url
 
 SIZES = ("tiny", "small", "paper")  # model sizes (mlb.models.encoders)
 # Paper defaults per input path: (lr, weight decay, batch size). ResNet-18 on raw, Conformer on cached.
