@@ -6,7 +6,7 @@
 Every configuration trains MLB with the same global batch on the same synthetic feature shards
 (`mlbpipe synth features`, Conformer `small`, or the raw path with `--features raw` on the demo's tiny
 ResNet), through `mlbpipe train` (under torchrun for more than one process), and times each call of
-`mlb.train.train_step` on rank 0 after `--warmup` steps (the step includes the gradient all-reduce and
+`mlb.train.step.train_step` on rank 0 after `--warmup` steps (the step includes the gradient all-reduce and
 the balancer's reductions). Prints the median step time, samples/s, the speed-up against the first
 configuration and the scaling efficiency (speed-up / processes); writes bench/results/ddp_<device>.json.
 """
@@ -31,10 +31,10 @@ def worker(args: argparse.Namespace) -> None:
     """One training process: `mlbpipe train`, timing every train_step; rank 0 writes the times."""
     import torch
 
-    import mlb.train
+    import mlb.train.trainer
     from pipeline.cli import main as cli_main
 
-    step = mlb.train.train_step
+    step = mlb.train.trainer.train_step
     times: list[float] = []
 
     def timed(*a, **kw):
@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - start)
         return logs
 
-    mlb.train.train_step = timed
+    mlb.train.trainer.train_step = timed
     sys.argv = ["mlbpipe", "train", *args.train_args]
     try:
         cli_main()

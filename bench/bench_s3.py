@@ -9,7 +9,7 @@ so it does not share this process's GIL) twice: as the split's shards, and as on
 - shards: `mlb.data.ShardLoader` over `s3://bench/shards` (what `mlbpipe train --data s3://...` runs);
 - per clip: a map-style Dataset whose `__getitem__` GETs one clip object, shuffled by torch's DataLoader;
 - reference: the same shards on the local disk (page cache warm).
-Requests are counted from the server's access log. Then `mlb.train.train_step` (MLB, late-linear, the
+Requests are counted from the server's access log. Then `mlb.train.step.train_step` (MLB, late-linear, the
 model size given) runs on the same batches on this CPU: its samples/s is what the loader must deliver.
 
 Every figure is the median of `--repeats` epochs; the layouts are timed in turns each repeat, so a drift
@@ -138,12 +138,11 @@ def time_epoch(batches) -> tuple[int, float]:
 
 
 def step_rate(batches: list[dict], size: str, repeats: int, device: torch.device) -> float:
-    """Median samples/s of `mlb.train.train_step` (MLB, late-linear, Adam; fp32 on CPU, bf16 autocast on
+    """Median samples/s of `mlb.train.step.train_step` (MLB, late-linear, Adam; fp32 on CPU, bf16 autocast on
     CUDA as the trainer's `auto`) over the batches."""
     from mlb.balancing import build_balancer
     from mlb.models import build_model
-    from mlb.train import train_step
-    from mlb.train.trainer import to_device
+    from mlb.train.step import StepContext, to_device, train_step
 
     torch.manual_seed(0)
     balancer = build_balancer("mlb", alpha=5.0, beta_max=2.0)
@@ -161,11 +160,12 @@ def step_rate(batches: list[dict], size: str, repeats: int, device: torch.device
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     amp = torch.bfloat16 if device.type == "cuda" else None
     batches = [to_device(b, device) for b in batches]
+    ctx = StepContext(model, balancer, optimizer, scaler, parameters, device, amp)
 
     def run(chunk):
         start = time.perf_counter()
         for batch in chunk:
-            train_step(model, batch, balancer, optimizer, scaler, parameters, amp, device)
+            train_step(ctx, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return sum(len(b["id"]) for b in chunk) / (time.perf_counter() - start)

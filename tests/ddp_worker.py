@@ -38,11 +38,11 @@ def main() -> None:
 
     train_step = mlb.train.trainer.train_step
 
-    def recording_train_step(model, *rest, **kw):
-        logs = train_step(model, *rest, **kw)
+    def recording_train_step(ctx, batch):
+        logs = train_step(ctx, batch)
         with torch.no_grad():
             records[-1]["weights"].append(
-                [[float(p.double().sum()), float(p.double().pow(2).sum())] for p in model.parameters()]
+                [[float(p.double().sum()), float(p.double().pow(2).sum())] for p in ctx.model.parameters()]
             )
         return logs
 

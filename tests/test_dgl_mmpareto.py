@@ -62,7 +62,7 @@ def _grad(p):
 
 
 def _hook_step(balancer, model, batch):
-    """What `mlb.train.train_step` does with the hooks (no optimiser step)."""
+    """What `mlb.train.step.train_step` does with the hooks (no optimiser step)."""
     out = model(batch)
     loss, logs = balancer.loss(model, batch, out)
     model.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from mlb.models import build_model
 from mlb.train import TrainConfig, train, train_step
 from mlb.train.checkpoint import load_checkpoint
 from mlb.train.config import TrainConfigError, TrainError
+from mlb.train.step import StepContext
 from mlb.train.trainer import check_world_shards, local_batch_size, seed_everything
 from mlb.world import World
 
@@ -129,9 +130,8 @@ def _one_process_weights(out: Path, run: Path, rank_only: int | None = None) -> 
         for batch in _concatenated_batches(folder, epoch, 4):
             if rank_only is not None:
                 batch = {k: v[rank_only * 4 : rank_only * 4 + 4] for k, v in batch.items()}
-            assert train_step(
-                model, batch, balancer, optimizer, scaler, parameters, None, torch.device("cpu")
-            )
+            ctx = StepContext(model, balancer, optimizer, scaler, parameters, torch.device("cpu"))
+            assert train_step(ctx, batch)
         balancer.on_epoch_end(epoch, {})
     return model.state_dict()
 

@@ -132,21 +132,21 @@ def _expected_amp_dtype(precision: str) -> torch.dtype | None:
 
 @pytest.fixture
 def step_spy(monkeypatch) -> dict[str, set]:
-    """Wrap `mlb.train.train_step`: record where the parameters and the batch live, the dtype of the
+    """Wrap `mlb.train.trainer.train_step`: record where the parameters and the batch live, the dtype of the
     unimodal heads' logits in the training forward pass (an nn.Linear: the autocast dtype; the fused
     logits need not be, the Late-Linear head adds an fp32 bias), and whether the GradScaler is on."""
     seen: dict[str, set] = {"params": set(), "batch": set(), "head_dtype": set(), "scaler": set()}
     real = train_module.train_step
 
-    def spy(model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device):
-        seen["params"] |= {str(p.device.type) for p in parameters}
+    def spy(ctx, batch):
+        seen["params"] |= {str(p.device.type) for p in ctx.parameters}
         seen["batch"] |= {str(v.device.type) for v in batch.values() if torch.is_tensor(v)}
-        seen["scaler"].add(scaler.is_enabled())
-        handle = model.register_forward_hook(
+        seen["scaler"].add(ctx.scaler.is_enabled())
+        handle = ctx.model.register_forward_hook(
             lambda _m, _i, out: seen["head_dtype"].update(v.dtype for v in out.unimodal.values())
         )
         try:
-            return real(model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device)
+            return real(ctx, batch)
         finally:
             handle.remove()
 

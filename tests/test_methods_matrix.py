@@ -1,5 +1,5 @@
 """Every registered method × both input paths × every fusion head: two updates through the trainer's own
-step (`mlb.train.train_step`, with the method's `forward` and `updates_per_batch`) and an epoch end, or a
+step (`mlb.train.step.train_step`, with the method's `forward` and `updates_per_batch`) and an epoch end, or a
 refusal that names the fusion; and the new methods through `mlb.train.train` with an exact resume."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from mlb.models import build_model
 from mlb.models.fusion import FUSIONS
 from mlb.train import TrainConfig, train, train_step
 from mlb.train.checkpoint import load_checkpoint
+from mlb.train.step import StepContext
 
 DIMS = {"audio": 5, "video": 7}
 
@@ -71,9 +72,8 @@ def test_every_method_trains_or_refuses(name, fusion, features):
     start = copy.deepcopy(model.state_dict())
     model.train()
     for epoch in range(2):
-        logs = train_step(
-            model, _batch(features, epoch), balancer, optimizer, scaler, parameters, None, torch.device("cpu")
-        )
+        ctx = StepContext(model, balancer, optimizer, scaler, parameters, torch.device("cpu"))
+        logs = train_step(ctx, _batch(features, epoch))
         assert logs is not None and all(isinstance(v, float) and math.isfinite(v) for v in logs.values()), (
             logs
         )

@@ -49,7 +49,7 @@ def _model(features):
 
 
 def _step(model, batch, balancer, optimizer, set_to_none=True):
-    """One update as `mlb.train.train_step` runs it."""
+    """One update as `mlb.train.step.train_step` runs it."""
     out = balancer.forward(model, batch)
     loss, logs = balancer.loss(model, batch, out)
     optimizer.zero_grad(set_to_none=set_to_none)

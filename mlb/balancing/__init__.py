@@ -11,7 +11,8 @@
 
 `METHODS` maps every `--method` name to its class; `build_balancer(name, **params)` builds one.
 Baselines live in their own modules (`mlb/balancing/<name>.py`); every `Balancer` subclass defined in
-a module listed in `BASELINE_MODULES` is registered under its `name` when that module exists.
+a module listed in `BASELINE_MODULES` is registered under its `name` (a listed module that is missing, or
+that defines none, fails the import).
 """
 
 from __future__ import annotations
@@ -50,22 +51,23 @@ BASELINE_MODULES = (
 
 
 def _register_module(module_name: str) -> None:
-    try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{module_name}":  # the file is not there (yet): skip
-            return
-        raise  # a real import error inside the module: surface it
-    for obj in vars(module).values():
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, Balancer)
-            and obj.__module__ == module.__name__
-            and obj.name != Balancer.name
-        ):
-            if obj.name in METHODS and METHODS[obj.name] is not obj:
-                raise ValueError(f"two balancers named {obj.name!r}: {METHODS[obj.name]} and {obj}")
-            METHODS[obj.name] = obj
+    """Register every `Balancer` subclass that `mlb/balancing/<module_name>.py` defines; a missing module,
+    or one that defines no balancer, is an error (a misspelt entry must not drop a method silently)."""
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Balancer)
+        and obj.__module__ == module.__name__
+        and obj.name != Balancer.name
+    ]
+    if not found:
+        raise ImportError(f"{module.__file__} defines no Balancer subclass with a name: nothing to register")
+    for obj in found:
+        if obj.name in METHODS and METHODS[obj.name] is not obj:
+            raise ValueError(f"two balancers named {obj.name!r}: {METHODS[obj.name]} and {obj}")
+        METHODS[obj.name] = obj
 
 
 for _name in BASELINE_MODULES:

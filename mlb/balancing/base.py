@@ -17,26 +17,32 @@ To write a new method: subclass `Balancer`, set the class attributes below, over
 need (the defaults do nothing), and give it a unique `name`. `mlb.balancing` registers every
 `Balancer` subclass found in the modules it imports, keyed by `name`.
 
-Class attributes a trainer reads:
-- `name`: the `--method` value (`"mlb"`, `"multi-loss"`, ...).
-- `uses_unimodal_heads`: True when the loss trains the unimodal heads end to end (Multi-Loss, MLB).
-  When False the heads are still trained as detached *probes* if the method calls `probe_loss`
-  (so per-head accuracies and the agreement table stay meaningful), but no gradient from them
-  reaches an encoder.
-- `search_space`: {init keyword: FloatRange | IntRange} that `mlbpipe tune` searches; `{}` (only the
-  shared learning rate and weight decay) by default.
-- `supported_fusions`: the fusion heads (`"late-linear"`, `"mid-mlp"`, `"film"`, `"gated"`, `"tf"`)
-  the method works with; `None` means all. `check_model(model)` enforces it.
-- `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based);
-  the trainer sets it before each update's `forward`, so the hooks know which update they serve.
-- `world` (`mlb.train.distributed.World`): the training processes. Under torchrun the trainer sets it; a method
-  whose coefficients come from batch statistics reduces them with `self.world.batch_mean(...)` /
-  `self.world.sum(...)` (the identity on one process), so every rank computes the same coefficients from
-  the global batch. `reduced_statistics` names what a method reduces (documentation and tests). The
-  gradients a hook sees after `backward()` are already the global batch's (the trainer sums them first).
-Instance method a trainer calls before building the model:
-- `model_options()`: extra keyword arguments for `mlb.models.build_model` (MMCosine returns
-  `{"classifier": "cosine", "cosine_scale": s}`); `{}` by default.
+What a trainer reads and sets, all declared on `Balancer` below (docs/CONTRACTS.md, "Balancing methods"):
+- class attributes it reads:
+  - `name`: the `--method` value (`"mlb"`, `"multi-loss"`, ...).
+  - `uses_unimodal_heads`: True when the loss trains the unimodal heads end to end (Multi-Loss, MLB).
+    When False the heads are still trained as detached *probes* if the method calls `probe_loss`
+    (so per-head accuracies and the agreement table stay meaningful), but no gradient from them
+    reaches an encoder.
+  - `selection_head`: None (select the checkpoint on the fused head's validation accuracy), or the
+    modality whose head a method trains alone (`audio-only`: "audio").
+  - `search_space`: {init keyword: FloatRange | IntRange} that `mlbpipe tune` searches; `{}` (only the
+    shared learning rate and weight decay) by default.
+  - `supported_fusions`: the fusion heads (`"late-linear"`, `"mid-mlp"`, `"film"`, `"gated"`, `"tf"`)
+    the method works with; `None` means all. `check_model(model)` enforces it.
+  - `reduced_statistics`: what a method reduces over the training processes (documentation and tests).
+- instance attributes it sets:
+  - `world` (`mlb.world.World`): the training processes, set once before training. A method whose
+    coefficients come from batch statistics reduces them with `self.world.batch_mean(...)` /
+    `self.world.sum(...)` (the identity on one process), so every rank computes the same coefficients from
+    the global batch. The gradients a hook sees after `backward()` are already the global batch's (the
+    trainer sums them first).
+  - `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based),
+    set before each update's `forward`, so the hooks know which update they serve.
+  - `sync_logs`: see below; the trainer sets it to False.
+- the hooks (`updates_per_batch`, `forward`, `loss`, `before_step`, `on_epoch_end`, `state_dict`,
+  `load_state_dict`), and before the model is built `model_options()`: extra keyword arguments for
+  `mlb.models.build_model` (MMCosine returns `{"classifier": "cosine", "cosine_scale": s}`); `{}` by default.
 
 `logs` values are plain Python floats, named `loss`, `loss_fused`, `loss_<modality>`, `k_<modality>`,
 `r_<modality>`, `s_<modality>` and so on. Methods build them with `self.log_values(...)`, which
@@ -54,8 +60,6 @@ import torch
 import torch.nn.functional as F
 
 from mlb.world import LOCAL, World
-
-FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 
 
 # ---- search spaces: what `mlbpipe tune` may vary, declared by each method beside its code ---------------
@@ -98,15 +102,20 @@ class Balancer:
 
     name: ClassVar[str] = "base"
     uses_unimodal_heads: ClassVar[bool] = False
+    # The head whose validation accuracy selects the checkpoint: None for the fused head, a modality for a
+    # method that trains that head alone (its fused output is not trained).
+    selection_head: str | None = None
     supported_fusions: ClassVar[frozenset[str] | None] = None
     # The method's own hyper-parameters that `mlbpipe tune` searches (keyword arguments of __init__), with
     # their ranges; the learning rate and weight decay are searched for every method (mlb.train.tune).
     search_space: ClassVar[SearchSpace] = {}
     # Batch statistics this method reduces across training processes (see `world` in the module docstring)
     reduced_statistics: ClassVar[tuple[str, ...]] = ()
-    world: World = LOCAL  # the training processes; set by the trainer under torchrun
-    sync_logs: bool = True  # False: logs hold detached 0-d tensors (see the module docstring)
-    substep: int = 0  # which of the batch's updates is running; set by the trainer
+    # Set by the trainer (module docstring): the training processes; whether logs are floats now (True) or
+    # detached 0-d tensors made floats once after the update (False); the update of the batch in progress.
+    world: World = LOCAL
+    sync_logs: bool = True
+    substep: int = 0
 
     # ---- hooks ---------------------------------------------------------------------------------
     def updates_per_batch(self, model) -> int:

@@ -1,10 +1,19 @@
 """The trainer: shards in, a selected checkpoint and `RUN/metrics.json` out.
 
-One loop in sections (data, model, optimiser, resume, train, validate/select, test). The protocol:
+`train(config)` reads top to bottom in sections:
+1. set-up      `_set_up`: the shards (checked before a sample is read), the method and its settings, the
+               model, the optimiser and the lr schedule, all held by one `Run`;
+2. resume      `_resume`: the state of `RUN/checkpoints/last.pt`, exactly;
+3. train       `_fit`: epochs of `_train_epoch` (every batch through `mlb.train.step.train_step`), each
+               ended by `_validate_and_select` and `_log_epoch`;
+4. test        `_test_selected`: the checkpoint selected on validation, tested once.
+
+The protocol:
 - Adam with the paper's lr / weight decay per encoder type (ResNet 1e-3 / 1e-4, Conformer 5e-5 / 5e-6);
   the lr is held constant for a warm-up, then follows cosine annealing with warm restarts (`lr_at`).
-- Every epoch ends with a validation pass; the checkpoint with the best VALIDATION fused accuracy is
-  kept (`RUN/checkpoints/best.pt`), and training stops after `patience` epochs without improvement.
+- Every epoch ends with a validation pass; the checkpoint with the best VALIDATION accuracy (fused, or the
+  trained head's for a "-only" method: `Balancer.selection_head`) is kept (`RUN/checkpoints/best.pt`; on a
+  tie the first epoch stays), and training stops after `patience` epochs without improvement.
 - The test split is evaluated exactly once, at the end, with the selected checkpoint.
 - The method's hyper-parameters: the user's `method_params`, over the corpus's defaults that the shards'
   meta.json gives (`mlb.method_defaults`), over the balancer class's own; run.json and metrics.json record
@@ -21,7 +30,8 @@ Non-finite loss or gradients: the step is skipped (no optimiser update) and coun
 `max_bad_steps` such steps in a row the run stops with an error that says so.
 
 Logs: `RUN/dvclive/` (DVCLive, one step per epoch: loss terms, accuracies per head, k/r/s summaries),
-`RUN/steps.jsonl` (one line per training step: lr, loss terms, k_i, r_i, s_i), `RUN/metrics.json`.
+`RUN/steps.jsonl` (one line per training step: lr, loss terms, k_i, r_i, s_i), `RUN/epochs.jsonl`,
+`RUN/run.json` (the settings and where this process started), `RUN/metrics.json`.
 """
 
 from __future__ import annotations
@@ -34,22 +44,22 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from mlb.balancing import Balancer, build_balancer
 from mlb.common.atomic import atomic_write_json
 from mlb.common.device import resolve_device
 from mlb.common.lock import folder_lock
-from mlb.common.stopping import Stopped, stop_on_signals
+from mlb.common.stopping import Stopped, StopRequest, stop_on_signals
 from mlb.data import MODALITY_FIELDS, SPLITS, ShardFolder, ShardLoader, check_split, open_shard_folder
 from mlb.method_defaults import method_defaults
-from mlb.metrics import evaluate
+from mlb.models import build_model
 from mlb.train.checkpoint import (
     BEST_KEYS,
     LAST_KEYS,
@@ -60,14 +70,11 @@ from mlb.train.checkpoint import (
     set_rng_states,
 )
 from mlb.train.config import TrainConfig, TrainConfigError, TrainError
-from mlb.train.distributed import (
-    init_world,
-    sum_gradients_,
-    sync_batchnorm,
-    world_from_env,
-)
+from mlb.train.distributed import init_world, sync_batchnorm, world_from_env
+from mlb.train.evaluate import evaluate_split, flat_val_metrics
 from mlb.train.logs import EpochLog, StepLog, epoch_summary
-from mlb.world import LOCAL, World
+from mlb.train.step import StepContext, to_device, train_step
+from mlb.world import World
 
 
 @dataclass
@@ -84,6 +91,479 @@ class TrainState:
     best_step: int = -1
     epochs_without_improvement: int = 0
     stopped_early: bool = False
+
+
+@dataclass
+class Run:
+    """One run while it trains: what `_set_up` built, read and advanced by the loop's sections."""
+
+    config: TrainConfig
+    world: World
+    folder: ShardFolder
+    train_loader: ShardLoader
+    val_loader: ShardLoader
+    eval_loader_kw: dict[str, Any]  # the evaluation loaders' settings (validation, test)
+    method_params: dict[str, Any]  # the corpus's defaults under the user's (what run.json records)
+    step: StepContext  # model, balancer, optimiser, scaler, ...
+    base_lr: float
+    schedule: dict[str, Any]  # keyword arguments of `lr_at`
+    info: dict[str, Any]  # run.json
+    state: TrainState = field(default_factory=TrainState)
+    resumed: bool = False  # this process continues an earlier one's last.pt
+    started: float = 0.0  # time.perf_counter() when the loop started
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "checkpoints" / "best.pt"
+
+    @property
+    def selection_key(self) -> str:
+        """The validation metric that selects the checkpoint: fused accuracy, or one head's."""
+        head = self.step.balancer.selection_head
+        return f"acc_{head}" if head else "acc"
+
+    def say(self, message: str) -> None:
+        if self.world.is_main:  # rank 0 alone prints and writes files
+            print(message)
+
+    def save_last(self) -> None:
+        if self.world.is_main:
+            save_checkpoint(self._last_checkpoint(), self.last_path)
+
+    def _last_checkpoint(self) -> dict[str, Any]:
+        ctx = self.step
+        return {
+            "model": ctx.model.state_dict(),
+            "optimizer": ctx.optimizer.state_dict(),
+            "scaler": ctx.scaler.state_dict(),
+            "scheduler": dict(self.info["scheduler"], step=self.state.step),
+            "balancer": ctx.balancer.state_dict(),
+            "rng": rng_states(),
+            "state": dataclasses.asdict(self.state),
+            "config": self.config.to_json(),
+            "method_params": self.method_params,
+            "shard_meta": self.folder.meta,
+        }
+
+
+@dataclass
+class RunLogs:
+    steps: StepLog  # RUN/steps.jsonl
+    epochs: StepLog  # RUN/epochs.jsonl, the per-epoch summaries
+    dvclive: EpochLog
+
+
+# --- the trainer -------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    *,
+    on_step: Callable[[TrainState], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    test: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train, select on validation, test once; write RUN/metrics.json and return its content.
+
+    The run holds RUN for its whole life (mlb.common.lock: a second run on the same folder is refused,
+    naming this one's `command`). SIGINT or SIGTERM stops it after the step in progress, with a checkpoint,
+    and raises mlb.common.stopping.Stopped: `--resume` continues exactly. `on_step(state)` is called after
+    every training step (after any checkpoint of that step): tests use it to interrupt a run.
+    `on_epoch(epoch, value)` is called after each epoch's validation and checkpoint with the validation
+    accuracy that selects the checkpoint (fused, or the trained head's for a "-only" method): a tuner
+    reports it and may raise to prune the run. `test=False` never reads the test split (a tuning trial):
+    metrics.json then has no `test` entry and no test_predictions.json is written.
+    """
+    config.validate()
+    world = world_from_env()  # torchrun's RANK / WORLD_SIZE; a single process outside it
+    lock = (
+        folder_lock(config.out, command or " ".join(sys.argv)) if world.is_main else contextlib.nullcontext()
+    )
+    with lock:
+        run = _set_up(config)
+        if _check_resume(run):
+            return json.loads((run.dir / "metrics.json").read_text())  # finished before: not tested again
+        logs = _open_logs(run)
+        run.started = time.perf_counter()
+        _fit(run, logs, on_step, on_epoch)
+        check_skipped(run.state, config)
+        if not run.world.is_main:  # rank 0 tests and writes; the other ranks are done
+            logs.dvclive.close()
+            return {}
+        return _test_selected(run, logs, test)
+
+
+# --- 1. set-up ---------------------------------------------------------------------------------------
+
+
+def _set_up(config: TrainConfig) -> Run:
+    """Everything the loop needs, in an order that keeps runs reproducible (the seed is set after the
+    loaders and before the first random draw of the model)."""
+    last_path = Path(config.out) / "checkpoints" / "last.pt"
+    if last_path.exists() and not config.resume:
+        raise TrainConfigError(
+            f"train config out={str(config.out)!r}: it already holds a checkpoint ({last_path}); "
+            "pass resume=True (--resume) or choose another folder"
+        )
+    world, device = init_world(resolve_device(config.device))  # one source of rank and world size
+    amp_dtype = resolve_precision(config.precision, device)
+    folder, train_loader, val_loader, eval_loader_kw = _set_up_data(config, world, device)
+    seed_everything(config.seed)
+    balancer, method_params = _set_up_method(config, folder)
+    model = _set_up_model(config, folder, balancer, world, device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.resolved_lr, weight_decay=config.resolved_weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch on one process
+    schedule = {
+        "warmup_steps": round(config.warmup_epochs * steps_per_epoch),
+        "cycle_steps": max(1, round(config.restart_epochs * steps_per_epoch)),
+        "cycle_mult": config.restart_mult,
+        "min_ratio": config.min_lr_ratio,
+    }
+    info = {
+        "config": config.to_json(),
+        "method_params": method_params,
+        "shard_meta": folder.meta,
+        "num_parameters": sum(p.numel() for p in parameters),
+        "device": str(device),
+        "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
+        "steps_per_epoch": steps_per_epoch,
+        "world_size": world.size,
+        "batch_size_per_process": train_loader.batch_size,
+        "scheduler": {"name": "constant-warmup+cosine-restarts", **schedule},
+    }
+    step = StepContext(model, balancer, optimizer, scaler, parameters, device, amp_dtype, world)
+    return Run(
+        config, world, folder, train_loader, val_loader, eval_loader_kw, method_params, step,
+        config.resolved_lr, schedule, info,
+    )  # fmt: skip
+
+
+def _set_up_data(
+    config: TrainConfig, world: World, device: torch.device
+) -> tuple[ShardFolder, ShardLoader, ShardLoader, dict[str, Any]]:
+    """The shard folder (shards of the wrong kind, or an empty split, fail now, not after hours of
+    training), the training and validation loaders, and the evaluation loaders' settings (test's too)."""
+    folder = open_shard_folder(config.data, {"input_path": config.features, **config.expected_meta})
+    for split in SPLITS:
+        check_split(folder, split)
+    batch_size = local_batch_size(config.resolved_batch_size, world)
+    check_world_shards(folder, world)
+    loader_kw = {
+        "seed": config.seed,
+        "num_workers": config.num_workers,
+        "pin_memory": device.type == "cuda",
+        "in_memory": config.in_memory,
+    }
+    # Training shards are split by rank, then by loader worker; every rank takes the smallest rank's
+    # number of batches, so no rank waits in a collective for one that ran out of data.
+    train_loader = ShardLoader(
+        folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer,
+        rank=world.rank, world_size=world.size, **loader_kw,
+    )  # fmt: skip
+    # Every rank evaluates the whole split (rank 0's figures decide; the others only keep pace).
+    eval_kw = dict(
+        batch_size=config.eval_batch_size or config.resolved_batch_size, shuffle=False, rank=0, world_size=1,
+        **loader_kw,
+    )  # fmt: skip
+    return folder, train_loader, ShardLoader(folder, "validation", **eval_kw), eval_kw
+
+
+def _set_up_method(config: TrainConfig, folder: ShardFolder) -> tuple[Balancer, dict[str, Any]]:
+    """The balancer, with the corpus's defaults for this setting (the shards' meta.json) under the user's
+    explicit settings; returns it and the merged settings."""
+    defaults = method_defaults(
+        folder.meta, config.method, config.features, config.fusion, where=f"{folder.path}/meta.json"
+    )
+    params = defaults | dict(config.method_params)
+    return build_balancer(config.method, **params), params
+
+
+def _set_up_model(
+    config: TrainConfig, folder: ShardFolder, balancer: Balancer, world: World, device: torch.device
+) -> torch.nn.Module:
+    """The model the method needs (its `model_options()`), with global-batch BatchNorm on several processes;
+    the balancer refuses a model it cannot balance, and learns the training processes it reduces over."""
+    model_kw = dict(
+        features=config.features,
+        fusion=config.fusion,
+        num_classes=folder.num_classes,
+        size=config.size,
+        dropout=config.dropout,
+        **balancer.model_options(),
+    )
+    if config.features == "cached":
+        model_kw["input_dims"] = input_dims(folder)
+    model = sync_batchnorm(build_model(**model_kw).to(device), world, device)
+    balancer.check_model(model)
+    balancer.world = world
+    balancer.sync_logs = False  # step logs become floats once, after optimizer.step()
+    return model
+
+
+# --- 2. resume ---------------------------------------------------------------------------------------
+
+
+def _check_resume(run: Run) -> bool:
+    """Restore `last.pt` when resuming, then record in run.json where this process starts. True when the
+    resumed run had already finished (its metrics.json stands: the test split is not read again)."""
+    config = run.config
+    run.resumed = config.resume and run.last_path.exists()
+    if run.resumed:
+        _resume(run)
+    elif config.resume:
+        run.say(f"mlbpipe train: --resume given but {run.last_path} does not exist: starting from scratch")
+    state = run.state
+    finished = state.epoch >= config.epochs or state.stopped_early
+    if run.resumed and finished and (run.dir / "metrics.json").exists():
+        run.say(f"mlbpipe train: {run.dir} is already finished; not evaluating the test split again")
+        return True
+    run.info["start"] = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "step": state.step}
+    if run.world.is_main:
+        atomic_write_json(run.dir / "run.json", run.info)
+    return False
+
+
+def _resume(run: Run) -> None:
+    """Model, optimiser, scaler, balancer, position and RNG states of `last.pt`, after checking that it is
+    the same run (mlb.train.checkpoint.check_resumable)."""
+    saved = load_checkpoint(run.last_path, LAST_KEYS)
+    check_resumable(saved, run.config, run.method_params, run.folder.meta)
+    ctx = run.step
+    ctx.model.load_state_dict(saved["model"])
+    ctx.optimizer.load_state_dict(saved["optimizer"])
+    ctx.scaler.load_state_dict(saved["scaler"])
+    ctx.balancer.load_state_dict(saved["balancer"])
+    run.state = TrainState(**saved["state"])
+    set_rng_states(saved["rng"])
+    run.say(
+        f"mlbpipe train: resuming {run.last_path} at epoch {run.state.epoch}, batch {run.state.batch_in_epoch}, "
+        f"step {run.state.step}"
+    )
+
+
+def _open_logs(run: Run) -> RunLogs:
+    """steps.jsonl and epochs.jsonl keep what came before the resumed step; DVCLive drops the epochs that
+    will be run again."""
+    main, step = run.world.is_main, run.state.step
+    if run.resumed and run.config.dvclive and main:
+        EpochLog.drop_epochs_from(run.dir, run.state.epoch)
+    return RunLogs(
+        steps=StepLog(run.dir / "steps.jsonl", keep_until_step=step, enabled=main),
+        epochs=StepLog(run.dir / "epochs.jsonl", keep_until_step=step, enabled=main),
+        dvclive=EpochLog(run.dir, run.config.dvclive and main, resume=run.resumed),
+    )
+
+
+# --- 3. train ----------------------------------------------------------------------------------------
+
+
+def _fit(
+    run: Run,
+    logs: RunLogs,
+    on_step: Callable[[TrainState], None] | None,
+    on_epoch: Callable[[int, float], None] | None,
+) -> None:
+    """Epochs until the budget, early stopping or the step limit; validation and selection at each epoch's
+    end. SIGINT / SIGTERM set `stop.requested`: the run ends after the step in progress, with a checkpoint."""
+    config, state = run.config, run.state
+    with contextlib.ExitStack() as cleanup:
+        stop = cleanup.enter_context(stop_on_signals())
+        cleanup.callback(logs.epochs.close)
+        cleanup.callback(logs.steps.close)
+        while state.epoch < config.epochs and not state.stopped_early:
+            if config.max_steps is not None and state.step >= config.max_steps:
+                break  # resumed after the step budget was spent
+            epoch_logs, out_of_steps = _train_epoch(run, logs.steps, stop, on_step)
+            flat, balancer_logs, improved = _validate_and_select(run)
+            _log_epoch(run, logs, epoch_logs, flat, balancer_logs, improved)
+            if out_of_steps and state.batch_in_epoch < run.train_loader.num_batches(state.epoch):
+                run.save_last()  # mid-epoch: a resume with more steps continues here
+                break
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            run.save_last()
+            if on_epoch is not None:
+                on_epoch(state.epoch - 1, flat[run.selection_key])
+            if out_of_steps:
+                break
+
+
+def _train_epoch(
+    run: Run, step_log: StepLog, stop: StopRequest, on_step: Callable[[TrainState], None] | None
+) -> tuple[dict[str, list[float]], bool]:
+    """The epoch's remaining batches (all of them unless resumed mid-epoch). Returns the epoch's step logs
+    by name (with those before a mid-epoch resume) and whether the step limit ended it."""
+    config, state, ctx = run.config, run.state, run.step
+    ctx.model.train()
+    epoch_logs = step_log.series(state.epoch)  # {name: [values]}
+    batches = tqdm(
+        run.train_loader.iterate(state.epoch, skip_batches=state.batch_in_epoch),
+        total=max(run.train_loader.num_batches(state.epoch) - state.batch_in_epoch, 0),
+        desc=f"epoch {state.epoch}",
+        leave=False,
+        disable=None if run.world.is_main else True,
+    )  # disable=None: no bar when not a terminal
+    for batch in batches:
+        lr = run.base_lr * lr_at(state.step, **run.schedule)
+        for group in ctx.optimizer.param_groups:
+            group["lr"] = lr
+        logs = train_step(ctx, to_device(batch, ctx.device))
+        _count_step(run, logs, lr)
+        if logs is not None:
+            step_log.write({"step": state.step, "epoch": state.epoch, "lr": lr, **logs})
+            for name, value in logs.items():
+                epoch_logs.setdefault(name, []).append(value)
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+            step_log.flush()
+            run.save_last()
+        if on_step is not None:
+            on_step(state)
+        if run.world.any_true(stop.requested):  # mid-epoch, no validation: the resumed run validates it once
+            step_log.flush()
+            run.save_last()
+            raise Stopped(
+                f"mlbpipe train: {stop.reason or 'another training process was stopped'} after step "
+                f"{state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}); checkpoint "
+                f"{run.last_path}: rerun the same command with --resume to continue"
+            )
+        if config.max_steps is not None and state.step >= config.max_steps:
+            return epoch_logs, True
+    return epoch_logs, False
+
+
+def _count_step(run: Run, logs: dict[str, float] | None, lr: float) -> None:
+    """Advance the position; a skipped (non-finite) step is counted, and too many in a row stop the run."""
+    state = run.state
+    state.step += 1
+    state.batch_in_epoch += 1
+    if logs is not None:
+        state.bad_in_a_row = 0
+        return
+    state.skipped_steps += 1
+    state.bad_in_a_row += 1
+    if state.bad_in_a_row >= run.config.max_bad_steps:
+        raise TrainError(
+            f"mlbpipe train: {state.bad_in_a_row} steps in a row had a non-finite loss or "
+            f"gradient (step {state.step}, epoch {state.epoch}); stopping. Lower the lr "
+            f"(now {lr:g}), use --precision fp32, or check the shards for NaN/Inf values."
+        )
+
+
+def _validate_and_select(run: Run) -> tuple[dict[str, float], dict[str, float], bool]:
+    """Validation at an epoch's end; the balancer's per-epoch hook; best.pt when the selection metric
+    improves (strictly: on a tie the earlier epoch stays), else one more epoch towards early stopping.
+    Returns (the flat validation metrics, the balancer's logs, whether it improved)."""
+    state, ctx, key = run.state, run.step, run.selection_key
+    val_metrics, val_loss = evaluate_split(
+        ctx.model, run.val_loader, ctx.device, ctx.amp_dtype, run.folder.num_classes
+    )
+    flat = run.world.broadcast_floats(flat_val_metrics(val_metrics, val_loss))  # rank 0's values decide
+    balancer_logs = ctx.balancer.on_epoch_end(state.epoch, flat) or {}
+    improved = flat[key] > state.best_val_accuracy
+    if improved:
+        state.best_val_accuracy, state.best_epoch = flat[key], state.epoch
+        state.best_step = state.step
+        state.epochs_without_improvement = 0
+        if run.world.is_main:
+            best = {
+                "model": ctx.model.state_dict(),
+                "epoch": state.epoch,
+                "step": state.step,
+                "val_accuracy": flat[key],
+                "config": run.config.to_json(),
+            }
+            save_checkpoint(best, run.best_path)
+    else:
+        state.epochs_without_improvement += 1
+        state.stopped_early = state.epochs_without_improvement >= run.config.patience
+    return flat, balancer_logs, improved
+
+
+def _log_epoch(
+    run: Run,
+    logs: RunLogs,
+    epoch_logs: dict[str, list[float]],
+    flat: dict[str, float],
+    balancer_logs: dict[str, float],
+    improved: bool,
+) -> None:
+    """The epoch's summary to DVCLive and epochs.jsonl, and one line on the terminal."""
+    state = run.state
+    lr = float(run.step.optimizer.param_groups[0]["lr"])
+    summary = epoch_summary(epoch_logs, flat, balancer_logs, state.skipped_steps, lr)
+    logs.dvclive.log(state.epoch, summary)
+    logs.epochs.write({"epoch": state.epoch, "step": state.step, **summary})
+    run.say(
+        f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
+        + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in run.step.model.modalities)
+        + (" (best)" if improved else "")
+    )
+
+
+# --- 4. test once, at the checkpoint selected on validation ------------------------------------------
+
+
+def _test_selected(run: Run, logs: RunLogs, test: bool) -> dict[str, Any]:
+    """Load best.pt, evaluate validation (and test, once, unless `test` is False); write metrics.json and
+    test_predictions.json; return the metrics."""
+    config, state, ctx = run.config, run.state, run.step
+    selected = load_checkpoint(run.best_path, BEST_KEYS)
+    ctx.model.load_state_dict(selected["model"])
+    val_metrics, _ = evaluate_split(
+        ctx.model, run.val_loader, ctx.device, ctx.amp_dtype, run.folder.num_classes
+    )
+    head = ctx.balancer.selection_head
+    result = {
+        "method": config.method,
+        "fusion": config.fusion,
+        "features": config.features,
+        "seed": config.seed,
+        "fold": config.seed if config.fold is None else config.fold,
+        "method_params": run.method_params,
+        "selected": {
+            "epoch": selected["epoch"],
+            "step": selected["step"],
+            "val_accuracy": selected["val_accuracy"],
+            "criterion": f"validation {head + ' head' if head else 'fused'} accuracy",
+        },
+        "training": {
+            "epochs_run": state.epoch + (1 if state.batch_in_epoch else 0),
+            "steps": state.step,
+            "skipped_nonfinite_steps": state.skipped_steps,
+            "stopped_early": state.stopped_early,
+            "seconds_this_process": round(time.perf_counter() - run.started, 3),
+            "world_size": run.world.size,
+        },
+        "validation": val_metrics,
+    }
+    summary = {"selected/val_acc": selected["val_accuracy"], "selected/epoch": selected["epoch"]}
+    if test:
+        predictions: dict[str, Any] = {}
+        test_loader = ShardLoader(run.folder, "test", **run.eval_loader_kw)
+        test_metrics, _ = evaluate_split(
+            ctx.model, test_loader, ctx.device, ctx.amp_dtype, run.folder.num_classes, predictions=predictions
+        )
+        result["test"] = test_metrics
+        atomic_write_json(run.dir / "test_predictions.json", predictions, indent=None)
+        summary |= {
+            "test/acc": test_metrics["fused"]["accuracy"],
+            "test/f1": test_metrics["fused"]["macro_f1"],
+            **{f"test/acc_{m}": h["accuracy"] for m, h in test_metrics["unimodal"].items()},
+        }
+    atomic_write_json(run.dir / "metrics.json", result)
+    logs.dvclive.close(summary)
+    return result
 
 
 # --- small helpers -----------------------------------------------------------------------------------
@@ -116,16 +596,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def grads_finite(parameters: list[torch.nn.Parameter]) -> bool:
-    """True when every gradient is finite; one host sync for all parameters."""
-    flags = [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
 def local_batch_size(global_batch: int, world: World) -> int:
     """Each rank's share of the global batch (`batch_size` is the global batch, whatever the world size, so
     the lr and the schedule need no change); TrainConfigError when it does not divide evenly."""
@@ -150,467 +620,6 @@ def check_world_shards(folder: ShardFolder, world: World) -> None:
 def input_dims(folder: ShardFolder) -> dict[str, int]:
     """Feature size per modality of the cached path, from meta.json (`[T, D]` fields)."""
     return {m: int(folder.field_shape(f)[-1]) for m, f in MODALITY_FIELDS["cached"].items()}
-
-
-def flat_val_metrics(metrics: dict[str, Any], loss: float) -> dict[str, float]:
-    """The flat dict balancers get in `on_epoch_end`: acc, f1, loss, acc_<modality>, f1_<modality>."""
-    flat = {
-        "acc": metrics["fused"]["accuracy"],
-        "f1": metrics["fused"]["macro_f1"],
-        "ece": metrics["fused"]["ece"],
-        "loss": loss,
-    }
-    for m, head in metrics["unimodal"].items():
-        flat |= {f"acc_{m}": head["accuracy"], f"f1_{m}": head["macro_f1"]}
-    return flat
-
-
-@torch.no_grad()
-def evaluate_split(
-    model,
-    loader: ShardLoader,
-    device: torch.device,
-    amp_dtype,
-    num_classes: int,
-    predictions: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], float]:
-    """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy.
-
-    `predictions`, when given, is filled with the per-clip predicted classes in loader order:
-    {"ids", "label", "fused", "unimodal": {modality: [...]}} (what `RUN/test_predictions.json` holds; the
-    paired statistics of `mlb.analysis.stats` match two runs clip by clip)."""
-    model.eval()
-    ids, labels, fused, unimodal = [], [], [], {}
-    for batch in loader.iterate(0):
-        batch = to_device(batch, device)
-        with autocast(device, amp_dtype):
-            out = model(batch)
-        ids += list(batch["id"])
-        labels.append(batch["label"].cpu())
-        fused.append(out.fused.float().cpu())  # [B, C]
-        for m, logits in out.unimodal.items():
-            unimodal.setdefault(m, []).append(logits.float().cpu())  # [B, C]
-    label = torch.cat(labels)  # [N]
-    fused_logits = torch.cat(fused)  # [N, C]
-    loss = float(F.cross_entropy(fused_logits, label))
-    metrics = evaluate(
-        label.numpy(),
-        fused_logits.numpy(),
-        {m: torch.cat(v).numpy() for m, v in unimodal.items()},
-        num_classes,
-    )
-    metrics["loss"] = loss
-    if predictions is not None:
-        predictions |= {
-            "ids": ids,
-            "label": label.tolist(),
-            "fused": fused_logits.argmax(dim=1).tolist(),
-            "unimodal": {m: torch.cat(v).argmax(dim=1).tolist() for m, v in unimodal.items()},
-        }
-    return metrics, loss
-
-
-def autocast(device: torch.device, amp_dtype):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-# --- the trainer -------------------------------------------------------------------------------------
-
-
-def train(
-    config: TrainConfig,
-    *,
-    on_step: Callable[[TrainState], None] | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
-    test: bool = True,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """Train, select on validation, test once; write RUN/metrics.json and return its content.
-
-    The run holds RUN for its whole life (mlb.common.lock: a second run on the same folder is refused, naming this
-    one's `command`). SIGINT or SIGTERM stops it after the step in progress, with a checkpoint, and raises
-    mlb.common.stopping.Stopped: `--resume` continues exactly. `on_step(state)` is called after every training
-    step (after any checkpoint of that step): tests use it to interrupt a run. `on_epoch(epoch, value)` is
-    called after each epoch's validation and checkpoint with the validation accuracy that selects the
-    checkpoint (fused, or the trained head's for a "-only" method): a tuner reports it and may raise to prune
-    the run. `test=False` never reads the test split (a
-    tuning trial): metrics.json then has no `test` entry and no test_predictions.json is written.
-    """
-    config.validate()
-    world = world_from_env()  # torchrun's RANK / WORLD_SIZE; a single process outside it
-    lock = (
-        folder_lock(config.out, command or " ".join(sys.argv)) if world.is_main else contextlib.nullcontext()
-    )
-    with lock:
-        return _train(config, on_step, on_epoch, test)
-
-
-def _train(
-    config: TrainConfig,
-    on_step: Callable[[TrainState], None] | None,
-    on_epoch: Callable[[int, float], None] | None,
-    test: bool,
-) -> dict[str, Any]:
-    from mlb.balancing import build_balancer
-    from mlb.models import build_model
-
-    run = Path(config.out)
-    ckpt_dir = run / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    resuming = config.resume and last_path.exists()
-    if last_path.exists() and not config.resume:
-        raise TrainConfigError(
-            f"train config out={str(run)!r}: it already holds a checkpoint ({last_path}); "
-            "pass resume=True (--resume) or choose another folder"
-        )
-    world, device = init_world(resolve_device(config.device))  # one source of rank and world size
-    main = world.is_main  # rank 0 alone writes files
-
-    def say(message: str) -> None:
-        if main:
-            print(message)
-
-    amp_dtype = resolve_precision(config.precision, device)
-
-    # --- data: refuse shards of the wrong kind before reading a sample -------------------------------
-    folder = open_shard_folder(config.data, {"input_path": config.features, **config.expected_meta})
-    for split in SPLITS:  # an empty or missing split fails now, not after hours of training
-        check_split(folder, split)
-    batch_size = local_batch_size(config.resolved_batch_size, world)
-    check_world_shards(folder, world)
-    loader_kw = {
-        "seed": config.seed,
-        "num_workers": config.num_workers,
-        "pin_memory": device.type == "cuda",
-        "in_memory": config.in_memory,
-    }
-    # Training shards are split by rank, then by loader worker; every rank takes the smallest rank's
-    # number of batches, so no rank waits in a collective for one that ran out of data.
-    train_loader = ShardLoader(
-        folder, "train", batch_size, shuffle=True, shuffle_buffer=config.shuffle_buffer,
-        rank=world.rank, world_size=world.size, **loader_kw,
-    )  # fmt: skip
-    # Every rank evaluates the whole split (rank 0's figures decide; the others only keep pace).
-    eval_kw = dict(
-        batch_size=config.eval_batch_size or config.resolved_batch_size, shuffle=False, rank=0, world_size=1,
-        **loader_kw,
-    )  # fmt: skip
-    val_loader = ShardLoader(folder, "validation", **eval_kw)
-    steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch on one process
-
-    # --- model, balancer, optimiser ------------------------------------------------------------------
-    seed_everything(config.seed)
-    # The corpus's defaults for this setting (from the shards' meta.json), under the user's explicit ones.
-    defaults = method_defaults(
-        folder.meta, config.method, config.features, config.fusion, where=f"{folder.path}/meta.json"
-    )
-    params = defaults | dict(config.method_params)
-    balancer = build_balancer(config.method, **params)
-    model_kw = dict(
-        features=config.features,
-        fusion=config.fusion,
-        num_classes=folder.num_classes,
-        size=config.size,
-        dropout=config.dropout,
-        **balancer.model_options(),
-    )
-    if config.features == "cached":
-        model_kw["input_dims"] = input_dims(folder)
-    model = sync_batchnorm(build_model(**model_kw).to(device), world, device)  # global-batch BatchNorm
-    balancer.check_model(model)
-    balancer.world = world  # the balancer reduces its statistics over the ranks
-    if hasattr(balancer, "sync_logs"):
-        balancer.sync_logs = False  # step logs become floats once, after optimizer.step()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    base_lr = config.resolved_lr
-    optimizer = torch.optim.Adam(parameters, lr=base_lr, weight_decay=config.resolved_weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    schedule = {
-        "warmup_steps": round(config.warmup_epochs * steps_per_epoch),
-        "cycle_steps": max(1, round(config.restart_epochs * steps_per_epoch)),
-        "cycle_mult": config.restart_mult,
-        "min_ratio": config.min_lr_ratio,
-    }
-    state = TrainState()
-    run_info = {
-        "config": config.to_json(),
-        "method_params": params,
-        "shard_meta": folder.meta,
-        "num_parameters": sum(p.numel() for p in parameters),
-        "device": str(device),
-        "precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
-        "steps_per_epoch": steps_per_epoch,
-        "world_size": world.size,
-        "batch_size_per_process": batch_size,
-        "scheduler": {"name": "constant-warmup+cosine-restarts", **schedule},
-    }
-
-    def checkpoint() -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "scheduler": dict(run_info["scheduler"], step=state.step),
-            "balancer": balancer.state_dict(),
-            "rng": rng_states(),
-            "state": dataclasses.asdict(state),
-            "config": config.to_json(),
-            "method_params": params,
-            "shard_meta": folder.meta,
-        }
-
-    def save_last() -> None:
-        if main:
-            save_checkpoint(checkpoint(), last_path)
-
-    # --- resume ----------------------------------------------------------------------------------------
-    if resuming:
-        saved = load_checkpoint(last_path, LAST_KEYS)
-        check_resumable(saved, config, params, folder.meta)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        balancer.load_state_dict(saved["balancer"])
-        state = TrainState(**saved["state"])
-        set_rng_states(saved["rng"])
-        say(
-            f"mlbpipe train: resuming {last_path} at epoch {state.epoch}, batch {state.batch_in_epoch}, "
-            f"step {state.step}"
-        )
-    elif config.resume:
-        say(f"mlbpipe train: --resume given but {last_path} does not exist: starting from scratch")
-    if resuming and (state.epoch >= config.epochs or state.stopped_early) and (run / "metrics.json").exists():
-        say(f"mlbpipe train: {run} is already finished; not evaluating the test split again")
-        return json.loads((run / "metrics.json").read_text())
-    if main:
-        atomic_write_json(run / "run.json", run_info)
-    step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step, enabled=main)
-    # the per-epoch summaries, too
-    epochs_file = StepLog(run / "epochs.jsonl", keep_until_step=state.step, enabled=main)
-    # Selection metric: validation fused accuracy, or one head's for a method that trains only that head.
-    selection_head = getattr(balancer, "selection_head", None)
-    selection_key = f"acc_{selection_head}" if selection_head else "acc"
-    if resuming and config.dvclive and main:
-        EpochLog.drop_epochs_from(run, state.epoch)
-    epoch_log = EpochLog(run, config.dvclive and main, resume=resuming)
-    started = time.perf_counter()
-
-    # --- train: one epoch per iteration; validation and selection at each epoch end --------------------
-    # SIGINT / SIGTERM set stop.requested: the run ends after the step in progress, with a checkpoint.
-    with contextlib.ExitStack() as cleanup:
-        stop = cleanup.enter_context(stop_on_signals())
-        cleanup.callback(epochs_file.close)
-        cleanup.callback(step_log.close)
-        while state.epoch < config.epochs and not state.stopped_early:
-            if config.max_steps is not None and state.step >= config.max_steps:
-                break  # resumed after the step budget was spent
-            model.train()
-            epoch_logs = step_log.series(state.epoch)  # {name: [values]}; non-empty after a mid-epoch resume
-            out_of_steps = False
-            epoch_batches = train_loader.num_batches(state.epoch)
-            batches = tqdm(
-                train_loader.iterate(state.epoch, skip_batches=state.batch_in_epoch),
-                total=max(epoch_batches - state.batch_in_epoch, 0),
-                desc=f"epoch {state.epoch}",
-                leave=False,
-                disable=None if main else True,
-            )  # disable=None: no bar when not a terminal
-            for batch in batches:
-                batch = to_device(batch, device)
-                lr = base_lr * lr_at(state.step, **schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                logs = train_step(
-                    model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device, world
-                )
-                state.step += 1
-                state.batch_in_epoch += 1
-                if logs is None:  # non-finite: no update
-                    state.skipped_steps += 1
-                    state.bad_in_a_row += 1
-                    if state.bad_in_a_row >= config.max_bad_steps:
-                        raise TrainError(
-                            f"mlbpipe train: {state.bad_in_a_row} steps in a row had a non-finite loss or "
-                            f"gradient (step {state.step}, epoch {state.epoch}); stopping. Lower the lr "
-                            f"(now {lr:g}), use --precision fp32, or check the shards for NaN/Inf values."
-                        )
-                else:
-                    state.bad_in_a_row = 0
-                    step_log.write({"step": state.step, "epoch": state.epoch, "lr": lr, **logs})
-                    for name, value in logs.items():
-                        epoch_logs.setdefault(name, []).append(value)
-                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    step_log.flush()
-                    save_last()
-                if on_step is not None:
-                    on_step(state)
-                if world.any_true(
-                    stop.requested
-                ):  # mid-epoch, no validation: the resumed run validates it once
-                    step_log.flush()
-                    save_last()
-                    raise Stopped(
-                        f"mlbpipe train: {stop.reason or 'another training process was stopped'} after step {state.step} (epoch {state.epoch}, batch "
-                        f"{state.batch_in_epoch}); checkpoint {last_path}: rerun the same command with --resume "
-                        "to continue"
-                    )
-                if config.max_steps is not None and state.step >= config.max_steps:
-                    out_of_steps = True
-                    break
-
-            # --- validate, select, stop early --------------------------------------------------------
-            val_metrics, val_loss = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
-            flat = world.broadcast_floats(flat_val_metrics(val_metrics, val_loss))
-            balancer_logs = balancer.on_epoch_end(state.epoch, flat) or {}
-            improved = flat[selection_key] > state.best_val_accuracy
-            if improved:
-                state.best_val_accuracy, state.best_epoch = flat[selection_key], state.epoch
-                state.best_step = state.step
-                state.epochs_without_improvement = 0
-                best = {
-                    "model": model.state_dict(),
-                    "epoch": state.epoch,
-                    "step": state.step,
-                    "val_accuracy": flat[selection_key],
-                    "config": config.to_json(),
-                }
-                if main:
-                    save_checkpoint(best, best_path)
-            else:
-                state.epochs_without_improvement += 1
-                state.stopped_early = state.epochs_without_improvement >= config.patience
-            summary = epoch_summary(epoch_logs, flat, balancer_logs, state.skipped_steps, lr_now(optimizer))
-            epoch_log.log(state.epoch, summary)
-            epochs_file.write({"epoch": state.epoch, "step": state.step, **summary})
-            say(
-                f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
-                + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in model.modalities)
-                + (" (best)" if improved else "")
-            )
-            if out_of_steps and state.batch_in_epoch < epoch_batches:
-                save_last()  # mid-epoch: a resume with more steps continues here
-                break
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            save_last()
-            if on_epoch is not None:
-                on_epoch(state.epoch - 1, flat[selection_key])
-            if out_of_steps:
-                break
-
-    # --- test once, at the checkpoint selected on validation (rank 0; the other ranks are done) ------
-    check_skipped(state, config)
-    if not main:
-        epoch_log.close()
-        return {}
-    selected = load_checkpoint(best_path, BEST_KEYS)
-    model.load_state_dict(selected["model"])
-    val_metrics, _ = evaluate_split(model, val_loader, device, amp_dtype, folder.num_classes)
-    result = {
-        "method": config.method,
-        "fusion": config.fusion,
-        "features": config.features,
-        "seed": config.seed,
-        "fold": config.seed if config.fold is None else config.fold,
-        "method_params": params,
-        "selected": {
-            "epoch": selected["epoch"],
-            "step": selected["step"],
-            "val_accuracy": selected["val_accuracy"],
-            "criterion": f"validation {selection_head + ' head' if selection_head else 'fused'} accuracy",
-        },
-        "training": {
-            "epochs_run": state.epoch + (1 if state.batch_in_epoch else 0),
-            "steps": state.step,
-            "skipped_nonfinite_steps": state.skipped_steps,
-            "stopped_early": state.stopped_early,
-            "seconds_this_process": round(time.perf_counter() - started, 3),
-            "world_size": world.size,
-        },
-        "validation": val_metrics,
-    }
-    summary = {"selected/val_acc": selected["val_accuracy"], "selected/epoch": selected["epoch"]}
-    if test:
-        predictions: dict[str, Any] = {}
-        test_loader = ShardLoader(folder, "test", **eval_kw)
-        test_metrics, _ = evaluate_split(
-            model, test_loader, device, amp_dtype, folder.num_classes, predictions=predictions
-        )
-        result["test"] = test_metrics
-        atomic_write_json(run / "test_predictions.json", predictions, indent=None)
-        summary |= {
-            "test/acc": test_metrics["fused"]["accuracy"],
-            "test/f1": test_metrics["fused"]["macro_f1"],
-            **{f"test/acc_{m}": h["accuracy"] for m, h in test_metrics["unimodal"].items()},
-        }
-    atomic_write_json(run / "metrics.json", result)
-    epoch_log.close(summary)
-    return result
-
-
-def train_step(
-    model, batch, balancer, optimizer, scaler, parameters, amp_dtype, device, world: World = LOCAL
-) -> dict[str, float] | None:
-    """One batch: `balancer.updates_per_batch(model)` optimiser updates (one for every method but the alternating ones),
-    each with the balancer's hooks; None when a loss or a gradient is not finite (the batch's remaining
-    updates are skipped; updates already made stay).
-
-    Under torchrun (`world`): each rank back-propagates its loss times n_r / N (its clips' share of the
-    global batch), the gradients are summed over the ranks before `before_step`, and a non-finite loss on
-    any rank skips the update on all; the returned logs are averaged over the ranks."""
-    from mlb.balancing import floats_for_log
-
-    # A skipped step must leave no trace: the forward pass also updates buffers (BatchNorm running
-    # statistics), which a NaN input would poison. They are small: keep a copy to put back.
-    buffers = [b.detach().clone() for b in model.buffers()]
-    logs: dict[str, Any] = {}
-    label = batch["label"]
-    for substep in range(balancer.updates_per_batch(model)):
-        balancer.substep = substep
-        with autocast(device, amp_dtype):
-            out = balancer.forward(model, batch)  # fused [B, C], unimodal {m: [B, C]}
-            loss, step_logs = balancer.loss(model, batch, out)
-        optimizer.zero_grad(set_to_none=True)
-        rows = out.fused.shape[0]  # the clips this update's loss averages over
-        finite = bool(torch.isfinite(loss.detach()))
-        if world.distributed:  # one collective: the global batch's size, and whether every rank is finite
-            total_rows, bad = world.sum(
-                torch.tensor([rows, 0 if finite else 1], dtype=torch.float64)
-            ).tolist()
-            finite = bad == 0
-            loss = loss * (rows / total_rows)  # the sum over ranks is then the global batch's mean loss
-        if not finite:
-            _restore(model, buffers)
-            return None
-        scaler.scale(loss).backward()
-        sum_gradients_(parameters, world)  # the global batch's gradients, before the balancer reads them
-        scaler.unscale_(optimizer)  # real gradient values for the balancer (no-op when disabled)
-        logs |= {**step_logs, **(balancer.before_step(model, batch, out) or {})}
-        if not grads_finite(parameters):
-            optimizer.zero_grad(set_to_none=True)
-            _restore(model, buffers)
-            scaler.update()  # an fp16 scaler lowers its scale after an overflow
-            return None
-        scaler.step(optimizer)
-        scaler.update()
-        with torch.no_grad():  # training accuracy per head, from this update's outputs
-            if out.fused.shape[0] == label.shape[0]:  # G-Blending trains on part of the batch: no figure
-                logs["train_acc"] = (out.fused.argmax(1) == label).float().mean()
-                for m, logits in out.unimodal.items():
-                    logs[f"train_acc_{m}"] = (logits.argmax(1) == label).float().mean()
-    return world.mean_logs(floats_for_log(logs), int(label.shape[0]))
-
-
-def _restore(model, buffers: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for buffer, saved in zip(model.buffers(), buffers):
-            buffer.copy_(saved)
-
-
-def lr_now(optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
 
 
 def check_skipped(state: TrainState, config: TrainConfig) -> None:
