@@ -299,3 +299,13 @@ def test_methods_see_through_a_ddp_style_wrapper():
     logs = mlb.before_step(wrapped, batch, out)
     torch.testing.assert_close(model.unimodal_heads["audio"].weight.grad, logs["k_audio"] * head_grad)
     MLB.check_model(wrapped)
+
+
+def test_a_missing_or_empty_method_module_fails_loudly():
+    """A misspelt entry in BASELINE_MODULES must not drop a method silently."""
+    from mlb.balancing import _register_module
+
+    with pytest.raises(ModuleNotFoundError, match="no_such_method"):
+        _register_module("no_such_method")
+    with pytest.raises(ImportError, match="defines no Balancer"):
+        _register_module("grads")  # a helper module of the package, with no method in it

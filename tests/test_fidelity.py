@@ -25,8 +25,8 @@ from mlb.balancing.mslr import MSLR
 from mlb.balancing.ogm_ge import OGMGE
 from mlb.balancing.pmr import PMR
 from mlb.models import ModelOutput, build_model
+from mlb.models.fusion import FUSIONS
 
-FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 DIMS = {"audio": 5, "video": 7}
 
 
