@@ -117,7 +117,8 @@ def test_the_toy_corpus_is_indexed_with_its_own_layout(prepared):
     assert all(by_id[f"{g}_1"].split == s for g, s in splits.items() if f"{g}_1" in by_id)  # group-disjoint
     corpus = json.loads((prepared / "corpus.json").read_text())
     assert corpus == {"corpus": "toy", "label_names": list(CLASSES), "num_classes": 3, "protocol": "random-0",
-                      "method_defaults": ToyCorpus.method_defaults}  # fmt: skip
+                      "method_defaults": ToyCorpus.method_defaults, "input_paths": list(ToyCorpus.input_paths),
+                      "input_paths_note": ToyCorpus.input_paths_note}  # fmt: skip
 
 
 def test_the_shards_take_the_corpus_from_the_manifest_and_frames_from_the_segment(prepared):

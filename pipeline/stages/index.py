@@ -105,13 +105,15 @@ def _manifest_digest(path: Path) -> str:
 
 def corpus_description(corpus: Corpus, protocol: str) -> dict:
     """`OUT/corpus.json` (pipeline.manifest.read_corpus_description): the corpus facts the shard stages copy
-    into meta.json."""
+    into meta.json, and the input paths it has (with the reason for a missing one)."""
     return {
         "corpus": corpus.name,
         "label_names": list(corpus.label_names),
         "num_classes": corpus.num_classes,
         "protocol": protocol,
         "method_defaults": corpus.method_defaults,
+        "input_paths": list(corpus.input_paths),  # so that `train` can say why a path is missing
+        "input_paths_note": corpus.input_paths_note,
     }
 
 
