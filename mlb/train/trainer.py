@@ -384,6 +384,7 @@ def _train(
     if resuming and (state.epoch >= config.epochs or state.stopped_early) and (run / "metrics.json").exists():
         say(f"mlbpipe train: {run} is already finished; not evaluating the test split again")
         return json.loads((run / "metrics.json").read_text())
+    run_info["start"] = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "step": state.step}
     if main:
         atomic_write_json(run / "run.json", run_info)
     step_log = StepLog(run / "steps.jsonl", keep_until_step=state.step, enabled=main)
