@@ -177,7 +177,15 @@ def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
         train(_config(out_dir, tmp_path / "resumed", **kw))
     with pytest.raises(TrainConfigError, match="lr=0.5 differs"):
         train(_config(out_dir, tmp_path / "resumed", resume=True, lr=0.5, **kw))
-    resumed = train(_config(out_dir, tmp_path / "resumed", resume=True, **kw))
+    performed = []  # a restart from step 0 ends with the same weights on the CPU: check where it started
+    resumed = train(
+        _config(out_dir, tmp_path / "resumed", resume=True, **kw), on_step=lambda s: performed.append(s.step)
+    )
+    assert performed == [5, 6, 7, 8, 9]
+    start = {"epoch": 1, "batch_in_epoch": 1, "step": 4}  # 3 batches per epoch
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["start"] == start
+    fresh = {"epoch": 0, "batch_in_epoch": 0, "step": 0}
+    assert json.loads((tmp_path / "straight" / "run.json").read_text())["start"] == fresh
 
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
@@ -199,13 +207,21 @@ def test_resume_at_epoch_boundary_with_loader_workers(out_dir, tmp_path):
     kw = {"features": "cached", "num_workers": 2, "epochs": 2, "batch_size": 6, "method": "multi-loss"}
     straight = train(_config(out_dir, tmp_path / "straight", **kw))
 
-    def stop_after_epoch_0(state):
-        if state.step == 4:  # 24 clips / 6: epoch 0 ends at step 4; last.pt saved at the epoch end
+    def stop_after_epoch_0(epoch, _value):  # called after the epoch end's last.pt
+        if epoch == 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(out_dir, tmp_path / "resumed", **kw), on_step=stop_after_epoch_0)
-    resumed = train(_config(out_dir, tmp_path / "resumed", resume=True, **kw))
+        train(_config(out_dir, tmp_path / "resumed", **kw), on_epoch=stop_after_epoch_0)
+    # batches per epoch: each loader worker batches its own shards, so more than 24 clips / 6
+    n = json.loads((tmp_path / "straight" / "run.json").read_text())["steps_per_epoch"]
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 0, n)
+    performed = []
+    resumed = train(
+        _config(out_dir, tmp_path / "resumed", resume=True, **kw), on_step=lambda s: performed.append(s.step)
+    )
+    assert performed == list(range(n + 1, 2 * n + 1))  # epoch 1 only, not a restart from step 0
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
