@@ -319,7 +319,11 @@ def test_sigterm_during_train_then_resume_ends_like_an_uninterrupted_run(tmp_pat
     result = _sigterm_after([*args, "--out", str(run)], started="epoch 0:")  # lands inside epoch 1
     text = _refused(result, STOPPED_EXIT, "stopped on SIGTERM after step", "--resume")
     assert "epoch 1" in text and not (run / "metrics.json").exists()
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]
     _cli(*args, "--out", str(run), "--resume", check_ok=True)
+    # the rerun continued from the checkpoint (a restart from step 0 would end with the same weights)
+    start = json.loads((run / "run.json").read_text())["start"]
+    assert start == {key: saved[key] for key in ("epoch", "batch_in_epoch", "step")} and start["epoch"] == 1
     want = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())
     for key in ("selected", "validation", "test"):
