@@ -5,7 +5,6 @@ refusal that names the fusion; and the new methods through `mlb.train.train` wit
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
@@ -86,10 +85,10 @@ def test_every_method_trains_or_refuses(name, fusion, features):
         if n.startswith("encoders.") and not torch.equal(p, start[n])
     }
     assert moved == {"audio", "video"}, f"{name} moved the encoders of {moved}"
-    buffer = io.BytesIO()  # the state survives a checkpoint (saved with torch.save, loaded weights_only)
-    torch.save(balancer.state_dict(), buffer)
-    buffer.seek(0)
-    build_balancer(name).load_state_dict(torch.load(buffer, weights_only=True))
+    # the state survives a checkpoint (torch.save, a weights_only load into a fresh balancer) unchanged
+    from balancer_state import assert_state_round_trip
+
+    assert_state_round_trip(name, balancer)
 
 
 NEW_METHODS = ("mla", "gblending", "dgl", "mmpareto", "reconboost")
