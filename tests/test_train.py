@@ -255,6 +255,44 @@ def test_early_stopping(out_dir, tmp_path):
     assert result["training"]["epochs_run"] == result["selected"]["epoch"] + 1 + 2 < 50
 
 
+def _script_validation_accuracy(monkeypatch, accuracies: list[float]) -> list[dict]:
+    """Set the fused accuracy of the first validation passes (one per epoch end) to `accuracies`, through a
+    spy on `mlb.train.trainer.evaluate_split` (the tiny corpus gives no ties on demand); returns the model
+    weights each of those passes evaluated."""
+    real = train_module.evaluate_split
+    seen = []
+
+    def scripted(model, loader, *args, **kw):
+        metrics, loss = real(model, loader, *args, **kw)
+        if loader.split == "validation" and len(seen) < len(accuracies):
+            metrics["fused"]["accuracy"] = accuracies[len(seen)]
+            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return metrics, loss
+
+    monkeypatch.setattr(train_module, "evaluate_split", scripted)
+    return seen
+
+
+def test_a_tie_selects_the_first_epoch_with_the_best_validation_accuracy(out_dir, tmp_path, monkeypatch):
+    weights = _script_validation_accuracy(monkeypatch, [0.25, 0.5, 0.25, 0.5])
+    result = train(
+        _config(out_dir, tmp_path / "run", features="cached", epochs=4, patience=10, method="joint")
+    )
+    assert (result["selected"]["epoch"], result["selected"]["val_accuracy"]) == (1, 0.5)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 and all(torch.equal(best["model"][k], weights[1][k]) for k in weights[1])
+
+
+def test_early_stopping_counts_a_tie_as_no_improvement(out_dir, tmp_path, monkeypatch):
+    _script_validation_accuracy(monkeypatch, [0.25, 0.5, 0.5, 0.5, 0.75, 0.75])
+    result = train(
+        _config(out_dir, tmp_path / "run", features="cached", epochs=6, patience=2, method="joint")
+    )
+    # epochs 2 and 3 only tie epoch 1: patience is spent before epoch 4's better value
+    assert result["training"]["stopped_early"] and result["training"]["epochs_run"] == 4
+    assert result["selected"]["epoch"] == 1
+
+
 def _nan_shards(tmp_path: Path, how_many: int) -> Path:
     folder = write_shard_folder(
         tmp_path / "shards" / "cached",
