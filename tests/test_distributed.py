@@ -169,10 +169,11 @@ def test_a_checkpoint_of_two_processes_resumes_on_one(launched):
     assert (saved["step"], saved["epoch"], saved["batch_in_epoch"]) == (3, 1, 1)
     config = TrainConfig(data=out / "shards" / "raw", out=run, features="raw", size="tiny", batch_size=8, seed=3,
                          device="cpu", epochs=2, dvclive=False, resume=True, method="mlb")  # fmt: skip
-    result = train(config)
+    performed = []
+    result = train(config, on_step=lambda s: performed.append(s.step))
     # one process, 3 batches per epoch: epoch 1 continues after its first batch (2 more steps)
     assert result["training"]["steps"] == 5 and result["training"]["world_size"] == 1
-    assert result["test"]["fused"]["accuracy"] >= 0
+    assert performed == [4, 5]
 
 
 def test_every_rank_needs_a_training_shard_and_an_even_share_of_the_batch(tmp_path):

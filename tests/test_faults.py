@@ -165,6 +165,15 @@ def test_train_on_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(r
     assert not (run / "checkpoints" / "last.pt").exists() and _temps(run) == []
     assert not (run / "metrics.json").exists()
     _cli(*TRAIN, "--data", str(raw_data), "--out", str(run), "--epochs", "1", "--resume", check_ok=True)
+    # one more epoch on a full disk: its failed checkpoint write leaves epoch 0's checkpoints whole
+    kept = _digest(run / "checkpoints")
+    result = _cli(*TRAIN, "--data", str(raw_data), "--out", str(run), "--epochs", "2", "--resume",
+                  file_limit=64 * 1024)  # fmt: skip
+    text = _refused(result, 2, "failed", "MiB free there", "free space")
+    assert any(str(run / "checkpoints" / name) in text for name in ("best.pt", "last.pt")), text[-3000:]
+    assert _digest(run / "checkpoints") == kept and _temps(run) == []
+    _cli(*TRAIN, "--data", str(raw_data), "--out", str(run), "--epochs", "2", "--resume", check_ok=True)
+    assert json.loads((run / "run.json").read_text())["start"]["epoch"] == 1  # from the kept last.pt
 
 
 def test_prepare_on_a_full_disk_promotes_nothing_partial_and_the_rerun_is_whole(
@@ -319,7 +328,11 @@ def test_sigterm_during_train_then_resume_ends_like_an_uninterrupted_run(tmp_pat
     result = _sigterm_after([*args, "--out", str(run)], started="epoch 0:")  # lands inside epoch 1
     text = _refused(result, STOPPED_EXIT, "stopped on SIGTERM after step", "--resume")
     assert "epoch 1" in text and not (run / "metrics.json").exists()
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]
     _cli(*args, "--out", str(run), "--resume", check_ok=True)
+    # the rerun continued from the checkpoint (a restart from step 0 would end with the same weights)
+    start = json.loads((run / "run.json").read_text())["start"]
+    assert start == {key: saved[key] for key in ("epoch", "batch_in_epoch", "step")} and start["epoch"] == 1
     want = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())
     for key in ("selected", "validation", "test"):

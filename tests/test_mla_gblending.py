@@ -154,6 +154,7 @@ def test_gblending_trains_on_the_clips_not_held_out_with_the_weights():
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     for (n, p), q in zip(model.named_parameters(), plain.parameters()):
+        assert (p.grad is None) == (q.grad is None), n  # a missing gradient is a difference too
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=n)
     # the held-out clips were measured (eval mode, no gradient), the fitted ones too
@@ -166,14 +167,20 @@ def test_gblending_updates_the_weights_at_each_super_epoch_end():
         {"fused": (1.0, 1.2), "audio": (1.5, 1.6), "video": (1.7, 1.75)},
         {"fused": (0.8, 1.1), "audio": (1.3, 1.5), "video": (1.65, 1.72)},
         {"fused": (0.5, 1.0), "audio": (1.2, 1.4), "video": (1.6, 1.7)},
+        {"fused": (0.4, 0.95), "audio": (1.1, 1.35), "video": (1.55, 1.68)},
     ]
+    weights = []  # after each epoch
     for epoch, point in enumerate(curves):
         gb.sums = {h: [t, 1.0, v, 1.0] for h, (t, v) in point.items()}
         gb.on_epoch_end(epoch, {})
+        weights.append(dict(gb.weights))
         if epoch == 0:
             assert gb.weights == {}  # equal weights until a super-epoch has passed
     # after epoch 1 (2 epochs done): from epoch 0's point (start) to epoch 1's
     assert set(gb.weights) == {"fused", "audio", "video"}
+    assert weights[1] == pytest.approx(gblend_weights(curves[0], curves[1]))
+    assert weights[2] == weights[1]  # mid super-epoch: unchanged
+    assert weights[3] == pytest.approx(gblend_weights(curves[1], curves[3]))  # the super-epoch of epochs 2, 3
     gb2 = GBlending(super_epoch=2)
     for epoch, point in enumerate(curves[:2]):
         gb2.sums = {h: [t, 1.0, v, 1.0] for h, (t, v) in point.items()}

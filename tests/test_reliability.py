@@ -189,7 +189,13 @@ def test_train_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
     for target in sorted(rng.sample(range(6, 44), 2)):  # of 48 steps: two kills inside training
         if _kill_when(_cli(*args, "--out", str(run), "--resume"), lambda t=target: logged() >= t, tmp_path):
             steps_at_kill.append(logged())
+    from mlb.train.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
     subprocess.run(_cli(*args, "--out", str(run), "--resume"), check=True, capture_output=True)
+    # the last run continued from the checkpoint (a restart from step 0 would end with the same metrics)
+    start = json.loads((run / "run.json").read_text())["start"]
+    assert start == {key: saved[key] for key in ("epoch", "batch_in_epoch", "step")} and start["step"] > 0
     want = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())
     assert any(0 < n < want["training"]["steps"] for n in steps_at_kill), (

@@ -177,7 +177,15 @@ def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
         train(_config(out_dir, tmp_path / "resumed", **kw))
     with pytest.raises(TrainConfigError, match="lr=0.5 differs"):
         train(_config(out_dir, tmp_path / "resumed", resume=True, lr=0.5, **kw))
-    resumed = train(_config(out_dir, tmp_path / "resumed", resume=True, **kw))
+    performed = []  # a restart from step 0 ends with the same weights on the CPU: check where it started
+    resumed = train(
+        _config(out_dir, tmp_path / "resumed", resume=True, **kw), on_step=lambda s: performed.append(s.step)
+    )
+    assert performed == [5, 6, 7, 8, 9]
+    start = {"epoch": 1, "batch_in_epoch": 1, "step": 4}  # 3 batches per epoch
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["start"] == start
+    fresh = {"epoch": 0, "batch_in_epoch": 0, "step": 0}
+    assert json.loads((tmp_path / "straight" / "run.json").read_text())["start"] == fresh
 
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
@@ -199,13 +207,21 @@ def test_resume_at_epoch_boundary_with_loader_workers(out_dir, tmp_path):
     kw = {"features": "cached", "num_workers": 2, "epochs": 2, "batch_size": 6, "method": "multi-loss"}
     straight = train(_config(out_dir, tmp_path / "straight", **kw))
 
-    def stop_after_epoch_0(state):
-        if state.step == 4:  # 24 clips / 6: epoch 0 ends at step 4; last.pt saved at the epoch end
+    def stop_after_epoch_0(epoch, _value):  # called after the epoch end's last.pt
+        if epoch == 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(out_dir, tmp_path / "resumed", **kw), on_step=stop_after_epoch_0)
-    resumed = train(_config(out_dir, tmp_path / "resumed", resume=True, **kw))
+        train(_config(out_dir, tmp_path / "resumed", **kw), on_epoch=stop_after_epoch_0)
+    # batches per epoch: each loader worker batches its own shards, so more than 24 clips / 6
+    n = json.loads((tmp_path / "straight" / "run.json").read_text())["steps_per_epoch"]
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 0, n)
+    performed = []
+    resumed = train(
+        _config(out_dir, tmp_path / "resumed", resume=True, **kw), on_step=lambda s: performed.append(s.step)
+    )
+    assert performed == list(range(n + 1, 2 * n + 1))  # epoch 1 only, not a restart from step 0
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -237,6 +253,44 @@ def test_early_stopping(out_dir, tmp_path):
     # stops after `patience` epochs without a better validation accuracy than the selected epoch's
     assert result["training"]["stopped_early"]
     assert result["training"]["epochs_run"] == result["selected"]["epoch"] + 1 + 2 < 50
+
+
+def _script_validation_accuracy(monkeypatch, accuracies: list[float]) -> list[dict]:
+    """Set the fused accuracy of the first validation passes (one per epoch end) to `accuracies`, through a
+    spy on `mlb.train.trainer.evaluate_split` (the tiny corpus gives no ties on demand); returns the model
+    weights each of those passes evaluated."""
+    real = train_module.evaluate_split
+    seen = []
+
+    def scripted(model, loader, *args, **kw):
+        metrics, loss = real(model, loader, *args, **kw)
+        if loader.split == "validation" and len(seen) < len(accuracies):
+            metrics["fused"]["accuracy"] = accuracies[len(seen)]
+            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return metrics, loss
+
+    monkeypatch.setattr(train_module, "evaluate_split", scripted)
+    return seen
+
+
+def test_a_tie_selects_the_first_epoch_with_the_best_validation_accuracy(out_dir, tmp_path, monkeypatch):
+    weights = _script_validation_accuracy(monkeypatch, [0.25, 0.5, 0.25, 0.5])
+    result = train(
+        _config(out_dir, tmp_path / "run", features="cached", epochs=4, patience=10, method="joint")
+    )
+    assert (result["selected"]["epoch"], result["selected"]["val_accuracy"]) == (1, 0.5)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 and all(torch.equal(best["model"][k], weights[1][k]) for k in weights[1])
+
+
+def test_early_stopping_counts_a_tie_as_no_improvement(out_dir, tmp_path, monkeypatch):
+    _script_validation_accuracy(monkeypatch, [0.25, 0.5, 0.5, 0.5, 0.75, 0.75])
+    result = train(
+        _config(out_dir, tmp_path / "run", features="cached", epochs=6, patience=2, method="joint")
+    )
+    # epochs 2 and 3 only tie epoch 1: patience is spent before epoch 4's better value
+    assert result["training"]["stopped_early"] and result["training"]["epochs_run"] == 4
+    assert result["selected"]["epoch"] == 1
 
 
 def _nan_shards(tmp_path: Path, how_many: int) -> Path:

@@ -31,17 +31,20 @@ def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():
 
 
 def test_trainer_selects_alone_runs_on_their_own_head(tmp_path):
-    data = tmp_path / "raw"
-    write_shard_folder(data, "raw")
+    import json
+
+    data = tmp_path / "cached"
+    write_shard_folder(data, "cached", video_dim=32)  # with lr 1e-3 the audio head learns in 2 epochs
     result = train(
         TrainConfig(
             data=data,
             out=tmp_path / "run",
-            features="raw",
+            features="cached",
             method="audio-only",
             size="tiny",
             epochs=2,
             batch_size=8,
+            lr=1e-3,
             dvclive=False,
             device="cpu",
         )
@@ -51,3 +54,12 @@ def test_trainer_selects_alone_runs_on_their_own_head(tmp_path):
     assert best["val_accuracy"] == result["selected"]["val_accuracy"]
     epochs = (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()
     assert len(epochs) == 2
+    audio = [json.loads(line)["val/acc_audio"] for line in epochs]
+    fused = [json.loads(line)["val/acc"] for line in epochs]
+    assert max(audio) > max(fused)  # the untrained fused head would select another epoch and value
+    first_best = audio.index(max(audio))
+    assert (result["selected"]["epoch"], result["selected"]["val_accuracy"]) == (
+        first_best,
+        audio[first_best],
+    )
+    assert result["validation"]["unimodal"]["audio"]["accuracy"] == audio[first_best]
