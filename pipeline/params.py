@@ -53,6 +53,25 @@ def _nested_dataclass(annotation) -> type | None:
     return None
 
 
+def check_keys(data: dict, keys, where: str) -> None:
+    """Every key of `data` is one of `keys`; else the first unknown one fails, with what `where` takes."""
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key; {where} takes {', '.join(keys)}")
+
+
+def section(params: dict, name: str, where: str) -> dict:
+    """The mapping at a dotted section name (`protocol.train`) of a loaded params file."""
+    node: Any = params
+    for part in name.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ParamsError(f"{where} has no section {name!r} (no key {part!r})")
+    if not isinstance(node, dict):
+        raise ParamsError(f"{where}: {name} must be a mapping of settings, got {node!r}")
+    return node
+
+
 def from_mapping(cls, data: dict | None, where: str):
     """`cls(**data)`, recursing into fields that are dataclasses themselves; `where` (e.g. `params.yaml:
     frames`) prefixes every error."""
@@ -61,9 +80,7 @@ def from_mapping(cls, data: dict | None, where: str):
     if not isinstance(data, dict):
         raise ParamsError(f"{where}: expected a mapping of {cls.__name__} keys, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key; {where} takes {', '.join(fields)}")
+    check_keys(data, fields, where)
     types_ = _field_types(cls)
     values = {}
     for name, value in data.items():

@@ -423,16 +423,17 @@ def test_the_command_line_takes_auto_or_a_number_and_refuses_the_cached_path(pre
     base = ["train", "--data", str(prepared), "--method", "mlb", "--size", "tiny", "--epochs", "1",
             "--max-steps", "1", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
     run = tmp_path / "run"
-    result = CliRunner().invoke(app, [*base, "--features", "raw", "--alpha", "auto", "--beta-max", "1.5",
-                                      "--out", str(run)])  # fmt: skip
+    result = CliRunner().invoke(app, [*base, "--features", "raw", "--param", "mlb.alpha=auto",
+                                      "--param", "mlb.beta_max=1.5", "--out", str(run)])  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method_params"] == {"alpha": 2.0, "beta_max": 1.5}  # auto: the corpus's alpha
 
     result = CliRunner().invoke(
-        app, [*base, "--features", "raw", "--alpha", "two", "--out", str(tmp_path / "b")]
+        app, [*base, "--features", "raw", "--param", "mlb.alpha=two", "--out", str(tmp_path / "b")]
     )
-    assert result.exit_code == 2 and "needs a number or auto, got 'two'" in result.output
+    assert result.exit_code == 2 and "alpha" in result.output and "got 'two'" in result.output
+    assert not (tmp_path / "b").exists()  # refused before the run starts
 
     result = CliRunner().invoke(app, [*base, "--features", "cached", "--out", str(tmp_path / "c")])
     assert result.exit_code == 2

@@ -1,10 +1,18 @@
-"""The command line: every command answers --help, the version prints, doctor reports."""
+"""The command line: every command answers --help showing every default and choice, train / compare / tune share
+their training options, errors are one line, --param and --params mean the same in every command, the
+version prints, doctor reports."""
 
 from __future__ import annotations
 
+import json
+import re
+
+import pytest
 import typer
+import yaml
 from typer.testing import CliRunner
 
+from mlb.train.config import TrainConfig
 from pipeline import __version__
 from pipeline.cli import app
 
@@ -87,3 +95,205 @@ def test_only_the_command_line_imports_typer():
         "assert 'typer' not in sys.modules, [m for m in sys.modules if m.startswith('typer')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- help: every default and choice, the same for train, compare and tune ---------------------------------
+
+
+def _help(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _options(*command: str) -> dict[str, str]:
+    """{--option: its help text, default included}, parsed from `--help` (entries start with two spaces and a
+    dash; continuation lines are indented further), whitespace (and so line wrapping) removed."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in _help(*command).split("Options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0]
+            entries[current] = line.strip()[len(current) :]
+        elif current is not None:
+            entries[current] += line
+    return {name: "".join(text.split()) for name, text in entries.items()}
+
+
+def _default(text: str) -> str | None:
+    match = re.search(r"\[default:(.*?)\](?:\[|$)", text)
+    return match.group(1) if match else None
+
+
+TRAINING_COMMANDS = (("train",), ("compare",), ("tune",))
+
+
+def test_train_help_shows_the_defaults_of_the_dataclass():
+    options = _options("train")
+    assert _default(options["--epochs"]) == "100" and _default(options["--size"]) == "paper"
+    assert "<tiny|small|paper>" in options["--size"] and "<raw|cached>" in options["--features"]
+    assert _default(options["--batch-size"]) == "(32raw,8cached)" and _default(options["--method"]) == "mlb"
+
+
+def test_train_compare_and_tune_share_their_training_options_and_defaults():
+    """The options made from TrainConfig are the same in the three commands, with the same help and default;
+    compare and tune only replace method / fusion / seed by their lists."""
+    helps = {command[0]: _options(*command) for command in TRAINING_COMMANDS}
+    shared = set(helps["train"]) & set(helps["compare"]) & set(helps["tune"])
+    for option in ("--epochs", "--size", "--patience", "--batch-size", "--lr", "--weight-decay", "--param",
+                   "--params", "--section", "--features", "--device", "--in-memory"):  # fmt: skip
+        assert option in shared, option
+    for option in shared - {"--param", "--data", "--out", "--help"}:
+        texts = {name: options[option] for name, options in helps.items()}
+        assert len(set(texts.values())) == 1, (option, texts)
+    assert _default(helps["compare"]["--epochs"]) == _default(helps["tune"]["--epochs"]) == "100"
+    assert set(helps["train"]) - set(helps["compare"]) >= {"--method", "--fusion", "--seed", "--resume"}
+    assert {"--method", "--fusion", "--resume"}.isdisjoint(helps["tune"])
+
+
+def test_every_option_has_a_help_and_shows_its_default():
+    """Every option of every command has a help text and shows its default (or says it is required); only
+    plain on/off flags (off unless given) show none."""
+    root = typer.main.get_command(app)
+    for path in _command_paths(root):
+        command = root
+        for name in path:
+            command = command.commands[name]
+        if hasattr(command, "commands"):
+            continue
+        options = _options(*path)
+        for param in command.params:
+            if not param.opts or param.opts[0] not in options:  # arguments; --help
+                continue
+            name, text = param.opts[0], options[param.opts[0]]
+            if path[0] in ("train", "compare", "tune", "prepare", "report", "doctor"):
+                assert param.help, (path, name)
+            flag = getattr(param, "is_flag", False) and not param.secondary_opts
+            assert flag or _default(text) is not None or "[required]" in text, (path, name, text)
+
+
+def test_prepare_help_lists_the_protocol_choices():
+    from pipeline.corpora import corpus_names, get_corpus
+
+    text = _options("prepare")["--protocol"]
+    for name in corpus_names():
+        assert "".join(f"{name}:{' | '.join(get_corpus(name).protocols)}".split()) in text, (name, text)
+
+
+def test_the_method_and_fusion_helps_name_every_method_and_fusion_head():
+    from mlb.balancing import METHODS
+    from mlb.models.fusion import FUSIONS
+
+    options = _options("train")
+    assert all(
+        f"{method}," in options["--method"] or f"{method};" in options["--method"] for method in METHODS
+    )
+    assert all(fusion in options["--fusion"] for fusion in FUSIONS)
+
+
+# --- errors: one line, exit 2 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "message"),
+    [
+        (["train", "--epochs", "ten", "--data", "d", "--out", "o"], "train", "'--epochs'"),
+        (["train", "--nope"], "train", "No such option: --nope"),
+        (["train", "--data", "d"], "train", "Missing option '--out'"),
+        (
+            ["compare", "--out", "o", "--features", "video"],
+            "compare",
+            "'video' is not one of 'raw', 'cached'",
+        ),
+        (["tune", "--data", "d", "--out", "o", "--trials", "0"], "tune", "'--trials'"),
+        (["synth", "cremad"], "synth cremad", "Missing argument 'out'"),
+        (["no-such-command"], "", "No such command 'no-such-command'"),
+    ],
+)
+def test_usage_errors_print_one_line_like_every_other_error(args, command, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output  # no Usage block, no box
+    prefix = " ".join(["mlbpipe", *command.split()]) + ": error: "
+    assert lines[0].startswith(prefix) and message in lines[0], lines
+
+
+# --- --param: one spelling, refused when it would do nothing ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from shard_factory import write_shard_folder
+
+    out = tmp_path_factory.mktemp("cli_data")
+    write_shard_folder(out / "shards" / "raw", "raw")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["train", "--method", "mlb", "--param", "joint.probe_unimodal=false"],
+            "this run trains mlb, not joint",
+        ),
+        (["train", "--param", "mlb.alfa=1"], "mlb.alfa=1: unknown setting; mlb takes alpha, beta_max, eps"),
+        (["train", "--param", "alpha=1"], "is not METHOD.KEY=VALUE"),
+        (["train", "--method", "nope"], "'nope': unknown method"),
+        (["compare", "--methods", "joint,mlb", "--param", "ogm-ge.alpha=1"], "runs joint, mlb, not ogm-ge"),
+        (["compare", "--methods", "joint,mlb", "--param", "mlb.alfa=auto"], "unknown setting; mlb takes"),
+        (["compare", "--methods", "joint,nope"], "'nope': unknown method"),
+        (["compare", "--fusions", "late-linear,mid"], "'mid': unknown fusion head"),
+        (["tune", "--methods", "mlb", "--param", "joint.probe_unimodal=false"], "searches mlb, not joint"),
+        (["tune", "--methods", "mlb", "--param", "mlb.beta=2"], "unknown setting; mlb takes"),
+    ],
+)
+def test_a_wrong_method_setting_is_refused_before_any_run(shards, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*args, "--features", "raw", "--data", str(shards), "--out", str(out)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.startswith(f"mlbpipe {args[0]}: error: "), result.output
+    assert not out.exists() or not any(p.name != ".mlbpipe.lock" for p in out.iterdir())  # nothing trained
+
+
+def test_params_file_then_options_then_param(shards, tmp_path):
+    """`--params FILE`: the section's keys, its raw subsection over them, its `param` as method settings; the
+    options given win over the file, --param over the file's `param`, `auto` leaves a key to the corpus."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "protocol": {
+                    "train": {
+                        "size": "tiny", "epochs": 1, "max_steps": 1, "batch_size": 2, "device": "cpu",
+                        "dvclive": False, "raw": {"batch_size": 4, "lr": "5e-4"},
+                        "param": {"mlb": {"alpha": 2.0, "beta_max": 3.0, "eps": 0.01}, "joint": {}},
+                    }
+                }
+            }
+        )
+    )  # fmt: skip
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--params", str(params), "--section", "protocol.train", "--features",
+                                 "raw", "--data", str(shards), "--out", str(run), "--epochs", "2",
+                                 "--param", "mlb.beta_max=5", "--param", "mlb.eps=auto"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((run / "run.json").read_text())
+    config = recorded["config"]
+    assert (config["size"], config["max_steps"], config["batch_size"], config["lr"]) == ("tiny", 1, 4, 5e-4)
+    assert config["epochs"] == 2 and config["patience"] == TrainConfig.patience  # option > file > dataclass
+    assert recorded["method_params"] == {"alpha": 2.0, "beta_max": 5}  # eps: auto, the method's default
+
+
+def test_tune_fixes_what_is_given_and_searches_the_rest(shards, tmp_path):
+    out = tmp_path / "tune"
+    result = runner.invoke(app, ["tune", "--features", "raw", "--data", str(shards), "--out", str(out),
+                                 "--methods", "mlb", "--trials", "1", "--size", "tiny", "--epochs", "1",
+                                 "--batch-size", "8", "--device", "cpu", "--lr", "0.002",
+                                 "--param", "mlb.alpha=1.5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    best = yaml.safe_load((out / "best_params.yaml").read_text())["raw"]["mlb"]["late-linear"]
+    assert best["lr"] == 0.002 and best["method_params"]["alpha"] == 1.5
+    assert "alpha=1.5" in result.output and "lr=0.002" in result.output
+    assert set(best["method_params"]) == {"alpha", "beta_max"}  # beta_max searched

@@ -102,6 +102,8 @@ def test_compare_keeps_finished_runs_and_writes_tables(runs_dir):
             "0,1",
             "--size",
             "tiny",
+            "--features",
+            "raw",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -236,6 +238,7 @@ def test_compare_and_report_take_the_new_methods(tmp_path):
     runs = tmp_path / "runs"
     args = ["compare", "--data", str(tmp_path / "out"), "--out", str(runs), "--methods", ",".join(new)]
     args += ["--fusions", "late-linear,mid-mlp", "--seeds", "0", "--size", "tiny", "--epochs", "1"]
+    args += ["--features", "raw"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for m in new:

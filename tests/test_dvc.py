@@ -154,25 +154,24 @@ TINY_ALL = {
     "features": {"effb2": {"image_size": 64}},
     "train": {
         "fusion": "late-linear",
-        "seeds": [0],
         "patience": 2,
-        "raw": {"methods": ["joint", "video-only"], "size": "tiny", "epochs": 2, "batch_size": 8},
-        "cached": {"methods": ["joint"], "size": "tiny", "epochs": 2, "batch_size": 8, "lr": 0.001},
+        "raw": {"size": "tiny", "epochs": 2, "batch_size": 8},
+        "cached": {"size": "tiny", "epochs": 2, "batch_size": 8, "lr": 0.001},
     },
+    "runs": {"seeds": [0], "raw": ["joint", "video-only"], "cached": ["joint"]},
     "protocol": {
         "methods": "joint,mlb",
         "trials": 2,
-        "epochs": 1,
-        "size": "tiny",
-        "batch_size": 8,
         "seeds": "0,1",
+        "train": {"epochs": 1, "size": "tiny", "batch_size": 8},
     },
 }
 
 
 @pytest.mark.integration
 def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path):
-    """synth -> ... -> train (both paths) -> compare -> report; then `dvc exp run -S mlb.raw.alpha=...`."""
+    """synth -> ... -> train (both paths) -> compare -> report; then `dvc exp run -S train.param.mlb.alpha=...`
+    reruns only MLB's runs (and the protocol for a pinned value), and a method added to a list only its runs."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     repo = _copy_repo(tmp_path)
@@ -229,8 +228,18 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     assert _ran(_dvc(repo, "repro")) == []
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "lock"], cwd=repo, check=True)
-    rerun = _ran(_dvc(repo, "exp", "run", "-S", "mlb.raw.alpha=1.0", "-S", "+protocol.pin.mlb.alpha=2.0"))
-    assert sorted(rerun) == ["compare", "compare_tuned", "report", "train_raw_mlb@0", "tune"], rerun
+    alpha, pin = "train.param.mlb.alpha=1.0", "+protocol.train.param.mlb.alpha=2.0"
+    rerun = _ran(_dvc(repo, "exp", "run", "-S", alpha, "-S", pin))
+    mlb_stages = ["train_cached_mlb@0", "train_raw_mlb@0"]  # MLB's settings are one for both input paths
+    assert sorted(rerun) == ["compare", "compare_tuned", "report", *mlb_stages, "tune"], rerun
     assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 1.0, "beta_max": 10.0}
+    cached_mlb = runs / "cached" / "mlb" / "late-linear" / "seed0" / "metrics.json"
+    assert json.loads(cached_mlb.read_text())["method_params"]["alpha"] == 1.0
     tuned = yaml.safe_load((repo / "protocol" / "tuned_params.yaml").read_text())["raw"]["mlb"]["late-linear"]
     assert tuned["method_params"]["alpha"] == 2.0  # pinned by hand: not searched
+
+    # a method added to a list trains only its own runs (the lists are in no training stage's params)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "alpha"], cwd=repo, check=True)
+    rerun = _ran(_dvc(repo, "exp", "run", "-S", "runs.raw=[joint,video-only,multi-loss]"))
+    assert sorted(rerun) == ["compare", "report", "train_raw@multi-loss-0"], rerun

@@ -39,21 +39,92 @@ def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
 
 
 def test_the_training_sections_are_trainer_settings():
-    """train.raw / train.cached hold `methods` plus TrainConfig keys; mlb.* builds MLB (auto: left out)."""
-    fields = set(TrainConfig.__dataclass_fields__)
-    for path in ("raw", "cached"):
-        section = dict(PARAMS["train"][path])
-        methods = section.pop("methods")
-        assert set(section) <= fields, set(section) - fields
-        config = TrainConfig(
-            data=REPO, out=REPO / "runs", features=path, patience=PARAMS["train"]["patience"], **section
-        )
+    """train (with train.raw / train.cached over it) and protocol.train hold TrainConfig keys and build a valid
+    config; their `param` builds each method (auto: left out); runs.raw / runs.cached name known methods."""
+    from mlb.train.config import check_methods
+    from pipeline.cli.training import read_section
+
+    for name, path in (
+        ("train", "raw"),
+        ("train", "cached"),
+        ("protocol.train", PARAMS["protocol"]["features"]),
+    ):
+        values, method_params = read_section(REPO / "params.yaml", name, path)
+        config = TrainConfig(data=REPO, out=REPO / "runs", **{"features": path, **values})
         config.validate()
-        for method in methods:
-            build_balancer(method)
-        mlb = PARAMS["mlb"][path]  # auto (the corpus's setting from meta.json) or a number
-        assert all(value == "auto" or isinstance(value, float) for value in mlb.values()), mlb
-        build_balancer("mlb", **{key: value for key, value in mlb.items() if value != "auto"})
+        for method, settings in method_params.items():
+            build_balancer(method, **{k: v for k, v in settings.items() if v != "auto"})
+    assert read_section(REPO / "params.yaml", "train", "raw")[0]["patience"] == PARAMS["train"]["patience"]
+    mlb = PARAMS["train"]["param"]["mlb"]  # auto (the corpus's setting from meta.json) or a number
+    assert all(value == "auto" or isinstance(value, float) for value in mlb.values()), mlb
+    for path in ("raw", "cached"):
+        check_methods(PARAMS["runs"][path])
+    check_methods(PARAMS["protocol"]["methods"].split(","))
+
+
+def _stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+TRAINING_STAGES = {
+    "train_raw": "raw",
+    "train_raw_mlb": "raw",
+    "train_cached": "cached",
+    "train_cached_mlb": "cached",
+}
+
+
+def test_each_training_stage_lists_the_params_it_reads_and_no_method_list():
+    """A training stage reads params.yaml's `train` section: every key of it that applies to its input path is in
+    its params (a key missing there would not rerun it), MLB's settings only in MLB's stages (a change reruns
+    only MLB), and no method list (a method added reruns only its own runs)."""
+    stages = _stages()
+    common = sorted(set(PARAMS["train"]) - {"raw", "cached", "param"})
+    for name, path in TRAINING_STAGES.items():
+        stage = stages[name]
+        params = set(stage["params"])
+        assert "--params params.yaml" in stage["cmd"] and f"--features {path}" in stage["cmd"], name
+        for key in common:
+            assert f"train.{key}" in params, (name, key)
+        assert f"train.{path}" in params, name
+        mlb = name.endswith("_mlb")
+        assert ("train.param.mlb" in params) == mlb and ("--method mlb" in stage["cmd"]) == mlb, name
+        assert not {p for p in params if p.startswith("train.param")} - {"train.param.mlb"}, name
+        assert not params & {"runs", "runs.raw", "runs.cached", "runs.seeds", "train"}, name
+    for name in ("tune", "compare_tuned"):
+        assert "--params params.yaml --section protocol.train" in stages[name]["cmd"], name
+        assert {"protocol.train", "protocol"} & set(stages[name]["params"]), name
+
+
+def test_a_training_section_with_an_unknown_key_fails_naming_the_file_the_key_and_the_keys_taken(tmp_path):
+    from pipeline.cli.training import read_section
+
+    path = tmp_path / "p.yaml"
+    cases = {
+        "train.epochz: unknown key; .*p.yaml: train takes features, method,": {"train": {"epochz": 3}},
+        "train.raw.sise: unknown key; .*p.yaml: train.raw takes method,": {
+            "train": {"raw": {"sise": "tiny"}}
+        },
+        r"train.param mlb.alfa=1: unknown setting; mlb takes alpha, beta_max": {
+            "train": {"param": {"mlb": {"alfa": 1}}}
+        },
+        "train.param 'mlbb': unknown method": {"train": {"param": {"mlbb": {"alpha": 1}}}},
+        r"train.cached.param mlb.alfa=1: unknown setting": {
+            "train": {"cached": {"param": {"mlb": {"alfa": 1}}}}
+        },
+        r"train.lr='fast': must be a number": {"train": {"lr": "fast"}},
+        "no section 'protocol.train'": {"protocol": {}},
+    }
+    for message, params in cases.items():
+        path.write_text(yaml.safe_dump(params))
+        section = "protocol.train" if "protocol" in params else "train"
+        with pytest.raises(ValueError, match=message):
+            read_section(path, section, "raw")
+    path.write_text("train:\n  lr: 5e-5\n  raw: {batch_size: 4}\n  cached: {batch_size: 2}\n")
+    assert read_section(path, "train", "cached")[0] == {
+        "lr": 5e-5,
+        "batch_size": 2,
+    }  # YAML's "5e-5": a number
 
 
 def test_an_unknown_key_fails_with_the_section_and_the_keys_it_takes(tmp_path):

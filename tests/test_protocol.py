@@ -74,26 +74,29 @@ def test_cli_folds_need_a_fold_placeholder_and_read_tuned_yaml(folds, tmp_path):
     )
     assert result.exit_code == 2 and "{fold}" in result.output
     result = runner.invoke(
-        app, ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,3"]
-    )
+        app,
+        ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,3",
+         "--features", "raw"],
+    )  # fmt: skip
     assert result.exit_code == 2 and "p3" in result.output  # a missing fold fails before any run
     bad = tmp_path / "tuned.yaml"
     bad.write_text("- not a mapping\n")
     result = runner.invoke(
         app,
         ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,2",
-         "--tuned", str(bad)],
+         "--features", "raw", "--tuned", str(bad)],
     )  # fmt: skip
     assert result.exit_code == 2 and "tuned.yaml" in result.output
     good = tmp_path / "best.yaml"
     good.write_text(yaml.safe_dump({"raw": {"joint": {"late-linear": {"lr": 0.003, "method_params": {}}}}}))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"protocol": {"pin": {"shared": {"weight_decay": 2e-5}}}}))
+    # a weight decay given in the file wins over the tuned one
+    params.write_text(yaml.safe_dump({"protocol": {"train": {"weight_decay": 2e-5}}}))
     result = runner.invoke(
         app,
         ["compare", "--data", str(folds / "p{fold}"), "--out", str(tmp_path / "r"), "--folds", "1,2",
          "--methods", "joint", "--epochs", "1", "--size", "tiny", "--batch-size", "8", "--device", "cpu",
-         "--tuned", str(good), "--params", str(params)],
+         "--features", "raw", "--tuned", str(good), "--params", str(params), "--section", "protocol.train"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "r/raw/joint/late-linear/fold2/run.json").read_text())["config"]

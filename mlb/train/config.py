@@ -16,6 +16,7 @@ SIZES = ("tiny", "small", "paper")  # model sizes (mlb.models.encoders)
 # Paper defaults per input path: (lr, weight decay, batch size). ResNet-18 on raw, Conformer on cached.
 PAPER_OPTIM = {"raw": (1e-3, 1e-4, 32), "cached": (5e-5, 5e-6, 8)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO = "auto"  # a method setting left to the corpus (the shards' meta.json), else to the method's default
 # Config keys that may change between an interrupted run and its resume (they do not change the math).
 RESUMABLE_CHANGES = {
     "resume", "epochs", "max_steps", "device", "dvclive", "max_bad_steps", "max_skipped_fraction", "patience",
@@ -32,44 +33,99 @@ class TrainError(RuntimeError):
     message names the file or the count, and the fix."""
 
 
+def setting(default: Any, help: str = "", **metadata: Any) -> Any:
+    """A field with its --help text beside its default. `metadata` may add `choices` (the values allowed),
+    `default_text` (what a None default means), `option` (the option's spelling, e.g. "--in-memory/--streaming")
+    or `cli=False` (no command-line option). The command line builds its options from these
+    (pipeline.cli.common.dataclass_options)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+_RAW, _CACHED = PAPER_OPTIM["raw"], PAPER_OPTIM["cached"]
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on. `validate()` fails early, naming the key and the value."""
 
     data: Path | str  # the shard folder of one input path: OUT/shards/<features>/, or a URL (s3://bucket/...)
     out: Path  # the run folder RUN/
-    features: str = "cached"  # "raw" (ResNet-18) or "cached" (Conformer)
-    method: str = "mlb"
-    fusion: str = "late-linear"
-    method_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"alpha": 0.5, "beta_max": 10}
-    size: str = "paper"  # model size: tiny | small | paper
-    epochs: int = 100
-    max_steps: int | None = None  # stop after this many training steps in all (None: no limit)
-    batch_size: int | None = None  # None: 32 raw, 8 cached
-    eval_batch_size: int | None = None  # None: the training batch size
-    lr: float | None = None  # None: the paper's per encoder type
-    weight_decay: float | None = None
-    warmup_epochs: float = 1.0  # constant lr for this long
-    restart_epochs: float = 10.0  # first cosine cycle; later cycles are restart_mult times longer
-    restart_mult: int = 1
-    min_lr_ratio: float = 0.01  # the cosine floor, as a fraction of lr
-    patience: int = 10  # early stopping: epochs without a better validation accuracy
-    seed: int = 0
-    fold: int | None = (
-        None  # which fold (data partition) this run belongs to, for the statistics; None: the seed
+    features: str = setting(
+        "cached",
+        "Input path: cached (Conformer on frozen features) or raw (ResNet-18 on log-Mel spectrograms + 1 fps "
+        "frames).",
+        choices=INPUT_PATHS,
     )
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | fp32 | bf16 | fp16
-    num_workers: int = 0
-    in_memory: bool = False  # decode every split once and keep it in memory (same batches; for small corpora)
-    shuffle_buffer: int = 512
-    checkpoint_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
-    resume: bool = False
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-    max_skipped_fraction: float = 0.5  # a run that skipped more of its steps (non-finite) fails
-    dropout: float | None = None
-    expected_meta: dict[str, Any] = field(default_factory=dict)  # extra meta.json keys to require
-    dvclive: bool = True
+    method: str = setting(
+        "mlb",
+        "Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, mmpareto, reconboost, "
+        "mla, gblending, dgl, audio-only, video-only; its own settings with --param METHOD.KEY=VALUE.",
+    )
+    fusion: str = setting("late-linear", "Fusion head: late-linear, mid-mlp, film, gated, tf.")
+    # the method's own settings, e.g. {"alpha": 0.5, "beta_max": 10} (--param METHOD.KEY=VALUE)
+    method_params: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    size: str = setting("paper", "Model size: tiny (tests), small (CPU), paper.", choices=SIZES)
+    epochs: int = setting(100, "Maximum number of epochs (early stopping may end sooner).")
+    max_steps: int | None = setting(
+        None, "Stop training after this many steps in all.", default_text="no limit"
+    )
+    batch_size: int | None = setting(
+        None,
+        "Training batch size (the global batch under torchrun).",
+        default_text=f"{_RAW[2]} raw, {_CACHED[2]} cached",
+    )
+    eval_batch_size: int | None = setting(
+        None, "Batch size of validation and test.", default_text="the training one"
+    )
+    lr: float | None = setting(
+        None,
+        "Adam learning rate.",
+        default_text=f"{_RAW[0]:g} raw (ResNet-18), {_CACHED[0]:g} cached (Conformer)",
+    )
+    weight_decay: float | None = setting(
+        None, "Adam weight decay.", default_text=f"{_RAW[1]:g} raw, {_CACHED[1]:g} cached"
+    )
+    warmup_epochs: float = setting(1.0, "Constant-lr warm-up length in epochs.")
+    restart_epochs: float = setting(10.0, "Length of the first cosine cycle (warm restarts) in epochs.")
+    restart_mult: int = setting(1, "Each later cosine cycle is this many times longer than the one before.")
+    min_lr_ratio: float = setting(0.01, "The cosine floor, as a fraction of lr.")
+    patience: int = setting(10, "Early stopping: epochs without a better validation accuracy.")
+    seed: int = setting(0, "Seed of the model initialisation and the data order.")
+    # which fold (data partition) this run belongs to, for the statistics; None: the seed
+    fold: int | None = setting(None, cli=False)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    precision: str = setting(
+        "auto",
+        "auto (bf16 on CUDA if supported, else fp16; fp32 on CPU), fp32, bf16 or fp16.",
+        choices=PRECISIONS,
+    )
+    num_workers: int = setting(
+        0,
+        "Data loader worker processes (the data order depends on this number: keep it when resuming).",
+        option="--workers",
+    )
+    in_memory: bool = setting(
+        False,
+        "Decode every split once and keep it in memory: the same batches, faster on a small corpus (needs "
+        "--workers 0).",
+        option="--in-memory/--streaming",
+    )
+    shuffle_buffer: int = setting(512, "Samples in the training shuffle buffer.")
+    checkpoint_every: int = setting(0, "Also save checkpoints/last.pt every N steps (0: at epoch ends only).")
+    resume: bool = setting(
+        False,
+        "Continue from RUN/checkpoints/last.pt (exactly where it stopped); starts from scratch if there is none.",
+    )
+    max_bad_steps: int = setting(20, "Consecutive non-finite steps before the run stops.")
+    max_skipped_fraction: float = setting(0.5, "A run that skipped more of its steps (non-finite) fails.")
+    dropout: float | None = setting(
+        None, "Dropout of the encoders and fusion head.", default_text="the size's"
+    )
+    # extra meta.json keys to require (--expect-meta)
+    expected_meta: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    dvclive: bool = setting(
+        True, "Log every epoch with DVCLive to RUN/dvclive.", option="--dvclive/--no-dvclive"
+    )
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> TrainConfigError:
@@ -138,6 +194,64 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def check_methods(methods: list[str], where: str = "method") -> None:
+    """Every name is a registered balancing method (mlb.balancing.METHODS)."""
+    from mlb.balancing import METHODS
+
+    for method in methods:
+        if method not in METHODS:
+            raise TrainConfigError(
+                f"{where} {method!r}: unknown method; choose from {', '.join(sorted(METHODS))}"
+            )
+
+
+def check_fusions(fusions: list[str], where: str = "fusion") -> None:
+    """Every name is a fusion head (mlb.models.fusion.FUSIONS)."""
+    from mlb.models.fusion import FUSIONS
+
+    for fusion in fusions:
+        if fusion not in FUSIONS:
+            raise TrainConfigError(
+                f"{where} {fusion!r}: unknown fusion head; choose from {', '.join(FUSIONS)}"
+            )
+
+
+def without_auto(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{method: {key: value}} less the `auto` values: those keys take the corpus's setting (the shards'
+    meta.json), else the method's own default."""
+    kept = {m: {k: v for k, v in values.items() if v != AUTO} for m, values in params.items()}
+    return {m: values for m, values in kept.items() if values}
+
+
+def check_method_params(params: dict[str, dict[str, Any]], where: str) -> None:
+    """Each {method: {key: value}} names a registered method, keywords its class's __init__ takes and values the
+    class accepts (`auto`: any key it takes), so that a misspelt setting fails here, before any run starts,
+    instead of doing nothing. `where` (`--param`, `params.yaml: train.param`) starts every message."""
+    import inspect
+
+    from mlb.balancing import METHODS
+
+    check_methods(list(params), where)
+    for method, values in params.items():
+        cls = METHODS[method]
+        keywords = inspect.signature(cls.__init__).parameters.values()
+        takes = [
+            p.name
+            for p in keywords
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        for key, value in values.items():
+            if key not in takes:
+                raise TrainConfigError(
+                    f"{where} {method}.{key}={value!r}: unknown setting; {method} takes "
+                    + (", ".join(takes) or "none")
+                )
+        try:
+            cls(**{k: v for k, v in values.items() if v != AUTO})
+        except (TypeError, ValueError) as err:
+            raise TrainConfigError(f"{where} {method}: {err}") from None
 
 
 def _cuda_available() -> bool:

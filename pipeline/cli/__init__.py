@@ -10,9 +10,13 @@ import typer
 
 from pipeline import __version__
 from pipeline.cli import compare, demo, doctor, prepare, synth, train, tune
+from pipeline.cli.common import OneLineErrors
 
+# Plain help (rich_markup_mode=None): rich markup would eat bracketed texts such as "[default: ...]".
 app = typer.Typer(
     name="mlbpipe",
+    cls=OneLineErrors,
+    rich_markup_mode=None,
     help="Balanced audio-visual learning: prepare corpora into WebDataset shards, train with MLB "
     "gradient modulation and its baselines, compare and report.",
     no_args_is_help=True,

@@ -1,28 +1,30 @@
-"""What every command shares: errors as `error: ...` and exit 2, KEY=VALUE options, typer options made from
-a config dataclass (so a default and its help text exist once, beside the field)."""
+"""What every command shares: errors as one line `mlbpipe <command>: error: ...` and exit 2 (usage errors
+included), KEY=VALUE options, typer options made from a config dataclass (so a default, its help text and its
+choices exist once, beside the field)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import inspect
 import json
 import typing
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 
 @contextlib.contextmanager
-def exit_on(*errors: type[BaseException], prefix: str = "error") -> Iterator[None]:
-    """One of `errors` raised inside (a bad option, a missing input) prints `<prefix>: <message>` and exits
-    with code 2 instead of a traceback."""
+def exit_on(*errors: type[BaseException], command: str = "mlbpipe") -> Iterator[None]:
+    """One of `errors` raised inside (a bad option, a missing input) prints `<command>: error: <message>` and
+    exits with code 2 instead of a traceback."""
     try:
         yield
     except errors as err:
-        typer.echo(f"{prefix}: {err}", err=True)
+        typer.echo(f"{command}: error: {err}", err=True)
         raise typer.Exit(code=2) from err
 
 
@@ -62,13 +64,43 @@ def describe_error(err: BaseException, out=None) -> str:
     )
 
 
-# Options that several run-many-runs commands (compare, tune) share, defined once.
-IN_MEMORY_OPTION = typer.Option(
-    False, "--in-memory/--streaming", help="Keep each run's decoded splits in memory (same batches, faster)."
-)
-EVAL_BATCH_SIZE_OPTION = typer.Option(
-    None, "--eval-batch-size", min=1, help="Batch size of validation and test [default: the training one]."
-)
+def _command_path(ctx) -> str:
+    """`mlbpipe train` for a context of the train command, whatever the program was called (`python -m ...`)."""
+    names = []
+    while ctx is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["mlbpipe", *reversed(names[:-1])])
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors(ctx=None) -> Iterator[None]:
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors its own click
+
+    try:
+        yield
+    except NoArgsIsHelpError:  # `mlbpipe synth` alone: the help, as asked
+        raise
+    except ClickException as err:
+        where = _command_path(getattr(err, "ctx", None) or ctx)
+        if getattr(err, "ctx", None) is None and ctx is not None and ctx.invoked_subcommand:
+            where += f" {ctx.invoked_subcommand}"
+        typer.echo(f"{where}: error: {' '.join(err.format_message().split())}", err=True)
+        raise typer.Exit(code=err.exit_code) from None
+
+
+class OneLineErrors(TyperGroup):
+    """A command group whose usage errors (a bad integer, an unknown option, a missing one, a BadParameter a
+    command raises) print one line, `mlbpipe <command>: error: <message>`, and exit with 2, like every other
+    error: no box, no Usage block."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line_usage_errors(parent):
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors(ctx):
+            return super().invoke(ctx)
 
 
 def parse_key_values(items: list[str] | None, option: str) -> dict[str, Any]:
@@ -102,57 +134,6 @@ def parse_params_json(items: list[str] | None, option: str) -> dict[str, Any]:
     return params
 
 
-def parse_method_params(items: list[str] | None, option: str) -> dict[str, dict[str, Any]]:
-    """`METHOD.KEY=VALUE` pairs as {method: {key: value}}; a bare `lr=` or `weight_decay=` goes under
-    "shared" (every method). VALUE is read as JSON when it parses."""
-    params: dict[str, dict[str, Any]] = {}
-    for key, value in parse_params_json(items, option).items():
-        method, sep, name = key.partition(".")
-        if not sep:
-            if key not in ("lr", "weight_decay"):
-                raise typer.BadParameter(
-                    f"{key!r} must be METHOD.KEY (e.g. mlb.alpha), or lr / weight_decay", param_hint=option
-                )
-            method, name = "shared", key
-        params.setdefault(method.replace("_", "-"), {})[name] = value
-    return params
-
-
-def pins_from_params(path: Path | None, option: str) -> dict[str, dict[str, Any]]:
-    """`protocol.pin` of a params.yaml: {method or "shared": {key: value}}, the settings fixed by hand
-    (`dvc exp run -S '+protocol.pin.mlb.alpha=1'`); {} without a file."""
-    from pipeline.params import load_params
-
-    if path is None:
-        return {}
-    pins = (load_params(path).get("protocol") or {}).get("pin") or {}
-    if not isinstance(pins, dict) or not all(isinstance(v, dict) for v in pins.values()):
-        raise typer.BadParameter(
-            f"{path}: protocol.pin must map a method (or shared) to {{key: value}}, got {pins!r}",
-            param_hint=option,
-        )
-    return {method.replace("_", "-"): dict(values) for method, values in pins.items()}
-
-
-def merge_pins(*trees: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{method: {key: value}} trees merged key by key, later trees winning."""
-    merged: dict[str, dict[str, Any]] = {}
-    for tree in trees:
-        for method, values in tree.items():
-            merged.setdefault(method, {}).update(values)
-    return merged
-
-
-def float_or_auto(value: str | None, option: str) -> float | None:
-    """A number, or `auto` (and no value): None, i.e. the setting the shards' meta.json gives."""
-    if value is None or value.strip().lower() == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise typer.BadParameter(f"needs a number or auto, got {value!r}", param_hint=option) from None
-
-
 def split_csv(value: str, option: str, cast=str) -> list:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
@@ -174,7 +155,7 @@ def field_default(cls, name: str):
 _CLI_TYPES = (int, float, str, bool)
 
 
-def _option_type(annotation) -> type | None:
+def plain_type(annotation) -> type | None:
     """The plain type of a field typer can take (`int`, `int | None`, ...), else None."""
     if annotation in _CLI_TYPES:
         return annotation
@@ -182,29 +163,43 @@ def _option_type(annotation) -> type | None:
     return args[0] if len(args) == 1 and args[0] in _CLI_TYPES else None
 
 
-def dataclass_options(cls) -> list[inspect.Parameter]:
+def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """One keyword parameter per field of `cls` that the command line can set (plain types; a field with
-    metadata `{"cli": False}` is left out), its default and help taken from the field (`metadata["help"]`)."""
+    metadata `{"cli": False}` or named in `exclude` is left out), all taken from the field: its default, and
+    from its metadata the help (`help`), the values allowed (`choices`), what a None default means
+    (`default_text`) and the option's spelling (`option`, e.g. "--in-memory/--streaming")."""
     hints = typing.get_type_hints(cls)
     parameters = []
     for f in dataclasses.fields(cls):
-        kind = _option_type(hints[f.name])
-        if kind is None or not f.init or f.metadata.get("cli", True) is False:
+        kind = plain_type(hints[f.name])
+        if kind is None or not f.init or f.metadata.get("cli", True) is False or f.name in exclude:
             continue
         default = field_default(cls, f.name)
-        option = typer.Option(default, f"--{f.name.replace('_', '-')}", help=f.metadata.get("help", ""))
-        annotation = kind if default is not None else kind | None
-        parameters.append(
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-        )
+        spelling = f.metadata.get("option", f"--{f.name.replace('_', '-')}")
+        shown = {"show_default": f.metadata["default_text"]} if "default_text" in f.metadata else {}
+        option = typer.Option(default, spelling, help=f.metadata.get("help", ""), **shown)
+        if "choices" in f.metadata:  # typer makes an Enum a choice; the command gets its plain value back
+            kind = enum.StrEnum(f"{cls.__name__}_{f.name}", {c: c for c in f.metadata["choices"]})
+        parameters.append(keyword(f.name, kind if default is not None else kind | None, option))
     return parameters
 
 
+def keyword(name: str, annotation, option) -> inspect.Parameter:
+    """A keyword parameter for `with_signature`: `name` with its type and its typer option."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def context() -> inspect.Parameter:
+    """typer's context, the first parameter of a command that asks which options were given."""
+    return inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+
+
 def with_signature(fn: Callable, parameters: list[inspect.Parameter], doc: str) -> Callable:
-    """`fn(**kwargs)` presented to typer with `parameters` and `doc` as its --help."""
+    """`fn(**kwargs)` presented to typer with `parameters` and `doc` as its --help; a choice reaches `fn` as
+    its plain value."""
 
     def command(**kwargs):
-        return fn(**kwargs)
+        return fn(**{k: v.value if isinstance(v, enum.Enum) else v for k, v in kwargs.items()})
 
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}

@@ -6,85 +6,25 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import (
-    EVAL_BATCH_SIZE_OPTION,
-    IN_MEMORY_OPTION,
-    command_errors,
-    merge_pins,
-    parse_method_params,
-    pins_from_params,
-    split_csv,
-)
+from pipeline.cli.common import command_errors, context, keyword, split_csv, with_signature
+from pipeline.cli.training import resolve, training_parameters
 
 
-def compare(
-    data: str = typer.Option(
-        None,
-        "--data",
-        help="The prepare output folder OUT (shards in OUT/shards/<features>/); with --folds, a path with "
-        "{fold} in it, one prepared folder per fold (e.g. data/cremad-p{fold}). Not needed with "
-        "--aggregate-only.",
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        help="Runs folder: RUNS/<features>/<method>/<fusion>/seed<k>/, and the "
-        "tables RUNS/compare.{md,csv,json}.",
-    ),
-    features: str = typer.Option("raw", "--features", help="raw (ResNet-18) or cached (Conformer)."),
-    methods: str = typer.Option(
-        "joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."
-    ),
-    fusions: str = typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads."),
-    seeds: str = typer.Option(
-        "0,1,2", "--seeds", help="Comma-separated seeds, all on the one --data folder."
-    ),
-    folds: str = typer.Option(
-        None,
-        "--folds",
-        help="Comma-separated folds (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits), each trained with "
-        "seed = fold on --data with {fold} replaced; replaces --seeds.",
-    ),
-    tuned: Path = typer.Option(
-        None,
-        "--tuned",
-        help="best_params.yaml of `mlbpipe tune`: each method's tuned lr, weight decay and own settings "
-        "(--method-param still wins).",
-    ),
-    epochs: int = typer.Option(20, "--epochs", min=1, help="The same epoch budget for every method."),
-    size: str = typer.Option("small", "--size", help="Model size: tiny, small, paper."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="[default: 32 raw, 8 cached]"),
-    lr: float = typer.Option(None, "--lr", help="[default: the paper's per encoder type]"),
-    patience: int = typer.Option(
-        10, "--patience", min=1, help="Early stopping patience in epochs (all methods)."
-    ),
-    method_param: list[str] = typer.Option(
-        [],
-        "--method-param",
-        help="METHOD.KEY=VALUE, e.g. mlb.alpha=2, or lr=/weight_decay= for every method (repeatable); unset "
-        "keys keep the tuned values or the authors' defaults.",
-    ),
-    params_file: Path = typer.Option(
-        None, "--params", help="A params.yaml whose protocol.pin fixes settings (--method-param wins)."
-    ),
-    in_memory: bool = IN_MEMORY_OPTION,
-    eval_batch_size: int = EVAL_BATCH_SIZE_OPTION,
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    aggregate_only: bool = typer.Option(
-        False,
-        "--aggregate-only",
-        help="Do not train: only aggregate the runs "
-        "already in RUNS (e.g. after DVC's matrix stages trained them).",
-    ),
+def _compare(
+    ctx: typer.Context,
+    data: str | None,
+    out: Path,
+    methods: str,
+    fusions: str,
+    seeds: str,
+    folds: str | None,
+    tuned: Path | None,
+    aggregate_only: bool,
+    params: Path | None,
+    section: str,
+    param: list[str] | None,
+    **options,
 ) -> None:
-    """Train methods x fusion heads x seeds (or folds) with the same budget; aggregate mean ± std over them,
-    and say with paired statistics whether each method differs from Joint and from MLB.
-
-    Finished runs are kept (a rerun only trains what is missing); a method that does not support a fusion
-    head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean ± std
-    per method and fusion) and RUNS/compare_stats.md, .json (paired differences per fold and 95% paired
-    bootstrap intervals over the test clips, with a verdict: better, worse or not resolved).
-    """
     import sys
 
     from mlb.common.lock import folder_lock
@@ -93,9 +33,17 @@ def compare(
         from mlb.analysis.compare import aggregate, load_runs, write_tables
         from mlb.common.atomic import atomic_write_json
         from mlb.train import TrainConfig
+        from mlb.train.config import check_fusions, check_methods
         from mlb.train.sweep import run_comparison
 
         if not aggregate_only:
+            method_list, fusion_list = split_csv(methods, "--methods"), split_csv(fusions, "--fusions")
+            check_methods(method_list, "--methods")
+            check_fusions(fusion_list, "--fusions")
+            values, method_params = resolve(
+                ctx, options, params, section, param, "this comparison runs", method_list
+            )
+            features = values["features"]
             if data is None:
                 raise typer.BadParameter("is required unless --aggregate-only", param_hint="--data")
             fold_list = split_csv(folds, "--folds", int) if folds else None
@@ -114,35 +62,22 @@ def compare(
                     raise typer.BadParameter(
                         f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
                     )
-            params = merge_pins(
-                pins_from_params(params_file, "--params"), parse_method_params(method_param, "--method-param")
-            )
             tuned_tree = None
             if tuned is not None:
                 from mlb.train.tune import read_tuned
 
                 tuned_tree = read_tuned(tuned)
-            base = TrainConfig(
-                data=shard_dirs[0],
-                out=out,
-                features=features,
-                size=size,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                patience=patience,
-                device=device,
-                in_memory=in_memory,
-                eval_batch_size=eval_batch_size,
-            )
+            # lr and weight decay given (options or file) win over the tuned ones, as --param does
+            shared = {k: values[k] for k in ("lr", "weight_decay") if values.get(k) is not None}
+            base = TrainConfig(data=shard_dirs[0], out=out, **values)
             base.validate()
             _, skipped = run_comparison(
                 base,
-                split_csv(methods, "--methods"),
-                split_csv(fusions, "--fusions"),
+                method_list,
+                fusion_list,
                 fold_list or split_csv(seeds, "--seeds", int),
                 out,
-                params,
+                method_params | ({"shared": shared} if shared else {}),
                 log=typer.echo,
                 fold_data=fold_data,
                 tuned=tuned_tree,
@@ -163,9 +98,93 @@ def compare(
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+_COMPARE_PARAMETERS = [
+    context(),
+    keyword(
+        "data",
+        str | None,
+        typer.Option(
+            None,
+            "--data",
+            help="The prepare output folder OUT (shards in OUT/shards/<features>/); with --folds, a path with "
+            "{fold} in it, one prepared folder per fold (e.g. data/cremad-p{fold}).",
+            show_default="required unless --aggregate-only",
+        ),
+    ),
+    keyword(
+        "out",
+        Path,
+        typer.Option(
+            ...,
+            "--out",
+            help="Runs folder: RUNS/<features>/<method>/<fusion>/seed<k>/, and the tables RUNS/compare.{md,csv,json}.",
+        ),
+    ),
+    keyword(
+        "methods",
+        str,
+        typer.Option("joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."),
+    ),
+    keyword("fusions", str, typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads.")),
+    keyword(
+        "seeds",
+        str,
+        typer.Option("0,1,2", "--seeds", help="Comma-separated seeds, all on the one --data folder."),
+    ),
+    keyword(
+        "folds",
+        str | None,
+        typer.Option(
+            None,
+            "--folds",
+            help="Comma-separated folds (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits), each trained with "
+            "seed = fold on --data with {fold} replaced; replaces --seeds.",
+            show_default="none: --seeds",
+        ),
+    ),
+    keyword(
+        "tuned",
+        Path | None,
+        typer.Option(
+            None,
+            "--tuned",
+            help="best_params.yaml of `mlbpipe tune`: each method's tuned lr, weight decay and own settings "
+            "(--lr, --weight-decay and --param given, here or in --params, win).",
+            show_default="none: the defaults",
+        ),
+    ),
+    keyword(
+        "aggregate_only",
+        bool,
+        typer.Option(
+            False,
+            "--aggregate-only",
+            help="Do not train: only aggregate the runs already in RUNS (e.g. after DVC's matrix stages trained "
+            "them).",
+        ),
+    ),
+    *training_parameters(
+        "Wins over --tuned and --params.", exclude=("method", "fusion", "seed", "fold", "resume")
+    ),
+]
+
+_COMPARE_DOC = """Train methods x fusion heads x seeds (or folds) with the same budget; aggregate mean ± std over them,
+and say with paired statistics whether each method differs from Joint and from MLB.
+
+Every run trains what `mlbpipe train` would with the same options: TrainConfig's defaults, under --params
+FILE's section, under the options given; only the method, its own settings, the fusion head and the seed (or
+fold) change. Finished runs are kept (a rerun only trains what is missing); a method that does not support
+a fusion head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean
+± std per method and fusion) and RUNS/compare_stats.md, .json (paired differences per fold and 95% paired
+bootstrap intervals over the test clips, with a verdict: better, worse or not resolved).
+"""
+
+compare = with_signature(_compare, _COMPARE_PARAMETERS, _COMPARE_DOC)
+
+
 def report(
     runs: Path = typer.Option(..., "--runs", help="The runs folder of `mlbpipe compare` (RUNS)."),
-    out: Path = typer.Option(None, "--out", help="Figures folder [default: RUNS/figures]."),
+    out: Path = typer.Option(None, "--out", help="Figures folder.", show_default="RUNS/figures"),
     fusion: str = typer.Option(
         "late-linear", "--fusion", help="Fusion head of the agreement and ECE figures."
     ),

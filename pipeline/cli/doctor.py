@@ -161,13 +161,19 @@ def _default_wav2vec2() -> str:
 
 def cli(
     corpus: str = typer.Option(
-        None, "--corpus", help="The corpus whose layout --root should have (e.g. cremad)."
+        None,
+        "--corpus",
+        help="The corpus whose layout --root should have (e.g. cremad).",
+        show_default="none",
     ),
-    root: Path = typer.Option(None, "--root", help="A corpus root to check (needs --corpus)."),
+    root: Path = typer.Option(
+        None, "--root", help="A corpus root to check (needs --corpus).", show_default="none: no corpus check"
+    ),
     wav2vec2: str = typer.Option(
         None,
         "--wav2vec2",
-        help="Wav2Vec2 hub id or local folder to look for [default: the features stage's].",
+        help="Wav2Vec2 hub id or local folder to look for.",
+        show_default="the features stage's",
     ),
 ) -> None:
     """Report versions, devices, local extractor weights, free disk and whether a corpus root has its
@@ -179,7 +185,7 @@ def cli(
             f"--root needs --corpus, one of {', '.join(corpus_names())}", param_hint="--corpus"
         )
     if corpus is not None:
-        with exit_on(CorpusError):
+        with exit_on(CorpusError, command="mlbpipe doctor"):
             get_corpus(corpus)
     report = run_doctor(corpus, root, wav2vec2)
     width = max(len(c.name) for c in report.checks)

@@ -111,6 +111,7 @@ def cli(
         "--params",
         help="A params.yaml: its preparation sections (index, frames, ...), each with "
         "corpora.CORPUS.<section> over it, and its workers and device.",
+        show_default="none: the config dataclasses' defaults",
     ),
     set_: list[str] = typer.Option(
         None,
@@ -118,12 +119,14 @@ def cli(
         metavar="KEY=VALUE",
         help="Any setting by its key, e.g. --set frames.fps=2 --set faces.fps=null "
         "(repeatable; wins over --params).",
+        show_default="none",
     ),
     workers: int = typer.Option(
         None,
         "--workers",
         help="Parallel processes (the output does not depend on it); with --engine ray, the CPUs "
-        "(tasks at a time) to use [default: params.yaml's workers, else 1].",
+        "(tasks at a time) to use.",
+        show_default="params.yaml's workers, else 1",
     ),
     engine: str = typer.Option(
         "local",
@@ -136,85 +139,89 @@ def cli(
         None,
         "--address",
         help="With --engine ray: the Ray cluster to run on (auto, or ray://HOST:10001); the corpus root "
-        "and --out must then be on storage every node sees at the same path [default: start Ray on "
-        "this machine with --workers CPUs].",
+        "and --out must then be on storage every node sees at the same path.",
+        show_default="start Ray on this machine with --workers CPUs",
     ),
     protocol: str = typer.Option(
         None,
         "--protocol",
-        help="Split protocol (index.protocol) [default: the corpus's "
-        "first; cremad: vavl (the paper's) | speaker-random; ave, ucf101: official].",
+        help="Split protocol (index.protocol), by corpus: "
+        + "; ".join(f"{name}: {' | '.join(get_corpus(name).protocols)}" for name in corpus_names())
+        + " (cremad's vavl is the paper's).",
+        show_default="the corpus's first",
     ),
     partition: int = typer.Option(
         None,
         "--partition",
-        help="Partition of the protocol (index.partition; "
-        f"cremad VAVL 1-5) [default: {field_default(IndexConfig, 'partition')}].",
+        help="Partition of the protocol (index.partition; cremad VAVL 1-5).",
+        show_default=str(field_default(IndexConfig, "partition")),
     ),
     seed: int = typer.Option(
         None,
         "--seed",
-        help=f"Seed of a random protocol (index.seed) [default: {field_default(IndexConfig, 'seed')}].",
+        help="Seed of a random protocol (index.seed).",
+        show_default=str(field_default(IndexConfig, "seed")),
     ),
     size: int = typer.Option(
         None,
         "--size",
-        help="Frame height and width in pixels (frames.size) "
-        f"[default: {field_default(FramesConfig, 'size')}].",
+        help="Frame height and width in pixels (frames.size).",
+        show_default=str(field_default(FramesConfig, "size")),
     ),
     spec: str = typer.Option(
         None,
         "--spec",
         help="mel (log-Mel) | stft (log-magnitude STFT, F = 257) | psd (scipy.signal.spectrogram, AVE's) "
-        f"(spectrograms.kind) [default: {field_default(SpectrogramConfig, 'kind')}].",
+        "(spectrograms.kind).",
+        show_default=str(field_default(SpectrogramConfig, "kind")),
     ),
     n_mels: int = typer.Option(
         None,
         "--n-mels",
-        help=f"Mel bands (spectrograms.n_mels) [default: {field_default(SpectrogramConfig, 'n_mels')}].",
+        help="Mel bands (spectrograms.n_mels).",
+        show_default=str(field_default(SpectrogramConfig, "n_mels")),
     ),
     maxcount: int = typer.Option(
         None,
         "--maxcount",
-        help="Samples per shard tar (shards_raw.maxcount and "
-        f"shards_cached.maxcount) [default: {field_default(ShardsConfig, 'maxcount')}].",
+        help="Samples per shard tar (shards_raw.maxcount and shards_cached.maxcount).",
+        show_default=str(field_default(ShardsConfig, "maxcount")),
     ),
     effb2_weights: str = typer.Option(
         None,
         "--effb2-weights",
-        help="EfficientNet-B2 weights: imagenet | random | "
-        "PATH to a state_dict (features.effb2.weights) [default: imagenet].",
+        help="EfficientNet-B2 weights: imagenet | random | PATH to a state_dict (features.effb2.weights).",
+        show_default="imagenet",
     ),
     w2v2_model: str = typer.Option(
         None,
         "--w2v2-model",
-        help="Wav2Vec2: hub id | local folder | random-tiny "
-        "(features.w2v2.model) [default: facebook/wav2vec2-large-robust].",
+        help="Wav2Vec2: hub id | local folder | random-tiny (features.w2v2.model).",
+        show_default="facebook/wav2vec2-large-robust",
     ),
     faces_fps: float = typer.Option(
         None,
         "--faces-fps",
-        help="Faces: frames per second to keep; 0 = every frame, "
-        "the paper's (faces.fps) [default: every frame].",
+        help="Faces: frames per second to keep; 0 = every frame, the paper's (faces.fps).",
+        show_default="every frame",
     ),
     crop_size: int = typer.Option(
         None,
         "--crop-size",
-        help="Face crop side and EfficientNet-B2 input size "
-        "(faces.crop_size and features.effb2.image_size) "
-        f"[default: {field_default(FacesConfig, 'crop_size')}].",
+        help="Face crop side and EfficientNet-B2 input size (faces.crop_size and features.effb2.image_size).",
+        show_default=str(field_default(FacesConfig, "crop_size")),
     ),
     device: str = typer.Option(
         None,
         "--device",
-        help="Faces and features: auto | cpu | cuda[:N] (faces.device and "
-        f"features.device) [default: {field_default(FacesConfig, 'device')}].",
+        help="Faces and features: auto | cpu | cuda[:N] (faces.device and features.device).",
+        show_default=str(field_default(FacesConfig, "device")),
     ),
     stages: str = typer.Option(
         None,
         "--stages",
-        help="Comma-separated stages to run, in pipeline order [default: every stage of the "
-        f"corpus's input paths; all: {','.join(STAGE_NAMES)}].",
+        help=f"Comma-separated stages to run, in pipeline order: {','.join(STAGE_NAMES)}.",
+        show_default="every stage of the corpus's input paths",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     update_manifest: bool = typer.Option(

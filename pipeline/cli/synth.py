@@ -10,17 +10,22 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import dataclass_options, exit_on, with_signature
+from pipeline.cli.common import OneLineErrors, dataclass_options, exit_on, with_signature
 from pipeline.corpora import corpus_names, get_corpus
 from pipeline.params import ParamsError, from_mapping, load_params
 
-app = typer.Typer(help="Generate a synthetic corpus in the exact layout of a real one.", no_args_is_help=True)
+app = typer.Typer(
+    help="Generate a synthetic corpus in the exact layout of a real one.",
+    no_args_is_help=True,
+    cls=OneLineErrors,
+    rich_markup_mode=None,
+)
 
 
 def _synth(corpus_name: str, ctx: typer.Context, out: Path, params: Path | None, **options) -> None:
     corpus = get_corpus(corpus_name)
     where = f"mlbpipe synth {corpus_name}"
-    with exit_on(ParamsError, ValueError, prefix=f"{where}: invalid option"):
+    with exit_on(ParamsError, ValueError, command=where):
         section = {}
         if params is not None:
             section = (load_params(params).get("synth") or {}).get(corpus_name) or {}
@@ -33,7 +38,7 @@ def _synth(corpus_name: str, ctx: typer.Context, out: Path, params: Path | None,
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        typer.echo(f"{where}: cannot write to OUT {out}: {err}", err=True)
+        typer.echo(f"{where}: error: cannot write to OUT {out}: {err}", err=True)
         raise typer.Exit(2) from err
     summary = corpus.synthesize(out, config)
     typer.echo(summary.describe())
@@ -64,6 +69,7 @@ def _command(corpus_name: str):
                 "--params",
                 help=f"A params.yaml whose section synth.{corpus_name} gives the options "
                 "(options on the command line win).",
+                show_default="none: the defaults below",
             ),
             annotation=Path | None,
         ),
@@ -86,13 +92,13 @@ for _name in corpus_names():
 def _features(ctx: typer.Context, out: Path, **options) -> None:
     from pipeline.synth_features import FeatureSynthConfig, synthesize_features
 
-    with exit_on(ParamsError, ValueError, prefix="mlbpipe synth features: invalid option"):
+    with exit_on(ParamsError, ValueError, command="mlbpipe synth features"):
         given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
         config = from_mapping(FeatureSynthConfig, given, "synth.features")
     try:
         summary = synthesize_features(out, config)
     except OSError as err:
-        typer.echo(f"mlbpipe synth features: cannot write to OUT {out}: {err}", err=True)
+        typer.echo(f"mlbpipe synth features: error: cannot write to OUT {out}: {err}", err=True)
         raise typer.Exit(2) from err
     typer.echo(summary.describe())
 

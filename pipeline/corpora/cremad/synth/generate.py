@@ -59,17 +59,24 @@ class SynthConfig:
 
     clips: int | None = field(
         default=None,
-        metadata={"help": f"Number of good clips (default: {DEFAULT_CLIPS}, or actors x clips-per-actor)."},
+        metadata={
+            "help": "Number of good clips.",
+            "default_text": f"{DEFAULT_CLIPS}, or actors x clips-per-actor",
+        },
     )
     actors: int | None = field(
         default=None,
         metadata={
-            "help": "Number of actors the clips spread over (drawn from every VAVL split; default: all 91, or one "
-            "per clip for a small corpus)."
+            "help": "Number of actors the clips spread over (drawn from every VAVL split).",
+            "default_text": "all 91, or one per clip for a small corpus",
         },
     )
     clips_per_actor: int | None = field(
-        default=None, metadata={"help": "Clips per actor (with --actors: clips = actors x clips-per-actor)."}
+        default=None,
+        metadata={
+            "help": "Clips per actor (with --actors: clips = actors x clips-per-actor).",
+            "default_text": "the clips spread evenly over the actors",
+        },
     )
     clip_list: str = field(
         default="vavl",
