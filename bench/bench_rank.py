@@ -5,7 +5,7 @@ statistics against Joint and MLB.
     python bench/bench_rank.py --out /tmp/rank            # synthesise, train everything, write the tables
     python bench/bench_rank.py --out /tmp/rank --report   # only aggregate what is there
 
-Runs go two at a time, one thread each (the machine's 2 cores), through `mlb.train.sweep.run_comparison`, so a
+Runs go two at a time, one thread each (the machine's 2 cores), through `mlb.experiment.sweep.run_comparison`, so a
 killed bench resumes where it stopped. Writes OUT/runs/compare.{md,csv,json}, OUT/runs/compare_stats.{md,json},
 OUT/bench.json (wall time, test-set size, the phenomenon figures) and OUT/phenomenon.png.
 """
@@ -69,8 +69,8 @@ def worker(out: Path, index: int, count: int, tuned: Path | None) -> None:
     """Train this worker's share of the combos (every count-th, so costly methods spread over workers)."""
     import torch
 
-    from mlb.train.sweep import run_comparison
-    from mlb.train.tune import read_tuned
+    from mlb.experiment.sweep import run_comparison
+    from mlb.experiment.tune import read_tuned
 
     torch.set_num_threads(1)
     data, runs = out / "shards" / "cached", out / ("runs_tuned" if tuned else "runs")
@@ -87,7 +87,7 @@ def tune_worker(out: Path, index: int, count: int, trials: int) -> None:
     """Tune this worker's share of the methods on Late-Linear, into OUT/tune<index>/."""
     import torch
 
-    from mlb.train.tune import TuneConfig, run_tune
+    from mlb.experiment.tune import TuneConfig, run_tune
 
     torch.set_num_threads(1)
     methods = [m for m in all_methods() if not m.endswith("-only")][index::count]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mlb.analysis.compare import aggregate, flatten, load_runs, to_markdown
 from mlb.analysis.report import NoRunsError, write_report
+from mlb.experiment.sweep import run_comparison
 from mlb.train import TrainConfig
-from mlb.train.sweep import run_comparison
 from pipeline.cli import app
 
 runner = CliRunner()

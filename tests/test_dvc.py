@@ -54,6 +54,29 @@ def _set_params(path: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), changes), sort_keys=False))
 
 
+def _workspace_files(repo: Path) -> set[str]:
+    """Every file of the workspace but git's and DVC's own bookkeeping (dvc.lock, .dvc/)."""
+    return {
+        p.relative_to(repo).as_posix()
+        for p in repo.rglob("*")
+        if p.is_file() and p.relative_to(repo).parts[0] not in (".git", ".dvc") and p.name != "dvc.lock"
+    }
+
+
+def _stage_outs(repo: Path) -> list[str]:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return [out.def_path for stage in dvc_repo.index.stages for out in stage.outs]
+
+
+def _declared(path: str, outs: list[str]) -> bool:
+    """Inside a declared out, or a command's lock file (`.mlbpipe.lock`: who writes the folder, not a result)."""
+    return Path(path).name == ".mlbpipe.lock" or any(
+        path == o or path.startswith(o.rstrip("/") + "/") for o in outs
+    )
+
+
 def _copy_repo(tmp_path: Path) -> Path:
     """What `dvc repro` needs of the repository, in a fresh folder (the caller runs `git init`)."""
     repo = tmp_path / "repo"
@@ -181,7 +204,10 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
 
+    before = _workspace_files(repo)
     first = _dvc(repo, "repro")
+    undeclared = [f for f in sorted(_workspace_files(repo) - before) if not _declared(f, _stage_outs(repo))]
+    assert not undeclared, f"stages wrote files that no stage declares in outs: {undeclared}"
     stages = [s.split("@")[0] for s in _ran(first)]
     for stage in (
         "synth",

@@ -10,8 +10,8 @@ import yaml
 from shard_factory import write_shard_folder
 from typer.testing import CliRunner
 
+from mlb.experiment.sweep import run_comparison
 from mlb.train import TrainConfig
-from mlb.train.sweep import run_comparison
 from pipeline.cli import app
 
 runner = CliRunner()

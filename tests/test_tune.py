@@ -20,8 +20,8 @@ from shard_factory import write_shard_folder
 import mlb.train.trainer as train_module
 from mlb.balancing import METHODS
 from mlb.balancing.base import FloatRange, IntRange
+from mlb.experiment.tune import DB_NAME, TuneConfig, TuneError, run_tune, search_space, study_name
 from mlb.train.config import TrainConfig
-from mlb.train.tune import DB_NAME, TuneConfig, TuneError, run_tune, search_space, study_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

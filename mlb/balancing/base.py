@@ -107,7 +107,7 @@ class Balancer:
     selection_head: str | None = None
     supported_fusions: ClassVar[frozenset[str] | None] = None
     # The method's own hyper-parameters that `mlbpipe tune` searches (keyword arguments of __init__), with
-    # their ranges; the learning rate and weight decay are searched for every method (mlb.train.tune).
+    # their ranges; the learning rate and weight decay are searched for every method (mlb.experiment.tune).
     search_space: ClassVar[SearchSpace] = {}
     # Batch statistics this method reduces across training processes (see `world` in the module docstring)
     reduced_statistics: ClassVar[tuple[str, ...]] = ()

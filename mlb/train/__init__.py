@@ -1,14 +1,14 @@
-"""The training harness: a run from shards to a selected, tested checkpoint (`mlbpipe train`), and the
-commands built on it. Read it in this order:
+"""The training harness: one run from shards to a selected, tested checkpoint (`mlbpipe train`). Read it in
+this order:
 
 - `config.py`      `TrainConfig`: every setting of a run and its default, checked early;
 - `trainer.py`     `train(config)`: set-up, the epoch loop, selection on validation, the single test;
 - `step.py`        `train_step`: one batch through the balancer's hooks and the optimiser;
 - `checkpoint.py`  what a checkpoint holds, and the resume check;
 - `logs.py`        steps.jsonl, epochs.jsonl, DVCLive;
-- `distributed.py` torchrun: the process group, gradient sums, global-batch BatchNorm;
-- `tune.py`        equal-budget hyper-parameter search (Optuna);
-- `sweep.py`       methods x fusion heads x seeds or folds, the runs `mlbpipe compare` trains.
+- `evaluate.py`    the metrics of one split (validation selects, test reports);
+- `distributed.py` torchrun: the process group, gradient sums, global-batch BatchNorm.
+Many runs (tuning, comparisons over seeds and folds) are `mlb.experiment`'s.
 """
 
 from mlb.train.config import TrainConfig, TrainConfigError, TrainError

@@ -204,4 +204,5 @@ def with_signature(fn: Callable, parameters: list[inspect.Parameter], doc: str) 
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     command.__doc__ = doc
+    command.__module__ = fn.__module__  # where the command lives (tests map a command to its module)
     return command

@@ -1,4 +1,4 @@
-"""`mlbpipe compare` and `mlbpipe report`: thin wrappers over `mlb.analysis.compare` and `mlb.analysis.report`."""
+"""`mlbpipe compare`: trains the runs (`mlb.experiment.sweep`), then tables and statistics (`mlb.analysis`)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def _compare(
     with command_errors("mlbpipe compare", out), folder_lock(out, " ".join(sys.argv)):
         from mlb.analysis.compare import aggregate, load_runs, write_tables
         from mlb.common.atomic import atomic_write_json
+        from mlb.experiment.sweep import run_comparison
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
-        from mlb.train.sweep import run_comparison
 
         if not aggregate_only:
             method_list, fusion_list = split_csv(methods, "--methods"), split_csv(fusions, "--fusions")
@@ -64,7 +64,7 @@ def _compare(
                     )
             tuned_tree = None
             if tuned is not None:
-                from mlb.train.tune import read_tuned
+                from mlb.experiment.tune import read_tuned
 
                 tuned_tree = read_tuned(tuned)
             # lr and weight decay given (options or file) win over the tuned ones, as --param does
@@ -180,26 +180,3 @@ bootstrap intervals over the test clips, with a verdict: better, worse or not re
 """
 
 compare = with_signature(_compare, _COMPARE_PARAMETERS, _COMPARE_DOC)
-
-
-def report(
-    runs: Path = typer.Option(..., "--runs", help="The runs folder of `mlbpipe compare` (RUNS)."),
-    out: Path = typer.Option(None, "--out", help="Figures folder.", show_default="RUNS/figures"),
-    fusion: str = typer.Option(
-        "late-linear", "--fusion", help="Fusion head of the agreement and ECE figures."
-    ),
-) -> None:
-    """Draw the paper's figures (PNG + SVG): k against r (Fig. 2) and, per input path, accuracy by method and
-    fusion (Fig. 3), agreement groups (Fig. 4), ECE and reliability (Fig. 5), the unimodal heads beside the
-    encoders trained alone, and training curves of k_i and unimodal accuracies for the first seed of each
-    method. Writes FIGURES/report.md linking them."""
-    from mlb.analysis.report import NoRunsError, write_report
-
-    out = out or runs / "figures"
-    try:
-        made = write_report(runs, out, fusion)
-    except NoRunsError as err:
-        typer.echo(f"mlbpipe report: {err}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo("\n".join(str(p) for p in made))
-    typer.echo(f"wrote {out / 'report.md'}")

@@ -15,20 +15,17 @@ from pipeline.cli.training import resolve, training_parameters
 
 
 def _why_no_shards(data: Path, features: str) -> str:
-    """The corpus's reason when it has no such input path (from OUT/corpus.json), else the usual fix."""
+    """The corpus's reason when it has no such input path (OUT/corpus.json lists the ones it has), else the
+    usual fix. Read from the file, not the corpus plug-in, so training never imports preparation code."""
     import json
 
-    from pipeline.corpora import get_corpus
-
     try:
-        corpus = get_corpus(json.loads((data / "corpus.json").read_text())["corpus"])
+        corpus = json.loads((data / "corpus.json").read_text())
+        paths, name, note = corpus["input_paths"], corpus["corpus"], corpus["input_paths_note"]
     except (OSError, ValueError, KeyError, TypeError):
-        corpus = None
-    if corpus is not None and features not in corpus.input_paths:
-        return (
-            f"{corpus.name} has no {features} path ({corpus.input_paths_note}); train with --features "
-            + ", ".join(corpus.input_paths)
-        )
+        return "run `mlbpipe prepare` first (or check --data)"
+    if features not in paths:
+        return f"{name} has no {features} path ({note}); train with --features " + ", ".join(paths)
     return "run `mlbpipe prepare` first (or check --data)"
 
 

@@ -1,4 +1,4 @@
-"""`mlbpipe tune`: a thin wrapper over `mlb.train.tune.run_tune`."""
+"""`mlbpipe tune`: a thin wrapper over `mlb.experiment.tune.run_tune`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mlb.train.tune import TuneConfig
+from mlb.experiment.tune import TuneConfig
 from pipeline.cli.common import command_errors, context, field_default, keyword, split_csv, with_signature
 from pipeline.cli.training import resolve, training_parameters
 
@@ -31,9 +31,9 @@ def _tune(
     from mlb.common.lock import folder_lock
 
     with command_errors("mlbpipe tune", out), folder_lock(out, " ".join(sys.argv)):
+        from mlb.experiment.tune import BEST_NAME, run_tune
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
-        from mlb.train.tune import BEST_NAME, run_tune
 
         method_list, fusion_list = split_csv(methods, "--methods"), split_csv(fusions, "--fusions")
         check_methods(method_list, "--methods")

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from mlb.balancing import METHODS
+from mlb.experiment.tune import tuned_settings
 from mlb.train.trainer import train
-from mlb.train.tune import tuned_settings
 
 
 def run_dir_for(root: Path, features: str, method: str, fusion: str, seed: int, kind: str = "seed") -> Path:
@@ -34,7 +34,7 @@ def run_comparison(
 
     Every run gets the same epochs, batch size and early stopping; only the method, its own hyper-parameters,
     the fusion head and the seed (or fold) change. Settings per run, later ones winning: the paper's lr and
-    weight decay (or `base`'s), the tuned ones of `tuned` (`mlb.train.tune.read_tuned`: lr, weight_decay and the
+    weight decay (or `base`'s), the tuned ones of `tuned` (`mlb.experiment.tune.read_tuned`: lr, weight_decay and the
     method's parameters for this input path, method and fusion), then `method_params[method]` and
     `method_params["shared"]` (lr, weight_decay) given by hand.
 
