@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from pipeline.cli.common import command_errors, context, keyword, split_csv, with_signature
-from pipeline.cli.training import resolve, training_parameters
+from pipeline.cli.training import methods_and_fusions, resolve, training_parameters
 
 
 def _compare(
@@ -120,12 +120,7 @@ _COMPARE_PARAMETERS = [
             help="Runs folder: RUNS/<features>/<method>/<fusion>/seed<k>/, and the tables RUNS/compare.{md,csv,json}.",
         ),
     ),
-    keyword(
-        "methods",
-        str,
-        typer.Option("joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."),
-    ),
-    keyword("fusions", str, typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads.")),
+    *methods_and_fusions(),
     keyword(
         "seeds",
         str,

@@ -75,6 +75,20 @@ def training_parameters(param_help: str, exclude: tuple[str, ...] = ()) -> list[
     ]
 
 
+def methods_and_fusions() -> list[inspect.Parameter]:
+    """--methods and --fusions of the commands that train many runs (compare, tune)."""
+    return [
+        keyword(
+            "methods",
+            str,
+            typer.Option("joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."),
+        ),
+        keyword(
+            "fusions", str, typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads.")
+        ),
+    ]
+
+
 def parse_method_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
     """`METHOD.KEY=VALUE` pairs as {method: {key: value}}; VALUE is read as JSON when it parses, else it stays a
     string. Dashes in KEY become underscores."""

@@ -8,7 +8,7 @@ import typer
 
 from mlb.experiment.tune import TuneConfig
 from pipeline.cli.common import command_errors, context, field_default, keyword, split_csv, with_signature
-from pipeline.cli.training import resolve, training_parameters
+from pipeline.cli.training import methods_and_fusions, resolve, training_parameters
 
 
 def _tune(
@@ -84,12 +84,7 @@ _PARAMETERS = [
             "TUNE/<features>/<method>/<fusion>/trialNNN/ (each trial's logs).",
         ),
     ),
-    keyword(
-        "methods",
-        str,
-        typer.Option("joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."),
-    ),
-    keyword("fusions", str, typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads.")),
+    *methods_and_fusions(),
     keyword(
         "trials",
         int,
