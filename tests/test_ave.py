@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_media import make_mp4
+from helpers.media import make_mp4
 from typer.testing import CliRunner
 
 from pipeline.cli import app

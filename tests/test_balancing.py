@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing import (
     METHODS,

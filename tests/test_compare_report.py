@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 from typer.testing import CliRunner
 
 from mlb.analysis.compare import aggregate, flatten, load_runs, to_markdown

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from test_media import make_mp4
+from helpers.media import make_mp4
 from typer.testing import CliRunner
 
 from pipeline.cli import app

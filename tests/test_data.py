@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from shard_factory import (
+from helpers.shards import (
     add_member,
     first_key,
     npy_bytes,

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing.base import Balancer
 from mlb.balancing.dgl import DGL

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.balancing import build_balancer
 from mlb.data import ShardLoader, open_shard_folder

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shard_factory import npy_bytes, replace_member, write_shard_folder
+from helpers.shards import npy_bytes, replace_member, write_shard_folder
 from typer.testing import CliRunner
 
 from mlb.common.lock import LOCK_NAME, FolderBusyError, folder_lock

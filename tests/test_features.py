@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_faces import TINY_CLIPS, make_tiny_corpus
+from helpers.corpora import TINY_CLIPS, make_tiny_corpus
 
 from pipeline.compute import extractors as ex
 from pipeline.compute.extractors import (

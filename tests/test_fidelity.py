@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing import MLB
 from mlb.balancing.mmcosine import MMCosine

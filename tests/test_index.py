@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_media import LFS_STUB, make_flv, make_wav
+from helpers.media import LFS_STUB, make_flv, make_wav
 from typer.testing import CliRunner
 
 from pipeline import corpora

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.balancing import METHODS, build_balancer
 from mlb.models import build_model

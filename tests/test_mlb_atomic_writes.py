@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.analysis.compare import aggregate, to_markdown, write_tables
 from mlb.train import TrainConfig, TrainError, train

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 import mlb.balancing
 from mlb.balancing import MLB

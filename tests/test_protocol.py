@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 from typer.testing import CliRunner
 
 from mlb.train import TrainConfig

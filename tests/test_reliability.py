@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 PREPARE = [
     "prepare",

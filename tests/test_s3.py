@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 from typer.testing import CliRunner
 
 pytest.importorskip("s3fs")

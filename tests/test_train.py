@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shard_factory import first_key, npy_bytes, replace_member, write_shard_folder
+from helpers.shards import first_key, npy_bytes, replace_member, write_shard_folder
 from typer.testing import CliRunner
 
 import mlb.train.trainer as train_module

@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers.shards import write_shard_folder
 from optuna.trial import TrialState
-from shard_factory import write_shard_folder
 
 import mlb.train.trainer as train_module
 from mlb.balancing import METHODS

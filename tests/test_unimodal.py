@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.balancing import build_balancer
 from mlb.models import build_model
