@@ -1,4 +1,4 @@
-"""What several test modules share; a test module never imports another (tests/test_test_imports.py checks).
+"""What several test modules share; a test module never imports another (tests/test_suite_imports.py checks).
 
 - `helpers.shards`: tiny contract-compliant shard folders, written with tarfile + numpy only;
 - `helpers.models`: tiny models the builders do not make;
