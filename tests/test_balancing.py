@@ -21,6 +21,8 @@ from mlb.balancing import (
 )
 from mlb.models import ModelOutput, build_model
 
+pytestmark = pytest.mark.unit
+
 
 # ---- the coefficient rule (Eq. 5-7), expected values worked out by hand ------------------------------
 def test_two_modalities_both_beta_cases():

@@ -36,6 +36,8 @@ from mlb.balancing.pmr import (
 from mlb.models import ModelOutput, build_model
 from mlb.models.model import zero_modality
 
+pytestmark = pytest.mark.unit
+
 LN2 = math.log(2)
 
 

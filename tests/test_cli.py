@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from pipeline import __version__
 from pipeline.cli import app
+
+pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 

@@ -21,6 +21,8 @@ from pipeline.manifest import ClipRecord, Reason, Segment, read_manifest
 from pipeline.splits import assign_splits, random_group_split
 from pipeline.store.shards import read_shard
 
+pytestmark = pytest.mark.integration
+
 CLASSES = ("bark", "bell", "horn")
 FPS = 10  # the toy videos' frame i is a flat grey of level 8 * i: a frame's brightness says when it was taken
 

@@ -19,6 +19,8 @@ from mlb.balancing.dgl import DGL
 from mlb.balancing.mmpareto import MMPareto, mmpareto_gradients, pareto_weights
 from mlb.models import build_model
 
+pytestmark = pytest.mark.unit
+
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 CASES = [f"{features}-{fusion}" for features in ("cached", "raw") for fusion in FUSIONS] + [
     "three-modalities"

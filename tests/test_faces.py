@@ -26,6 +26,7 @@ def detector():
 # --- pure parts ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_crop_face_is_square_centred_and_padded_outside_the_frame():
     frame = np.full((100, 200, 3), 255, np.uint8)
     crop = faces_compute.crop_face(frame, np.array([0, 0, 40, 20]), margin=0.25, size=32)
@@ -35,6 +36,7 @@ def test_crop_face_is_square_centred_and_padded_outside_the_frame():
     assert crop[-1, -1].tolist() == [255, 255, 255]
 
 
+@pytest.mark.unit
 def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
     frames = np.stack([astronaut_frame(), np.full((180, 240, 3), 90, np.uint8), astronaut_frame(shift=20)])
     boxes, probs = faces_compute.detect_best_faces(detector, frames, batch_size=2, min_prob=0.9)
@@ -46,6 +48,7 @@ def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
     assert boxes[2][0] - boxes[0][0] == pytest.approx(20, abs=3)
 
 
+@pytest.mark.unit
 def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
     frames = np.stack([astronaut_frame(), np.zeros((180, 240, 3), np.uint8), astronaut_frame()])
     clip = faces_compute.faces_of_frames(
@@ -56,6 +59,7 @@ def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
     assert clip.frame_index.tolist() == [0, 2]
 
 
+@pytest.mark.unit
 def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
     """The generator's talking faces (pipeline.corpora.cremad.synth.face) at the demo's 160x120, every emotion at full
     strength, mouth open: MTCNN must find them, or the demo's cached path would be empty."""
@@ -74,6 +78,7 @@ def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
     assert (probs > 0.9).all(), probs
 
 
+@pytest.mark.unit
 def test_config_errors_name_the_key():
     with pytest.raises(FacesConfigError, match="faces.fps"):
         FacesConfig(fps=0)
@@ -84,6 +89,7 @@ def test_config_errors_name_the_key():
 # --- the stage on generated clips ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
     root, _ = make_tiny_corpus(tmp_path)
     path = root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv"
@@ -92,6 +98,7 @@ def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
     assert len(decode_frames(path, fps=10)) == 3  # t = 0, 0.1, 0.2 of 0 .. 0.267 s
 
 
+@pytest.mark.integration
 def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
     root, out = make_tiny_corpus(tmp_path)
     faces_path = out / "work" / "faces.h5"
@@ -126,6 +133,7 @@ def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
         assert records[clip_id].usable == {"raw": True, "cached": True} and records[clip_id].reasons == {}
 
 
+@pytest.mark.integration
 def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path, monkeypatch):
     root, out = make_tiny_corpus(tmp_path)
     faces_path = out / "work" / "faces.h5"
@@ -153,6 +161,7 @@ def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path,
         assert intermediates.read_clip_faces(h5, TINY_CLIPS[0][0]).shape[1:] == (40, 40, 3)
 
 
+@pytest.mark.integration
 def test_undecodable_video_is_not_usable_for_cached_and_does_not_stop_the_stage(tmp_path):
     root, out = make_tiny_corpus(tmp_path)
     broken = root / "VideoFlash" / f"{TINY_CLIPS[1][0]}.flv"

@@ -26,6 +26,8 @@ from mlb.balancing.ogm_ge import OGMGE
 from mlb.balancing.pmr import PMR
 from mlb.models import ModelOutput, build_model
 
+pytestmark = pytest.mark.unit
+
 FUSIONS = ("late-linear", "mid-mlp", "film", "gated", "tf")
 DIMS = {"audio": 5, "video": 7}
 

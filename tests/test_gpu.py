@@ -55,6 +55,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.integration,
     pytest.mark.skipif(
         not ON_CPU and not torch.cuda.is_available(),
         reason="needs a CUDA device (none is visible); MLBPIPE_TEST_GPU_DEVICE=cpu checks only the test logic",

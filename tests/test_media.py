@@ -23,6 +23,8 @@ from pipeline.media import (
     resolve_inside,
 )
 
+pytestmark = pytest.mark.unit
+
 # --- paths --------------------------------------------------------------------------------------------
 
 

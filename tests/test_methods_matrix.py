@@ -46,6 +46,7 @@ def _supports(cls, fusion: str) -> bool:
     return cls.supported_fusions is None or fusion in cls.supported_fusions
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("features", ["raw", "cached"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -101,6 +102,7 @@ def shards(tmp_path_factory):
     return write_shard_folder(out / "raw", "raw", counts={"train": 24, "validation": 8, "test": 8})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [m for m in NEW_METHODS if m in METHODS])
 def test_new_methods_train_and_resume_exactly(name, shards, tmp_path):
     kw = {

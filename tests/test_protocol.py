@@ -14,6 +14,8 @@ from mlb.train import TrainConfig
 from mlb.train.sweep import run_comparison
 from pipeline.cli import app
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 
 

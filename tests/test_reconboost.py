@@ -15,6 +15,8 @@ from mlb.balancing.reconboost import ReconBoost, reconboost_phase
 from mlb.models import build_model
 from mlb.models.model import ModelOutput
 
+pytestmark = pytest.mark.unit
+
 AV = ("audio", "video")
 
 

@@ -30,6 +30,8 @@ from mlb.train import TrainConfig, train
 from mlb.train.checkpoint import load_checkpoint
 from pipeline.cli import app
 
+pytestmark = pytest.mark.e2e
+
 BUCKET = "mlb"
 runner = CliRunner()
 
