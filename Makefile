@@ -1,11 +1,12 @@
 # Two commands on a fresh machine: `make demo` (the main job on the built-in synthetic corpus) and
-# `make test` (the test suite). Both create .venv and install everything first; re-running skips that.
+# `make test` (the test suite, every tier). Both create .venv and install everything first; re-running skips
+# that. `make test-fast` runs the unit tier only (pyproject.toml's markers say what each tier holds).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test test-fast lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +19,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pipeline.cli demo
 
+# Every tier (the gpu tests skip themselves without a GPU) on 2 pytest-xdist workers, as CI has 2 cores.
+# --dist loadfile: a test module runs whole on one worker, so its module fixtures (a torchrun launch, a Ray
+# instance, trained runs) are built once; --no-loadscope-reorder: modules go out in collection order, not
+# most-tests-first, which would leave the few but long DVC tests for the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# The unit tier, in this process: on so few seconds of tests a second worker costs more than it saves.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 # ruff's lint and format checks, and the import layering (pyproject.toml, [tool.importlinter])
 lint: $(STAMP)

@@ -38,7 +38,7 @@ $PY - "$OUT" <<'EOF' 2>&1 | tee -a "$OUT/train.txt"
 import sys
 from pathlib import Path
 sys.path.insert(0, "tests")
-from shard_factory import write_shard_folder  # numpy only: no media libraries needed
+from helpers.shards import write_shard_folder  # numpy only: no media libraries needed
 out = Path(sys.argv[1])
 for input_path in ("cached", "raw"):
     write_shard_folder(out / "data" / "shards" / input_path, input_path, counts={"train": 48, "validation": 16, "test": 16})

@@ -1,14 +1,35 @@
-"""Shared test settings: few threads (CI has 2 cores), no network, deterministic torch."""
+"""Shared test settings: few threads (CI has 2 cores), no network, deterministic torch; one tier per test."""
 
 import os
+
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# --- tiers (pyproject.toml's markers say what each holds) -----------------------------------------------
+TIERS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `make test-fast` refuses an untiered test too
+def pytest_collection_modifyitems(config, items):
+    """A test with no tier mark or more than one is a collection error that fails the run (a serial run stops
+    before any test; a collection error of an xdist worker does not stop the others): a new test cannot
+    escape the tiers."""
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            says = f"carries {' and '.join(tiers)}" if tiers else "has no tier"
+            problem = (
+                f"{item.nodeid} {says}: give it exactly one of @pytest.mark.unit, integration or e2e (or its "
+                "module a pytestmark); pyproject.toml's markers say what each tier holds"
+            )
+            config.hook.pytest_collectreport(report=pytest.CollectReport(item.nodeid, "failed", problem, []))
+
+
 # --- synthetic CREMA-D corpora (pipeline.corpora.cremad.synth), generated once per test session --------------------
-import pytest
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_media import make_mp4
+from helpers.media import make_mp4
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -47,6 +47,7 @@ def write_root(root: Path, lists: dict[str, str | bytes], videos=()) -> Path:
 # --- rows ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("header", [True, False])
 @pytest.mark.parametrize("end", ["\n", "\r\n"])
 def test_rows_parse_with_or_without_a_header_and_any_line_ending(tmp_path, header, end):
@@ -68,6 +69,7 @@ def test_rows_parse_with_or_without_a_header_and_any_line_ending(tmp_path, heade
     ]
 
 
+@pytest.mark.unit
 def test_malformed_lines_are_reported_with_file_and_line_and_nothing_crashes(tmp_path):
     lines = [
         "Bark&goodOne&good&0&10",  # 1
@@ -108,6 +110,7 @@ def test_malformed_lines_are_reported_with_file_and_line_and_nothing_crashes(tmp
     )
 
 
+@pytest.mark.unit
 def test_duplicate_rows_identical_are_one_clip_disagreeing_ones_are_rejected(tmp_path):
     annotations = f"""{HEADER}
 Bark&same&good&0&10
@@ -144,6 +147,7 @@ Goat&twoLists&good&1&4
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("layout", "says"),
     [
@@ -171,6 +175,7 @@ def test_a_wrong_or_empty_root_names_the_path_and_the_fix(tmp_path, layout, says
 # --- protocol and settings -----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_the_official_protocol_follows_the_lists_whatever_the_partition_and_seed():
     def record(video_id: str, lists: list[str]) -> ClipRecord:
         return ClipRecord(
@@ -186,6 +191,7 @@ def test_the_official_protocol_follows_the_lists_whatever_the_partition_and_seed
         CORPUS.check_protocol("random", 1)
 
 
+@pytest.mark.unit
 def test_the_authors_settings_are_the_corpus_defaults_and_only_the_raw_path_is_offered():
     from pipeline.prepare import check_stages, prepare_config
 
@@ -225,6 +231,7 @@ def toy_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_frames_and_audio_come_from_inside_the_event_only(toy_root, tmp_path):
     from pipeline.prepare import Run, prepare, prepare_config
 
@@ -254,6 +261,7 @@ def test_frames_and_audio_come_from_inside_the_event_only(toy_root, tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_the_layout_check_counts_rows_and_videos(toy_root, tmp_path):
     checks = {c.name: c for c in CORPUS.check_layout(toy_root)}
     assert all(c.ok for c in checks.values()), checks
@@ -272,6 +280,7 @@ def test_the_layout_check_counts_rows_and_videos(toy_root, tmp_path):
 # --- the synthetic stand-in ----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_header_and_line_ending_choice_gives_the_same_rows(tmp_path):
     plan = plan_corpus(SynthConfig(**TINY, with_defects=True))
     parsed = {}
@@ -290,6 +299,7 @@ def test_every_header_and_line_ending_choice_gives_the_same_rows(tmp_path):
     assert len(parsed["none", "lf"]["Annotations.txt"]) == 2 * 28 + 13  # the good rows and the defects'
 
 
+@pytest.mark.integration
 def test_the_stand_in_is_byte_identical_whatever_the_workers(tmp_path):
     config = {**TINY, "videos_per_category": 1, "width": 32, "height": 32, "fps": 5, "with_defects": True}
     one = synth_ave(tmp_path / "one", SynthConfig(**config))
@@ -303,6 +313,7 @@ def test_the_stand_in_is_byte_identical_whatever_the_workers(tmp_path):
     assert "28 videos" in one.describe() and "defects: 16" in one.describe()
 
 
+@pytest.mark.integration
 def test_the_synth_command_line_is_made_from_the_config(tmp_path):
     result = CliRunner().invoke(app, ["synth", "ave", "--help"])
     assert result.exit_code == 0, result.output
@@ -332,6 +343,7 @@ def prepared(defect_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_every_planted_defect_gets_its_listed_reason(defect_root, prepared):
     defects = json.loads((defect_root / "synth_defects.json").read_text())
     by_id = {r.id: r for r in read_manifest(prepared / "manifest.jsonl")}
@@ -352,6 +364,7 @@ def test_every_planted_defect_gets_its_listed_reason(defect_root, prepared):
         assert f": {defect['file']}: " in record.reason  # a bad row is named by its file and line
 
 
+@pytest.mark.integration
 def test_the_split_honours_the_official_lists_exactly(defect_root, prepared):
     records = read_manifest(prepared / "manifest.jsonl")
     check_group_disjoint(records)
@@ -370,6 +383,7 @@ def test_the_split_honours_the_official_lists_exactly(defect_root, prepared):
     assert all(r.extra["quality"] == "good" and len(r.extra["lists"]) == 1 for r in kept)
 
 
+@pytest.mark.integration
 def test_the_shards_describe_ave(prepared):
     meta = json.loads((prepared / "shards" / "raw" / "meta.json").read_text())
     assert (meta["corpus"], meta["num_classes"], meta["label_names"]) == ("ave", 28, list(CATEGORIES))
@@ -382,6 +396,7 @@ def test_the_shards_describe_ave(prepared):
     assert sample["json"]["corpus"] == "ave" and set(sample["json"]["extra"]) == {"quality", "lists"}
 
 
+@pytest.mark.integration
 def test_the_shards_are_byte_identical_on_a_rerun_and_with_two_workers(defect_root, prepared, tmp_path):
     from pipeline.engine import LocalExecutor
     from pipeline.prepare import Run, prepare, prepare_config
@@ -404,6 +419,7 @@ def test_the_shards_are_byte_identical_on_a_rerun_and_with_two_workers(defect_ro
     assert shard_bytes(tmp_path / "two") == first
 
 
+@pytest.mark.integration
 def test_two_training_steps_take_the_corpus_mlb_settings(prepared, tmp_path):
     from mlb.train import TrainConfig, train
 
@@ -419,6 +435,7 @@ def test_two_training_steps_take_the_corpus_mlb_settings(prepared, tmp_path):
     assert np.array(result["test"]["fused"]["confusion_matrix"]).shape == (28, 28)
 
 
+@pytest.mark.integration
 def test_the_command_line_takes_auto_or_a_number_and_refuses_the_cached_path(prepared, tmp_path):
     base = ["train", "--data", str(prepared), "--method", "mlb", "--size", "tiny", "--epochs", "1",
             "--max-steps", "1", "--batch-size", "4", "--device", "cpu"]  # fmt: skip

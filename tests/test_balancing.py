@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing import (
     METHODS,
@@ -20,6 +20,8 @@ from mlb.balancing import (
     performance_ratios,
 )
 from mlb.models import ModelOutput, build_model
+
+pytestmark = pytest.mark.unit
 
 
 # ---- the coefficient rule (Eq. 5-7), expected values worked out by hand ------------------------------

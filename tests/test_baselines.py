@@ -36,6 +36,8 @@ from mlb.balancing.pmr import (
 from mlb.models import ModelOutput, build_model
 from mlb.models.model import zero_modality
 
+pytestmark = pytest.mark.unit
+
 LN2 = math.log(2)
 
 
@@ -567,6 +569,6 @@ def test_smoke_training_steps(name, fusion):
         n.startswith("encoders.video") for n in moved
     )
     # the state survives a checkpoint (torch.save, a weights_only load into a fresh balancer) unchanged
-    from balancer_state import assert_state_round_trip
+    from helpers.balancer_state import assert_state_round_trip
 
     assert_state_round_trip(name, balancer)

@@ -16,6 +16,8 @@ from mlb.train.config import TrainConfig
 from pipeline import __version__
 from pipeline.cli import app
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 
 
@@ -224,7 +226,7 @@ def test_usage_errors_print_one_line_like_every_other_error(args, command, messa
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from shard_factory import write_shard_folder
+    from helpers.shards import write_shard_folder
 
     out = tmp_path_factory.mktemp("cli_data")
     write_shard_folder(out / "shards" / "raw", "raw")

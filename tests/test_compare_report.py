@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 from typer.testing import CliRunner
 
 from mlb.analysis.compare import aggregate, flatten, load_runs, to_markdown
@@ -31,6 +31,7 @@ def _fake_run(method, seed, acc, fusion="late-linear"):
     }
 
 
+@pytest.mark.unit
 def test_aggregate_mean_and_sample_std():
     runs = [_fake_run("mlb", 0, 0.6), _fake_run("mlb", 1, 0.8), _fake_run("joint", 0, 0.5)]
     by_method = {s.group["method"]: s for s in aggregate(runs)}
@@ -42,6 +43,7 @@ def test_aggregate_mean_and_sample_std():
     assert "| raw | mlb | late-linear | 2 | 70.0 ± 14.1 |" in table
 
 
+@pytest.mark.unit
 def test_tables_list_joint_multi_loss_and_mlb_first_then_the_baselines_by_name():
     runs = [_fake_run(m, 0, 0.5) for m in ("pmr", "mlb", "agm", "joint", "multi-loss")]
     runs.append(_fake_run("joint", 0, 0.5, fusion="mid-mlp"))
@@ -56,6 +58,7 @@ def test_tables_list_joint_multi_loss_and_mlb_first_then_the_baselines_by_name()
     ]
 
 
+@pytest.mark.unit
 def test_flatten_keeps_numbers_only():
     assert flatten({"a": {"b": 1, "c": [1, 2], "d": "x", "e": True}, "f": 2.5}) == {"a.b": 1.0, "f": 2.5}
 
@@ -83,6 +86,7 @@ def runs_dir(tmp_path_factory):
     return out, runs
 
 
+@pytest.mark.integration
 def test_compare_keeps_finished_runs_and_writes_tables(runs_dir):
     out, runs = runs_dir
     stamp = (runs / "raw" / "mlb" / "late-linear" / "seed0" / "metrics.json").stat().st_mtime_ns
@@ -118,6 +122,7 @@ def test_compare_keeps_finished_runs_and_writes_tables(runs_dir):
     assert (runs / "compare.csv").read_text().startswith("features,method,fusion,runs,")
 
 
+@pytest.mark.integration
 def test_report_draws_every_figure(runs_dir):
     _, runs = runs_dir
     result = runner.invoke(app, ["report", "--runs", str(runs)])
@@ -151,6 +156,7 @@ REPORT_FIGURES = [
 ]
 
 
+@pytest.mark.integration
 def test_write_report_draws_each_figure_once_and_links_it(runs_dir, tmp_path):
     _, runs = runs_dir
     out = tmp_path / "figures"
@@ -173,6 +179,7 @@ def test_write_report_draws_each_figure_once_and_links_it(runs_dir, tmp_path):
     )
 
 
+@pytest.mark.unit
 def test_write_report_defaults_to_runs_figures_and_picks_the_fusion(tmp_path):
     runs = tmp_path / "runs"
     for i, (method, fusion) in enumerate([("mlb", "late-linear"), ("mlb", "mid-mlp"), ("joint", "mid-mlp")]):
@@ -197,6 +204,7 @@ def test_write_report_defaults_to_runs_figures_and_picks_the_fusion(tmp_path):
     assert (runs / "figures" / "report.md").is_file()
 
 
+@pytest.mark.unit
 def test_write_report_without_finished_runs_is_an_error_and_writes_nothing(tmp_path):
     (tmp_path / "runs" / "dvclive").mkdir(parents=True)
     (tmp_path / "runs" / "dvclive" / "metrics.json").write_text("{}")  # not the trainer's
@@ -206,6 +214,7 @@ def test_write_report_without_finished_runs_is_an_error_and_writes_nothing(tmp_p
     assert not (tmp_path / "figures").exists()
 
 
+@pytest.mark.integration
 def test_report_leaves_matplotlib_backend_alone(tmp_path):
     code = (
         "import sys, matplotlib\n"
@@ -220,6 +229,7 @@ def test_report_leaves_matplotlib_backend_alone(tmp_path):
     assert (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "k.svg").is_file()
 
 
+@pytest.mark.integration
 def test_compare_rejects_bad_lists(tmp_path):
     result = runner.invoke(
         app, ["compare", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--seeds", "a,b"]
@@ -227,6 +237,7 @@ def test_compare_rejects_bad_lists(tmp_path):
     assert result.exit_code == 2
 
 
+@pytest.mark.integration
 def test_compare_and_report_take_the_new_methods(tmp_path):
     """The newer methods run under `mlbpipe compare` (refusing the fusions they cannot serve, with the
     reason) and appear in its tables and in `mlbpipe report`."""

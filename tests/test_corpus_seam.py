@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from test_media import make_mp4
+from helpers.media import make_mp4
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -20,6 +20,8 @@ from pipeline.corpora.base import ClipSource, Corpus, CorpusError, MediaSpec, Sc
 from pipeline.manifest import ClipRecord, Reason, Segment, read_manifest
 from pipeline.splits import assign_splits, random_group_split
 from pipeline.store.shards import read_shard
+
+pytestmark = pytest.mark.integration
 
 CLASSES = ("bark", "bell", "horn")
 FPS = 10  # the toy videos' frame i is a flat grey of level 8 * i: a frame's brightness says when it was taken

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from shard_factory import (
+from helpers.shards import (
     add_member,
     first_key,
     npy_bytes,
@@ -42,6 +42,7 @@ def _all(loader, epoch=0):
     return list(loader.iterate(epoch))
 
 
+@pytest.mark.unit
 def test_cached_batches_shapes_masks_and_normalisation(cached_dir):
     folder = open_shard_folder(cached_dir, {"input_path": "cached"})
     loader = ShardLoader(folder, "train", batch_size=5, shuffle=False)
@@ -65,6 +66,7 @@ def test_cached_batches_shapes_masks_and_normalisation(cached_dir):
     assert torch.allclose(steps.std(0, unbiased=False), torch.ones(16), atol=1e-2)
 
 
+@pytest.mark.unit
 def test_raw_batches_shapes_and_imagenet_normalisation(raw_dir):
     folder = open_shard_folder(raw_dir)
     loader = ShardLoader(folder, "validation", batch_size=4, shuffle=False)
@@ -81,6 +83,7 @@ def test_raw_batches_shapes_and_imagenet_normalisation(raw_dir):
     assert torch.allclose(pixels * 255, (pixels * 255).round(), atol=1e-3)
 
 
+@pytest.mark.integration
 def test_order_is_seeded_reproducible_and_changes_with_epoch(cached_dir):
     folder = open_shard_folder(cached_dir)
 
@@ -100,6 +103,7 @@ def test_order_is_seeded_reproducible_and_changes_with_epoch(cached_dir):
     assert two_workers == ids(1, 3, workers=2) and sorted(two_workers) == sorted(first)
 
 
+@pytest.mark.unit
 def test_skip_batches_resumes_the_same_order(cached_dir):
     folder = open_shard_folder(cached_dir)
     loader = ShardLoader(folder, "train", batch_size=4, shuffle=True, seed=5)
@@ -107,6 +111,7 @@ def test_skip_batches_resumes_the_same_order(cached_dir):
     assert [b["id"] for b in loader.iterate(2, skip_batches=4)] == full[4:]
 
 
+@pytest.mark.integration
 def test_num_batches_exact_with_workers_and_ranks(cached_dir):
     folder = open_shard_folder(cached_dir)  # train: shards of 8, 8, 8
     loader = ShardLoader(folder, "train", batch_size=5, shuffle=True, num_workers=2)
@@ -115,6 +120,7 @@ def test_num_batches_exact_with_workers_and_ranks(cached_dir):
     assert ranked.num_batches(0) == 2  # ranks get 16 and 8 clips: both stop after 2 batches
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("member", ["pickle", "pyd", "spec.pickle", "txt", "payload.npy"])
 def test_hostile_member_is_refused_and_never_runs(tmp_path, member):
     folder = write_shard_folder(tmp_path / "raw", "raw", counts={"train": 8, "validation": 1, "test": 1})
@@ -130,6 +136,7 @@ def test_hostile_member_is_refused_and_never_runs(tmp_path, member):
     assert key in str(err.value) or member in str(err.value)
 
 
+@pytest.mark.unit
 def test_object_array_in_a_contract_field_is_refused(tmp_path):
     folder = write_shard_folder(tmp_path / "raw", "raw", counts={"train": 4, "validation": 1, "test": 1})
     marker = tmp_path / "MARKER"
@@ -140,6 +147,7 @@ def test_object_array_in_a_contract_field_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.unit
 def test_bad_samples_raise_naming_the_clip(tmp_path):
     folder = write_shard_folder(tmp_path / "raw", "raw", counts={"train": 4, "validation": 1, "test": 1})
     tar = folder / "train-000000.tar"
@@ -152,6 +160,7 @@ def test_bad_samples_raise_naming_the_clip(tmp_path):
         _all(ShardLoader(open_shard_folder(folder), "train", batch_size=2, shuffle=False))
 
 
+@pytest.mark.unit
 def test_check_meta_names_the_key_and_both_values(cached_dir):
     meta = json.loads((cached_dir / "meta.json").read_text())
     check_meta(meta, {"input_path": "cached", "extractors": {"audio": {"layer": 12}}})
@@ -165,6 +174,7 @@ def test_check_meta_names_the_key_and_both_values(cached_dir):
         open_shard_folder(cached_dir, {"input_path": "raw"})
 
 
+@pytest.mark.unit
 def test_sizes_json_names_are_checked(tmp_path):
     folder = write_shard_folder(tmp_path / "raw", "raw", counts={"train": 2, "validation": 1, "test": 1})
     (folder / "sizes.json").write_text(json.dumps({"../../etc/passwd": 1}))
@@ -172,6 +182,7 @@ def test_sizes_json_names_are_checked(tmp_path):
         open_shard_folder(folder)
 
 
+@pytest.mark.unit
 def test_sizes_json_count_must_match_the_tar(tmp_path):
     folder = write_shard_folder(tmp_path / "raw", "raw", counts={"train": 8, "validation": 1, "test": 1})
     sizes = json.loads((folder / "sizes.json").read_text())

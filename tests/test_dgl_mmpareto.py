@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing.base import Balancer
 from mlb.balancing.dgl import DGL
@@ -20,6 +20,7 @@ from mlb.balancing.mmpareto import MMPareto, mmpareto_gradients, pareto_weights
 from mlb.models import build_model
 from mlb.models.fusion import FUSIONS
 
+pytestmark = pytest.mark.unit
 CASES = [f"{features}-{fusion}" for features in ("cached", "raw") for fusion in FUSIONS] + [
     "three-modalities"
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.balancing import build_balancer
 from mlb.data import ShardLoader, open_shard_folder
@@ -85,6 +85,7 @@ def _record(records, rank: int, run: str) -> dict:
     return next(r for r in records[rank] if r["command"][r["command"].index("--out") + 1].endswith(f"/{run}"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", METHODS)
 def test_replicas_stay_identical_at_every_step(launched, method):
     _, _, records, _ = launched
@@ -95,6 +96,7 @@ def test_replicas_stay_identical_at_every_step(launched, method):
         assert w0 == w1, f"{method}: the replicas differ after step {step + 1}"
 
 
+@pytest.mark.e2e
 def test_mlb_coefficients_agree_across_ranks_at_every_step(launched):
     _, _, records, _ = launched
     k0, k1 = _record(records, 0, "mlb")["k"], _record(records, 1, "mlb")["k"]
@@ -136,6 +138,7 @@ def _one_process_weights(out: Path, run: Path, rank_only: int | None = None) -> 
     return model.state_dict()
 
 
+@pytest.mark.e2e
 def test_two_processes_reach_the_weights_of_one_on_the_same_global_batch(launched):
     out, runs, _, _ = launched
     two = load_checkpoint(runs / "mlb" / "checkpoints" / "last.pt", ("model",))["model"]
@@ -149,6 +152,7 @@ def test_two_processes_reach_the_weights_of_one_on_the_same_global_batch(launche
     assert gap(two, _one_process_weights(out, runs / "mlb", rank_only=0)) > 100 * WEIGHT_TOLERANCE
 
 
+@pytest.mark.e2e
 def test_rank_0_alone_writes_the_run(launched):
     _, runs, _, stdout = launched
     run = runs / "mlb"
@@ -162,6 +166,7 @@ def test_rank_0_alone_writes_the_run(launched):
     assert stdout.count(f"wrote {run / 'metrics.json'}") == 1  # only rank 0 reports
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_of_two_processes_resumes_on_one(launched):
     out, runs, _, _ = launched
     run = runs / "stopped"
@@ -176,6 +181,7 @@ def test_a_checkpoint_of_two_processes_resumes_on_one(launched):
     assert performed == [4, 5]
 
 
+@pytest.mark.unit
 def test_every_rank_needs_a_training_shard_and_an_even_share_of_the_batch(tmp_path):
     folder = open_shard_folder(write_shard_folder(tmp_path / "raw", "raw", counts={"train": 8}, shard_size=8))
     check_world_shards(folder, World(rank=0, size=1))

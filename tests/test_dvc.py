@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"synth": {"cremad": {"clips": 6, "width": 64, "height": 48}}, "frames": {"size": 32}, "workers": 1}
 
@@ -89,7 +91,6 @@ def _copy_repo(tmp_path: Path) -> Path:
     return repo
 
 
-@pytest.mark.integration
 def test_dvc_repro_is_incremental(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -128,7 +129,6 @@ def test_dvc_repro_is_incremental(tmp_path):
     )  # T changed: 1 + 66150 // 300
 
 
-@pytest.mark.integration
 def test_a_corpus_added_in_params_gets_the_stages_its_input_paths_allow(tmp_path):
     """Uncommenting AVE and UCF101 under `corpora` (as params.yaml shows) adds their ResNet-path stages and
     synth stand-ins; the cached path's stages stay those of `cached_corpora`."""
@@ -191,7 +191,6 @@ TINY_ALL = {
 }
 
 
-@pytest.mark.integration
 def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path):
     """synth -> ... -> train (both paths) -> compare -> report; then `dvc exp run -S train.param.mlb.alpha=...`
     reruns only MLB's runs (and the protocol for a pinned value), and a method added to a list only its runs."""

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "mlb")
 DISPATCHER = "pipeline.cli"  # imports every command module to register it

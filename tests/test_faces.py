@@ -4,100 +4,18 @@ faces.h5, and a clip without any face marked not usable for the cached path (rea
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import pytest
-from skimage import data as skdata
+from helpers.corpora import CLIP_FRAMES, EMOTIONS, TINY_CLIPS, astronaut_frame, make_tiny_corpus
 
-from mlb.common.atomic import atomic_write_json
 from pipeline.compute import faces as faces_compute
-from pipeline.corpora import get_corpus
-from pipeline.manifest import ClipRecord, corpus_description_path, read_manifest, write_manifest
+from pipeline.manifest import read_manifest
 from pipeline.media import decode_frames
 from pipeline.stages import faces as faces_stage
 from pipeline.stages.faces import FacesConfig, FacesConfigError
-from pipeline.stages.index import corpus_description
 from pipeline.store import intermediates
-
-CLIP_FRAMES, CLIP_FPS, CLIP_SECONDS = 9, 30, 0.4
-# (clip id, split, has a face): one face clip per split plus one without any face
-TINY_CLIPS = [
-    ("1001_DFA_ANG_XX", "train", True),
-    ("1001_IEO_HAP_HI", "train", True),
-    ("1002_DFA_SAD_XX", "test", True),
-    ("1003_TIE_NEU_XX", "validation", False),
-]
-EMOTIONS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
-
-
-def astronaut_frame(width: int = 240, height: int = 180, shift: int = 0) -> np.ndarray:
-    """The astronaut photo (a real face MTCNN finds) scaled into a grey frame, uint8 [H, W, 3]."""
-    frame = np.full((height, width, 3), 90, np.uint8)
-    photo = cv2.resize(skdata.astronaut(), (height, height), interpolation=cv2.INTER_AREA)  # [H, H, 3]
-    left = (width - height) // 2 + shift
-    frame[:, left : left + height] = photo
-    return frame
-
-
-def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
-    """A 4-clip corpus in the CREMA-D layout (FLV + 16 kHz WAV) and a contract manifest (with its corpus.json)
-    for it, without the index stage: returns (corpus root, OUT folder holding manifest.jsonl)."""
-    from pipeline.corpora.cremad.synth.media import write_flv, write_wav
-
-    root, out = tmp_path / "corpus", tmp_path / "out"
-    (root / "AudioWAV").mkdir(parents=True)
-    (root / "VideoFlash").mkdir(parents=True)
-    out.mkdir()
-    rng = np.random.default_rng(0)
-    records = []
-    for k, (clip_id, split, has_face) in enumerate(TINY_CLIPS):
-        if has_face:
-            frames = np.stack([astronaut_frame(shift=2 * i - 8 + 6 * k) for i in range(CLIP_FRAMES)])
-        else:
-            frames = np.full((CLIP_FRAMES, 180, 240, 3), 30, np.uint8)
-            frames[:, 60:120, 30:210] = (200, 30, 30)  # an error card: no face anywhere
-        t = np.arange(int(CLIP_SECONDS * 16000)) / 16000
-        voice = 0.3 * np.sin(2 * np.pi * (150 + 40 * k) * t) + 0.01 * rng.standard_normal(t.size)
-        write_flv(root / "VideoFlash" / f"{clip_id}.flv", frames, voice.astype(np.float32), fps=CLIP_FPS)
-        write_wav(root / "AudioWAV" / f"{clip_id}.wav", voice.astype(np.float32))
-        actor, sentence, emotion, level = clip_id.split("_")
-        records.append(
-            ClipRecord(
-                id=clip_id,
-                corpus="cremad",
-                label=EMOTIONS.index(emotion),
-                label_name=emotion,
-                group=actor,
-                media={"audio": f"AudioWAV/{clip_id}.wav", "video": f"VideoFlash/{clip_id}.flv"},
-                probe={
-                    "audio": {
-                        "sample_rate": 16000,
-                        "channels": 1,
-                        "sample_width": 2,
-                        "duration": CLIP_SECONDS,
-                    },
-                    "video": {
-                        "width": 240,
-                        "height": 180,
-                        "fps": 30.0,
-                        "duration": CLIP_FRAMES / CLIP_FPS,
-                        "has_audio": True,
-                        "video_codec": "flv1",
-                        "audio_codec": "mp3",
-                    },
-                },
-                protocol="vavl-1",
-                split=split,
-                extra={"actor": int(actor), "sentence": sentence, "level": level},
-            )
-        )
-    write_manifest(records, out / "manifest.jsonl")
-    corpus = corpus_description(get_corpus("cremad"), "vavl-1")
-    atomic_write_json(corpus_description_path(out / "manifest.jsonl"), corpus, sort_keys=True)
-    return root, out
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +26,7 @@ def detector():
 # --- pure parts ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_crop_face_is_square_centred_and_padded_outside_the_frame():
     frame = np.full((100, 200, 3), 255, np.uint8)
     crop = faces_compute.crop_face(frame, np.array([0, 0, 40, 20]), margin=0.25, size=32)
@@ -117,6 +36,7 @@ def test_crop_face_is_square_centred_and_padded_outside_the_frame():
     assert crop[-1, -1].tolist() == [255, 255, 255]
 
 
+@pytest.mark.unit
 def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
     frames = np.stack([astronaut_frame(), np.full((180, 240, 3), 90, np.uint8), astronaut_frame(shift=20)])
     boxes, probs = faces_compute.detect_best_faces(detector, frames, batch_size=2, min_prob=0.9)
@@ -128,6 +48,7 @@ def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
     assert boxes[2][0] - boxes[0][0] == pytest.approx(20, abs=3)
 
 
+@pytest.mark.unit
 def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
     frames = np.stack([astronaut_frame(), np.zeros((180, 240, 3), np.uint8), astronaut_frame()])
     clip = faces_compute.faces_of_frames(
@@ -138,6 +59,7 @@ def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
     assert clip.frame_index.tolist() == [0, 2]
 
 
+@pytest.mark.unit
 def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
     """The generator's talking faces (pipeline.corpora.cremad.synth.face) at the demo's 160x120, every emotion at full
     strength, mouth open: MTCNN must find them, or the demo's cached path would be empty."""
@@ -156,6 +78,7 @@ def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
     assert (probs > 0.9).all(), probs
 
 
+@pytest.mark.unit
 def test_config_errors_name_the_key():
     with pytest.raises(FacesConfigError, match="faces.fps"):
         FacesConfig(fps=0)
@@ -166,6 +89,7 @@ def test_config_errors_name_the_key():
 # --- the stage on generated clips ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
     root, _ = make_tiny_corpus(tmp_path)
     path = root / "VideoFlash" / f"{TINY_CLIPS[0][0]}.flv"
@@ -174,6 +98,7 @@ def test_decode_frames_every_frame_or_at_a_frame_rate(tmp_path):
     assert len(decode_frames(path, fps=10)) == 3  # t = 0, 0.1, 0.2 of 0 .. 0.267 s
 
 
+@pytest.mark.integration
 def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
     root, out = make_tiny_corpus(tmp_path)
     faces_path = out / "work" / "faces.h5"
@@ -208,6 +133,7 @@ def test_run_faces_counts_faces_and_marks_the_no_face_clip(tmp_path):
         assert records[clip_id].usable == {"raw": True, "cached": True} and records[clip_id].reasons == {}
 
 
+@pytest.mark.integration
 def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path, monkeypatch):
     root, out = make_tiny_corpus(tmp_path)
     faces_path = out / "work" / "faces.h5"
@@ -235,6 +161,7 @@ def test_run_faces_reuses_finished_work_and_redoes_it_on_config_change(tmp_path,
         assert intermediates.read_clip_faces(h5, TINY_CLIPS[0][0]).shape[1:] == (40, 40, 3)
 
 
+@pytest.mark.integration
 def test_undecodable_video_is_not_usable_for_cached_and_does_not_stop_the_stage(tmp_path):
     root, out = make_tiny_corpus(tmp_path)
     broken = root / "VideoFlash" / f"{TINY_CLIPS[1][0]}.flv"

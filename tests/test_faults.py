@@ -26,14 +26,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shard_factory import npy_bytes, replace_member, write_shard_folder
+from helpers.shards import npy_bytes, replace_member, write_shard_folder
 from typer.testing import CliRunner
 
 from mlb.common.lock import LOCK_NAME, FolderBusyError, folder_lock
 from mlb.common.stopping import STOPPED_EXIT, current_request, stop_on_signals
 from pipeline.cli import app
-
-pytestmark = pytest.mark.integration
 
 TRAIN = ["train", "--features", "raw", "--method", "mlb", "--size", "tiny", "--batch-size", "8", "--seed", "1",
          "--device", "cpu", "--no-dvclive"]  # fmt: skip
@@ -93,6 +91,7 @@ def raw_data(tmp_path) -> Path:
 # --- the shards a run reads -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_truncated_tar_is_named_with_the_fix(raw_data, tmp_path):
     tar = raw_data / "shards" / "raw" / "train-000001.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # what a failed copy or a full disk leaves
@@ -101,6 +100,7 @@ def test_a_truncated_tar_is_named_with_the_fix(raw_data, tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.integration
 def test_a_missing_tar_and_an_empty_split_are_named(raw_data, tmp_path):
     (raw_data / "shards" / "raw" / "validation-000001.tar").unlink()
     result = _cli(*TRAIN, "--data", str(raw_data), "--out", str(tmp_path / "run"), "--epochs", "1")
@@ -112,6 +112,7 @@ def test_a_missing_tar_and_an_empty_split_are_named(raw_data, tmp_path):
     assert not (tmp_path / "run2" / "checkpoints").exists()  # refused before any training
 
 
+@pytest.mark.integration
 def test_nan_features_stop_the_run_naming_the_shard_and_the_clip(tmp_path):
     """Every effb2.npy of the train split NaN: today's main trained 4 of 4 skipped steps and exited 0."""
     data = tmp_path / "data"
@@ -140,6 +141,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return base / "data", base / "run"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["random bytes", "foreign"])
 def test_a_corrupt_or_foreign_checkpoint_is_named_with_the_fix(trained, tmp_path, kind):
     data, run = trained[0], tmp_path / "run"
@@ -158,6 +160,7 @@ def test_a_corrupt_or_foreign_checkpoint_is_named_with_the_fix(trained, tmp_path
 # --- full disks and read-only folders ----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_train_on_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(raw_data, tmp_path):
     run = tmp_path / "run"
     result = _cli(*TRAIN, "--data", str(raw_data), "--out", str(run), "--epochs", "1", file_limit=64 * 1024)
@@ -176,6 +179,7 @@ def test_train_on_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(r
     assert json.loads((run / "run.json").read_text())["start"]["epoch"] == 1  # from the kept last.pt
 
 
+@pytest.mark.integration
 def test_prepare_on_a_full_disk_promotes_nothing_partial_and_the_rerun_is_whole(
     synth_corpus_defects, tmp_path
 ):
@@ -190,6 +194,7 @@ def test_prepare_on_a_full_disk_promotes_nothing_partial_and_the_rerun_is_whole(
     assert (full / "manifest.jsonl").read_bytes() == (clean / "manifest.jsonl").read_bytes()
 
 
+@pytest.mark.integration
 def test_compare_on_a_full_disk_writes_no_partial_table(trained, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     shutil.copytree(trained[1], runs / "raw" / "mlb" / "late-linear" / "seed1")
@@ -207,6 +212,7 @@ def test_compare_on_a_full_disk_writes_no_partial_table(trained, tmp_path, monke
     assert not (runs / "compare.md").exists() and _temps(runs) == []
 
 
+@pytest.mark.integration
 def test_a_read_only_output_folder_is_named_with_the_fix(synth_corpus_defects, tmp_path, monkeypatch):
     import mlb.common.lock
 
@@ -227,6 +233,7 @@ def test_a_read_only_output_folder_is_named_with_the_fix(synth_corpus_defects, t
 # --- the corpus root vanishing -----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_corpus_root_that_vanishes_between_stages_stops_the_next(synth_corpus_defects, tmp_path):
     root, out = tmp_path / "corpus", tmp_path / "out"
     shutil.copytree(synth_corpus_defects, root)
@@ -246,6 +253,7 @@ def test_a_corpus_root_that_vanishes_between_stages_stops_the_next(synth_corpus_
 # --- one writer per output ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_second_writer_is_refused_naming_the_holder(synth_corpus_defects, raw_data, tmp_path):
     out, run, runs = tmp_path / "out", tmp_path / "run", tmp_path / "runs"
     with folder_lock(out, "mlbpipe prepare (the first run)"), folder_lock(run, "mlbpipe train (the first)"), \
@@ -259,6 +267,7 @@ def test_a_second_writer_is_refused_naming_the_holder(synth_corpus_defects, raw_
     assert not (out / "manifest.jsonl").exists() and not (run / "checkpoints").exists()
 
 
+@pytest.mark.integration
 def test_two_prepares_on_one_out_the_second_is_refused_and_the_first_is_whole(synth_corpus_defects, tmp_path):
     clean, out = tmp_path / "clean", tmp_path / "out"
     _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(clean), check_ok=True)
@@ -279,6 +288,7 @@ def test_two_prepares_on_one_out_the_second_is_refused_and_the_first_is_whole(sy
     assert _digest(out / "shards") == _digest(clean / "shards")
 
 
+@pytest.mark.integration
 def test_a_lock_left_by_a_killed_run_is_taken_over(trained, tmp_path):
     raw_data, run = trained[0], tmp_path / "run"
     code = f"from mlb.common.lock import folder_lock\nimport os, signal\nwith folder_lock({str(run)!r}, 'killed'):\n" \
@@ -290,6 +300,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(trained, tmp_path):
     _cli(*TRAIN, "--data", str(raw_data), "--out", str(run), "--epochs", "1", check_ok=True)
 
 
+@pytest.mark.unit
 def test_the_lock_in_process(tmp_path):
     with (
         folder_lock(tmp_path, "a"),
@@ -319,6 +330,7 @@ def _sigterm_after(args: list[str], started: str) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(args, proc.returncode, "".join(lines) + rest, "")
 
 
+@pytest.mark.e2e
 def test_sigterm_during_train_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     data = tmp_path / "data"
     write_shard_folder(data / "shards" / "raw", "raw", counts={"train": 96})
@@ -343,6 +355,7 @@ def test_sigterm_during_train_then_resume_ends_like_an_uninterrupted_run(tmp_pat
     assert (run / "steps.jsonl").read_text() == (tmp_path / "straight" / "steps.jsonl").read_text()
 
 
+@pytest.mark.e2e
 def test_sigterm_during_prepare_keeps_finished_work_and_the_rerun_is_whole(synth_corpus_defects, tmp_path):
     clean, out = tmp_path / "clean", tmp_path / "out"
     _cli(*PREPARE, "--root", str(synth_corpus_defects), "--out", str(clean), check_ok=True)
@@ -356,6 +369,7 @@ def test_sigterm_during_prepare_keeps_finished_work_and_the_rerun_is_whole(synth
     assert _digest(out / "shards") == _digest(clean / "shards")
 
 
+@pytest.mark.unit
 def test_stop_requests_come_from_signals_and_are_seen_deep_in_a_run():
     assert not current_request().requested  # outside any block: never set
     with stop_on_signals() as stop:

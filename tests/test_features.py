@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_faces import TINY_CLIPS, make_tiny_corpus
+from helpers.corpora import TINY_CLIPS, make_tiny_corpus
 
 from pipeline.compute import extractors as ex
 from pipeline.compute.extractors import (
@@ -61,6 +61,7 @@ def waves(lengths, seed: int = 0) -> list[np.ndarray]:
 # --- EfficientNet-B2 ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_effb2_shapes_dtypes_and_seeded_random_init(effb2_random):
     features = effb2_random.extract(crops(3))
     assert features.shape == (3, 1408) and features.dtype == np.float32
@@ -78,6 +79,7 @@ def test_effb2_shapes_dtypes_and_seeded_random_init(effb2_random):
     assert identity["input_size"] == SMALL and identity["dim"] == 1408
 
 
+@pytest.mark.unit
 def test_effb2_local_weights_file_loads_offline_and_matches_the_in_memory_model(tmp_path, effb2_random):
     path = tmp_path / "effb2.pth"
     torch.save(effb2_random.model.state_dict(), path)
@@ -87,6 +89,7 @@ def test_effb2_local_weights_file_loads_offline_and_matches_the_in_memory_model(
     assert identity["random_init"] is False and identity["weights"].startswith("sha256:")
 
 
+@pytest.mark.unit
 def test_effb2_weights_file_that_is_not_effb2_is_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3)}, path)
@@ -94,6 +97,7 @@ def test_effb2_weights_file_that_is_not_effb2_is_refused(tmp_path):
         ex.build_effnet_b2(EffNetB2Config(weights=str(path), image_size=SMALL))
 
 
+@pytest.mark.unit
 def test_effb2_imagenet_offline_says_how_to_supply_weights(monkeypatch):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
@@ -105,6 +109,7 @@ def test_effb2_imagenet_offline_says_how_to_supply_weights(monkeypatch):
     assert ex.EFFNET_B2_IMAGENET_URL in message and "effb2.weights" in message and "random" in message
 
 
+@pytest.mark.unit
 def test_extractor_config_errors_name_the_key(tmp_path):
     with pytest.raises(ExtractorConfigError, match="effb2.weights"):
         EffNetB2Config(weights=str(tmp_path / "missing.pth"))
@@ -119,6 +124,7 @@ def test_extractor_config_errors_name_the_key(tmp_path):
 # --- Wav2Vec2 -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_w2v2_shapes_and_padding_free_batching(w2v2_random):
     batch = waves([16000, 7000, 12345])
     outputs = w2v2_random.extract(batch)
@@ -130,6 +136,7 @@ def test_w2v2_shapes_and_padding_free_batching(w2v2_random):
         np.testing.assert_allclose(w2v2_random.extract([wave])[0], out, atol=1e-4)
 
 
+@pytest.mark.unit
 def test_w2v2_local_folder_loads_offline_and_matches_the_in_memory_model(tmp_path, w2v2_random):
     folder = ex.write_tiny_wav2vec2(tmp_path / "w2v2", seed=5)
     assert (folder / "config.json").is_file()
@@ -142,6 +149,7 @@ def test_w2v2_local_folder_loads_offline_and_matches_the_in_memory_model(tmp_pat
     assert identity["layer"] == 12 and identity["weights"].startswith("sha256:") and identity["dim"] == 32
 
 
+@pytest.mark.unit
 def test_w2v2_layer_12_is_hidden_states_12_of_the_full_model(tmp_path):
     """With 14 blocks, layer 12 is neither the last block nor layer-normed: it must equal
     hidden_states[12] of the full model, and differ from what a truncated model's last_hidden_state gives."""
@@ -163,6 +171,7 @@ def test_w2v2_layer_12_is_hidden_states_12_of_the_full_model(tmp_path):
     assert not np.allclose(ours, truncated_last, atol=1e-2)  # the final LayerNorm is not applied
 
 
+@pytest.mark.unit
 def test_w2v2_unknown_hub_id_offline_says_how_to_supply_it():
     with pytest.raises(WeightsUnavailableError) as err:
         ex.build_wav2vec2(Wav2Vec2Config(model="mlbpipe-tests/no-such-model"))
@@ -172,6 +181,7 @@ def test_w2v2_unknown_hub_id_offline_says_how_to_supply_it():
 # --- the stages end to end: faces → features → shards ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, monkeypatch):
     from mlb.data import ShardMetaError, check_meta, open_shard_folder
 
@@ -277,6 +287,7 @@ def test_faces_features_shards_round_trip(tmp_path, effb2_random, w2v2_random, m
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.integration
 def test_prepare_cremad_runs_the_cached_stages_and_says_how_to_get_missing_weights(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

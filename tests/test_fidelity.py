@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing import MLB
 from mlb.balancing.mmcosine import MMCosine
@@ -27,6 +27,7 @@ from mlb.balancing.pmr import PMR
 from mlb.models import ModelOutput, build_model
 from mlb.models.fusion import FUSIONS
 
+pytestmark = pytest.mark.unit
 DIMS = {"audio": 5, "video": 7}
 
 

@@ -24,6 +24,8 @@ from torch import nn
 from mlb.balancing.agm import AGM
 from mlb.models import build_model
 
+pytestmark = pytest.mark.unit
+
 GAP = 1e-3  # relative L2 gap per parameter; float noise grows to ~2e-4 over three steps
 
 

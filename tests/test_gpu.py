@@ -1,5 +1,5 @@
 """The `gpu` tier: the trainer's CUDA path (`device="cuda"`), every mixed precision, the fp16 GradScaler,
-and kill-free resume on the device. Tiny models on tiny shards (`shard_factory`): well under a minute.
+and kill-free resume on the device. Tiny models on tiny shards (`helpers.shards`): well under a minute.
 
 Skipped, with the reason, where no CUDA device is visible (`pytest -m gpu` selects the tier).
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 import mlb.train.trainer as train_module
 from mlb.train import TrainConfig, train
@@ -55,6 +55,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.integration,
     pytest.mark.skipif(
         not ON_CPU and not torch.cuda.is_available(),
         reason="needs a CUDA device (none is visible); MLBPIPE_TEST_GPU_DEVICE=cpu checks only the test logic",

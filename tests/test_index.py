@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_media import LFS_STUB, make_flv, make_wav
+from helpers.media import LFS_STUB, make_flv, make_wav
 from typer.testing import CliRunner
 
 from pipeline import corpora
@@ -47,6 +47,7 @@ def mini_corpus(tmp_path_factory) -> Path:
 # --- names -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_parse_clip_name():
     name = layout.parse_clip_name("1001_DFA_ANG_XX")
     assert (name.actor, name.sentence, name.emotion, name.level, name.fixes) == (1001, "DFA", "ANG", "XX", ())
@@ -54,6 +55,7 @@ def test_parse_clip_name():
     assert fixed.id == "1040_ITH_SAD_XX" and fixed.fixes == ("wav-name-_X",)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "stem",
     [
@@ -73,6 +75,7 @@ def test_names_that_do_not_parse(stem):
 # --- wrong roots -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_wrong_root_and_empty_corpus_are_clear_errors(tmp_path):
     with pytest.raises(CorpusError, match="does not exist"):
         CREMAD.scan(tmp_path / "nope")
@@ -83,6 +86,7 @@ def test_wrong_root_and_empty_corpus_are_clear_errors(tmp_path):
         CREMAD.scan(tmp_path)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("make_root", ["missing", "empty"])
 def test_prepare_exits_2_naming_the_path_and_the_fix(tmp_path, make_root):
     root = tmp_path / "corpus"
@@ -107,6 +111,7 @@ def indexed(mini_corpus, tmp_path_factory):
     return out, {r.id: r for r in records}, summary
 
 
+@pytest.mark.integration
 def test_every_clip_is_in_the_manifest_with_a_status(indexed):
     _, by_id, summary = indexed
     assert sorted(by_id) == [
@@ -122,6 +127,7 @@ def test_every_clip_is_in_the_manifest_with_a_status(indexed):
     assert summary["ignored_files"] == ["AudioWAV/notes.txt"]
 
 
+@pytest.mark.integration
 def test_good_clip_record_follows_the_contract(indexed):
     _, by_id, _ = indexed
     r = by_id["1002_IEO_HAP_HI"]
@@ -141,6 +147,7 @@ def test_good_clip_record_follows_the_contract(indexed):
     assert r.usable == {"raw": True, "cached": True}
 
 
+@pytest.mark.integration
 def test_the_manifest_has_the_contracts_keys_in_order_and_corpus_json_beside_it(indexed):
     out, _, _ = indexed
     first = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
@@ -158,6 +165,7 @@ def test_the_manifest_has_the_contracts_keys_in_order_and_corpus_json_beside_it(
     assert corpus["method_defaults"]["mlb"]["cached"]["*"] == {"alpha": 5.0, "beta_max": 2.0}
 
 
+@pytest.mark.integration
 def test_rejections_carry_their_reason(indexed):
     _, by_id, summary = indexed
     assert by_id["1001_IEO_NEU_LO"].reason.startswith("lfs-pointer: AudioWAV/1001_IEO_NEU_LO.wav")
@@ -173,6 +181,7 @@ def test_rejections_carry_their_reason(indexed):
     assert "rejected lfs-pointer: 1  [1001_IEO_NEU_LO]" in text and "7 clips: 4 kept, 3 rejected" in text
 
 
+@pytest.mark.integration
 def test_x_wav_misnaming_is_accepted_and_noted(indexed):
     _, by_id, _ = indexed
     r = by_id["1040_ITH_SAD_XX"]
@@ -181,6 +190,7 @@ def test_x_wav_misnaming_is_accepted_and_noted(indexed):
     )
 
 
+@pytest.mark.integration
 def test_duplicate_id_and_missing_file(tmp_path):
     make_clip(tmp_path, "1001_DFA_ANG_XX")
     make_wav(tmp_path / "AudioWAV" / "copies" / "1001_DFA_ANG_XX.wav")
@@ -194,6 +204,7 @@ def test_duplicate_id_and_missing_file(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_rerun_skips_probing_when_nothing_changed(mini_corpus, indexed, monkeypatch):
     out, by_id, _ = indexed
     before = (out / "manifest.jsonl").read_bytes()
@@ -209,6 +220,7 @@ def test_rerun_skips_probing_when_nothing_changed(mini_corpus, indexed, monkeypa
     assert (out / "manifest.jsonl").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_index_is_identical_with_two_workers(mini_corpus, indexed, tmp_path):
     out, _, _ = indexed
     from pipeline.engine import LocalExecutor
@@ -222,6 +234,7 @@ def test_index_is_identical_with_two_workers(mini_corpus, indexed, tmp_path):
 # --- the manifest file -----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_manifest_round_trip_is_sorted_and_atomic(tmp_path):
     records = [
         ClipRecord("b", "toy", split="train"),
@@ -233,12 +246,14 @@ def test_manifest_round_trip_is_sorted_and_atomic(tmp_path):
     assert summarize(read_manifest(tmp_path / "m.jsonl"))["rejected_by_reason"] == {"x": 1}
 
 
+@pytest.mark.unit
 def test_manifest_reader_names_the_bad_line(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "corpus": "toy", "status": "ok"}) + "\n{oops\n")
     with pytest.raises(ValueError, match=r"m.jsonl:2"):
         read_manifest(tmp_path / "m.jsonl")
 
 
+@pytest.mark.unit
 def test_manifest_reader_names_an_unknown_key_and_a_bad_segment(tmp_path):
     (tmp_path / "m.jsonl").write_text(
         json.dumps({"id": "a", "corpus": "toy", "status": "ok", "wav": "x.wav"}) + "\n"
@@ -252,11 +267,13 @@ def test_manifest_reader_names_an_unknown_key_and_a_bad_segment(tmp_path):
         read_manifest(tmp_path / "m.jsonl")
 
 
+@pytest.mark.unit
 def test_reason_codes_are_one_enum():
     assert Reason.LFS_POINTER.says("x") == "lfs-pointer: x" and Reason("no-face") is Reason.NO_FACE
     assert len({r.value for r in Reason}) == len(Reason)
 
 
+@pytest.mark.unit
 def test_an_unknown_corpus_and_protocol_are_named(tmp_path):
     with pytest.raises(CorpusError, match="unknown corpus 'nope'; choose one of .*cremad"):
         corpora.get_corpus("nope")

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.balancing import METHODS, build_balancer
 from mlb.models import build_model
@@ -46,6 +46,7 @@ def _supports(cls, fusion: str) -> bool:
     return cls.supported_fusions is None or fusion in cls.supported_fusions
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("features", ["raw", "cached"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -86,7 +87,7 @@ def test_every_method_trains_or_refuses(name, fusion, features):
     }
     assert moved == {"audio", "video"}, f"{name} moved the encoders of {moved}"
     # the state survives a checkpoint (torch.save, a weights_only load into a fresh balancer) unchanged
-    from balancer_state import assert_state_round_trip
+    from helpers.balancer_state import assert_state_round_trip
 
     assert_state_round_trip(name, balancer)
 
@@ -100,6 +101,7 @@ def shards(tmp_path_factory):
     return write_shard_folder(out / "raw", "raw", counts={"train": 24, "validation": 8, "test": 8})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [m for m in NEW_METHODS if m in METHODS])
 def test_new_methods_train_and_resume_exactly(name, shards, tmp_path):
     kw = {

@@ -21,6 +21,8 @@ from mlb.metrics import (
     softmax,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_ece_hand_example():
     probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.3, 0.7]])

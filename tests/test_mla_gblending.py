@@ -14,6 +14,8 @@ from mlb.balancing.mla import MLA, owm_update
 from mlb.models import build_model
 from mlb.models.fusion import entropy_weights
 
+pytestmark = pytest.mark.unit
+
 DIMS = {"audio": 5, "video": 7}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.analysis.compare import aggregate, to_markdown, write_tables
 from mlb.train import TrainConfig, TrainError, train
@@ -30,6 +30,7 @@ def _config(tmp_path: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.integration
 def test_run_files_have_their_usual_bytes_and_no_temp_is_left(tmp_path):
     result = train(_config(tmp_path))
     run = tmp_path / "run"
@@ -41,6 +42,7 @@ def test_run_files_have_their_usual_bytes_and_no_temp_is_left(tmp_path):
     assert _temps(tmp_path) == []
 
 
+@pytest.mark.integration
 def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one(tmp_path, monkeypatch):
     real_save = torch.save
     calls = []
@@ -62,6 +64,7 @@ def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one(tmp_path, monk
     assert _temps(tmp_path) == []
 
 
+@pytest.mark.unit
 def test_step_log_rewrite_drops_later_and_cut_lines(tmp_path):
     path = tmp_path / "steps.jsonl"
     lines = [json.dumps({"step": s, "epoch": 0, "loss": 0.5}) for s in (1, 2, 3)]
@@ -73,6 +76,7 @@ def test_step_log_rewrite_drops_later_and_cut_lines(tmp_path):
     assert _temps(tmp_path) == []
 
 
+@pytest.mark.unit
 def test_tables_are_written_whole_with_no_temp_left(tmp_path):
     head = {"accuracy": 0.5, "macro_f1": 0.4, "ece": 0.1}
     run = {"method": "mlb", "fusion": "late-linear", "features": "raw", "seed": 0}

@@ -8,6 +8,8 @@ import torch
 import mlb.train.trainer
 from mlb.common.device import resolve_device
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def no_cuda(monkeypatch):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 import mlb.balancing
 from mlb.balancing import MLB
@@ -23,6 +23,7 @@ DEFAULTS = {
 }
 
 
+@pytest.mark.unit
 def test_exact_fusion_entry_wins_over_the_any_fusion_entry_key_by_key():
     meta = {"method_defaults": DEFAULTS}
     assert method_defaults(meta, "mlb", "raw", "late-linear") == {"alpha": 0.25, "beta_max": 2.0}
@@ -31,6 +32,7 @@ def test_exact_fusion_entry_wins_over_the_any_fusion_entry_key_by_key():
     assert method_defaults(meta, "ogm-ge", "raw", "late-linear") == {"alpha": 0.8}
 
 
+@pytest.mark.unit
 def test_no_entry_gives_nothing_so_the_class_defaults_apply():
     assert method_defaults({}, "mlb", "raw", "late-linear") == {}  # shards older than the key
     meta = {"method_defaults": DEFAULTS}
@@ -39,12 +41,14 @@ def test_no_entry_gives_nothing_so_the_class_defaults_apply():
     assert method_defaults(meta, "ogm-ge", "raw", "mid-mlp") == {}
 
 
+@pytest.mark.unit
 def test_the_result_is_a_copy():
     meta = {"method_defaults": json.loads(json.dumps(DEFAULTS))}
     method_defaults(meta, "mlb", "raw", "late-linear")["alpha"] = 99.0
     assert meta["method_defaults"] == DEFAULTS
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("tree", "key", "value"),
     [
@@ -91,6 +95,7 @@ def _train(data: Path, run: Path, monkeypatch, **kw) -> tuple[dict, MLB]:
     return metrics, built[0]
 
 
+@pytest.mark.integration
 def test_trainer_user_params_over_the_exact_fusion_entry_over_any_fusion(tmp_path, monkeypatch):
     data = _shards(tmp_path / "shards", DEFAULTS)
     metrics, balancer = _train(data, tmp_path / "run", monkeypatch, method_params={"eps": 1e-3})
@@ -101,12 +106,14 @@ def test_trainer_user_params_over_the_exact_fusion_entry_over_any_fusion(tmp_pat
     assert (balancer.alpha, balancer.beta_max) == (1.5, 2.0)
 
 
+@pytest.mark.integration
 def test_trainer_without_method_defaults_uses_the_class_defaults(tmp_path, monkeypatch):
     metrics, balancer = _train(_shards(tmp_path / "shards"), tmp_path / "run", monkeypatch)
     assert metrics["method_params"] == {}
     assert (balancer.alpha, balancer.beta_max, balancer.eps) == (MLB().alpha, MLB().beta_max, MLB().eps)
 
 
+@pytest.mark.integration
 def test_trainer_refuses_a_malformed_tree_before_training(tmp_path, monkeypatch):
     data = _shards(tmp_path / "shards", {"mlb": {"raw": {"late-linear": [0.5, 10]}}})
     with pytest.raises(ShardMetaError) as err:

@@ -9,6 +9,8 @@ from mlb.balancing import MLB
 from mlb.models import FUSIONS, build_model, masked_mean, zero_modality
 from mlb.models.encoders import ConformerEncoder, ResNetFrames
 
+pytestmark = pytest.mark.unit
+
 B, C = 8, 6
 DIMS = {"audio": 12, "video": 20}
 

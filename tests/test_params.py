@@ -20,6 +20,7 @@ PARAMS = load_params(REPO / "params.yaml")
 CREMAD = get_corpus("cremad")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("corpus", sorted(PARAMS["corpora"]))
 def test_every_preparation_section_loads_into_its_dataclass(corpus):
     config = prepare_config(get_corpus(corpus), PARAMS, {}, "params.yaml")
@@ -31,6 +32,7 @@ def test_every_preparation_section_loads_into_its_dataclass(corpus):
     assert config.index.protocol_of(get_corpus(corpus)) in get_corpus(corpus).protocols
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("corpus", sorted(PARAMS["synth"]))
 def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
     synth_config = get_corpus(corpus).synth_config
@@ -38,6 +40,7 @@ def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
     get_corpus(corpus).check_synth(config)
 
 
+@pytest.mark.unit
 def test_the_training_sections_are_trainer_settings():
     """train (with train.raw / train.cached over it) and protocol.train hold TrainConfig keys and build a valid
     config; their `param` builds each method (auto: left out); runs.raw / runs.cached name known methods."""
@@ -74,6 +77,7 @@ TRAINING_STAGES = {
 }
 
 
+@pytest.mark.unit
 def test_each_training_stage_lists_the_params_it_reads_and_no_method_list():
     """A training stage reads params.yaml's `train` section: every key of it that applies to its input path is in
     its params (a key missing there would not rerun it), MLB's settings only in MLB's stages (a change reruns
@@ -96,6 +100,7 @@ def test_each_training_stage_lists_the_params_it_reads_and_no_method_list():
         assert {"protocol.train", "protocol"} & set(stages[name]["params"]), name
 
 
+@pytest.mark.unit
 def test_a_training_section_with_an_unknown_key_fails_naming_the_file_the_key_and_the_keys_taken(tmp_path):
     from pipeline.cli.training import read_section
 
@@ -127,6 +132,7 @@ def test_a_training_section_with_an_unknown_key_fails_naming_the_file_the_key_an
     }  # YAML's "5e-5": a number
 
 
+@pytest.mark.unit
 def test_an_unknown_key_fails_with_the_section_and_the_keys_it_takes(tmp_path):
     params = {"frames": {"sise": 96}}
     with pytest.raises(
@@ -137,6 +143,7 @@ def test_an_unknown_key_fails_with_the_section_and_the_keys_it_takes(tmp_path):
         prepare_config(CREMAD, {"features": {"effb2": {"wieghts": "random"}}}, {}, "p")
 
 
+@pytest.mark.unit
 def test_a_bad_value_names_the_key_and_the_value():
     with pytest.raises(ParamsError, match=r"frames.size=4: must be between 8 and 1024"):
         prepare_config(CREMAD, {"frames": {"size": 4}}, {}, "params.yaml")
@@ -144,6 +151,7 @@ def test_a_bad_value_names_the_key_and_the_value():
         prepare_config(CREMAD, {}, {"faces.jpeg_quality": 10}, "--set")
 
 
+@pytest.mark.unit
 def test_a_corpus_section_lies_over_the_global_one_and_overrides_over_both():
     params = {
         "frames": {"size": 96, "count": 4},
@@ -156,6 +164,7 @@ def test_a_corpus_section_lies_over_the_global_one_and_overrides_over_both():
     assert config.faces.device == config.features.device == "cpu"  # the top-level device reaches both stages
 
 
+@pytest.mark.unit
 def test_params_yaml_must_be_a_mapping(tmp_path):
     (tmp_path / "p.yaml").write_text("- a\n- b\n")
     with pytest.raises(ParamsError, match="must hold a mapping"):
@@ -167,6 +176,7 @@ def test_params_yaml_must_be_a_mapping(tmp_path):
         load_params(tmp_path / "bad.yaml")
 
 
+@pytest.mark.unit
 def test_model_sizes_agree_between_the_config_and_the_encoders():
     from mlb.models.encoders import SIZES
     from mlb.train.config import SIZES as CONFIG_SIZES
@@ -174,6 +184,7 @@ def test_model_sizes_agree_between_the_config_and_the_encoders():
     assert tuple(SIZES) == CONFIG_SIZES
 
 
+@pytest.mark.integration
 def test_the_prepare_command_reads_its_sections_from_params(tmp_path, synth_corpus):
     from typer.testing import CliRunner
 
@@ -197,6 +208,7 @@ def test_the_prepare_command_reads_its_sections_from_params(tmp_path, synth_corp
     assert '"protocol": "speaker-random-4"' in (out / "corpus.json").read_text()
 
 
+@pytest.mark.unit
 def test_a_corpus_gives_its_own_defaults_under_params_and_refuses_input_paths_it_lacks():
     from pipeline.corpora.base import Corpus
     from pipeline.prepare import check_stages

@@ -39,6 +39,7 @@ def _samples(n: int):
         )
 
 
+@pytest.mark.unit
 def test_shards_are_byte_identical_and_split_by_maxcount(tmp_path):
     sizes_a = write_shards(_samples(5), tmp_path / "a", "train", maxcount=2)
     sizes_b = write_shards(_samples(5), tmp_path / "b", "train", maxcount=2)
@@ -63,12 +64,14 @@ def test_shards_are_byte_identical_and_split_by_maxcount(tmp_path):
     assert not list((tmp_path / "a").glob("*.tmp-*"))
 
 
+@pytest.mark.unit
 def test_json_fields_have_sorted_keys(tmp_path):
     write_shards([("k", {"json": {"z": 1, "a": 2}})], tmp_path, "test")
     with tarfile.open(tmp_path / "test-000000.tar") as tar:
         assert tar.extractfile("k.json").read() == b'{"a":2,"z":1}'
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "fields", "error"),
     [
@@ -84,6 +87,7 @@ def test_shard_writer_refuses_what_readers_must_refuse(tmp_path, key, fields, er
     assert not list(tmp_path.iterdir())  # no partial tar survives
 
 
+@pytest.mark.unit
 def test_shard_reader_refuses_pickles(tmp_path):
     payload = io.BytesIO()
     np.save(payload, np.array([{"x": 1}], dtype=object), allow_pickle=True)
@@ -95,6 +99,7 @@ def test_shard_reader_refuses_pickles(tmp_path):
         read_shard(tmp_path / "evil.tar")
 
 
+@pytest.mark.unit
 def test_atomic_folder_replaces_the_whole_folder(tmp_path):
     target = tmp_path / "raw"
     with atomic_folder(target) as tmp:
@@ -113,11 +118,13 @@ def test_atomic_folder_replaces_the_whole_folder(tmp_path):
 # --- spectrograms ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_loop_into_tiles_then_cuts():
     assert loop_into(np.array([1.0, 2.0, 3.0]), np.empty(7)).tolist() == [1, 2, 3, 1, 2, 3, 1]
     assert loop_into(np.arange(10.0), np.empty(4)).tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("kind", "shape"), [("mel", (80, 188)), ("stft", (257, 188))])
 def test_spectrogram_shapes(kind, shape):
     config = SpectrogramConfig(kind=kind)
@@ -127,6 +134,7 @@ def test_spectrogram_shapes(kind, shape):
     assert spec.shape == (2, *shape) and spec.dtype == np.float32 and np.isfinite(spec).all()
 
 
+@pytest.mark.unit
 def test_log_stft_matches_scipy_signal():
     """The `stft` option is the authors' log(|STFT| + 1e-7), periodic Hann window 512, hop 353, frames
     centred on t * hop with zeros beyond the ends: scipy.signal's ShortTimeFFT computes the same STFT
@@ -141,12 +149,14 @@ def test_log_stft_matches_scipy_signal():
     np.testing.assert_allclose(spectrogram_batch(wave[None], config)[0], reference, atol=2e-3)
 
 
+@pytest.mark.unit
 def test_default_mel_bands_leave_no_empty_filter():
     config = SpectrogramConfig()
     fbank = mel_filterbank(config.n_fft // 2 + 1, config.sample_rate, config.n_mels)  # [257, 80]
     assert (fbank.max(axis=0) > 0).all()
 
 
+@pytest.mark.unit
 def test_mel_filterbank_equals_torchaudios_defaults():
     import torchaudio.functional as AF
 
@@ -157,6 +167,7 @@ def test_mel_filterbank_equals_torchaudios_defaults():
         )  # torch computes in float32
 
 
+@pytest.mark.unit
 def test_log_mel_matches_a_torch_reference():
     import torch
     import torchaudio.functional as AF
@@ -177,6 +188,7 @@ def test_log_mel_matches_a_torch_reference():
     np.testing.assert_allclose(spectrogram_batch(wave, config), reference, atol=1e-3)
 
 
+@pytest.mark.unit
 def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
     import soundfile as sf
 
@@ -194,6 +206,7 @@ def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
     assert 0.45 < np.abs(wave).max() < 0.55  # level kept
 
 
+@pytest.mark.unit
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="spectrograms.kind='cqt'"):
         SpectrogramConfig(kind="cqt")
@@ -225,6 +238,7 @@ def _toy_jobs(tmp_path, n=20):
     return jobs
 
 
+@pytest.mark.unit
 def test_interrupted_stage_resumes_without_redoing_finished_batches(tmp_path):
     jobs = _toy_jobs(tmp_path)
     out = tmp_path / "work" / "toy.h5"
@@ -254,6 +268,7 @@ def test_interrupted_stage_resumes_without_redoing_finished_batches(tmp_path):
     assert len(CALLS) == 20  # a config change redoes everything
 
 
+@pytest.mark.unit
 def test_a_half_written_intermediate_is_never_trusted(tmp_path):
     jobs = _toy_jobs(tmp_path, 3)
     out = tmp_path / "toy.h5"
@@ -265,6 +280,7 @@ def test_a_half_written_intermediate_is_never_trusted(tmp_path):
     assert len(CALLS) == 3 and is_complete(out)
 
 
+@pytest.mark.integration
 def test_per_clip_output_does_not_depend_on_workers(tmp_path):
     jobs = _toy_jobs(tmp_path)
     EXPLODE_AT.clear()
@@ -276,6 +292,7 @@ def test_per_clip_output_does_not_depend_on_workers(tmp_path):
     assert (tmp_path / "one.h5").read_bytes() == (tmp_path / "two.h5").read_bytes()
 
 
+@pytest.mark.integration
 def test_one_local_executor_serves_every_stage_and_runs_elsewhere():
     with LocalExecutor(2) as executor:
         pids = {pid for _, pid in executor.map_unordered(_pid_of, [0, 1, 2, 3])}
@@ -292,6 +309,7 @@ def _pid_of(_item) -> int:
     return os.getpid()
 
 
+@pytest.mark.integration
 def test_the_resnet_path_never_imports_torch(synth_corpus, tmp_path):
     """torch costs ~1.5 s and ~700 MiB per process: the ResNet-path stages, and so their workers, do
     without it."""
@@ -348,6 +366,7 @@ def _shard_contents(shard_dir: Path) -> dict[str, list[tuple[str, dict]]]:
     return {p.name: read_shard(p) for p in sorted(shard_dir.glob("*.tar"))}
 
 
+@pytest.mark.integration
 def test_every_defect_is_rejected_with_its_reason(prepared):
     root, out = prepared
     by_id = {r.id: r for r in read_manifest(out / "manifest.jsonl")}
@@ -364,6 +383,7 @@ def test_every_defect_is_rejected_with_its_reason(prepared):
     assert by_id["1040_ITH_SAD_XX"].fixes == ["wav-name-_X"]
 
 
+@pytest.mark.integration
 def test_every_good_clip_is_in_exactly_one_shard_of_its_split(prepared):
     _, out = prepared
     records = read_manifest(out / "manifest.jsonl")
@@ -382,6 +402,7 @@ def test_every_good_clip_is_in_exactly_one_shard_of_its_split(prepared):
     assert sizes == {name: len(samples) for name, samples in shards.items()}
 
 
+@pytest.mark.integration
 def test_arrays_have_the_documented_shapes_and_dtypes(prepared):
     _, out = prepared
     meta = json.loads((out / "shards" / "raw" / "meta.json").read_text())
@@ -409,6 +430,7 @@ def test_arrays_have_the_documented_shapes_and_dtypes(prepared):
             assert fields["frames.npy"].std() > 0  # a picture, not a blank
 
 
+@pytest.mark.integration
 def test_a_second_run_gives_byte_identical_output_whatever_the_workers(prepared, tmp_path):
     root, out = prepared
     result = runner.invoke(app, [*PREPARE, "--root", str(root), "--out", str(tmp_path), "--workers", "2"])
@@ -422,6 +444,7 @@ def test_a_second_run_gives_byte_identical_output_whatever_the_workers(prepared,
         ).read_bytes()
 
 
+@pytest.mark.integration
 def test_rerun_in_place_skips_finished_stages(prepared, monkeypatch):
     root, out = prepared
     before = {p.name: p.read_bytes() for p in (out / "shards" / "raw").iterdir()}
@@ -441,6 +464,7 @@ def test_rerun_in_place_skips_finished_stages(prepared, monkeypatch):
     assert "rejected lfs-pointer: 2" in result.output  # the summary is printed again
 
 
+@pytest.mark.integration
 def test_stages_option(prepared, tmp_path):
     root, _ = prepared
     only_index = [*PREPARE[:-1], "index"]
@@ -451,6 +475,7 @@ def test_stages_option(prepared, tmp_path):
     assert result.exit_code == 2 and "unknown stage(s) nope" in result.output
 
 
+@pytest.mark.integration
 def test_stage_engine_is_shared(prepared):
     """frames and spectrograms write one HDF5 each through run_per_clip, keyed by clip id."""
     _, out = prepared
@@ -460,6 +485,7 @@ def test_stage_engine_is_shared(prepared):
             assert len(f[dataset]) == sum(1 for r in read_manifest(out / "manifest.jsonl") if r.ok)
 
 
+@pytest.mark.integration
 def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     import os
     import subprocess
@@ -476,6 +502,7 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.h5", f"manifest.jsonl.tmp-{os.getpid()}"]
 
 
+@pytest.mark.unit
 def test_psd_kind_is_scipy_signal_spectrogram_with_its_defaults():
     """`psd` is the MLB authors' AVE spectrogram: scipy.signal.spectrogram's defaults, frames inside the clip."""
     from scipy.signal import spectrogram
@@ -491,6 +518,7 @@ def test_psd_kind_is_scipy_signal_spectrogram_with_its_defaults():
         SpectrogramConfig(kind="psd", seconds=0.01)
 
 
+@pytest.mark.unit
 def test_the_first_channel_or_the_mean_of_a_stereo_recording(tmp_path):
     import soundfile as sf
 

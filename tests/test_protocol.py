@@ -7,12 +7,14 @@ import json
 
 import pytest
 import yaml
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 from typer.testing import CliRunner
 
 from mlb.experiment.sweep import run_comparison
 from mlb.train import TrainConfig
 from pipeline.cli import app
+
+pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 

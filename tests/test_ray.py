@@ -79,6 +79,7 @@ def _assert_same_bytes(out: Path, reference: Path) -> None:
     assert any(name.endswith(".tar") for name in want)
 
 
+@pytest.mark.e2e
 def test_ray_engine_gives_the_local_engines_bytes(ray_instance, synth_corpus_defects, local_out, tmp_path):
     result = _prepare_cli(
         "--engine", "ray", "--workers", "2", "--root", str(synth_corpus_defects), "--out", str(tmp_path)
@@ -114,6 +115,7 @@ class KillsAWorker(RayExecutor):
         return super().map_unordered(fn, items)
 
 
+@pytest.mark.e2e
 def test_a_killed_worker_is_retried_and_the_bytes_are_the_same(
     ray_instance, synth_corpus_defects, local_out, tmp_path
 ):
@@ -140,6 +142,7 @@ def _fails_on_two(log: str, item: int) -> int:
     return item * 10
 
 
+@pytest.mark.e2e
 def test_a_tasks_exception_comes_out_as_itself_not_retried(ray_instance, tmp_path):
     log = tmp_path / "runs.log"
     with RayExecutor(2) as executor:
@@ -156,6 +159,7 @@ def _toy_compute(jobs, config):
     return {job.id: "never" for job in jobs}
 
 
+@pytest.mark.e2e
 def test_the_engines_own_errors_come_through_ray(ray_instance, tmp_path):
     """A worker's InputsChanged (the corpus root vanished) reaches the caller as with LocalExecutor."""
     jobs = [ClipJob(f"c{i:02d}", str(tmp_path / f"gone-{i}.wav")) for i in range(10)]
@@ -235,6 +239,7 @@ def _wait_until_cpus_are_free(cpus: float, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.e2e
 def test_the_cached_path_runs_its_extractors_in_ray_actors_with_the_local_engines_bytes(
     ray_instance, synth_corpus_defects, tmp_path, monkeypatch
 ):
@@ -281,6 +286,7 @@ def _fails_on_two_dies_once(marker: str, log: str, item: int) -> int:
     return _die_once(marker, partial(_fails_on_two, log), item)
 
 
+@pytest.mark.e2e
 def test_a_killed_model_actor_is_restarted_and_a_calls_own_exception_comes_out_as_itself(
     ray_instance, tmp_path
 ):
@@ -305,6 +311,7 @@ def _device_of(name: str) -> tuple[str, list]:
     return resolve_device(name), ray.get_gpu_ids()
 
 
+@pytest.mark.e2e
 @pytest.mark.gpu
 def test_model_actors_hold_a_gpu_each_and_auto_resolves_to_cuda_in_them(ray_instance):
     torch = pytest.importorskip("torch")
@@ -316,12 +323,14 @@ def test_model_actors_hold_a_gpu_each_and_auto_resolves_to_cuda_in_them(ray_inst
     assert device == "cuda" and len(gpu_ids) == 1
 
 
+@pytest.mark.integration
 def test_address_needs_engine_ray(tmp_path):
     result = _prepare_cli("--root", str(tmp_path), "--out", str(tmp_path), "--address", "auto")
     assert result.exit_code == 2
     assert "--address" in result.output and "--engine ray" in result.output
 
 
+@pytest.mark.unit
 def test_without_ray_the_error_says_what_to_install(monkeypatch):
     from pipeline.engine.ray_executor import RayMissing
 
@@ -330,6 +339,7 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
         RayExecutor(2)
 
 
+@pytest.mark.integration
 def test_the_engine_package_does_not_import_ray():
     code = "import sys, pipeline.engine, pipeline.prepare; assert 'ray' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

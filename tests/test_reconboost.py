@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import three_modality_model_and_batch
+from helpers.models import three_modality_model_and_batch
 
 from mlb.balancing.reconboost import ReconBoost, reconboost_phase
 from mlb.models import build_model
 from mlb.models.model import ModelOutput
+
+pytestmark = pytest.mark.unit
 
 AV = ("audio", "video")
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 PREPARE = [
     "prepare",
@@ -110,6 +110,7 @@ def _leftovers(folder: Path) -> list[str]:
     )
 
 
+@pytest.mark.unit
 def test_the_leftover_check_sees_every_temp_name(tmp_path):
     (tmp_path / "work").mkdir()
     assert _leftovers(tmp_path) == []
@@ -119,7 +120,7 @@ def test_the_leftover_check_sees_every_temp_name(tmp_path):
         (tmp_path / name).rmdir()
 
 
-@pytest.mark.integration
+@pytest.mark.e2e
 def test_prepare_killed_at_random_points_gives_the_same_bytes(synth_corpus_defects, tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     started = time.perf_counter()
@@ -151,7 +152,7 @@ def test_prepare_killed_at_random_points_gives_the_same_bytes(synth_corpus_defec
     assert _leftovers(killed) == [str(killed / "work" / "frames.h5.tmp-999999")]
 
 
-@pytest.mark.integration
+@pytest.mark.e2e
 def test_train_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
     data = tmp_path / "out"
     write_shard_folder(data / "shards" / "raw", "raw", counts={"train": 96})

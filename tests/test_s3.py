@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 from typer.testing import CliRunner
 
 pytest.importorskip("s3fs")
@@ -29,6 +29,8 @@ from mlb.data import ShardError, ShardLoader, open_shard_folder
 from mlb.train import TrainConfig, train
 from mlb.train.checkpoint import load_checkpoint
 from pipeline.cli import app
+
+pytestmark = pytest.mark.e2e
 
 BUCKET = "mlb"
 runner = CliRunner()

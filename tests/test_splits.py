@@ -13,6 +13,8 @@ from pipeline.corpora.cremad.protocols import speaker_random_split
 from pipeline.manifest import ClipRecord
 from pipeline.splits import assign_splits, check_group_disjoint, random_group_split
 
+pytestmark = pytest.mark.unit
+
 
 def _record(clip_id: str, group, split=None) -> ClipRecord:
     return ClipRecord(clip_id, "cremad", group=None if group is None else str(group), split=split)

@@ -23,6 +23,8 @@ from mlb.analysis.stats import (
     stats_markdown,
 )
 
+pytestmark = pytest.mark.unit
+
 # --- the bootstrap itself -------------------------------------------------------------------------------
 
 

@@ -65,6 +65,7 @@ def video_frames(path: Path, every: int = 1) -> np.ndarray:
 # --- command line ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_help_describes_options():
     result = CliRunner().invoke(app, ["synth", "cremad", "--help"])
     assert result.exit_code == 0, result.output
@@ -83,6 +84,7 @@ def test_help_describes_options():
         assert option in result.output
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "args",
     [
@@ -103,6 +105,7 @@ def test_bad_options_exit_2(tmp_path, args):
     assert not (tmp_path / "out").exists()  # nothing written before the options are checked
 
 
+@pytest.mark.integration
 def test_unwritable_out_exits_2(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -111,6 +114,7 @@ def test_unwritable_out_exits_2(tmp_path):
     assert "cannot write" in result.output
 
 
+@pytest.mark.integration
 def test_cli_generates_and_reports(tmp_path):
     result = CliRunner().invoke(
         app,
@@ -121,6 +125,7 @@ def test_cli_generates_and_reports(tmp_path):
     assert len(list((tmp_path / "AudioWAV").glob("*.wav"))) == 2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "key,value",
     [
@@ -144,6 +149,7 @@ def test_config_errors_name_key_and_value(key, value):
 # --- choosing clips ------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_small_corpus_is_balanced_and_covers_every_split():
     clips = choose_clips(SynthConfig(clips=12))
     assert sorted(c.emotion for c in clips) == sorted(EMOTIONS * 2)
@@ -151,6 +157,7 @@ def test_small_corpus_is_balanced_and_covers_every_split():
     assert {splits[c.actor] for c in clips} == {"train", "validation", "test"}
 
 
+@pytest.mark.unit
 def test_actors_times_clips_per_actor():
     clips = choose_clips(SynthConfig(actors=4, clips_per_actor=6))
     per_actor = {}
@@ -159,6 +166,7 @@ def test_actors_times_clips_per_actor():
     assert len(per_actor) == 4 and all(sorted(e) == sorted(EMOTIONS) for e in per_actor.values())
 
 
+@pytest.mark.unit
 def test_label_noise_fraction():
     clips = choose_clips(SynthConfig(clips=600))
     sex = {}
@@ -171,6 +179,7 @@ def test_label_noise_fraction():
 # --- the corpus on disk ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_layout_and_naming(synth_corpus):
     wavs = sorted(p.stem for p in (synth_corpus / "AudioWAV").glob("*.wav"))
     flvs = sorted(p.stem for p in (synth_corpus / "VideoFlash").glob("*.flv"))
@@ -188,6 +197,7 @@ def test_layout_and_naming(synth_corpus):
     assert not list(synth_corpus.rglob(".*.part"))  # no temporary file left behind
 
 
+@pytest.mark.integration
 def test_formats_probe_back(synth_corpus):
     for wav in sorted((synth_corpus / "AudioWAV").glob("*.wav")):
         info = sf.info(str(wav))
@@ -205,6 +215,7 @@ def test_formats_probe_back(synth_corpus):
         assert abs(n_frames / 30 - info.duration) < 0.1
 
 
+@pytest.mark.integration
 def test_flv_audio_is_the_wav_sound(synth_corpus):
     wav = min((synth_corpus / "AudioWAV").glob("*.wav"))
     x, _ = sf.read(str(wav), dtype="float32")
@@ -222,6 +233,7 @@ def test_flv_audio_is_the_wav_sound(synth_corpus):
     assert best > 0.95
 
 
+@pytest.mark.integration
 def test_mtcnn_finds_a_face_in_sampled_frames(synth_corpus):
     from facenet_pytorch import MTCNN
 
@@ -234,6 +246,7 @@ def test_mtcnn_finds_a_face_in_sampled_frames(synth_corpus):
     assert len(frames) >= 36 and found >= 0.95, f"face found in {found:.0%} of {len(frames)} frames"
 
 
+@pytest.mark.integration
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     config = {"clips": 3, "width": 160, "height": 120, "fps": 10, "seed": 5, "progress": False}
     synth_cremad(tmp_path / "a", SynthConfig(**config, workers=1))
@@ -286,6 +299,7 @@ def nearest_centroid_accuracy(features: np.ndarray, labels: np.ndarray, actors: 
     return correct / len(x)
 
 
+@pytest.mark.integration
 def test_cue_strength_changes_separability(tmp_path):
     accuracy = {}
     for name, cue in (("none", 0.0), ("strong", 1.5)):
@@ -325,6 +339,7 @@ def test_cue_strength_changes_separability(tmp_path):
 # --- defects -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_defects_are_listed_and_present(synth_corpus_defects):
     records = json.loads((synth_corpus_defects / "synth_defects.json").read_text())
     assert len(records) >= 18
@@ -347,12 +362,14 @@ def test_defects_are_listed_and_present(synth_corpus_defects):
     assert kinds == REASON_CODES - {"unreadable", "known-bad"}  # unreadable: chmod in the test that needs it
 
 
+@pytest.mark.integration
 def test_defects_leave_good_clips_unchanged(synth_corpus, synth_corpus_defects):
     good = file_hashes(synth_corpus)
     with_defects = file_hashes(synth_corpus_defects)
     assert all(with_defects[name] == digest for name, digest in good.items())
 
 
+@pytest.mark.integration
 def test_each_defect_has_its_fault(synth_corpus_defects):
     root = synth_corpus_defects
     by_defect = {r["defect"]: root / r["file"] for r in json.loads((root / "synth_defects.json").read_text())}
@@ -387,6 +404,7 @@ def test_each_defect_has_its_fault(synth_corpus_defects):
     assert (root / "AudioWAV" / by_defect["duplicate-id-subfolder"].name).exists()
 
 
+@pytest.mark.integration
 def test_no_face_defect_shows_no_face(synth_corpus_defects):
     from facenet_pytorch import MTCNN
 

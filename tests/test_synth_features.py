@@ -26,6 +26,7 @@ def tiny_folder(tmp_path_factory) -> Path:
     return out / "shards" / "cached"
 
 
+@pytest.mark.unit
 def test_folder_passes_the_loader_contract(tiny_folder):
     folder = open_shard_folder(tiny_folder, {"input_path": "cached"})
     for split in SPLITS:
@@ -62,6 +63,7 @@ def test_folder_passes_the_loader_contract(tiny_folder):
     assert stats["w2v2"]["count"] == steps and len(stats["effb2"]["mean"]) == 16  # train split only
 
 
+@pytest.mark.unit
 def test_sequence_lengths_vary_within_their_ranges(tiny_folder):
     config = FeatureSynthConfig(**TINY)
     samples = [s for name in sorted(tiny_folder.glob("*.tar")) for s in read_shard(name)]
@@ -72,6 +74,7 @@ def test_sequence_lengths_vary_within_their_ranges(tiny_folder):
     assert not batch["audio_mask"].all() and not batch["video_mask"].all()  # padding happened
 
 
+@pytest.mark.unit
 def test_same_config_gives_byte_identical_shards(tmp_path, tiny_folder):
     synthesize_features(tmp_path / "again", FeatureSynthConfig(**TINY))
     again = tmp_path / "again" / "shards" / "cached"
@@ -84,6 +87,7 @@ def test_same_config_gives_byte_identical_shards(tmp_path, tiny_folder):
     assert other.read_bytes() != (tiny_folder / "train-000000.tar").read_bytes()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -123,6 +127,7 @@ def _nearest_mean_accuracy(folder: Path, field: str, power: int) -> float:
     return float((distances.argmin(1) == y_test).mean())
 
 
+@pytest.mark.unit
 def test_swapping_strong_swaps_which_modality_classifies(tmp_path):
     counts = {"train": 300, "validation": 1, "test": 300, "progress": False}
     field = {"audio": "w2v2.npy", "video": "effb2.npy"}
@@ -138,6 +143,7 @@ def test_swapping_strong_swaps_which_modality_classifies(tmp_path):
         assert chance + 0.15 < weak_energy < strong_mean, strong  # ...its energy shows it: weak, not absent
 
 
+@pytest.mark.integration
 def test_cli_writes_the_folder_and_refuses_bad_options(tmp_path):
     args = ["synth", "features", str(tmp_path / "out"), "--train", "12", "--validation", "6", "--test", "6"]
     result = CliRunner().invoke(app, [*args, "--strong", "video", "--weak-flip", "0.25"])

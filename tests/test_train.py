@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shard_factory import first_key, npy_bytes, replace_member, write_shard_folder
+from helpers.shards import first_key, npy_bytes, replace_member, write_shard_folder
 from typer.testing import CliRunner
 
 import mlb.train.trainer as train_module
@@ -45,6 +45,7 @@ def _config(out_dir: Path, run: Path, features="raw", **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("features", ["cached", "raw"])
 def test_cli_train_few_steps_writes_metrics(out_dir, tmp_path, features):
     run = tmp_path / "run"
@@ -101,6 +102,7 @@ def test_cli_train_few_steps_writes_metrics(out_dir, tmp_path, features):
     assert (run / "dvclive" / "plots" / "metrics" / "val" / "acc.tsv").exists()
 
 
+@pytest.mark.integration
 def test_cli_refuses_shards_of_the_wrong_kind(tmp_path):
     out = tmp_path / "out"
     write_shard_folder(
@@ -150,6 +152,7 @@ def test_cli_refuses_shards_of_the_wrong_kind(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
+@pytest.mark.integration
 def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
     """Interrupt after 5 steps (mid epoch 1; last.pt is from step 4), resume, compare with a straight run."""
     # Mid-MLP has dropout layers: the torch RNG state must be restored too
@@ -203,6 +206,7 @@ def test_resume_after_interruption_gives_the_same_weights(out_dir, tmp_path):
         assert (tmp_path / "straight" / log).read_text() == (tmp_path / "resumed" / log).read_text(), log
 
 
+@pytest.mark.integration
 def test_resume_at_epoch_boundary_with_loader_workers(out_dir, tmp_path):
     kw = {"features": "cached", "num_workers": 2, "epochs": 2, "batch_size": 6, "method": "multi-loss"}
     straight = train(_config(out_dir, tmp_path / "straight", **kw))
@@ -228,6 +232,7 @@ def test_resume_at_epoch_boundary_with_loader_workers(out_dir, tmp_path):
     assert resumed["test"] == straight["test"]
 
 
+@pytest.mark.integration
 def test_selection_on_validation_and_test_evaluated_once(out_dir, tmp_path, monkeypatch):
     calls = []
     real = train_module.evaluate_split
@@ -248,6 +253,7 @@ def test_selection_on_validation_and_test_evaluated_once(out_dir, tmp_path, monk
     assert result["validation"]["fused"]["accuracy"] == per_epoch[best]
 
 
+@pytest.mark.integration
 def test_early_stopping(out_dir, tmp_path):
     result = train(_config(out_dir, tmp_path / "run", epochs=50, patience=2, lr=1e-9))  # lr ~0: barely learns
     # stops after `patience` epochs without a better validation accuracy than the selected epoch's
@@ -273,6 +279,7 @@ def _script_validation_accuracy(monkeypatch, accuracies: list[float]) -> list[di
     return seen
 
 
+@pytest.mark.integration
 def test_a_tie_selects_the_first_epoch_with_the_best_validation_accuracy(out_dir, tmp_path, monkeypatch):
     weights = _script_validation_accuracy(monkeypatch, [0.25, 0.5, 0.25, 0.5])
     result = train(
@@ -283,6 +290,7 @@ def test_a_tie_selects_the_first_epoch_with_the_best_validation_accuracy(out_dir
     assert best["epoch"] == 1 and all(torch.equal(best["model"][k], weights[1][k]) for k in weights[1])
 
 
+@pytest.mark.integration
 def test_early_stopping_counts_a_tie_as_no_improvement(out_dir, tmp_path, monkeypatch):
     _script_validation_accuracy(monkeypatch, [0.25, 0.5, 0.5, 0.5, 0.75, 0.75])
     result = train(
@@ -307,6 +315,7 @@ def _nan_shards(tmp_path: Path, how_many: int) -> Path:
     return folder
 
 
+@pytest.mark.integration
 def test_the_loader_refuses_nan_in_a_shard_naming_the_shard_and_the_clip(tmp_path):
     folder = _nan_shards(tmp_path, how_many=1)
     config = TrainConfig(data=folder, out=tmp_path / "run", features="cached", size="tiny", epochs=1, batch_size=16,
@@ -334,6 +343,7 @@ def _clean_shards(tmp_path: Path) -> Path:
                               counts={"train": 16, "validation": 4, "test": 4})  # fmt: skip
 
 
+@pytest.mark.integration
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     folder = _clean_shards(tmp_path)
     _poison_the_loss(monkeypatch, {first_key(min(folder.glob("train-*.tar")))})
@@ -356,6 +366,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
+@pytest.mark.integration
 def test_a_run_that_skipped_most_of_its_steps_fails_with_the_count(tmp_path, monkeypatch):
     folder = _clean_shards(tmp_path)
     _poison_the_loss(monkeypatch, {first_key(min(folder.glob("train-*.tar")))})
@@ -366,6 +377,7 @@ def test_a_run_that_skipped_most_of_its_steps_fails_with_the_count(tmp_path, mon
     assert not (tmp_path / "run" / "metrics.json").exists()  # no result that a sweep would tabulate
 
 
+@pytest.mark.integration
 def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path, monkeypatch):
     folder = _clean_shards(tmp_path)
     _poison_the_loss(monkeypatch, {first_key(shard) for shard in folder.glob("train-*.tar")})
@@ -384,6 +396,7 @@ def test_run_stops_when_nonfinite_steps_keep_coming(tmp_path, monkeypatch):
         train(config)
 
 
+@pytest.mark.integration
 def test_config_errors_name_key_and_value(out_dir, tmp_path):
     with pytest.raises(TrainConfigError, match="epochs=0"):
         train(_config(out_dir, tmp_path / "a", epochs=0))
@@ -395,6 +408,7 @@ def test_config_errors_name_key_and_value(out_dir, tmp_path):
         train(_config(out_dir, tmp_path / "a", method="nope"))
 
 
+@pytest.mark.unit
 def test_lr_schedule_constant_warmup_then_cosine_restarts():
     kw = {"warmup_steps": 3, "cycle_steps": 4, "cycle_mult": 2, "min_ratio": 0.0}
     factors = [lr_at(s, **kw) for s in range(3 + 4 + 8 + 1)]
@@ -405,6 +419,7 @@ def test_lr_schedule_constant_warmup_then_cosine_restarts():
     assert factors[7] == 1.0 and factors[11] == pytest.approx(0.5) and factors[15] == 1.0  # cycles of 4, 8
 
 
+@pytest.mark.integration
 def test_in_memory_gives_the_same_batches_and_weights_as_streaming(out_dir, tmp_path):
     """Decoding each split once and shuffling the kept examples is a speed option only."""
     kw = {"method": "mlb", "epochs": 2, "features": "cached"}

@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers.shards import write_shard_folder
 from optuna.trial import TrialState
-from shard_factory import write_shard_folder
 
 import mlb.train.trainer as train_module
 from mlb.balancing import METHODS
@@ -53,6 +53,7 @@ def _trials(out: Path, method: str) -> list:
     return study.get_trials(deepcopy=False)
 
 
+@pytest.mark.unit
 def test_every_search_space_names_init_keywords_inside_valid_ranges():
     for name, cls in METHODS.items():
         keywords = inspect.signature(cls.__init__).parameters
@@ -65,6 +66,7 @@ def test_every_search_space_names_init_keywords_inside_valid_ranges():
     assert space["lr"] == FloatRange(1e-4, 1e-2, log=True)  # a decade either way of the paper's 1e-3
 
 
+@pytest.mark.integration
 def test_two_methods_four_trials_write_an_sqlite_study_and_never_read_test(data, tmp_path, monkeypatch):
     splits_read = []
     real_init = train_module.ShardLoader.__init__
@@ -91,6 +93,7 @@ def test_two_methods_four_trials_write_an_sqlite_study_and_never_read_test(data,
     assert not list(out.rglob("test_predictions.json")) and not list(out.rglob("checkpoints"))
 
 
+@pytest.mark.integration
 def test_the_same_budget_is_enforced_for_every_method(data, tmp_path):
     out = tmp_path / "tune"
     run_tune(_base(data, out), ["joint"], ["late-linear"], out, TuneConfig(trials=1, prune=False))
@@ -100,6 +103,7 @@ def test_the_same_budget_is_enforced_for_every_method(data, tmp_path):
         run_tune(_base(data, out), ["nope"], ["late-linear"], out, TuneConfig(trials=1))
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_trial_then_rerun_finishes_the_budget_without_counting_a_trial_twice(data, tmp_path):
     out = tmp_path / "tune"
     cmd = [

@@ -80,6 +80,7 @@ def write_lists(folder: Path, files: dict[str, list[str]], newline: str = "\r\n"
     return folder
 
 
+@pytest.mark.unit
 def test_split_files_with_crlf_a_trailing_empty_line_and_malformed_lines(tmp_path):
     folder = write_lists(
         tmp_path / "ucfTrainTestlist",
@@ -119,6 +120,7 @@ def test_split_files_with_crlf_a_trailing_empty_line_and_malformed_lines(tmp_pat
     )
 
 
+@pytest.mark.unit
 def test_the_shipped_split_files_are_the_official_ones():
     lists = read_split_lists(SHIPPED_LISTS)
     assert lists.problems == [] and len(lists.named()) == 13_320
@@ -148,6 +150,7 @@ def records_from_lists(lists) -> list[ClipRecord]:
     return records
 
 
+@pytest.mark.unit
 def test_the_official_protocol_honours_the_lists_and_draws_10_percent_of_train_groups():
     lists = read_split_lists(SHIPPED_LISTS)
     records = records_from_lists(lists)
@@ -172,6 +175,7 @@ def test_the_official_protocol_honours_the_lists_and_draws_10_percent_of_train_g
     assert {r.group for r in records if r.split == "validation"} != drawn[1]
 
 
+@pytest.mark.unit
 def test_the_stratified_draw_is_deterministic_and_proportional():
     groups = {"a": [f"a{i}" for i in range(20)], "b": [f"b{i}" for i in range(10)], "c": ["c0"]}
     drawn = stratified_group_draw(groups, 0.1, seed=3)
@@ -181,6 +185,7 @@ def test_the_stratified_draw_is_deterministic_and_proportional():
     assert stratified_group_draw({"a": ["a0"]}, 0.1, seed=0) == set()  # the last group stays in train
 
 
+@pytest.mark.unit
 def test_a_group_in_both_train_and_test_is_refused():
     records = [ClipRecord(id=f"v_Archery_g01_c0{k}", corpus="ucf101", label=2, label_name="Archery",
                           group="Archery_g01", extra={"lists": {"1": split}})
@@ -189,6 +194,7 @@ def test_a_group_in_both_train_and_test_is_refused():
         assign_official_splits(records, 1, seed=0)
 
 
+@pytest.mark.unit
 def test_check_protocol_names_the_key_and_value():
     CORPUS.check_protocol("official", 3)
     with pytest.raises(ValueError, match=r"index.protocol='vavl'.*official"):
@@ -201,6 +207,7 @@ def test_check_protocol_names_the_key_and_value():
 # --- layout, naming and the per-clip rules ----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_wrong_or_empty_root_names_the_path_and_the_fix(tmp_path):
     for root, what in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "has no UCF-101/")):
         with pytest.raises(CorpusError, match=what) as err:
@@ -211,6 +218,7 @@ def test_a_wrong_or_empty_root_names_the_path_and_the_fix(tmp_path):
         scan_corpus(tmp_path)
 
 
+@pytest.mark.integration
 def test_the_spelling_trap_and_a_fixed_copy_match_the_official_lists(standin, tmp_path):
     by_id = {c.id: c for c in scan_corpus(standin).clips}
     clip = by_id["v_HandStandPushups_g02_c01"]  # folder HandstandPushups, file v_HandStandPushups_...
@@ -230,6 +238,7 @@ def test_the_spelling_trap_and_a_fixed_copy_match_the_official_lists(standin, tm
     assert only.extra["lists"] == {"1": "train", "2": "test", "3": "train"} and len(scan.missing) == 13_319
 
 
+@pytest.mark.unit
 def test_the_too_short_rule_is_the_authors_four_frames_at_one_fps():
     assert frames_at_one_fps({"duration": 3.0, "fps": 25.0}) == 3  # 75 frames: 0, 25, 50
     assert frames_at_one_fps({"duration": 3.04, "fps": 25.0}) == 4  # frame 75 is the fourth
@@ -237,6 +246,7 @@ def test_the_too_short_rule_is_the_authors_four_frames_at_one_fps():
     assert frames_at_one_fps({"duration": 3.0, "fps": 29.97}) == 4  # every int(29.97) = 29th frame
 
 
+@pytest.mark.integration
 def test_every_planted_defect_is_rejected_with_its_listed_reason(standin, manifest):
     defects = json.loads((standin / "synth_defects.json").read_text())
     assert {d["expected_reason"] for d in defects} == {
@@ -258,6 +268,7 @@ def test_every_planted_defect_is_rejected_with_its_listed_reason(standin, manife
     assert f"{bad_line['file']}:{bad_line['line']}: " in manifest[bad_line["id"]].reason
 
 
+@pytest.mark.integration
 def test_clips_without_audio_are_rejected_whatever_their_class(manifest):
     silent = [r for r in manifest.values() if r.probe["video"] and not r.probe["video"]["has_audio"]]
     assert {r.extra["class"] for r in silent} == {"HandstandPushups", UCF50_CLASSES[0]}
@@ -274,6 +285,7 @@ def test_clips_without_audio_are_rejected_whatever_their_class(manifest):
 # --- the authors' settings -----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_the_corpus_defaults_are_the_authors_settings():
     from pipeline.prepare import check_stages, prepare_config
 
@@ -288,6 +300,7 @@ def test_the_corpus_defaults_are_the_authors_settings():
         check_stages(["faces"], CORPUS)
 
 
+@pytest.mark.integration
 def test_doctor_checks_the_layout(standin, tmp_path):
     checks = {c.name: c for c in CORPUS.check_layout(standin)}
     assert (
@@ -307,6 +320,7 @@ def shard_samples(folder: Path) -> dict[str, dict]:
     return dict(s for tar in sorted(folder.glob("*.tar")) for s in read_shard(tar))
 
 
+@pytest.mark.integration
 def test_prepare_gives_ucf101_shards_with_the_authors_shapes(prepared, manifest):
     folder = prepared / "shards" / "raw"
     meta = json.loads((folder / "meta.json").read_text())
@@ -320,6 +334,7 @@ def test_prepare_gives_ucf101_shards_with_the_authors_shapes(prepared, manifest)
     check_group_disjoint(list(manifest.values()))
 
 
+@pytest.mark.integration
 def test_the_spectrogram_is_of_the_first_channel(standin, prepared, manifest):
     from pipeline.stages.spectrograms import load_fixed_length
 
@@ -333,6 +348,7 @@ def test_the_spectrogram_is_of_the_first_channel(standin, prepared, manifest):
     assert np.abs(stored - mean).max() > 0.1
 
 
+@pytest.mark.integration
 def test_shards_are_byte_identical_on_a_rerun_with_two_workers(standin, prepared, tmp_path):
     from pipeline.engine import LocalExecutor
     from pipeline.prepare import Run, prepare, prepare_config
@@ -344,6 +360,7 @@ def test_shards_are_byte_identical_on_a_rerun_with_two_workers(standin, prepared
     assert (tmp_path / "manifest.jsonl").read_bytes() == (prepared / "manifest.jsonl").read_bytes()
 
 
+@pytest.mark.integration
 def test_two_training_steps_take_the_mlb_defaults_from_meta(prepared, tmp_path):
     from mlb.train import TrainConfig, train
 
@@ -357,6 +374,7 @@ def test_two_training_steps_take_the_mlb_defaults_from_meta(prepared, tmp_path):
 # --- the stand-in itself ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_standin_has_the_real_formats_and_lists_naming_exactly_its_clips(standin, manifest):
     good = [r for r in manifest.values() if r.ok]
     assert {
@@ -372,6 +390,7 @@ def test_the_standin_has_the_real_formats_and_lists_naming_exactly_its_clips(sta
     assert (standin / "ucfTrainTestlist" / "testlist02.txt").read_bytes().endswith(b".avi\r\n\r\n")
 
 
+@pytest.mark.integration
 def test_the_standin_is_byte_identical_whatever_the_workers(tmp_path):
     small = TINY | {"classes": 1, "clips_per_group": 1}
     one, two = tmp_path / "one", tmp_path / "two"
@@ -383,6 +402,7 @@ def test_the_standin_is_byte_identical_whatever_the_workers(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_synth_command_line_help_and_a_bad_option(tmp_path):
     result = CliRunner().invoke(app, ["synth", "ucf101", "--help"])
     assert result.exit_code == 0, result.output

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from shard_factory import write_shard_folder
+from helpers.shards import write_shard_folder
 
 from mlb.balancing import build_balancer
 from mlb.models import build_model
@@ -11,6 +12,7 @@ from mlb.train import TrainConfig, train
 from mlb.train.checkpoint import load_checkpoint
 
 
+@pytest.mark.unit
 def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():
     torch.manual_seed(0)
     model = build_model(features="raw", fusion="late-linear", num_classes=6, size="tiny")
@@ -30,6 +32,7 @@ def test_video_only_leaves_the_audio_encoder_and_fusion_untouched():
     assert logs["loss"] == logs["loss_video"]
 
 
+@pytest.mark.integration
 def test_trainer_selects_alone_runs_on_their_own_head(tmp_path):
     import json
 
