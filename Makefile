@@ -21,8 +21,8 @@ demo: $(STAMP)
 
 # Every tier (the gpu tests skip themselves without a GPU) on 2 pytest-xdist workers, as CI has 2 cores.
 # --dist loadfile: a test module runs whole on one worker, so its module fixtures (a torchrun launch, a Ray
-# instance, trained runs) are built once; --no-loadscope-reorder: modules go out in collection order, not
-# most-tests-first, which would leave the few but long DVC tests for the end.
+# instance, trained runs) are built once; --no-loadscope-reorder: modules go out in collection order (e2e
+# first, tests/conftest.py), not most-tests-first, which would leave the few but long DVC tests for the end.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 

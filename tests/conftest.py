@@ -10,7 +10,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 # --- tiers (pyproject.toml's markers say what each holds) -----------------------------------------------
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("e2e", "integration", "unit")  # the slowest first
+
+
+def _tiers(item) -> list[str]:
+    return sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS}, key=TIERS.index)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `make test-fast` refuses an untiered test too
@@ -19,14 +23,17 @@ def pytest_collection_modifyitems(config, items):
     before any test; a collection error of an xdist worker does not stop the others): a new test cannot
     escape the tiers."""
     for item in items:
-        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
-        if len(tiers) != 1:
+        if len(tiers := _tiers(item)) != 1:
             says = f"carries {' and '.join(tiers)}" if tiers else "has no tier"
             problem = (
                 f"{item.nodeid} {says}: give it exactly one of @pytest.mark.unit, integration or e2e (or its "
                 "module a pytestmark); pyproject.toml's markers say what each tier holds"
             )
             config.hook.pytest_collectreport(report=pytest.CollectReport(item.nodeid, "failed", problem, []))
+    # Under pytest-xdist (`make test`) the e2e tests first: a free worker takes the next module in this order, so
+    # the longest start early and small unit modules fill the end. A serial run keeps the files' order.
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: TIERS.index((_tiers(item) or ["e2e"])[0]))
 
 
 # --- synthetic CREMA-D corpora (pipeline.corpora.cremad.synth), generated once per test session --------------------
