@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers.shards import write_shard_folder
 
-import mlb.balancing
+import mlb.train.trainer
 from mlb.balancing import MLB
 from mlb.data import ShardMetaError
 from mlb.method_defaults import method_defaults
@@ -82,13 +82,13 @@ def _shards(folder: Path, defaults=None) -> Path:
 def _train(data: Path, run: Path, monkeypatch, **kw) -> tuple[dict, MLB]:
     """One training step of MLB on tiny raw shards; returns metrics.json and the balancer the run built."""
     built = []
-    real = mlb.balancing.build_balancer
+    real = mlb.train.trainer.build_balancer
 
     def spy(name, **params):
         built.append(real(name, **params))
         return built[-1]
 
-    monkeypatch.setattr(mlb.balancing, "build_balancer", spy)
+    monkeypatch.setattr(mlb.train.trainer, "build_balancer", spy)  # the name the trainer calls
     base = {"features": "raw", "method": "mlb", "size": "tiny", "epochs": 1, "max_steps": 1, "batch_size": 8}
     metrics = train(TrainConfig(data=data, out=run, dvclive=False, device="cpu", **base, **kw))
     assert json.loads((run / "run.json").read_text())["method_params"] == metrics["method_params"]
