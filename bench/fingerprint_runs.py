@@ -26,15 +26,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers.shards import write_shard_folder  # noqa: E402
+from helpers.shards import write_shard_folder
 
-RUN_ARGS = ["--size", "tiny", "--epochs", "3", "--batch-size", "8", "--seed", "1", "--device", "cpu", "--no-dvclive"]
+RUN_ARGS = ["--size", "tiny", "--epochs", "3", "--batch-size", "8", "--seed", "1", "--device", "cpu", "--no-dvclive"]  # fmt: skip
 
 
 def _cli(repo: Path, args: list[str], launcher: list[str] | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     command = [*(launcher or [sys.executable]), "-m", "pipeline.cli", *args]
-    result = subprocess.run(command, env=env, cwd=repo, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, cwd=repo, capture_output=True, text=True, check=False)
     if result.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
 
@@ -82,8 +82,8 @@ def _digest(data: bytes) -> str:
 
 def _flatten(obj, prefix: str, out: dict[str, str], work: Path) -> None:
     if torch.is_tensor(obj):
-        out[prefix] = f"{_digest(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())}"
-        out[prefix] += f" {tuple(obj.shape)} {obj.dtype}"
+        raw = obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        out[prefix] = f"{_digest(raw)} {tuple(obj.shape)} {obj.dtype}"
     elif isinstance(obj, dict):
         for key in sorted(obj, key=str):
             _flatten(obj[key], f"{prefix}.{key}", out, work)
@@ -110,9 +110,13 @@ def fingerprint(run: Path, work: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose `mlbpipe train` runs")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the shards, runs and fingerprints")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="folder for the shards, runs and fingerprints"
+    )
     parser.add_argument("--against", type=Path, help="fingerprints.json of another checkout to compare with")
     args = parser.parse_args()
     work = args.work.resolve()
