@@ -29,13 +29,14 @@ def _compare(
 
     from mlb.common.lock import folder_lock
 
-    with command_errors("mlbpipe compare", out), folder_lock(out, " ".join(sys.argv)):
+    with command_errors("mlbpipe compare", out):
         from mlb.analysis.compare import aggregate, load_runs, write_tables
         from mlb.common.atomic import atomic_write_json
         from mlb.experiment.sweep import run_comparison
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
 
+        base = None  # the runs' shared config; None: only aggregate
         if not aggregate_only:
             method_list, fusion_list = split_csv(methods, "--methods"), split_csv(fusions, "--fusions")
             check_methods(method_list, "--methods")
@@ -69,33 +70,36 @@ def _compare(
                 tuned_tree = read_tuned(tuned)
             # lr and weight decay given (options or file) win over the tuned ones, as --param does
             shared = {k: values[k] for k in ("lr", "weight_decay") if values.get(k) is not None}
+            seed_list = fold_list or split_csv(seeds, "--seeds", int)
             base = TrainConfig(data=shard_dirs[0], out=out, **values)
             base.validate()
-            _, skipped = run_comparison(
-                base,
-                method_list,
-                fusion_list,
-                fold_list or split_csv(seeds, "--seeds", int),
-                out,
-                method_params | ({"shared": shared} if shared else {}),
-                log=typer.echo,
-                fold_data=fold_data,
-                tuned=tuned_tree,
-            )
-            atomic_write_json(out / "skipped.json", skipped)
-        finished = load_runs(out)
-        summaries = aggregate(finished)
-        if not summaries:
-            typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
-            raise typer.Exit(1)
-        paths = write_tables(summaries, out)
-        typer.echo(paths["md"].read_text())
-        from mlb.analysis.stats import write_stats
+        with folder_lock(out, " ".join(sys.argv)):  # every setting checked: only now take the folder
+            if base is not None:
+                _, skipped = run_comparison(
+                    base,
+                    method_list,
+                    fusion_list,
+                    seed_list,
+                    out,
+                    method_params | ({"shared": shared} if shared else {}),
+                    log=typer.echo,
+                    fold_data=fold_data,
+                    tuned=tuned_tree,
+                )
+                atomic_write_json(out / "skipped.json", skipped)
+            finished = load_runs(out)
+            summaries = aggregate(finished)
+            if not summaries:
+                typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
+                raise typer.Exit(1)
+            paths = write_tables(summaries, out)
+            typer.echo(paths["md"].read_text())
+            from mlb.analysis.stats import write_stats
 
-        stats = write_stats(finished, out)
-        typer.echo(stats["md"].read_text())
-        paths |= {f"stats_{k}": v for k, v in stats.items()}
-        typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+            stats = write_stats(finished, out)
+            typer.echo(stats["md"].read_text())
+            paths |= {f"stats_{k}": v for k, v in stats.items()}
+            typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 _COMPARE_PARAMETERS = [

@@ -30,7 +30,7 @@ def _tune(
 
     from mlb.common.lock import folder_lock
 
-    with command_errors("mlbpipe tune", out), folder_lock(out, " ".join(sys.argv)):
+    with command_errors("mlbpipe tune", out):
         from mlb.experiment.tune import BEST_NAME, run_tune
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
@@ -52,16 +52,17 @@ def _tune(
         base.validate()
         # lr and weight decay given (options or file) are fixed, as --param settings are
         shared = {k: values[k] for k in ("lr", "weight_decay") if values.get(k) is not None}
-        run_tune(
-            base,
-            method_list,
-            fusion_list,
-            out,
-            config,
-            method_params | ({"shared": shared} if shared else {}),
-            log=typer.echo,
-            best_path=best_params,
-        )
+        with folder_lock(out, " ".join(sys.argv)):  # every setting checked: only now take the folder
+            run_tune(
+                base,
+                method_list,
+                fusion_list,
+                out,
+                config,
+                method_params | ({"shared": shared} if shared else {}),
+                log=typer.echo,
+                best_path=best_params,
+            )
         best = best_params or out / BEST_NAME
         typer.echo(best.read_text())
         typer.echo(f"wrote {best}")
