@@ -518,7 +518,9 @@ def test_shards_of_random_init_extractors_warn_once_per_run(out_dir, tmp_path, c
     train(_config(out_dir, tmp_path / "cached", features="cached", epochs=2))  # tests' cached shards: random
     err = capsys.readouterr().err
     assert err.count("WARNING") == 1
-    assert "the shards' audio and video extractors have random weights (meta.json: random_init)" in err
+    said = " ".join(err.split())  # wrapped for an 80-column terminal
+    assert "the shards' audio and video extractors have random weights (meta.json: random_init)" in said
+    assert all(len(line) <= 80 for line in err.splitlines())
     train(_config(out_dir, tmp_path / "raw", epochs=2))  # raw shards have no extractors
     assert "WARNING" not in capsys.readouterr().err
 

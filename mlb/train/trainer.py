@@ -388,11 +388,11 @@ def _announce(run: Run) -> None:
     extractors = run.folder.meta.get("extractors", {})  # cached shards only
     random_init = [m for m, about in extractors.items() if about.get("random_init")]
     if random_init:
-        print(
+        warning = (
             f"mlbpipe train: WARNING: the shards' {' and '.join(random_init)} extractors have random weights "
-            "(meta.json: random_init): this run's numbers only show that the cached path works",
-            file=sys.stderr,
+            "(meta.json: random_init): this run's numbers only show that the cached path works"
         )
+        print(textwrap.fill(warning, 80, subsequent_indent="  "), file=sys.stderr)
 
 
 def banner_lines(run: Run) -> list[str]:
