@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from mlb.analysis.compare import load_runs
 from mlb.analysis.published import (
@@ -186,3 +187,20 @@ def test_the_section_on_matching_runs_gives_the_published_value_and_the_verdict(
     text = published_markdown(anchors(load_runs(tmp_path)))
     assert "| raw | mlb | late-linear | 3 | 72.0 ± 1.0 | 71.9 ± 2.2 (CREMA-D ResNet, MLB) | yes |  |" in text
     assert "A published value applies to 1 of 1 groups; 1 lie within it." in text
+
+
+# --- the command -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_compare_prints_the_section_and_writes_it_beside_compare_md(tmp_path):
+    from pipeline.cli import app
+
+    runs = tmp_path / "runs"
+    write_run(runs, "joint", 0, 0.72, STANDIN)
+    write_run(runs, "mlb", 0, 0.80, STANDIN)
+    result = CliRunner().invoke(app, ["compare", "--aggregate-only", "--out", str(runs)])
+    assert result.exit_code == 0, result.output
+    written = (runs / "compare_published.md").read_text()
+    assert (runs / "compare.md").is_file() and written.startswith("## Published values")
+    assert written in result.output
