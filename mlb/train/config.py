@@ -52,7 +52,7 @@ class TrainConfig:
     out: Path  # the run folder RUN/
     features: str = setting(
         "cached",
-        "Input path: cached (Conformer on frozen features) or raw (ResNet-18 on log-Mel spectrograms + 1 fps "
+        "Input path: cached (Conformer on frozen features) or raw (ResNet-18 on spectrograms + 1 fps "
         "frames).",
         choices=INPUT_PATHS,
     )

@@ -98,6 +98,9 @@ def _compare(
 
             stats = write_stats(finished, out)
             typer.echo(stats["md"].read_text())
+            from mlb.analysis.published import write_published
+
+            typer.echo(write_published(finished, out).read_text())
             paths |= {f"stats_{k}": v for k, v in stats.items()}
             typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
