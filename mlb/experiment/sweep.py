@@ -82,7 +82,8 @@ def run_comparison(
             fold=seed if fold_data is not None else None,
             data=fold_data[seed] if fold_data is not None else base.data,
             out=run_dir,
-            resume=True,
+            # an interrupted run continues; a fresh one is not asked to resume (the trainer would warn)
+            resume=(run_dir / "checkpoints" / "last.pt").exists(),
             lr=settings["lr"],
             weight_decay=settings["weight_decay"],
             method_params=settings["method_params"] | by_hand,

@@ -37,6 +37,9 @@ def _compare(
         from mlb.train.config import check_fusions, check_methods
 
         base = None  # the runs' shared config; None: only aggregate
+        if aggregate_only and not out.is_dir():  # nothing to aggregate: exit 1 and make no folder
+            typer.echo(f"mlbpipe compare: {out} does not exist: no runs to aggregate", err=True)
+            raise typer.Exit(1)
         if not aggregate_only:
             method_list, fusion_list = split_csv(methods, "--methods"), split_csv(fusions, "--fusions")
             check_methods(method_list, "--methods")
@@ -90,7 +93,11 @@ def _compare(
             finished = load_runs(out)
             summaries = aggregate(finished)
             if not summaries:
-                typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
+                typer.echo(
+                    f"mlbpipe compare: no finished runs under {out} (a run is finished once its metrics.json "
+                    "has a test entry): nothing to aggregate",
+                    err=True,
+                )
                 raise typer.Exit(1)
             paths = write_tables(summaries, out)
             typer.echo(paths["md"].read_text())
