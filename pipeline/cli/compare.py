@@ -19,6 +19,7 @@ def _compare(
     seeds: str,
     folds: str | None,
     tuned: Path | None,
+    allow_untuned: bool,
     aggregate_only: bool,
     params: Path | None,
     section: str,
@@ -32,7 +33,7 @@ def _compare(
     with command_errors("mlbpipe compare", out):
         from mlb.analysis.compare import aggregate, load_runs, write_tables
         from mlb.common.atomic import atomic_write_json
-        from mlb.experiment.sweep import run_comparison
+        from mlb.experiment.sweep import check_tuned, run_comparison
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
 
@@ -71,6 +72,15 @@ def _compare(
                 from mlb.experiment.tune import read_tuned
 
                 tuned_tree = read_tuned(tuned)
+            elif allow_untuned:
+                raise typer.BadParameter(
+                    "lets methods missing from --tuned FILE run untuned: give --tuned too",
+                    param_hint="--allow-untuned",
+                )
+            # every (method, fusion) tuned, with one trial count, unless --allow-untuned: checked before any run
+            check_tuned(
+                tuned_tree, features, method_list, fusion_list, source=str(tuned), allow_untuned=allow_untuned
+            )
             # lr and weight decay given (options or file) win over the tuned ones, as --param does
             shared = {k: values[k] for k in ("lr", "weight_decay") if values.get(k) is not None}
             seed_list = fold_list or split_csv(seeds, "--seeds", int)
@@ -88,6 +98,8 @@ def _compare(
                     log=typer.echo,
                     fold_data=fold_data,
                     tuned=tuned_tree,
+                    tuned_file=str(tuned) if tuned is not None else None,
+                    allow_untuned=allow_untuned,
                 )
                 atomic_write_json(out / "skipped.json", skipped)
             finished = load_runs(out)
@@ -160,6 +172,16 @@ _COMPARE_PARAMETERS = [
         ),
     ),
     keyword(
+        "allow_untuned",
+        bool,
+        typer.Option(
+            False,
+            "--allow-untuned",
+            help="With --tuned: train the methods (and fusion heads) the file lacks with their defaults instead "
+            "of refusing; the tables mark them untuned.",
+        ),
+    ),
+    keyword(
         "aggregate_only",
         bool,
         typer.Option(
@@ -179,8 +201,10 @@ and say with paired statistics whether each method differs from Joint and from M
 
 Every run trains what `mlbpipe train` would with the same options: TrainConfig's defaults, under --params
 FILE's section, under the options given; only the method, its own settings, the fusion head and the seed (or
-fold) change. Finished runs are kept (a rerun only trains what is missing); a method that does not support
-a fusion head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean
+fold) change. With --tuned FILE every method and fusion head compared must be in FILE, tuned with one trial
+count (else refused before any run; --allow-untuned trains the missing ones with their defaults). Finished
+runs are kept (a rerun only trains what is missing; one trained from other settings is refused); a method
+that does not support a fusion head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean
 ± std per method and fusion) and RUNS/compare_stats.md, .json (paired differences per fold and 95% paired
 bootstrap intervals over the test clips, with a verdict: better, worse or not resolved).
 """
