@@ -22,10 +22,11 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def folds(tmp_path_factory):
-    """Two prepared folders, one per fold (different clips: another seed of the factory)."""
+    """Two prepared folders, one per fold (different clips: another seed of the factory), each with its VAVL
+    partition in meta.json."""
     root = tmp_path_factory.mktemp("folds")
     for fold in (1, 2):
-        write_shard_folder(root / f"p{fold}" / "shards" / "raw", "raw", seed=fold)
+        write_shard_folder(root / f"p{fold}" / "shards" / "raw", "raw", seed=fold, protocol=f"vavl-{fold}")
     return root
 
 
@@ -37,6 +38,10 @@ def _base(data, out) -> TrainConfig:
 
 def test_folds_train_on_their_own_data_with_seed_equal_to_fold(folds, tmp_path):
     fold_data = {k: folds / f"p{k}" / "shards" / "raw" for k in (1, 2)}
+    swapped = {1: fold_data[2], 2: fold_data[1]}
+    with pytest.raises(ValueError, match="says protocol 'vavl-2', fold 1 expects 'vavl-1'"):
+        run_comparison(_base(swapped[1], tmp_path), ["joint"], ["late-linear"], [1, 2], tmp_path,
+                       fold_data=swapped, log=lambda *_: None)  # fmt: skip
     run_comparison(
         _base(fold_data[1], tmp_path), ["joint"], ["late-linear"], [1, 2], tmp_path, fold_data=fold_data,
         log=lambda *_: None,
@@ -160,3 +165,27 @@ def test_cli_folds_need_a_fold_placeholder_and_read_tuned_yaml(folds, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "r/raw/joint/late-linear/fold2/run.json").read_text())["config"]
     assert (config["lr"], config["weight_decay"]) == (0.003, 2e-5)
+
+
+@pytest.mark.parametrize(
+    ("protocols", "message"),
+    [
+        ({1: "vavl-1", 2: "vavl-1"}, "p2/shards/raw/meta.json says protocol 'vavl-1', fold 2 expects 'vavl-2'"),
+        ({1: "vavl-1", 2: None}, "p2/shards/raw/meta.json records no split protocol"),
+        ({1: "official", 2: "official"}, "p1/shards/raw/meta.json says protocol 'official': one split"),
+        ({1: "vavl-1", 2: "speaker-random-2"}, "'protocol': 'speaker-random-{fold}'}, "),  # another family
+    ],
+)  # fmt: skip
+def test_cli_folds_of_the_wrong_partition_are_refused_before_any_run(tmp_path, protocols, message):
+    for fold, protocol in protocols.items():
+        write_shard_folder(
+            tmp_path / f"p{fold}" / "shards" / "raw", "raw", counts={"train": 6}, protocol=protocol
+        )
+    out = tmp_path / "r"
+    result = runner.invoke(
+        app,
+        ["compare", "--data", str(tmp_path / "p{fold}"), "--out", str(out), "--folds", "1,2", "--features", "raw",
+         "--methods", "joint", "--size", "tiny", "--epochs", "1", "--batch-size", "8", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()

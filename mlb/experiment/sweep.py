@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from mlb.balancing import METHODS
+from mlb.data import open_shard_folder
 from mlb.experiment.tune import tuned_settings
 from mlb.train.trainer import train
 
@@ -16,6 +18,53 @@ def run_dir_for(root: Path, features: str, method: str, fusion: str, seed: int, 
     """RUNS/<features>/<method>/<fusion>/seed<k> (seeds on one data folder) or fold<k> (one data folder per
     fold)."""
     return Path(root) / features / method / fusion / f"{kind}{seed}"
+
+
+def protocol_fold(protocol: str) -> int | None:
+    """The fold a split protocol's name (meta.json `config.protocol`) is: its first number, the partition
+    (CREMA-D `vavl-2`, UCF101 `official-2-seed-0`) or a random protocol's seed (`speaker-random-2`); None
+    when it has none (AVE's `official`: one split)."""
+    match = re.search(r"\d+", protocol)
+    return int(match.group()) if match else None
+
+
+def check_fold_data(fold_data: dict[int, Path]) -> None:
+    """Each fold's shard folder must be that fold's partition (its meta.json's protocol names the fold), and
+    all of them one corpus, input path and protocol family; else ValueError naming the folder, what its
+    meta.json says and what was expected, before any run starts."""
+    first = None
+    for fold, folder in fold_data.items():
+        meta = open_shard_folder(folder).meta
+        protocol = str((meta.get("config") or {}).get("protocol") or "")
+        where = f"{Path(folder) / 'meta.json'}"
+        fix = (
+            f"prepare fold {fold} into that folder (`mlbpipe prepare CORPUS --partition {fold}`, or `--seed {fold}` "
+            "for a random protocol), or fix --data"
+        )
+        if not protocol:
+            raise ValueError(
+                f"{where} records no split protocol (config.protocol), fold {fold} needs one: {fix}"
+            )
+        if protocol_fold(protocol) is None:
+            raise ValueError(
+                f"{where} says protocol {protocol!r}: one split, no numbered partitions to use as folds; compare "
+                "its seeds on one folder (--seeds) instead of --folds"
+            )
+        expected = re.sub(r"\d+", str(fold), protocol, count=1)
+        if protocol != expected:
+            raise ValueError(f"{where} says protocol {protocol!r}, fold {fold} expects {expected!r}: {fix}")
+        kind = {
+            "corpus": meta.get("corpus"),
+            "input_path": meta.get("input_path"),
+            "protocol": re.sub(r"\d+", "{fold}", protocol, count=1),
+        }
+        if first is None:
+            first = (where, kind)
+        elif kind != first[1]:
+            raise ValueError(
+                f"{where} says {kind}, {first[0]} says {first[1]}: the folds of one comparison are one corpus, "
+                "input path and protocol; fix --data"
+            )
 
 
 def _supported(method: str, fusion: str) -> bool:
@@ -136,6 +185,8 @@ def run_comparison(
     combos = [(m, f, s) for m in methods for f in fusions for s in seeds]
     kind = "fold" if fold_data is not None else "seed"
     # every setting checked before the first run: a wrong one fails now, not hours later
+    if fold_data is not None:
+        check_fold_data({k: fold_data[k] for k in seeds})
     source = tuned_file or "the tuned settings"
     records = check_tuned(tuned, base.features, methods, fusions, source=source, allow_untuned=allow_untuned)
     _check_kept_runs(records, combos, root, base.features, kind)

@@ -33,7 +33,7 @@ def _compare(
     with command_errors("mlbpipe compare", out):
         from mlb.analysis.compare import aggregate, load_runs, write_tables
         from mlb.common.atomic import atomic_write_json
-        from mlb.experiment.sweep import check_tuned, run_comparison
+        from mlb.experiment.sweep import check_fold_data, check_tuned, run_comparison
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
 
@@ -67,6 +67,8 @@ def _compare(
                     raise typer.BadParameter(
                         f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
                     )
+            if fold_data is not None:  # each fold folder holds its own partition of one corpus
+                check_fold_data(fold_data)
             tuned_tree = None
             if tuned is not None:
                 from mlb.experiment.tune import read_tuned
@@ -156,7 +158,8 @@ _COMPARE_PARAMETERS = [
             None,
             "--folds",
             help="Comma-separated folds (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits), each trained with "
-            "seed = fold on --data with {fold} replaced; replaces --seeds.",
+            "seed = fold on --data with {fold} replaced, whose shards' meta.json must say partition k (checked "
+            "before any run); replaces --seeds.",
             show_default="none: --seeds",
         ),
     ),
