@@ -104,8 +104,8 @@ def check_tuned(
         raise ValueError(
             f"{source} has no tuned settings for {named} (it has {', '.join(have) or 'none'}): every method of a "
             f"comparison is tuned with the same budget. Tune them into the same tune folder (`mlbpipe tune "
-            f"--methods {lacking} --fusions {heads} --out TUNE`, its --trials), or pass --allow-untuned to train "
-            "them with their defaults"
+            f"--methods {lacking} --fusions {heads} --out TUNE` with the same --trials), or pass --allow-untuned "
+            "to train them with their defaults"
         )
     budgets = {pair: entry.get("trials") for pair, entry in found.items() if entry is not None}
     if len(set(budgets.values()) - {None}) > 1:
