@@ -302,6 +302,7 @@ def test_compare_and_report_take_the_new_methods(tmp_path):
     args += ["--features", "raw"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "--resume given" not in result.output  # fresh runs under compare: no resume warning
     for m in new:
         if METHODS[m].supported_fusions is not None:
             assert f"{m} supports only ['late-linear']" in result.output
@@ -309,3 +310,17 @@ def test_compare_and_report_take_the_new_methods(tmp_path):
     assert {r["group"]["method"] for r in rows} == set(new)
     result = runner.invoke(app, ["report", "--runs", str(runs)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.integration
+def test_aggregate_only_without_finished_runs_exits_1_with_a_message(tmp_path):
+    """Nothing to aggregate is exit 1 (docs/CONTRACTS.md), not a fault; a missing folder is not made."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(empty)])
+    assert result.exit_code == 1 and f"no finished runs under {empty}" in result.output, result.output
+    assert "error" not in result.output
+    missing = tmp_path / "missing"
+    result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(missing)])
+    assert result.exit_code == 1 and f"{missing} does not exist" in result.output, result.output
+    assert not missing.exists()
