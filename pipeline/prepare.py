@@ -7,6 +7,10 @@ OUT/shards/cached/. Each stage is a module of pipeline.stages; this file only li
 passes paths and configs along. To add a stage: write its module, add its config to PrepareConfig and one
 `Stage(...)` line to STAGES. A rerun skips finished work (each stage checks its own inputs and config), so
 `prepare` resumes after an interruption.
+
+`prepare_folds` makes the folds of a prepared folder (FOLDS/<k>/: manifest.jsonl, corpus.json, shards/),
+each fold its own partition (or seed) of the protocol, all reading the one folder's per-clip intermediates:
+frames, spectrograms, faces and features do not depend on the split, so they are computed once per corpus.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mlb.common.lock import folder_lock
 from mlb.common.stopping import Stopped, stop_on_signals
-from pipeline.corpora.base import Corpus
+from pipeline.corpora.base import Corpus, CorpusError
 from pipeline.engine import Executor
 from pipeline.engine.executors import as_executor
 from pipeline.params import dotted, from_mapping, merge, stage_sections
@@ -71,22 +75,25 @@ class Run:
     executor: Executor | None = None  # None: everything in this process
     progress: bool = True
     update_manifest: bool = True  # faces marks clips without a face in the manifest (not under DVC)
+    shared: Path | None = None  # a fold: the prepared folder whose manifest and intermediates it reads
 
     @property
     def manifest(self) -> Path:
         return self.out / "manifest.jsonl"
 
     def work(self, stage: str) -> Path:
-        """The single HDF5 intermediate of a stage."""
-        return self.out / "work" / f"{stage}.h5"
+        """The single HDF5 intermediate of a stage (a fold's: its prepared folder's)."""
+        return (self.shared or self.out) / "work" / f"{stage}.h5"
 
     def shards(self, input_path: str) -> Path:
         return self.out / "shards" / input_path
 
 
 def _index(run: Run):
-    from pipeline.stages.index import run_index
+    from pipeline.stages.index import run_index, run_resplit
 
+    if run.shared is not None:  # a fold: the prepared folder's records, split by this fold's partition
+        return run_resplit(run.corpus, run.shared, run.out, run.config.index)[1]
     _, summary = run_index(
         run.corpus, run.root, run.out, run.config.index, executor=run.executor, progress=run.progress
     )
@@ -225,6 +232,8 @@ def check_run(run: Run, stages: list[str]) -> None:
     """Everything that can be checked before any work starts, in the order a user fixes it: the protocol,
     the corpus root, then (for the cached path) the extractor weights. Raises CorpusError or ValueError."""
     run.config.index.protocol_of(run.corpus)
+    if run.shared is not None:  # a fold reads its prepared folder, never the media
+        return
     run.corpus.scan(run.root)  # a wrong or empty root: CorpusError naming the path and the fix
     if "index" not in stages:
         check_indexed_root(run)
@@ -280,3 +289,66 @@ def prepare(
                 result = stage.run(run)
                 if on_done is not None:
                     on_done(stage.name, result, time.perf_counter() - start)
+
+
+FOLD_STAGES = ("index", "shards_raw", "shards_cached")  # what a fold can run: its splits, then its shards
+
+
+def fold_stages(corpus: Corpus, prepared: Path) -> list[str]:
+    """What a fold of `prepared` runs: index (a re-split), then the shards of every input path whose
+    intermediates `prepared` holds. CorpusError when it holds none."""
+    work = Path(prepared) / "work"
+    stages = ["index"]
+    if "raw" in corpus.input_paths and all((work / f"{s}.h5").is_file() for s in ("frames", "spectrograms")):
+        stages.append("shards_raw")
+    if "cached" in corpus.input_paths and (work / "features.h5").is_file():
+        stages.append("shards_cached")
+    if stages == ["index"]:
+        raise CorpusError(
+            f"{work} holds neither frames.h5 + spectrograms.h5 nor features.h5: prepare {corpus.name} into "
+            f"{prepared} first (mlbpipe prepare {corpus.name} --root ROOT --out {prepared}), then make its folds"
+        )
+    return stages
+
+
+def fold_config(corpus: Corpus, config: PrepareConfig, fold: int) -> PrepareConfig:
+    """`config` with its index set to fold `fold` of the protocol (the partition, or a random protocol's
+    seed: the corpus's `fold_setting`); ValueError for a protocol with one split or a fold it lacks."""
+    protocol = config.index.protocol_of(corpus)
+    setting = corpus.fold_setting(protocol)
+    if setting is None:
+        raise ValueError(
+            f"--folds: {corpus.name}'s protocol {protocol!r} has one split, so no folds to prepare; its runs "
+            "differ by training seed on the one prepared folder (mlbpipe compare --seeds 0,1,2)"
+        )
+    folded = replace(config, index=replace(config.index, **{setting: fold}))
+    try:
+        folded.index.protocol_of(corpus)
+    except ValueError as err:
+        raise ValueError(f"--folds {fold}: {err}") from None
+    return folded
+
+
+def prepare_folds(
+    run: Run,
+    folds: list[int],
+    *,
+    on_done: Callable[[int, str, Any, float], None] | None = None,
+    command: str | None = None,
+) -> dict[int, Path]:
+    """Make folds `folds` of the prepared folder `run.shared` into `run.out/<k>/` (each with its manifest,
+    corpus.json and shards; their meta.json's protocol names the fold, as `mlbpipe compare --folds`
+    checks). Every fold's setting is checked before the first is written; `on_done(fold, stage, result,
+    seconds)` after each stage. Returns {fold: its folder}."""
+    configs = {fold: fold_config(run.corpus, run.config, fold) for fold in folds}  # settings first, then data
+    stages = fold_stages(run.corpus, run.shared)
+    done = {}
+    with folder_lock(run.shared, command or " ".join(sys.argv)):  # no prepare rewrites what the folds read
+        for fold, config in configs.items():
+            fold_run = replace(run, out=Path(run.out) / str(fold), config=config)
+            report = (
+                None if on_done is None else (lambda stage, result, s, k=fold: on_done(k, stage, result, s))
+            )
+            prepare(fold_run, stages, on_done=report, command=command)
+            done[fold] = fold_run.out
+    return done

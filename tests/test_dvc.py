@@ -134,7 +134,7 @@ TINY_ALL = {
     "protocol": {
         "methods": "joint,mlb",
         "trials": 2,
-        "seeds": "0,1",
+        "folds": "1,2",
         "train": {"epochs": 1, "size": "tiny", "batch_size": 8},
     },
 }
@@ -169,6 +169,7 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
         "train_cached",
         "train_cached_mlb",
         "compare",
+        "folds",
         "tune",
         "compare_tuned",
         "report",
@@ -192,7 +193,13 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     # the protocol: equal-budget tuning on validation, then the comparison reading the tuned settings
     tuned = yaml.safe_load((repo / "protocol" / "tuned_params.yaml").read_text())["raw"]
     assert {m: tuned[m]["late-linear"]["trials"] for m in ("joint", "mlb")} == {"joint": 2, "mlb": 2}
-    tuned_mlb = json.loads((repo / "protocol/runs/raw/mlb/late-linear/seed1/run.json").read_text())
+    # the folds: their own splits and shards, the corpus's per-clip work computed once
+    for fold in (1, 2):
+        folder = repo / "data" / "cremad" / "folds" / str(fold)
+        fold_meta = json.loads((folder / "shards" / "raw" / "meta.json").read_text())
+        assert fold_meta["config"]["protocol"] == f"speaker-random-{fold}"
+        assert (folder / "shards" / "cached" / "meta.json").is_file() and not (folder / "work").exists()
+    tuned_mlb = json.loads((repo / "protocol/runs/raw/mlb/late-linear/fold1/run.json").read_text())
     assert tuned_mlb["method_params"] == tuned["mlb"]["late-linear"]["method_params"]
     assert (
         "| raw | late-linear | mlb | joint | 2 |"

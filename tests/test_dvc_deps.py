@@ -112,11 +112,13 @@ def entries_and_skips(cmd: str) -> tuple[list[str], set[str]]:
                 skip |= modules_under(other)
         entries.append(f"pipeline.corpora.{corpus}")
     if command == "prepare":  # prepare loads every stage's config; the stage runs the one --stages names
-        stage = argv[argv.index("--stages") + 1]
+        from pipeline.prepare import FOLD_STAGES
+
+        stages = FOLD_STAGES if "--from" in argv else (argv[argv.index("--stages") + 1],)  # folds: theirs
         for other in (ROOT / "pipeline/stages").glob("*.py"):
-            if other.stem not in (stage, "__init__"):
+            if other.stem not in (*stages, "__init__"):
                 skip |= modules_under(other)
-        entries.append(f"pipeline.stages.{stage}")
+        entries += [f"pipeline.stages.{stage}" for stage in stages]
     return entries, skip
 
 

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import command_errors, field_default, parse_key_values
+from pipeline.cli.common import command_errors, field_default, parse_key_values, split_csv
 from pipeline.corpora import corpus_names, get_corpus
 from pipeline.manifest import SPLITS, format_summary
 from pipeline.params import load_params
-from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config
+from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config, prepare_folds
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.frames import FramesConfig
 from pipeline.stages.index import IndexConfig
@@ -96,16 +96,68 @@ def print_stage(stage: str, result, seconds: float | None = None) -> None:
         typer.echo(f"[{stage}] done in {seconds:.1f} s", err=True)
 
 
+def _print_fold_stage(quiet: bool):
+    def report(fold: int, stage: str, result, seconds: float) -> None:
+        if stage == "index":
+            typer.echo(f"fold {fold}:")
+        print_stage(stage, result, None if quiet else seconds)
+
+    return report
+
+
+def _check_folds(root, from_, folds, stages, partition, seed) -> list[int] | None:
+    """The folds asked for (None: a plain prepare), or a usage error for options that do not go together."""
+    if from_ is None and folds is None:
+        if root is None:
+            raise typer.BadParameter("is required (the corpus's folder)", param_hint="--root")
+        return None
+    if from_ is None or folds is None:
+        given, missing = ("--folds", "--from") if from_ is None else ("--from", "--folds")
+        raise typer.BadParameter(
+            f"{given} needs {missing}: folds are made of a prepared folder", param_hint=given
+        )
+    clashes = {"--root": root, "--stages": stages, "--partition": partition, "--seed": seed}
+    for option, value in clashes.items():
+        if value is not None:
+            raise typer.BadParameter(
+                "does not go with --from: a fold reads its prepared folder (not the media), runs index and the "
+                "shards it has intermediates for, and sets the partition (or a random protocol's seed) itself",
+                param_hint=option,
+            )
+    return split_csv(folds, "--folds", int)
+
+
 def cli(
     corpus: Annotated[
         str, typer.Argument(help=f"The corpus: {', '.join(corpus_names())}.", show_default=False)
     ],
-    root: Annotated[
-        Path, typer.Option("--root", help="The corpus root (a real copy, or one `mlbpipe synth` made).")
-    ],
     out: Annotated[
-        Path, typer.Option("--out", help="Output folder: manifest.jsonl, corpus.json, work/, shards/.")
+        Path,
+        typer.Option(
+            "--out",
+            help="Output folder: manifest.jsonl, corpus.json, work/, shards/ (with --folds: OUT/<k>/ per fold).",
+        ),
     ],
+    root: Path = typer.Option(
+        None,
+        "--root",
+        help="The corpus root (a real copy, or one `mlbpipe synth` made).",
+        show_default="required, but with --from",
+    ),
+    from_: Path = typer.Option(
+        None,
+        "--from",
+        help="With --folds: a folder this command prepared (its manifest and work/ are read, the media "
+        "never), whose folds are made into OUT/<k>/, sharing its frames, spectrograms, faces and features.",
+        show_default="none",
+    ),
+    folds: str = typer.Option(
+        None,
+        "--folds",
+        help="With --from: comma-separated folds of the protocol, e.g. 1,2,3 (the partitions: CREMA-D "
+        "VAVL, UCF101 splits; a random protocol's seeds). Each gets its own splits and shards.",
+        show_default="none",
+    ),
     params: Path = typer.Option(
         None,
         "--params",
@@ -234,7 +286,8 @@ def cli(
     """Prepare a corpus: index + validate + split (OUT/manifest.jsonl), then the ResNet path (1 fps frames,
     spectrograms, OUT/shards/raw/) and the Conformer path (MTCNN faces, frozen EfficientNet-B2 +
     Wav2Vec2 features, OUT/shards/cached/). Reruns skip finished work. Offline, the cached path needs local
-    weights, or `--effb2-weights random --w2v2-model random-tiny` for a demo."""
+    weights, or `--effb2-weights random --w2v2-model random-tiny` for a demo. With --from and --folds: the
+    protocol's folds of a prepared folder (e.g. VAVL partitions 1-3), sharing its per-clip work."""
     from pipeline.engine import LocalExecutor
 
     if engine not in ENGINES:
@@ -249,6 +302,7 @@ def cli(
         "maxcount": maxcount, "effb2_weights": effb2_weights, "w2v2_model": w2v2_model,
         "faces_fps": faces_fps, "crop_size": crop_size, "device": device,
     }  # fmt: skip
+    fold_list = _check_folds(root, from_, folds, stages, partition, seed)
     with command_errors("mlbpipe prepare", out):
         the_corpus = get_corpus(corpus)
         loaded = load_params(params) if params is not None else {}
@@ -268,6 +322,10 @@ def cli(
         else:
             executor = LocalExecutor(workers)
         try:
+            if fold_list is not None:  # folds of a prepared folder: no media read, so no root asked
+                run = Run(the_corpus, from_, out, config, executor, progress=not quiet, shared=from_)
+                prepare_folds(run, fold_list, on_done=_print_fold_stage(quiet))
+                return
             run = Run(
                 the_corpus, root, out, config, executor, progress=not quiet, update_manifest=update_manifest
             )

@@ -148,6 +148,12 @@ class Corpus(ABC):
                 f"index.protocol={protocol!r}: {self.name} has the protocols {', '.join(self.protocols)}"
             )
 
+    def fold_setting(self, protocol: str) -> str | None:
+        """The index setting that numbers `protocol`'s folds, for `mlbpipe prepare --folds`: "partition" (fixed
+        partitions, e.g. CREMA-D's VAVL 1-3), "seed" (a random protocol: fold k is the draw with seed k), or
+        None (one split: its folds are training seeds on one folder)."""
+        return "partition"
+
     @abstractmethod
     def assign_splits(self, records: list[ClipRecord], protocol: str, partition: int, seed: int) -> str:
         """Set `split` on every record (None: outside the protocol) and return the protocol's name."""

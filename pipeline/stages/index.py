@@ -8,6 +8,9 @@ Reads the corpus root through its plug-in (pipeline.corpora.base.Corpus). Writes
 - `OUT/work/index.json`: a stamp that lets a rerun skip the probing when the corpus files, the config, the
   corpus's checked-in lists and the manifest are all unchanged.
 Returns the records and a summary (kept / rejected by reason / per split).
+
+`run_resplit` makes a fold of a prepared folder: the same records under another partition or seed of the
+protocol, without probing the media again (a fold shares every per-clip intermediate with the folder).
 """
 
 from __future__ import annotations
@@ -179,3 +182,33 @@ def run_index(
     }
     atomic_write_json(stamp_path, stamp, sort_keys=True)
     return records, summarize(records) | {"ignored_files": scan.ignored, "notes": scan.notes}
+
+
+def run_resplit(corpus: Corpus, prepared: str | Path, out: str | Path, config: IndexConfig):
+    """The records of `prepared`'s manifest with the splits of `config`'s partition / seed, into
+    `OUT/manifest.jsonl` and `OUT/corpus.json` (the root the prepared folder was indexed from); returns
+    (records, summary) like run_index. The media are not read: validation decided once per clip, and
+    which split a clip falls into does not change whether it is usable."""
+    prepared, out = Path(prepared), Path(out)
+    prepared_manifest = prepared / "manifest.jsonl"
+    if not prepared_manifest.is_file():
+        raise CorpusError(
+            f"{prepared_manifest} does not exist: prepare {corpus.name} into {prepared} first (at least its "
+            "index stage), then make its folds"
+        )
+    described = json.loads(corpus_description_path(prepared_manifest).read_text())
+    if described.get("corpus") != corpus.name:
+        raise CorpusError(f"{prepared} holds {described.get('corpus')!r}, not {corpus.name}: fix --from")
+    protocol = config.protocol_of(corpus)
+    records = read_manifest(prepared_manifest)
+    for record in records:  # everything index decided stays, but the split
+        record.split = None
+    name = corpus.assign_splits(records, protocol, config.partition, config.seed)
+    for record in records:
+        record.protocol = name
+    check_group_disjoint(records)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(records, out / "manifest.jsonl")
+    description = corpus_description(corpus, name, Path(described["root"])) | {"prepared_from": str(prepared)}
+    atomic_write_json(corpus_description_path(out / "manifest.jsonl"), description, sort_keys=True)
+    return records, summarize(records) | {"ignored_files": [], "notes": []}

@@ -53,6 +53,9 @@ class Ave(Corpus):
     def scan(self, root: Path) -> Scan:
         return layout.scan_corpus(root)
 
+    def fold_setting(self, protocol: str) -> str | None:
+        return None  # one official split: the paper's three AVE runs are seeds
+
     def assign_splits(self, records: list[ClipRecord], protocol: str, partition: int, seed: int) -> str:
         return protocols.assign_ave_splits(records, protocol, partition, seed)
 

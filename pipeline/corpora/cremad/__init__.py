@@ -64,6 +64,9 @@ class CremaD(Corpus):
         if protocol == "vavl" and partition not in protocols.VAVL_PARTITIONS:
             raise ValueError(f"index.partition={partition!r}: VAVL has partitions 1-5")
 
+    def fold_setting(self, protocol: str) -> str | None:
+        return "partition" if protocol == "vavl" else "seed"  # speaker-random: a draw per seed
+
     def assign_splits(self, records: list[ClipRecord], protocol: str, partition: int, seed: int) -> str:
         return protocols.assign_cremad_splits(records, protocol, partition, seed, self.manifests_dir)
 
