@@ -41,7 +41,7 @@ def test_the_paper_inputs_settings_in_docs_load_into_the_stage_configs(tmp_path)
     from pipeline.stages.features import FeaturesConfig
 
     text = (REPO / "docs" / "paper-inputs.md").read_text()
-    block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.DOTALL).group(1))
     weights = tmp_path / "enet_b2_8_best.onnx"  # the file is only checked to exist here
     weights.write_bytes(b"")
     block["features"]["effb2"]["weights"] = str(weights)
