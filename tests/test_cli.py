@@ -51,6 +51,26 @@ def test_unknown_command_exits_2():
     assert result.exit_code == 2
 
 
+def test_convert_effb2_writes_safetensors_that_load_to_the_onnx_features(tmp_path):
+    import numpy as np
+    from helpers.effb2 import export_onnx, seeded_b2
+
+    from pipeline.compute.extractors import EffNetB2Config, EffNetB2Extractor
+
+    onnx_path = export_onnx(seeded_b2(7, 96), tmp_path / "enet_b2_8_best.onnx", 96)
+    out = tmp_path / "enet_b2_8_best.safetensors"
+    result = runner.invoke(app, ["convert-effb2", str(onnx_path), str(out)])
+    assert result.exit_code == 0, result.output
+    crops = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    features = [
+        EffNetB2Extractor(EffNetB2Config(weights=str(path), image_size=64), "cpu").extract(crops)
+        for path in (onnx_path, out)
+    ]
+    np.testing.assert_array_equal(features[0], features[1])
+    refused = runner.invoke(app, ["convert-effb2", str(tmp_path / "missing.onnx"), str(out)])
+    assert refused.exit_code == 2 and "no such file" in refused.output
+
+
 def test_doctor_flags_a_folder_that_is_not_cremad(tmp_path):
     result = runner.invoke(app, ["doctor", "--corpus", "cremad", "--root", str(tmp_path)])
     assert result.exit_code == 1

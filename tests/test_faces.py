@@ -37,6 +37,19 @@ def test_crop_face_is_square_centred_and_padded_outside_the_frame():
 
 
 @pytest.mark.unit
+def test_crop_face_box_side_mean_is_vavls_square():
+    # VAVL: side = 1.1 * 1.25 * mean(width, height) around the box centre = margin 0.1875 of the mean side.
+    frame = np.random.default_rng(0).integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    box = np.array([50.0, 30.0, 110.0, 70.0])  # 60 x 40: mean side 50, longer side 60
+    mean_side = faces_compute.crop_face(frame, box, margin=0.1875, size=224, box_side="mean")
+    square = np.array([55.0, 25.0, 105.0, 75.0])  # the same centre, 50 x 50
+    np.testing.assert_array_equal(mean_side, faces_compute.crop_face(frame, square, margin=0.1875, size=224))
+    assert not np.array_equal(mean_side, faces_compute.crop_face(frame, box, margin=0.1875, size=224))
+    with pytest.raises(FacesConfigError, match="faces.box_side"):
+        FacesConfig(box_side="min")
+
+
+@pytest.mark.unit
 def test_detect_best_faces_finds_the_astronaut_and_not_a_blank_frame(detector):
     frames = np.stack([astronaut_frame(), np.full((180, 240, 3), 90, np.uint8), astronaut_frame(shift=20)])
     boxes, probs = faces_compute.detect_best_faces(detector, frames, batch_size=2, min_prob=0.9)

@@ -33,6 +33,26 @@ def test_every_preparation_section_loads_into_its_dataclass(corpus):
 
 
 @pytest.mark.unit
+def test_the_paper_inputs_settings_in_docs_load_into_the_stage_configs(tmp_path):
+    # docs/paper-inputs.md's block: VAVL's face crop and HSEmotion's B2 as faces / features settings.
+    import re
+
+    from pipeline.stages.faces import FacesConfig
+    from pipeline.stages.features import FeaturesConfig
+
+    text = (REPO / "docs" / "paper-inputs.md").read_text()
+    block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.DOTALL).group(1))
+    weights = tmp_path / "enet_b2_8_best.onnx"  # the file is only checked to exist here
+    weights.write_bytes(b"")
+    block["features"]["effb2"]["weights"] = str(weights)
+    faces = from_mapping(FacesConfig, block["faces"], "docs/paper-inputs.md: faces")
+    features = from_mapping(FeaturesConfig, block["features"], "docs/paper-inputs.md: features")
+    assert (faces.crop_size, faces.box_side, faces.fps) == (224, "mean", None)
+    assert 1 + 2 * faces.margin == pytest.approx(1.1 * 1.25)
+    assert features.effb2.image_size == faces.crop_size == 224
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("corpus", sorted(PARAMS["synth"]))
 def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
     synth_config = get_corpus(corpus).synth_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import __version__
-from pipeline.cli import compare, demo, doctor, prepare, report, synth, train, tune
+from pipeline.cli import compare, demo, doctor, prepare, report, synth, train, tune, weights
 from pipeline.cli.common import OneLineErrors
 
 # Plain help (rich_markup_mode=None): rich markup would eat bracketed texts such as "[default: ...]".
@@ -48,6 +48,7 @@ app.command("compare")(compare.compare)
 app.command("report")(report.cli)
 app.command("doctor")(doctor.cli)
 app.command("demo")(demo.cli)
+app.command("convert-effb2")(weights.cli)
 
 
 def main() -> None:

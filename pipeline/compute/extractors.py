@@ -8,8 +8,9 @@ function of its input. Storage is a separate step (the features stage).
 Weights never download silently in tests: every way of loading is explicit in the config.
 
 - `EffNetB2Config.weights`: `"imagenet"` (downloads the efficientnet-pytorch release file once, needs
-  network), a path to a local `state_dict` file, or `"random"` (seeded initialisation, labelled
-  `random_init: true` in the shard metadata).
+  network), a path to a local weights file (a state_dict, `.safetensors`, or an ONNX export such as
+  HSEmotion's emotion-trained `enet_b2_8_best.onnx`: pipeline.compute.effb2_weights), or `"random"` (seeded
+  initialisation, labelled `random_init: true` in the shard metadata).
 - `Wav2Vec2Config.model`: a Hugging Face hub id (e.g. `facebook/wav2vec2-large-robust`, needs network or
   the local HF cache), a local folder holding `config.json` + weights, or `"random-tiny"` (a tiny seeded
   random model, see `tiny_wav2vec2_config`, for tests and the demo).
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mlb.common.contract import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.compute.effb2_weights import load_state_dict_file, weights_format
 
 EFFNET_B2_NAME = "efficientnet-b2"
 EFFNET_B2_DIM = 1408  # channels of B2's last feature map
@@ -95,9 +97,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 class EffNetB2Config:
     """EfficientNet-B2 on face crops, frozen, global average pooled to 1408-d per frame.
 
-    weights: "imagenet" (download once, needs network), a path to a local state_dict file (`.pth`, loaded
-        with `weights_only=True`), or "random" (seeded random initialisation, for demos and tests).
-    image_size: crops are resized to this square size; B2's native size is 260.
+    weights: "imagenet" (download once, needs network), a path to a local weights file, or "random" (seeded
+        random initialisation, for demos and tests). A file is a state_dict (`.pth`, loaded with
+        `weights_only=True`, or `.safetensors`) or an ONNX export of a TF-ported B2 (`.onnx`, e.g.
+        HSEmotion's AffectNet-8 `enet_b2_8_best.onnx`, the authors' face features: docs/paper-inputs.md).
+    image_size: crops are resized to this square size; B2's native size is 260 (the authors' face features
+        used 224).
     dtype: autocast dtype on CUDA ("float16", "bfloat16" or "float32"); CPU always computes in float32.
     seed: seed of the random initialisation when weights="random".
     """
@@ -167,7 +172,6 @@ def _seeded_random_init(model, seed: int, image_size: int) -> None:
 
 def build_effnet_b2(config: EffNetB2Config):
     """The frozen EfficientNet-B2 module (eval mode, no gradients) that `config` describes, on CPU."""
-    import torch
     from efficientnet_pytorch import EfficientNet
 
     # from_name builds the architecture only; image_size sets the static "same" padding of its convs.
@@ -176,11 +180,19 @@ def build_effnet_b2(config: EffNetB2Config):
         _seeded_random_init(model, config.seed, config.image_size)
     elif config.weights == "imagenet":
         state_dict = _imagenet_state_dict_effnet_b2()
-    elif config.weights != "random":
-        state_dict = torch.load(config.weights, map_location="cpu", weights_only=True)
+    else:
+        state_dict = load_state_dict_file(config.weights, model)
     if config.weights != "random":
-        # The classifier (_fc) is never used; a headless state_dict is fine.
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        # The classifier (_fc) is never used; a headless state_dict is fine, and so is another classifier
+        # (HSEmotion's has 8 classes), so it is left out before loading.
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("_fc.")}
+        try:
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as err:  # tensors of other shapes: another network
+            shapes = str(err).splitlines()[-1].strip()
+            raise ExtractorConfigError(
+                f"effb2.weights={config.weights!r}: not an EfficientNet-B2 state_dict ({shapes})"
+            ) from err
         missing = [k for k in missing if not k.startswith("_fc.")]
         if missing or unexpected:
             raise ExtractorConfigError(
@@ -211,16 +223,20 @@ class EffNetB2Extractor:
     def identity(self) -> dict:
         """What produced the features, for `meta.json` (a trainer refuses features of another kind)."""
         weights = self.config.weights
+        source = {}
         if weights == "random":
             weights_id = f"random:seed={self.config.seed}"
         elif weights == "imagenet":
             weights_id = EFFNET_B2_IMAGENET_URL
         else:
             weights_id = f"sha256:{file_sha256(weights)}"
+            # The file's name says which weights they were (enet_b2_8_best.onnx: HSEmotion's AffectNet-8).
+            source = {"weights_file": Path(weights).name, "weights_format": weights_format(weights)}
         return {
             "model": EFFNET_B2_NAME,
             "library": "efficientnet-pytorch",
             "weights": weights_id,
+            **source,
             "random_init": weights == "random",
             "input_size": self.config.image_size,
             "pooling": "global-average",

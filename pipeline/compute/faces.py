@@ -61,16 +61,27 @@ def detect_best_faces(
     return boxes, probs
 
 
-def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
-    """A square crop centred on `box`, its side the box's longer side plus `margin` of it on each side,
-    resized to size x size. Parts outside the frame are black (the face stays centred and unstretched).
+BOX_SIDES = ("max", "mean")
+
+
+def crop_face(
+    frame: np.ndarray, box: np.ndarray, margin: float, size: int, box_side: str = "max"
+) -> np.ndarray:
+    """A square crop centred on `box`, its side the box's side plus `margin` of it on each side, resized to
+    size x size. The box's side is its longer one (`box_side="max"`) or the mean of its width and height
+    ("mean", as VAVL's face crops: docs/paper-inputs.md). Parts outside the frame are black (the face stays
+    centred and unstretched).
 
     frame: uint8 [H, W, 3]; box: (x1, y1, x2, y2). Returns uint8 [size, size, 3].
     """
     import cv2
 
     x1, y1, x2, y2 = (float(v) for v in box)
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    if box_side not in BOX_SIDES:
+        raise ValueError(f"box_side={box_side!r}: expected one of {', '.join(BOX_SIDES)}")
+    width, height = x2 - x1, y2 - y1
+    box_length = max(width, height) if box_side == "max" else (width + height) / 2
+    side = box_length * (1 + 2 * margin)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     left, top = round(cx - side / 2), round(cy - side / 2)
     side_px = max(round(side), 1)
@@ -86,10 +97,18 @@ def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> n
 
 
 def faces_of_frames(
-    detector, frames: np.ndarray, *, crop_size: int, margin: float, min_prob: float, batch_size: int
+    detector,
+    frames: np.ndarray,
+    *,
+    crop_size: int,
+    margin: float,
+    min_prob: float,
+    batch_size: int,
+    box_side: str = "max",
 ) -> ClipFaces:
     """Detect, pick and crop the faces of one clip's frames (uint8 [N, H, W, 3]): the most confident face
-    of each frame (at least `min_prob`), cropped square with `margin` and resized to `crop_size`."""
+    of each frame (at least `min_prob`), cropped square with `margin` (of the box's `box_side`) and resized
+    to `crop_size`."""
     size = crop_size
     if len(frames) == 0:
         return ClipFaces(
@@ -103,5 +122,5 @@ def faces_of_frames(
     keep = np.flatnonzero(probs > 0)  # [K]
     crops = np.zeros((len(keep), size, size, 3), np.uint8)  # [K, S, S, 3]
     for j, i in enumerate(keep):
-        crops[j] = crop_face(frames[i], boxes[i], margin, size)
+        crops[j] = crop_face(frames[i], boxes[i], margin, size, box_side)
     return ClipFaces(crops, keep.astype(np.int32), probs[keep], boxes[keep], len(frames))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.compute.faces import faces_of_frames, make_detector
+from pipeline.compute.faces import BOX_SIDES, faces_of_frames, make_detector
 from pipeline.engine import ClipJob, Executor, run_per_clip
 from pipeline.manifest import ClipRecord, Reason, read_manifest, write_manifest
 from pipeline.media import decode_frames, resolve_inside
@@ -41,7 +41,10 @@ class FacesConfig:
 
     fps: frames per second to keep; None keeps every decoded frame (what the paper does).
     crop_size: side of the square face crop in pixels; the EfficientNet-B2 input size (260).
-    margin: added on every side of the detected box, as a fraction of the box's longer side.
+    margin: added on every side of the detected box, as a fraction of the box's side (see box_side).
+    box_side: how the box's side is measured: "max" (its longer side) or "mean" (the mean of its width and
+        height, as VAVL's crops; with margin 0.1875 the crop's side is 1.375 times it, VAVL's 1.1 x 1.25:
+        docs/paper-inputs.md).
     min_prob: least MTCNN confidence for a detection to count as a face.
     min_face_size: MTCNN's smallest face in pixels.
     batch_size: frames per MTCNN call.
@@ -54,6 +57,7 @@ class FacesConfig:
     fps: float | None = None
     crop_size: int = 260
     margin: float = 0.2
+    box_side: str = "max"
     min_prob: float = 0.9
     min_face_size: int = 40
     batch_size: int = 32
@@ -69,6 +73,10 @@ class FacesConfig:
             raise FacesConfigError(f"faces.crop_size={self.crop_size!r}: expected an int >= 16")
         if not isinstance(self.margin, (int, float)) or not 0 <= self.margin <= 1:
             raise FacesConfigError(f"faces.margin={self.margin!r}: expected a fraction in [0, 1]")
+        if self.box_side not in BOX_SIDES:
+            raise FacesConfigError(
+                f"faces.box_side={self.box_side!r}: expected one of {', '.join(BOX_SIDES)}"
+            )
         if not isinstance(self.min_prob, (int, float)) or not 0 <= self.min_prob < 1:
             raise FacesConfigError(f"faces.min_prob={self.min_prob!r}: expected a probability in [0, 1)")
         if not isinstance(self.min_face_size, int) or self.min_face_size < 12:
@@ -99,6 +107,7 @@ def compute_faces(jobs: Sequence[ClipJob], config: dict) -> dict:
             frames,
             crop_size=faces_config.crop_size,
             margin=faces_config.margin,
+            box_side=faces_config.box_side,
             min_prob=faces_config.min_prob,
             batch_size=faces_config.batch_size,
         )
