@@ -189,6 +189,22 @@ def test_the_section_on_matching_runs_gives_the_published_value_and_the_verdict(
     assert "A published value applies to 1 of 1 groups; 1 lie within it." in text
 
 
+@pytest.mark.unit
+def test_the_conformer_values_come_with_the_frozen_wav2vec2_difference(tmp_path):
+    for fold in (1, 2, 3):
+        write_run(tmp_path, "mlb", fold, 0.80, {**VAVL, "extractors": {}}, features="cached")
+    text = published_markdown(anchors(load_runs(tmp_path)))
+    assert "85.2 ± 0.9 (CREMA-D Conformer, MLB)" in text
+    assert "CREMA-D Conformer: mlbpipe's Wav2Vec2 is frozen" in " ".join(text.split())
+    assert "is frozen" not in published_markdown(anchors(load_runs(_raw_runs(tmp_path / "raw"))))
+
+
+def _raw_runs(root: Path) -> Path:
+    for fold in (1, 2, 3):
+        write_run(root, "mlb", fold, 0.70, VAVL)
+    return root
+
+
 # --- the command -----------------------------------------------------------------------------------------------
 
 

@@ -77,6 +77,7 @@ class Published:
     value: tuple[float, float] | None = None
     column: str | None = None  # the column's title, e.g. "CREMA-D ResNet"
     row: str | None = None  # the row's title, e.g. "MLB"
+    differs: str | None = None  # how mlbpipe's encoders' inputs differ from the column's, where they do
     why_not: list[str] = field(default_factory=list)
 
 
@@ -110,6 +111,7 @@ def published_for(
         out.why_not.append(f"no {group['features']} column for {corpora[0]} in the table")
         return out
     out.column = column["title"]
+    out.differs = column.get("differs")
     if column.get("not_comparable"):
         out.why_not.append(f"other encoders: {column['not_comparable']}")
     family = column["protocol"]
@@ -200,6 +202,9 @@ def published_markdown(rows: list[Anchor], table: dict | None = None) -> str:
         )
     else:
         summary = "No published value applies to any group here (each row says why)."
+    notes = {a.published.column: a.published.differs for a in matched if a.published.differs}
+    for column, differs in notes.items():  # said where the numbers are printed, not only in the docs
+        summary += f"\n{column}: {differs}."
     return "\n".join(lines) + "\n\n" + summary + "\n"
 
 
