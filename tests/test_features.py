@@ -111,8 +111,11 @@ def test_effb2_imagenet_offline_says_how_to_supply_weights(monkeypatch):
 
 @pytest.mark.unit
 def test_extractor_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ExtractorConfigError, match="effb2.weights"):
-        EffNetB2Config(weights=str(tmp_path / "missing.pth"))
+    missing = EffNetB2Config(weights=str(tmp_path / "missing.onnx"))  # looked for when the extractor is built
+    with pytest.raises(
+        ExtractorConfigError, match=r"effb2.weights=.*missing.onnx.*no such file.*paper-inputs"
+    ):
+        ex.build_effnet_b2(missing)
     with pytest.raises(ExtractorConfigError, match="effb2.dtype"):
         EffNetB2Config(weights="random", dtype="float8")
     with pytest.raises(ExtractorConfigError, match="w2v2.layer"):

@@ -117,11 +117,6 @@ class EffNetB2Config:
             raise ExtractorConfigError(
                 f"effb2.weights={self.weights!r}: expected 'imagenet', 'random' or a file path"
             )
-        if self.weights not in ("imagenet", "random") and not Path(self.weights).is_file():
-            raise ExtractorConfigError(
-                f"effb2.weights={self.weights!r}: no such file (expected 'imagenet', 'random' or a path "
-                "to an EfficientNet-B2 state_dict file)"
-            )
         if not isinstance(self.image_size, int) or self.image_size < 32:
             raise ExtractorConfigError(f"effb2.image_size={self.image_size!r}: expected an int >= 32")
         _check_dtype("effb2.dtype", self.dtype)
@@ -180,7 +175,14 @@ def build_effnet_b2(config: EffNetB2Config):
         _seeded_random_init(model, config.seed, config.image_size)
     elif config.weights == "imagenet":
         state_dict = _imagenet_state_dict_effnet_b2()
-    else:
+    else:  # a file is looked for only here, when the features stage starts: the other stages never need it
+        if not Path(config.weights).is_file():
+            where = (
+                "HSEmotion's emotion-trained B2: docs/paper-inputs.md says where to download it"
+                if config.weights.endswith(".onnx")
+                else "expected 'imagenet', 'random' or a path to an EfficientNet-B2 weights file"
+            )
+            raise ExtractorConfigError(f"effb2.weights={config.weights!r}: no such file ({where})")
         state_dict = load_state_dict_file(config.weights, model)
     if config.weights != "random":
         # The classifier (_fc) is never used; a headless state_dict is fine, and so is another classifier
