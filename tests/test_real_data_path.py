@@ -1,5 +1,6 @@
-"""The documented path from a real corpus copy: the paper's parameter set, the README's DVC lines run on a
-stand-in in the real layout, and a stage refused when it is given another root than the one indexed."""
+"""The documented path from a real corpus copy: the paper's parameter set, the DVC lines of docs/reproduce.md
+(and the README's copy of them) run on a stand-in in the real layout, and a stage refused when it is given
+another root than the one indexed."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from pipeline.cli import app
 PAPER = REPO / "params.paper.yaml"
 
 
-def readme_block(marker: str) -> list[str]:
-    """The command lines of the README's fenced block between `<!-- marker -->` and `<!-- /marker -->`."""
-    text = (REPO / "README.md").read_text()
+def doc_block(page: str, marker: str) -> list[str]:
+    """The command lines of a page's fenced block between `<!-- marker -->` and `<!-- /marker -->`."""
+    text = (REPO / page).read_text()
     block = re.search(rf"<!-- {marker} -->\n(.*?)<!-- /{marker} -->", text, flags=re.DOTALL)
-    assert block, f"README.md has no {marker} block"
+    assert block, f"{page} has no {marker} block"
     return [line.strip() for line in block.group(1).splitlines() if line.strip() and "```" not in line]
 
 
@@ -62,8 +63,8 @@ def test_a_stage_on_another_root_than_the_one_indexed_is_refused(synth_corpus, t
 
 
 @pytest.mark.e2e
-def test_the_readme_dvc_lines_take_the_real_root_protocol_and_partition(tmp_path):
-    """The README's lines, verbatim but for the corpus root (a stand-in in the real layout) and the target
+def test_the_documented_dvc_lines_take_the_real_root_protocol_and_partition(tmp_path):
+    """docs/reproduce.md's lines, verbatim but for the corpus root (a stand-in in the real layout) and the target
     (the index stage: the later ones need the real extractors' weights)."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -87,8 +88,9 @@ def test_the_readme_dvc_lines_take_the_real_root_protocol_and_partition(tmp_path
     ) == ["index@cremad"]
     assert _indexed(repo) == (str(root), "vavl-2")
 
-    # the README's lines: the paper's parameter set, then the real root
-    lines = readme_block("real-data-dvc")
+    # the page's lines: the paper's parameter set, then the real root
+    lines = doc_block("docs/reproduce.md", "reproduce-dvc")
+    assert doc_block("README.md", "reproduce-dvc") == lines  # the README's short version is the same lines
     assert lines[0] == "cp params.paper.yaml params.yaml" and lines[1].startswith("dvc exp run ")
     shutil.copy(repo / "params.paper.yaml", repo / "params.yaml")
     argv = shlex.split(lines[1].replace("/data/CREMA-D", str(root)))

@@ -38,8 +38,8 @@ def check_fold_data(fold_data: dict[int, Path]) -> None:
         protocol = str((meta.get("config") or {}).get("protocol") or "")
         where = f"{Path(folder) / 'meta.json'}"
         fix = (
-            f"prepare fold {fold} into that folder (`mlbpipe prepare CORPUS --partition {fold}`, or `--seed {fold}` "
-            "for a random protocol), or fix --data"
+            "make the folds of a prepared folder (`mlbpipe prepare CORPUS --from DIR --folds 1,2,3 --out "
+            "DIR/folds`, then --data 'DIR/folds/{fold}'), or fix --data"
         )
         if not protocol:
             raise ValueError(
