@@ -3,7 +3,7 @@
 Trains, with the `mlbpipe train` of the checkout given by --repo (this one by default), on small generated
 shard folders: MLB and MLA (several optimiser updates per batch) on both input paths, each once straight
 through and once stopped after 4 steps and resumed; and MLB on 2 processes under torchrun. Then hashes what
-each run wrote: metrics.json (without its wall-clock seconds), steps.jsonl, epochs.jsonl,
+each run wrote: metrics.json and epochs.jsonl (without their wall-clock seconds), steps.jsonl,
 test_predictions.json, and every tensor and value of checkpoints/last.pt and best.pt, the saved config apart
 (paths inside it made relative; a resumed run's differs from a straight one's by its folder and its options). Compare two checkouts:
 
@@ -98,8 +98,12 @@ def fingerprint(run: Path, work: Path) -> dict[str, str]:
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["training"].pop("seconds_this_process", None)
     found = {"metrics.json": _digest(json.dumps(metrics, sort_keys=True).encode())}
-    for name in ("steps.jsonl", "epochs.jsonl", "test_predictions.json"):
+    for name in ("steps.jsonl", "test_predictions.json"):
         found[name] = _digest((run / name).read_bytes())
+    epochs = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+    for epoch in epochs:
+        epoch.pop("seconds", None)  # wall-clock time, like metrics.json's
+    found["epochs.jsonl"] = _digest(json.dumps(epochs, sort_keys=True).encode())
     for name in ("last.pt", "best.pt"):
         saved = torch.load(run / "checkpoints" / name, weights_only=True)
         for part, keys in (("", [k for k in saved if k != "config"]), (" config", ["config"])):
