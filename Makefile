@@ -1,7 +1,9 @@
 # Two commands on a fresh machine: `make demo` (the main job on the built-in synthetic corpus) and
 # `make test` (the test suite, every tier). Both create .venv and install everything first; re-running skips
 # that. `make test-fast` runs the unit tier only (pyproject.toml's markers say what each tier holds).
-PYTHON ?= python3
+# The pinned stack needs Python 3.11 exactly (pyproject.toml): python3.11 where it is on PATH, else python3,
+# whose version is checked before anything is installed. `make demo PYTHON=/path/to/python3.11` for another.
+PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -9,6 +11,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test test-fast lint clean-venv
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
+	  f"$(PYTHON) is Python {sys.version.split()[0]}: mlbpipe needs 3.11 (its pinned torch stack); install it, then make PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
