@@ -85,11 +85,13 @@ class Run:
 
 
 def _index(run: Run):
-    from pipeline.stages.index import run_index
+    from pipeline.stages.index import check_kept, run_index
 
-    _, summary = run_index(
+    records, summary = run_index(
         run.corpus, run.root, run.out, run.config.index, executor=run.executor, progress=run.progress
     )
+    # a copy that keeps nothing (or nothing in a split) is an error here, not an empty shard folder later
+    check_kept(records, summary, run.corpus, run.root, run.manifest)
     return summary
 
 
@@ -128,6 +130,8 @@ def _shards_raw(run: Run):
 
 
 def _faces(run: Run):
+    import torch  # noqa: F401  loaded before the first batch, so that batches run here get one thread too
+
     from pipeline.stages.faces import run_faces
 
     # plain tasks, not for_models(): MTCNN is small, and video decoding wants every worker

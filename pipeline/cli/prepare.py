@@ -51,9 +51,11 @@ def _summary_lines(stage: str, result) -> tuple[list[str], list[str]]:
             err.append(f"  note: {note}")
         if len(notes) > 10:
             err.append(f"  note: ... and {len(notes) - 10} more")
-        missing = [s for s in SPLITS if s not in result["kept_by_split"]]
-        if missing:
-            err.append(f"  warning: no kept clip in split(s) {', '.join(missing)}")
+        coverage = result.get("coverage")
+        if coverage is not None and coverage.complete:
+            out.append(f"  copy: {coverage.describe()}")
+        elif coverage is not None:
+            err.append(f"  warning: this copy has {coverage.describe()}")
     elif stage in ("frames", "spectrograms"):
         err += [f"{stage}: {clip_id} skipped: {message}" for clip_id, message in sorted(result.items())]
     elif stage in ("shards_raw", "shards_cached"):

@@ -15,6 +15,7 @@ too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -30,6 +31,16 @@ WORKER_PRELOAD = [
     "numpy", "h5py", "av", "cv2", "soundfile", "soxr", "scipy.fft",
     "pipeline.engine.per_clip", "pipeline.media", "pipeline.compute.spectrogram",
 ]  # fmt: skip
+# One thread for every math library of a worker, whatever the user's environment says: the libraries read
+# these when they load, so the fork server starts with them (before its preload) and every worker it forks
+# inherits them. A worker then computes as a Ray task does (the same bytes), and N workers use N cores, not
+# N x cores threads.
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",  # OpenMP: torch's intra-op pool
+    "OPENBLAS_NUM_THREADS": "1",  # numpy's, scipy's and OpenCV's OpenBLAS
+    "MKL_NUM_THREADS": "1",
+    "OPENCV_FOR_THREADS_NUM": "1",  # OpenCV's own parallel loops
+}
 
 
 class Executor(ABC):
@@ -45,8 +56,9 @@ class Executor(ABC):
     def for_models(self, device: str = "auto") -> Executor:
         """The executor for stages that hold a model (see the module doc), to be closed by the caller when
         the stage is done. `device` is the stage's device setting ("cpu" asks for CPU workers even where
-        there are GPUs); it is resolved where the model is built, never here. Default: this process."""
-        return InProcess()
+        there are GPUs); it is resolved where the model is built, never here. Default: this process, with
+        torch on one thread (`ModelsInProcess`)."""
+        return ModelsInProcess()
 
     def close(self) -> None:
         """Release the workers (a no-op where there are none)."""
@@ -58,12 +70,44 @@ class Executor(ABC):
         self.close()
 
 
+@contextlib.contextmanager
+def one_torch_thread(load: bool = False) -> Iterator[None]:
+    """torch computes on one thread inside (its setting is restored after), as in a pool worker or a Ray
+    task: a CPU convolution's last bits depend on how many threads split it. torch is imported only with
+    `load` (a model stage); otherwise nothing happens where it is not loaded yet."""
+    torch = sys.modules.get("torch")
+    if torch is None and load:
+        import torch
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class InProcess(Executor):
-    """Every task in this process, one after the other."""
+    """Every task in this process, one after the other, with torch (where it is loaded) on one thread, as
+    in a worker: the bytes do not depend on the executor."""
+
+    load_torch = False
 
     def map_unordered(self, fn, items):
         for index, item in enumerate(items):
-            yield index, fn(item)
+            with one_torch_thread(self.load_torch):
+                result = fn(item)
+            yield index, result
+
+
+class ModelsInProcess(InProcess):
+    """The local engine's `for_models()`: the model stage's calls in this process (the models are too big to
+    copy into every worker, and a GPU belongs to one process), with torch on one thread during each, as in
+    a Ray actor. On a GPU the CPU's thread count costs little: the GPU computes."""
+
+    load_torch = True
 
 
 class LocalExecutor(Executor):
@@ -84,8 +128,11 @@ class LocalExecutor(Executor):
             self._pool = ProcessPoolExecutor(
                 max_workers=workers, mp_context=context, initializer=_init_worker
             )
-            for _ in range(workers):
-                self._pool.submit(int)  # a no-op per worker: the processes start now, not at the first task
+            # A no-op per worker: the processes start now, not at the first task. The fork server starts
+            # with the first of them, so it gets ONE_THREAD there (the calling process's own is restored).
+            with _environment(ONE_THREAD):
+                for _ in range(workers):
+                    self._pool.submit(int)
 
     def map_unordered(self, fn, items):
         if self._pool is None or len(items) <= 1:
@@ -117,6 +164,21 @@ def as_executor(executor: Executor | None) -> Executor:
     return InProcess() if executor is None else executor
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` inside (for the processes started there), as it was after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this worker when its parent goes, so a SIGKILLed `prepare` leaves no
     orphan workers behind (they would wait forever on their task queue)."""
@@ -139,7 +201,9 @@ def _init_worker() -> None:
     # safe point (mlb.common.stopping) and a worker finishes the batch in hand, so it ignores them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Each worker is one process on one core: keep the math libraries single-threaded.
-    os.environ["OMP_NUM_THREADS"] = "1"
+    # Each worker is one process on one core: it inherits ONE_THREAD from the fork server; set here too for
+    # the libraries it loads later, should a fork server have been started elsewhere without it.
+    os.environ.update(ONE_THREAD)
+
     if "torch" in sys.modules:  # never import it just for this (see WORKER_PRELOAD)
         sys.modules["torch"].set_num_threads(1)
