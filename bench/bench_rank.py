@@ -79,8 +79,10 @@ def worker(out: Path, index: int, count: int, tuned: Path | None) -> None:
     for i, (method, fusion, seed) in enumerate(mine, 1):
         print(f"[worker {index}: {i}/{len(mine)}] {method} / {fusion} / seed {seed}", flush=True)
         run_comparison(
-            base_config(data, runs), [method], [fusion], [seed], runs, log=lambda *_: None, tuned=tree
-        )
+            base_config(data, runs), [method], [fusion], [seed], runs, log=lambda *_: None, tuned=tree,
+            tuned_file=str(tuned) if tuned else None,
+            allow_untuned=method.endswith("-only"),  # the encoders alone are references, not tuned here
+        )  # fmt: skip
 
 
 def tune_worker(out: Path, index: int, count: int, trials: int) -> None:

@@ -230,6 +230,8 @@ def check_run(run: Run, stages: list[str]) -> None:
     the corpus root, then (for the cached path) the extractor weights. Raises CorpusError or ValueError."""
     run.config.index.protocol_of(run.corpus)
     run.corpus.scan(run.root)  # a wrong or empty root: CorpusError naming the path and the fix
+    if "index" not in stages:
+        check_indexed_root(run)
     if "features" in stages:  # missing weights fail now, not after hours of faces
         from pipeline.stages.features import extractors_for
 
@@ -237,6 +239,23 @@ def check_run(run: Run, stages: list[str]) -> None:
             extractors_for(run.config.features)
         except ValueError as err:
             raise CachedPathUnavailable(str(err)) from err
+
+
+def check_indexed_root(run: Run) -> None:
+    """A later stage reads the clips from the root that index read: another root (a `--root` or params.yaml
+    entry that was changed in one place only) is refused, naming both."""
+    import json
+
+    described = run.out / "corpus.json"
+    if not described.is_file():
+        return  # not indexed yet: the stage itself says so
+    indexed = json.loads(described.read_text()).get("root")
+    if indexed is not None and Path(indexed).resolve() != Path(run.root).resolve():
+        raise ValueError(
+            f"{run.out} was indexed from {indexed}, not {run.root}: run the index stage on {run.root} first, or "
+            f"give every stage the same root (under DVC, params.yaml's corpora.{run.corpus.name}.root and "
+            f"cached_corpora.{run.corpus.name}.root)"
+        )
 
 
 def prepare(

@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 
+import matplotlib.text
 import pytest
 from helpers.shards import write_shard_folder
+from matplotlib.container import BarContainer
 from typer.testing import CliRunner
 
+from mlb.analysis import report
 from mlb.analysis.compare import aggregate, flatten, load_runs, to_markdown
 from mlb.analysis.report import NoRunsError, write_report
 from mlb.experiment.sweep import run_comparison
@@ -214,6 +217,53 @@ def test_write_report_without_finished_runs_is_an_error_and_writes_nothing(tmp_p
     assert not (tmp_path / "figures").exists()
 
 
+def _capture_figures(monkeypatch) -> list:
+    """The Figures the report draws, kept as they are saved."""
+    figures, save = [], report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    return figures
+
+
+@pytest.mark.unit
+def test_the_heads_figure_draws_only_the_head_an_encoder_trained_alone_has(tmp_path, monkeypatch):
+    """`video-only`'s audio head is a probe on an untrained encoder: no bar, and none for `audio-only`'s video."""
+    runs = [_fake_run(m, 0, 0.5) for m in ("joint", "mlb", "audio-only", "video-only")]
+    bars = report.head_bars(aggregate(runs))
+    assert {m: list(by_method) for m, by_method in bars.items()} == {
+        "audio": ["joint", "mlb", "audio-only"],
+        "video": ["joint", "mlb", "video-only"],
+    }
+    assert bars["audio"]["mlb"] == (50.0, 0.0) and bars["video"]["video-only"] == (25.0, 0.0)
+    figures = _capture_figures(monkeypatch)
+    report.figure_heads(aggregate(runs), tmp_path / "heads.png")
+    (ax,) = figures[0].axes
+    drawn = {  # each bar's centre: the method's place, offset to its head's side
+        c.get_label(): [round(bar.get_x() + bar.get_width() / 2, 3) for bar in c.patches]
+        for c in ax.containers
+        if isinstance(c, BarContainer)
+    }
+    assert drawn == {"audio head": [-0.2, 0.8, 1.8], "video head": [0.2, 1.2, 3.2]}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["joint", "mlb", "audio-only", "video-only"]
+
+
+@pytest.mark.unit
+def test_no_figure_title_names_an_absolute_path(tmp_path, monkeypatch):
+    """The training curves are titled by the run's folder inside the runs folder."""
+    runs = tmp_path / "runs"
+    for method in ("mlb", "joint"):
+        path = runs / "raw" / method / "late-linear" / "seed0" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_fake_run(method, 0, 0.5)))
+    figures = _capture_figures(monkeypatch)
+    write_report(runs)
+    texts = [t.get_text() for fig in figures for t in fig.findobj(matplotlib.text.Text)]
+    assert not [text for text in texts if str(tmp_path) in text]
+    assert [fig.get_suptitle() for fig in figures if fig.get_suptitle()] == [
+        "raw/joint/late-linear/seed0",
+        "raw/mlb/late-linear/seed0",
+    ]
+
+
 @pytest.mark.integration
 def test_report_leaves_matplotlib_backend_alone(tmp_path):
     code = (
@@ -252,6 +302,7 @@ def test_compare_and_report_take_the_new_methods(tmp_path):
     args += ["--features", "raw"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "--resume given" not in result.output  # fresh runs under compare: no resume warning
     for m in new:
         if METHODS[m].supported_fusions is not None:
             assert f"{m} supports only ['late-linear']" in result.output
@@ -259,3 +310,17 @@ def test_compare_and_report_take_the_new_methods(tmp_path):
     assert {r["group"]["method"] for r in rows} == set(new)
     result = runner.invoke(app, ["report", "--runs", str(runs)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.integration
+def test_aggregate_only_without_finished_runs_exits_1_with_a_message(tmp_path):
+    """Nothing to aggregate is exit 1 (docs/CONTRACTS.md), not a fault; a missing folder is not made."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(empty)])
+    assert result.exit_code == 1 and f"no finished runs under {empty}" in result.output, result.output
+    assert "error" not in result.output
+    missing = tmp_path / "missing"
+    result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(missing)])
+    assert result.exit_code == 1 and f"{missing} does not exist" in result.output, result.output
+    assert not missing.exists()

@@ -106,7 +106,7 @@ def prepared(toy_root, tmp_path_factory) -> Path:
     return out
 
 
-def test_the_toy_corpus_is_indexed_with_its_own_layout(prepared):
+def test_the_toy_corpus_is_indexed_with_its_own_layout(prepared, toy_root):
     by_id = {r.id: r for r in read_manifest(prepared / "manifest.jsonl")}
     assert len(by_id) == 18
     good = by_id["v03_1"]
@@ -120,7 +120,7 @@ def test_the_toy_corpus_is_indexed_with_its_own_layout(prepared):
     corpus = json.loads((prepared / "corpus.json").read_text())
     assert corpus == {"corpus": "toy", "label_names": list(CLASSES), "num_classes": 3, "protocol": "random-0",
                       "method_defaults": ToyCorpus.method_defaults, "input_paths": list(ToyCorpus.input_paths),
-                      "input_paths_note": ToyCorpus.input_paths_note}  # fmt: skip
+                      "input_paths_note": ToyCorpus.input_paths_note, "root": str(toy_root)}  # fmt: skip
 
 
 def test_the_shards_take_the_corpus_from_the_manifest_and_frames_from_the_segment(prepared):

@@ -5,55 +5,18 @@ line or the reports hold (help texts, printed summaries, figures) reruns no prep
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers.dvc import copy_repo, dvc, set_params, stages_ran
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"synth": {"cremad": {"clips": 6, "width": 64, "height": 48}}, "frames": {"size": 32}, "workers": 1}
-
-
-def _dvc(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
-
-
-def _ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
-def _merge(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
-def _set_params(path: Path, changes: dict) -> None:
-    path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), changes), sort_keys=False))
 
 
 def _workspace_files(repo: Path) -> set[str]:
@@ -79,28 +42,16 @@ def _declared(path: str, outs: list[str]) -> bool:
     )
 
 
-def _copy_repo(tmp_path: Path) -> Path:
-    """What `dvc repro` needs of the repository, in a fresh folder (the caller runs `git init`)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("pipeline", "mlb", "manifests"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    return repo
-
-
 def test_dvc_repro_is_incremental(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = _copy_repo(tmp_path)
+    repo = copy_repo(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    _set_params(repo / "params.yaml", TINY)
+    set_params(repo / "params.yaml", TINY)
 
     # the ResNet path (the cached path's stages have their own tests)
-    first = _dvc(repo, "repro", "shards_raw@cremad")
-    ran = _ran(first)  # frames and spectrograms are independent: DVC may run them in either order
+    first = dvc(repo, "repro", "shards_raw@cremad")
+    ran = stages_ran(first)  # frames and spectrograms are independent: DVC may run them in either order
     assert ran[:2] == ["synth@cremad", "index@cremad"], ran
     assert sorted(ran[2:4]) == ["frames@cremad", "spectrograms@cremad"] and ran[4:] == [
         "shards_raw@cremad"
@@ -109,20 +60,18 @@ def test_dvc_repro_is_incremental(tmp_path):
     assert (shards / "sizes.json").is_file() and list(shards.glob("train-*.tar"))
     before = {p.name: p.read_bytes() for p in shards.iterdir()}
 
-    second = _dvc(repo, "repro", "shards_raw@cremad")
-    assert _ran(second) == [] and "up to date" in second
+    second = dvc(repo, "repro", "shards_raw@cremad")
+    assert stages_ran(second) == [] and "up to date" in second
 
     # what only the command line and the reports hold: help texts, printed summaries, figures
     for edited in ("pipeline/cli/prepare.py", "pipeline/cli/common.py", "mlb/analysis/report.py"):
         with open(repo / edited, "a") as f:
             f.write("\n# an edit that changes no stage's work\n")
-    assert _ran(_dvc(repo, "repro", "shards_raw@cremad")) == []
+    assert stages_ran(dvc(repo, "repro", "shards_raw@cremad")) == []
 
-    _set_params(
-        repo / "params.yaml", {"spectrograms": {"hop_length": 300}, "workers": 2}
-    )  # workers: no rerun
-    third = _dvc(repo, "repro", "shards_raw@cremad")
-    assert _ran(third) == ["spectrograms@cremad", "shards_raw@cremad"]
+    set_params(repo / "params.yaml", {"spectrograms": {"hop_length": 300}, "workers": 2})  # workers: no rerun
+    third = dvc(repo, "repro", "shards_raw@cremad")
+    assert stages_ran(third) == ["spectrograms@cremad", "shards_raw@cremad"]
     assert before["sizes.json"] == (shards / "sizes.json").read_bytes()
     assert (
         before["train-000000.tar"] != (shards / "train-000000.tar").read_bytes()
@@ -134,14 +83,14 @@ def test_a_corpus_added_in_params_gets_the_stages_its_input_paths_allow(tmp_path
     synth stand-ins; the cached path's stages stay those of `cached_corpora`."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = _copy_repo(tmp_path)
+    repo = copy_repo(tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     text = (repo / "params.yaml").read_text()
     for line in ("# ave:", "#   root: data/ave/synthetic", "# ucf101:", "#   root: data/ucf101/synthetic"):
         assert f"  {line}\n" in text, line  # the commented blocks the comment tells users to uncomment
         text = text.replace(f"  {line}\n", f"  {line[2:]}\n", 1)
     (repo / "params.yaml").write_text(text)
-    _set_params(
+    set_params(
         repo / "params.yaml",
         {
             "synth": {"ave": {"videos_per_category": 1, "width": 160, "height": 90}, "ucf101": {"groups": 1}},
@@ -150,7 +99,7 @@ def test_a_corpus_added_in_params_gets_the_stages_its_input_paths_allow(tmp_path
         },
     )
 
-    stages = {line.split()[0] for line in _dvc(repo, "stage", "list").splitlines() if line.strip()}
+    stages = {line.split()[0] for line in dvc(repo, "stage", "list").splitlines() if line.strip()}
     for corpus in ("cremad", "ave", "ucf101"):
         for stage in ("synth", "index", "frames", "spectrograms", "shards_raw"):
             assert f"{stage}@{corpus}" in stages, (stage, corpus, sorted(stages))
@@ -159,7 +108,7 @@ def test_a_corpus_added_in_params_gets_the_stages_its_input_paths_allow(tmp_path
         "features@cremad",
         "shards_cached@cremad",
     }
-    ran = _ran(_dvc(repo, "repro", "shards_raw@ave"))
+    ran = stages_ran(dvc(repo, "repro", "shards_raw@ave"))
     assert ran[:2] == ["synth@ave", "index@ave"] and ran[-1] == "shards_raw@ave", ran
     meta = json.loads((repo / "data" / "ave" / "shards" / "raw" / "meta.json").read_text())
     assert meta["corpus"] == "ave" and meta["num_classes"] == 28
@@ -196,18 +145,18 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     reruns only MLB's runs (and the protocol for a pinned value), and a method added to a list only its runs."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = _copy_repo(tmp_path)
-    _set_params(repo / "params.yaml", TINY_ALL)
+    repo = copy_repo(tmp_path)
+    set_params(repo / "params.yaml", TINY_ALL)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny"], cwd=repo, check=True)
 
     before = _workspace_files(repo)
-    first = _dvc(repo, "repro")
+    first = dvc(repo, "repro")
     undeclared = [f for f in sorted(_workspace_files(repo) - before) if not _declared(f, _stage_outs(repo))]
     assert not undeclared, f"stages wrote files that no stage declares in outs: {undeclared}"
-    stages = [s.split("@")[0] for s in _ran(first)]
+    stages = [s.split("@")[0] for s in stages_ran(first)]
     for stage in (
         "synth",
         "index",
@@ -250,11 +199,11 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
         in (repo / "protocol" / "runs" / "compare_stats.md").read_text()
     )
 
-    assert _ran(_dvc(repo, "repro")) == []
+    assert stages_ran(dvc(repo, "repro")) == []
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "lock"], cwd=repo, check=True)
     alpha, pin = "train.param.mlb.alpha=1.0", "+protocol.train.param.mlb.alpha=2.0"
-    rerun = _ran(_dvc(repo, "exp", "run", "-S", alpha, "-S", pin))
+    rerun = stages_ran(dvc(repo, "exp", "run", "-S", alpha, "-S", pin))
     mlb_stages = ["train_cached_mlb@0", "train_raw_mlb@0"]  # MLB's settings are one for both input paths
     assert sorted(rerun) == ["compare", "compare_tuned", "report", *mlb_stages, "tune"], rerun
     assert json.loads(mlb_run.read_text())["method_params"] == {"alpha": 1.0, "beta_max": 10.0}
@@ -266,5 +215,5 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
     # a method added to a list trains only its own runs (the lists are in no training stage's params)
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "alpha"], cwd=repo, check=True)
-    rerun = _ran(_dvc(repo, "exp", "run", "-S", "runs.raw=[joint,video-only,multi-loss]"))
+    rerun = stages_ran(dvc(repo, "exp", "run", "-S", "runs.raw=[joint,video-only,multi-loss]"))
     assert sorted(rerun) == ["compare", "report", "train_raw@multi-loss-0"], rerun

@@ -135,6 +135,22 @@ def test_spectrogram_shapes(kind, shape):
 
 
 @pytest.mark.unit
+def test_cremad_defaults_to_the_authors_log_stft_and_params_can_still_ask_for_log_mel():
+    from pipeline.corpora.cremad import CORPUS
+    from pipeline.prepare import prepare_config
+
+    spec = prepare_config(CORPUS, {}, {}).spectrograms  # the MLB authors' CREMA-D loader
+    assert (spec.kind, spec.sample_rate, spec.seconds, spec.n_fft, spec.hop_length) == (
+        "stft", 22050, 3.0, 512, 353
+    )  # fmt: skip
+    assert spec.shape == (257, 188)
+    # a global `spectrograms` section would also reach AVE's and UCF101's defaults: a params file keeps
+    # CREMA-D's log-Mel under corpora.cremad
+    mel = prepare_config(CORPUS, {"corpora": {"cremad": {"spectrograms": {"kind": "mel"}}}}, {}).spectrograms
+    assert (mel.kind, mel.shape) == ("mel", (80, 188))
+
+
+@pytest.mark.unit
 def test_log_stft_matches_scipy_signal():
     """The `stft` option is the authors' log(|STFT| + 1e-7), periodic Hann window 512, hop 353, frames
     centred on t * hop with zeros beyond the ends: scipy.signal's ShortTimeFFT computes the same STFT
@@ -443,15 +459,19 @@ def test_arrays_have_the_documented_shapes_and_dtypes(prepared):
     _, out = prepared
     meta = json.loads((out / "shards" / "raw" / "meta.json").read_text())
     assert meta["fields"] == {
-        "spec.npy": {"dtype": "float32", "shape": [80, 188]},
+        "spec.npy": {"dtype": "float32", "shape": [257, 188]},  # CREMA-D's default: the authors' log-STFT
         "frames.npy": {"dtype": "uint8", "shape": [3, 32, 32, 3]},
     }
     assert (meta["input_path"], meta["num_classes"], meta["label_names"][0]) == ("raw", 6, "ANG")
-    assert meta["config"]["spectrograms"]["hop_length"] == 353 and meta["skipped"] == {}
+    assert (
+        meta["config"]["spectrograms"]["kind"] == "stft"
+        and meta["config"]["spectrograms"]["hop_length"] == 353
+    )
+    assert meta["skipped"] == {}
     for samples in _shard_contents(out / "shards" / "raw").values():
         for key, fields in samples:
             assert set(fields) == {"spec.npy", "frames.npy", "json"}
-            assert fields["spec.npy"].dtype == np.float32 and fields["spec.npy"].shape == (80, 188)
+            assert fields["spec.npy"].dtype == np.float32 and fields["spec.npy"].shape == (257, 188)
             assert np.isfinite(fields["spec.npy"]).all()
             assert fields["frames.npy"].dtype == np.uint8 and fields["frames.npy"].shape == (3, 32, 32, 3)
             sample = fields["json"]

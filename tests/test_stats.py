@@ -259,12 +259,12 @@ def test_two_runs_on_one_fold_are_an_error(tmp_path):
 def test_stats_markdown_table_and_legend(runs):
     text = stats_markdown(compare_to_baselines(runs, n_resamples=2000))
     lines = text.splitlines()
-    head = "| features | fusion | method | baseline | folds | Δ acc [CI] | Δ per fold | same sign | verdict |"
+    head = "| features | fusion | method | baseline | folds | Δ acc [CI] | Δ per fold | same sign | verdict | settings |"
     assert lines[0] == head
     agm = next(line for line in lines if line.startswith("| raw | late-linear | agm | joint |"))
     assert re.fullmatch(
         r"\| raw \| late-linear \| agm \| joint \| 3 \| \+25\.0 \[\+\d\d\.\d, \+\d\d\.\d\] "
-        r"\| \+25\.0, \+25\.0, \+25\.0 \| 3/3 \| better \|",
+        r"\| \+25\.0, \+25\.0, \+25\.0 \| 3/3 \| better \| - / - \|",  # settings not recorded
         agm,
     )
     assert "| ogm-ge | joint | 0 | - | - | - | no predictions: no test_predictions.json in" in text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import mlb.train.trainer as train_module
 from mlb.data import ShardError
 from mlb.train import TrainConfig, TrainConfigError, TrainError, train
 from mlb.train.checkpoint import load_checkpoint
-from mlb.train.trainer import lr_at
+from mlb.train.trainer import TrainState, duration, lr_at
 from pipeline.cli import app
 
 runner = CliRunner()
@@ -417,6 +419,110 @@ def test_lr_schedule_constant_warmup_then_cosine_restarts():
         [1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5, 0.5 - 0.5 * np.cos(np.pi / 4)]
     )
     assert factors[7] == 1.0 and factors[11] == pytest.approx(0.5) and factors[15] == 1.0  # cycles of 4, 8
+
+
+@pytest.mark.integration
+def test_the_banner_says_what_the_run_trains_with_every_setting_resolved(tmp_path, capsys):
+    """Once per run, before the first epoch, with the values run.json records; on resume it says from where."""
+    data = write_shard_folder(tmp_path / "shards" / "raw", "raw")
+    meta = json.loads((data / "meta.json").read_text())
+    meta["config"]["protocol"] = "vavl-1"
+    meta["method_defaults"] = {"mlb": {"raw": {"late-linear": {"alpha": 2.0, "beta_max": 3.0}}}}
+    (data / "meta.json").write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    kw = {"epochs": 2, "method": "mlb", "method_params": {"beta_max": 4.0}}
+    train(_config(tmp_path, run, max_steps=4, **kw))
+    out = capsys.readouterr().out
+    banner, _, _ = out.partition("\nepoch 0:")
+    recorded = json.loads((run / "run.json").read_text())
+    assert banner.splitlines()[0] == "mlbpipe train: mlb on the raw path, late-linear fusion"
+    rows, label = {}, ""
+    for line in banner.splitlines()[1:]:  # "  label      value", a long value wrapped under it
+        if line[:13].strip():
+            label = line[:13].strip()
+            rows[label] = line[13:]
+        else:
+            rows[label] += " " + line[13:]
+    assert (
+        rows
+        == {
+            "method": "mlb: alpha=2.0 beta_max=4.0 eps=1e-06 ownership=authors",  # the corpus's alpha, the user's beta_max
+            "model": f"tiny, {recorded['num_parameters']:,} trainable parameters",
+            "data": f"{data} (cremad, protocol vavl-1)",
+            "clips": "train 24, validation 12, test 12",
+            "budget": "at most 2 epochs or 4 steps, patience 10; 3 steps per epoch",
+            "batch": "8 = 8 per process x 1 process",
+            "optimiser": "Adam, lr 0.001, weight decay 0.0001",  # the paper's for raw: lr is unset
+            "device": "cpu, fp32",
+            "start": "from scratch",
+            "out": str(run),
+        }
+    )
+    assert all(len(line) <= 80 for line in banner.splitlines() if str(tmp_path) not in line)
+    assert recorded["method_settings"] == {
+        "alpha": 2.0,
+        "beta_max": 4.0,
+        "eps": 1e-06,
+        "ownership": "authors",
+    }
+    assert (recorded["lr"], recorded["weight_decay"], recorded["batch_size"]) == (1e-3, 1e-4, 8)
+    assert recorded["clips"] == {"train": 24, "validation": 12, "test": 12}
+
+    train(_config(tmp_path, run, resume=True, **kw))  # on from step 4, mid epoch 1, to the end of epoch 1
+    out = capsys.readouterr().out
+    assert out.count("mlbpipe train: mlb on the raw path") == 1
+    assert "  start      resumed at epoch 1, batch 1, step 4 (checkpoints/last.pt)\n" in out
+    assert "  budget     at most 2 epochs, patience 10; 3 steps per epoch\n" in out
+
+
+@pytest.mark.integration
+def test_each_epoch_says_its_time_and_at_most_how_long_the_rest_takes(out_dir, tmp_path, capsys):
+    """The budget ends at `max_steps` when that comes before the epochs: the last epoch has no time left."""
+    run = tmp_path / "run"
+    train(_config(out_dir, run, epochs=4, max_steps=7))  # 3 steps per epoch: epoch 2 takes one
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    time = r"(\d+\.\ds|\d+m\d\ds|\d+h\d\dm)"
+    assert [line.split(":")[0] for line in lines] == ["epoch 0", "epoch 1", "epoch 2"]
+    for line in lines[:2]:
+        assert re.fullmatch(rf"epoch \d: step \d, val acc .*; {time}, at most {time} left", line), line
+    assert re.fullmatch(rf"epoch 2: step 7, val acc .*; {time}", lines[2]), lines[2]
+    records = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert all(isinstance(r["seconds"], float) and r["seconds"] > 0 for r in records)
+
+
+@pytest.mark.unit
+def test_the_time_left_counts_the_epochs_left_or_the_steps_left_whichever_ends_sooner():
+    def left(epoch, step, epochs=10, max_steps=None, stopped_early=False):
+        run = SimpleNamespace(
+            config=SimpleNamespace(epochs=epochs, max_steps=max_steps),
+            state=TrainState(epoch=epoch, step=step, stopped_early=stopped_early),
+            info={"steps_per_epoch": 5},
+        )
+        return train_module._steps_left(run)
+
+    assert left(0, 5) == 45 and left(9, 50) == 0  # after epoch 0 of 10; after the last
+    assert left(0, 5, max_steps=12) == 7 and left(2, 12, max_steps=12) == 0
+    assert left(3, 20, stopped_early=True) == 0
+    assert [duration(s) for s in (0.04, 42.25, 59.96, 185, 7500)] == [
+        "0.0s",
+        "42.2s",
+        "1m00s",
+        "3m05s",
+        "2h05m",
+    ]
+
+
+@pytest.mark.integration
+def test_shards_of_random_init_extractors_warn_once_per_run(out_dir, tmp_path, capsys):
+    train(_config(out_dir, tmp_path / "cached", features="cached", epochs=2))  # tests' cached shards: random
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1
+    said = " ".join(err.split())  # wrapped for an 80-column terminal
+    assert "the shards' audio and video extractors have random weights (meta.json: random_init)" in said
+    assert all(len(line) <= 80 for line in err.splitlines())
+    train(_config(out_dir, tmp_path / "raw", epochs=2))  # raw shards have no extractors
+    assert "WARNING" not in capsys.readouterr().err
 
 
 @pytest.mark.integration

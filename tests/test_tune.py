@@ -3,7 +3,9 @@ never read."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import os
 import signal
 import subprocess
@@ -16,12 +18,22 @@ import pytest
 import yaml
 from helpers.shards import write_shard_folder
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
 import mlb.train.trainer as train_module
 from mlb.balancing import METHODS
 from mlb.balancing.base import FloatRange, IntRange
-from mlb.experiment.tune import DB_NAME, TuneConfig, TuneError, run_tune, search_space, study_name
-from mlb.train.config import TrainConfig
+from mlb.experiment.tune import (
+    BUDGET_NAME,
+    DB_NAME,
+    TuneConfig,
+    TuneError,
+    run_tune,
+    search_space,
+    study_name,
+)
+from mlb.train.config import TrainConfig, TrainError
+from pipeline.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,13 +106,73 @@ def test_two_methods_four_trials_write_an_sqlite_study_and_never_read_test(data,
 
 
 @pytest.mark.integration
-def test_the_same_budget_is_enforced_for_every_method(data, tmp_path):
+def test_one_budget_per_tune_folder_refused_before_any_trial(data, tmp_path):
     out = tmp_path / "tune"
     run_tune(_base(data, out), ["joint"], ["late-linear"], out, TuneConfig(trials=1, prune=False))
-    with pytest.raises(TuneError, match="created with trials=1, not 2"):
+    best = (out / "best_params.yaml").read_bytes()
+    assert json.loads((out / BUDGET_NAME).read_text())["trials"] == 1
+    # another method with another budget into the same folder: refused, naming both and the fix
+    with pytest.raises(TuneError, match=r"trials=1.*trials 1 -> 2.*--trials 1"):
+        run_tune(_base(data, out), ["mlb"], ["late-linear"], out, TuneConfig(trials=2, prune=False))
+    longer = dataclasses.replace(_base(data, out), epochs=3)
+    with pytest.raises(TuneError, match="epochs 2 -> 3"):
+        run_tune(longer, ["mlb"], ["late-linear"], out, TuneConfig(trials=1, prune=False))
+    storage = f"sqlite:///{out / DB_NAME}"
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["raw/joint/late-linear"]
+    assert (out / "best_params.yaml").read_bytes() == best
+    # a folder tuned before budget.json existed (its best_params.yaml gone too): each study keeps its count
+    (out / BUDGET_NAME).unlink()
+    (out / "best_params.yaml").unlink()
+    with pytest.raises(TuneError, match="created with trials=1, not 2.*--trials 1,"):
         run_tune(_base(data, out), ["joint"], ["late-linear"], out, TuneConfig(trials=2, prune=False))
     with pytest.raises(TuneError, match="unknown method 'nope'"):
         run_tune(_base(data, out), ["nope"], ["late-linear"], out, TuneConfig(trials=1))
+
+
+def _fake_train(config, on_epoch=None, test=True, command=None):
+    """A trial without training: MLB's fail (as at a non-finite loss), the others score 0.5."""
+    if config.method == "mlb":
+        raise TrainError("non-finite loss")
+    return {"selected": {"val_accuracy": 0.5}}
+
+
+@pytest.mark.unit
+def test_a_failed_tune_writes_no_best_params_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "train", _fake_train)
+    out = tmp_path / "tune"
+    base = _base(tmp_path, out)
+    with pytest.raises(TuneError, match="'raw/mlb/late-linear': no trial completed"):
+        run_tune(base, ["joint", "mlb"], ["late-linear"], out, TuneConfig(trials=2))
+    assert not (out / "best_params.yaml").exists()  # joint finished, but the tune did not
+    run_tune(base, ["joint"], ["late-linear"], out, TuneConfig(trials=2))
+    best = (out / "best_params.yaml").read_bytes()
+    with pytest.raises(TuneError, match="no trial completed"):
+        run_tune(base, ["multi-loss", "mlb"], ["late-linear"], out, TuneConfig(trials=2))
+    assert (out / "best_params.yaml").read_bytes() == best  # not half of the new tune in it
+    assert sorted(p.name for p in out.iterdir()) == ["best_params.yaml", BUDGET_NAME, DB_NAME]
+
+
+@pytest.mark.unit
+def test_one_best_params_file_holds_one_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "train", _fake_train)
+    shared = tmp_path / "best.yaml"
+    run_tune(_base(tmp_path, tmp_path / "a"), ["joint"], ["late-linear"], tmp_path / "a", TuneConfig(trials=1),
+             best_path=shared)  # fmt: skip
+    with pytest.raises(TuneError, match=r"best.yaml holds raw/joint/late-linear tuned with trials=1, not 2"):
+        run_tune(_base(tmp_path, tmp_path / "b"), ["multi-loss"], ["late-linear"], tmp_path / "b",
+                 TuneConfig(trials=2), best_path=shared)  # fmt: skip
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.integration
+def test_cli_tune_refuses_another_budget_before_it_takes_the_folder(data, tmp_path):
+    best = tmp_path / "best.yaml"
+    best.write_text(yaml.safe_dump({"raw": {"joint": {"late-linear": {"lr": 0.001, "trials": 1}}}}))
+    out = tmp_path / "tune"
+    result = CliRunner().invoke(app, ["tune", "--data", str(data), "--out", str(out), "--features", "raw",
+                                      "--methods", "mlb", "--trials", "2", "--best-params", str(best)])  # fmt: skip
+    assert result.exit_code == 2 and "tuned with trials=1, not 2" in result.output, result.output
+    assert not out.exists()
 
 
 @pytest.mark.e2e

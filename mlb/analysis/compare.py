@@ -2,7 +2,9 @@
 
 A run is a folder with `metrics.json` as the trainer writes it. Runs are grouped by
 (features, method, fusion); every numeric leaf of the metrics (e.g. `test.fused.accuracy`) is averaged
-over the group's seeds/folds. Tables come out as Markdown (for people), CSV and JSON (for programs).
+over the group's seeds/folds. Each group also says where its settings came from (`tuning` in its runs'
+run.json, as `mlbpipe compare` records it): tuned (file, trial count) or untuned. Tables come out as Markdown
+(for people), CSV and JSON (for programs).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlb.common.atomic import atomic_write_text
@@ -47,18 +49,55 @@ class GroupSummary:
     runs: int
     mean: dict[str, float]
     std: dict[str, float]  # sample std (ddof=1); 0 for a single run
+    # where the runs' settings came from: one run.json `tuning` record ({"tuned": ...}) when they agree,
+    # {"mixed": [records]} when not, {} when not recorded
+    settings: dict = field(default_factory=dict)
 
 
 def load_runs(root: Path) -> list[dict]:
-    """Every `metrics.json` under `root` that `mlbpipe train` wrote (sorted by path)."""
+    """Every `metrics.json` under `root` that `mlbpipe train` wrote (sorted by path), with `tuning` from the
+    run's run.json ({} when it has none)."""
     runs = []
     for path in sorted(Path(root).rglob("metrics.json")):
         run = json.loads(path.read_text())
         if not all(k in run for k in GROUP_KEYS) or "test" not in run:
             continue  # e.g. dvclive/metrics.json beside the trainer's own
         run["path"] = str(path.parent)
+        run_json = path.parent / "run.json"
+        info = json.loads(run_json.read_text()) if run_json.is_file() else {}
+        run["tuning"] = (info.get("config") or {}).get("tuning") or {}
         runs.append(run)
     return runs
+
+
+def group_settings(records: list[dict]) -> dict:
+    """The runs' `tuning` records as one: the record when they agree, {"mixed": [records]} when not."""
+    distinct = {json.dumps(r, sort_keys=True) for r in records}
+    if len(distinct) == 1:
+        return records[0]
+    return {"mixed": [json.loads(r) for r in sorted(distinct)]}
+
+
+def settings_label(settings: dict) -> str:
+    """A group's `settings` in a table cell: `tuned (20 trials)`, `untuned`, `mixed` or `-` (not recorded)."""
+    if not settings:
+        return "-"
+    if "mixed" in settings:
+        return "mixed"
+    if not settings.get("tuned"):
+        return "untuned"
+    return f"tuned ({settings.get('trials')} trials)" if settings.get("trials") is not None else "tuned"
+
+
+def _settings_legend(summaries: list[GroupSummary]) -> str:
+    files = sorted(
+        {s.settings["file"] for s in summaries if s.settings.get("tuned") and s.settings.get("file")}
+    )
+    source = f" (from {', '.join(files)})" if files else ""
+    return (
+        f"Settings: tuned = lr, weight decay and the method's own settings tuned on validation{source}; "
+        "untuned = the defaults; mixed = the group's runs differ; - = not recorded (e.g. `mlbpipe train` runs)."
+    )
 
 
 FIRST_METHODS = ("joint", "multi-loss", "mlb")  # tables and figures list these first, the rest by name
@@ -74,11 +113,13 @@ def _display_order(key: tuple) -> tuple:
 def aggregate(runs: list[dict]) -> list[GroupSummary]:
     """Group runs by (features, method, fusion) and average every numeric metric over the group."""
     groups: dict[tuple, list[dict[str, float]]] = {}
+    records: dict[tuple, list[dict]] = {}
     for run in runs:
         key = tuple(str(run[k]) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(
             flatten({k: run[k] for k in ("validation", "test", "training") if k in run})
         )
+        records.setdefault(key, []).append(run.get("tuning") or {})
     summaries = []
     for key in sorted(groups, key=_display_order):
         flats = groups[key]
@@ -93,7 +134,8 @@ def aggregate(runs: list[dict]) -> list[GroupSummary]:
             std[name] = (
                 math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
             )
-        summaries.append(GroupSummary(dict(zip(GROUP_KEYS, key)), len(flats), mean, std))
+        settings = group_settings(records[key])
+        summaries.append(GroupSummary(dict(zip(GROUP_KEYS, key)), len(flats), mean, std, settings))
     return summaries
 
 
@@ -105,18 +147,22 @@ def _cell(s: GroupSummary, key: str, scale: float) -> str:
 
 def to_markdown(summaries: list[GroupSummary]) -> str:
     """Accuracies and ECE in percent, mean ± std over the runs of each group."""
-    head = ["features", "method", "fusion", "runs"] + [title for title, _ in TABLE_COLUMNS]
+    head = ["features", "method", "fusion", "runs"] + [title for title, _ in TABLE_COLUMNS] + ["settings"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         cells = [s.group["features"], s.group["method"], s.group["fusion"], str(s.runs)]
         # a "*-only" run trains one encoder alone: its fused output is untrained, so only that head counts
         alone = s.group["method"].endswith("-only")
         cells += ["-" if alone and ".fused." in key else _cell(s, key, 100.0) for _, key in TABLE_COLUMNS]
+        cells.append(settings_label(s.settings))
         lines.append("| " + " | ".join(cells) + " |")
     return (
         "\n".join(lines)
         + "\n\nAccuracy, macro-F1 and ECE in %, mean ± std over seeds/folds; test metrics at the "
-        "checkpoint selected on validation accuracy.\n\n" + heads_markdown(summaries)
+        "checkpoint selected on validation accuracy. "
+        + _settings_legend(summaries)
+        + "\n\n"
+        + heads_markdown(summaries)
     )
 
 
@@ -141,9 +187,14 @@ def to_csv(summaries: list[GroupSummary]) -> str:
     keys = sorted(set().union(*(s.mean for s in summaries))) if summaries else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(GROUP_KEYS) + ["runs"] + [f"{k}.{stat}" for k in keys for stat in ("mean", "std")])
+    head = list(GROUP_KEYS) + ["runs", "settings", "tuned_file"]
+    writer.writerow(head + [f"{k}.{stat}" for k in keys for stat in ("mean", "std")])
     for s in summaries:
-        row = [s.group[k] for k in GROUP_KEYS] + [s.runs]
+        row = [s.group[k] for k in GROUP_KEYS] + [
+            s.runs,
+            settings_label(s.settings),
+            s.settings.get("file", ""),
+        ]
         for k in keys:
             row += [f"{s.mean[k]:.6g}" if k in s.mean else "", f"{s.std[k]:.6g}" if k in s.std else ""]
         writer.writerow(row)

@@ -278,41 +278,47 @@ def _pooled_reliability(runs: list[dict]):
     return total[2][keep] / total[0][keep], total[1][keep] / total[0][keep]
 
 
+def trains_head(method: str, modality: str) -> bool:
+    """Whether `method` trains `modality`'s head: every method trains (or probes) each head, but an encoder
+    trained alone has only its own (`video-only`'s audio head is a probe on an untrained encoder)."""
+    return not is_alone(method) or method == f"{modality}-only"
+
+
+def head_bars(
+    summaries: list[GroupSummary], fusion: str = "late-linear"
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """The unimodal-heads figure's bars: {modality: {method: (mean, std) test accuracy in %}}, for the
+    `fusion` head, only the heads a method trains (`trains_head`)."""
+    bars: dict[str, dict[str, tuple[float, float]]] = {}
+    for s in summaries:
+        if s.group["fusion"] != fusion:
+            continue
+        for key in s.mean:
+            head = _head_of(key)  # a unimodal head's test accuracy, or None / "fused"
+            if head not in (None, "fused") and trains_head(s.group["method"], head):
+                bars.setdefault(head, {})[s.group["method"]] = (100 * s.mean[key], 100 * s.std[key])
+    return dict(sorted(bars.items()))
+
+
 def figure_heads(summaries: list[GroupSummary], path: Path, fusion: str = "late-linear") -> Path:
-    """Each method's unimodal heads (test accuracy) beside the encoders trained alone."""
-    rows = [s for s in summaries if s.group["fusion"] == fusion]
-    modalities = sorted(
-        {
-            k.split(".")[2]
-            for s in rows
-            for k in s.mean
-            if k.startswith("test.unimodal.") and k.endswith(".accuracy")
-        }
-    )
-    width = 0.8 / max(1, len(modalities))
-    fig, ax = _subplots(figsize=(max(6.4, 1.2 * len(rows) + 2), 4.2))
-    for j, m in enumerate(modalities):
-        key = f"test.unimodal.{m}.accuracy"
-        xs = [i + (j - (len(modalities) - 1) / 2) * width for i, s in enumerate(rows) if key in s.mean]
+    """Each method's unimodal heads (test accuracy) beside the encoders trained alone (`head_bars`)."""
+    methods = list(dict.fromkeys(s.group["method"] for s in summaries if s.group["fusion"] == fusion))
+    bars = head_bars(summaries, fusion)
+    width = 0.8 / max(1, len(bars))
+    fig, ax = _subplots(figsize=(max(6.4, 1.2 * len(methods) + 2), 4.2))
+    for j, (m, by_method) in enumerate(bars.items()):
+        drawn = [(i, by_method[method]) for i, method in enumerate(methods) if method in by_method]
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i, _ in drawn]
+        color = COLORS[j % len(COLORS)]
         ax.bar(
-            xs,
-            [100 * s.mean[key] for s in rows if key in s.mean],
-            width,
-            yerr=[100 * s.std[key] for s in rows if key in s.mean],
-            capsize=3,
-            label=f"{m} head",
-            color=COLORS[j % len(COLORS)],
-        )
-        alone = next((s for s in rows if s.group["method"] == f"{m}-only" and key in s.mean), None)
-        if alone is not None:  # the same encoder trained alone: the reference line
+            xs, [mean for _, (mean, _) in drawn], width, yerr=[std for _, (_, std) in drawn], capsize=3,
+            label=f"{m} head", color=color,
+        )  # fmt: skip
+        if f"{m}-only" in by_method:  # the same encoder trained alone: the reference line
             ax.axhline(
-                100 * alone.mean[key],
-                color=COLORS[j % len(COLORS)],
-                ls="--",
-                lw=1,
-                label=f"{m} encoder trained alone",
+                by_method[f"{m}-only"][0], color=color, ls="--", lw=1, label=f"{m} encoder trained alone"
             )
-    ax.set_xticks(range(len(rows)), [s.group["method"] for s in rows], rotation=20)
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel("test accuracy of the unimodal head (%)")
     ax.set_title(f"Unimodal heads vs the encoder trained alone ({fusion})")
     ax.legend(fontsize=8)
@@ -324,8 +330,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def figure_training_curves(run_dir: Path, path: Path) -> Path:
-    """k_i per step (from steps.jsonl) and unimodal validation accuracy per epoch (epochs.jsonl)."""
+def figure_training_curves(run_dir: Path, path: Path, title: str = "") -> Path:
+    """k_i per step (from steps.jsonl) and unimodal validation accuracy per epoch (epochs.jsonl); `title`
+    (the run's folder inside the runs folder, never an absolute path) heads the figure."""
     steps = read_jsonl(run_dir / "steps.jsonl") if (run_dir / "steps.jsonl").exists() else []
     epochs = read_jsonl(run_dir / "epochs.jsonl") if (run_dir / "epochs.jsonl").exists() else []
     fig, (left, right) = _subplots(2, figsize=(11, 4.0))
@@ -360,7 +367,8 @@ def figure_training_curves(run_dir: Path, path: Path) -> Path:
     right.set_title("Fused and unimodal heads on validation")
     if acc_names:
         right.legend(fontsize=8)
-    fig.suptitle(str(run_dir), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=8)
     return _save(fig, path)
 
 
@@ -397,8 +405,11 @@ def write_report(runs: Path, out: Path | None = None, fusion: str = "late-linear
         for run in sub_runs:
             firsts.setdefault((run["method"], run["fusion"]), run)
         for (method, fus), run in firsts.items():
+            title = Path(run["path"]).relative_to(runs).as_posix()  # the figure names no absolute path
             made.append(
-                figure_training_curves(Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png")
+                figure_training_curves(
+                    Path(run["path"]), out / f"curves_{features}_{method}_{fus}.png", title
+                )
             )
     lines = ["# mlbpipe report", "", to_markdown(summaries), ""]
     lines += [f"![{p.stem}]({p.name})" for p in made]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.analysis.compare import FIRST_METHODS
+from mlb.analysis.compare import FIRST_METHODS, group_settings, settings_label
 
 PREDICTIONS = "test_predictions.json"
 
@@ -207,6 +207,10 @@ def _method_order(method: str) -> tuple:
     return (FIRST_METHODS.index(method) if method in FIRST_METHODS else len(FIRST_METHODS), method)
 
 
+def _tuning_label(runs: list[dict]) -> str:
+    return settings_label(group_settings([run.get("tuning") or {} for run in runs]))
+
+
 def compare_to_baselines(
     runs: list[dict],
     baselines: Sequence[str] = ("joint", "mlb"),
@@ -219,8 +223,9 @@ def compare_to_baselines(
 
     One row per (features, fusion, method, baseline) with both present, the method not the baseline and
     not a `*-only` run (its fused output is untrained): {features, fusion, method, baseline, head,
-    confidence, folds, fold_diffs, mean_diff, ci_low, ci_high, verdict, reason}. Differences are
-    method - baseline in accuracy (fractions), over the folds both have. verdict: "better" if ci_low > 0,
+    confidence, folds, fold_diffs, mean_diff, ci_low, ci_high, verdict, reason, method_settings,
+    baseline_settings} (the settings: `mlb.analysis.compare.settings_label` of each one's runs, tuned or
+    untuned). Differences are method - baseline in accuracy (fractions), over the folds both have. verdict: "better" if ci_low > 0,
     "worse" if ci_high < 0, else "not resolved"; "no predictions" (with the reason) when a run lacks
     test_predictions.json, "no common folds" when the two share no fold.
     """
@@ -238,6 +243,10 @@ def compare_to_baselines(
                 if baseline == method or baseline not in by_method:
                     continue
                 row = {"features": features, "fusion": fusion, "method": method, "baseline": baseline}
+                row |= {
+                    "method_settings": _tuning_label(by_method[method]),
+                    "baseline_settings": _tuning_label(by_method[baseline]),
+                }
                 row |= {"head": head, "confidence": confidence, "folds": 0, "fold_diffs": []}
                 row |= {"mean_diff": None, "ci_low": None, "ci_high": None, "reason": None}
                 try:
@@ -274,6 +283,7 @@ def stats_markdown(rows: list[dict]) -> str:
         "Δ per fold",
         "same sign",
         "verdict",
+        "settings",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -285,7 +295,8 @@ def stats_markdown(rows: list[dict]) -> str:
             # how many folds point the way of the mean: the spread over retraining that the interval omits
             same = f"{sum(d * r['mean_diff'] > 0 for d in r['fold_diffs'])}/{r['folds']}"
         cells = [r["features"], r["fusion"], r["method"], r["baseline"], str(r["folds"])]
-        lines.append("| " + " | ".join(cells + [interval, per_fold, same, verdict]) + " |")
+        settings = f"{r.get('method_settings', '-')} / {r.get('baseline_settings', '-')}"
+        lines.append("| " + " | ".join(cells + [interval, per_fold, same, verdict, settings]) + " |")
     confidence = rows[0]["confidence"] if rows else 0.95
     heads = sorted({r["head"] for r in rows}) or ["fused"]
     legend = (
@@ -296,7 +307,9 @@ def stats_markdown(rows: list[dict]) -> str:
         "percentile interval over test clips: clips are resampled with replacement within each fold, the "
         "same clips for both methods, and the resampled folds are pooled into one mean; it covers the "
         "test-set sampling noise, not the spread from retraining. Verdict: better when the whole interval "
-        "is above 0, worse when it is below 0, otherwise not resolved."
+        "is above 0, worse when it is below 0, otherwise not resolved. Settings: where the method's and the "
+        "baseline's lr, weight decay and own settings came from (tuned on validation, or untuned: the defaults); "
+        "a difference between a tuned and an untuned method is not a fair comparison."
     )
     return "\n".join(lines) + "\n\n" + legend + "\n"
 

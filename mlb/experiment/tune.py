@@ -2,8 +2,10 @@
 separately for each method, dataset, backbone encoder and fusion strategy on the validation set").
 
 One Optuna study per (input path, method, fusion), all in one SQLite file `TUNE/optuna.sqlite3` (a real
-database: `optuna-dashboard sqlite:///TUNE/optuna.sqlite3` reads it). Every study gets the same number of
-trials, recorded in the study and enforced on every rerun. A trial is one `mlb.train.train` run with
+database: `optuna-dashboard sqlite:///TUNE/optuna.sqlite3` reads it). One budget per TUNE folder: the
+number of trials and what makes trials comparable (the data, input path, model size, epochs, step limit,
+batch size, patience) are recorded in `TUNE/budget.json` by the first tune, and a later tune into the folder
+with another budget is refused before any trial, so every method of the folder had the same. A trial is one `mlb.train.train` run with
 `test=False`, so the test split is never read; its value is the best validation accuracy over its epochs
 (the checkpoint selection metric). The sampler is TPE; a median pruner stops a trial whose validation
 accuracy after an epoch is below the median of earlier trials at that epoch.
@@ -18,13 +20,16 @@ finished with no trial counted twice. A trial that fails on its own (e.g. a non-
 counts: it spent budget like any other.
 
 Results: `TUNE/best_params.yaml`, {features: {method: {fusion: {lr, weight_decay, method_params,
-val_accuracy, trial, trials}}}}, which `mlbpipe compare --tuned` reads. Trial folders keep their logs and
+val_accuracy, trial, trials}}}}, which `mlbpipe compare --tuned` reads. It is written once, atomically, when
+every requested study has finished its budget: a tune that fails or is stopped leaves the earlier file as it
+was. Trial folders keep their logs and
 metrics; their checkpoints are deleted once the trial ends (a large sweep would otherwise fill the disk).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +39,15 @@ from typing import Any
 import yaml
 
 from mlb.balancing.base import FloatRange, IntRange
-from mlb.common.atomic import atomic_write_text
+from mlb.common.atomic import atomic_write_json, atomic_write_text
+from mlb.common.storage import is_url
 from mlb.train.config import PAPER_OPTIM, TrainConfig, TrainError
 
 DB_NAME = "optuna.sqlite3"
 BEST_NAME = "best_params.yaml"
+BUDGET_NAME = "budget.json"
+# The TrainConfig keys that bound what one trial can reach: with the trial count, the budget of a TUNE folder
+BUDGET_KEYS = ("data", "features", "size", "epochs", "max_steps", "batch_size", "patience")
 SHARED_KEYS = ("lr", "weight_decay")
 
 
@@ -146,9 +155,51 @@ def _open_study(out: Path, name: str, config: TuneConfig):
     elif budget != config.trials:  # the equal budget: a study keeps the count it was created with
         raise TuneError(
             f"study {name!r} in {out / DB_NAME} was created with trials={budget}, not {config.trials}: every "
-            "method gets the same budget; rerun with --trials {budget}, or tune into another folder"
+            f"method gets the same budget; rerun with --trials {budget}, or tune into another folder"
         )
     return study
+
+
+def folder_budget(base: TrainConfig, config: TuneConfig) -> dict[str, Any]:
+    """What every study of one TUNE folder shares: the trial count and the trials' BUDGET_KEYS (the data as an
+    absolute path, the batch size resolved: the paper's when None)."""
+    budget: dict[str, Any] = {"trials": config.trials}
+    for key in BUDGET_KEYS:
+        budget[key] = getattr(base, key)
+    budget["data"] = str(base.data) if is_url(base.data) else str(Path(base.data).resolve())
+    budget["batch_size"] = base.resolved_batch_size
+    return budget
+
+
+def check_budget(out: Path, budget: dict[str, Any]) -> None:
+    """Refuse a tune whose budget differs from the one TUNE/budget.json recorded (TuneError naming both and
+    the fix); nothing recorded yet passes."""
+    path = Path(out) / BUDGET_NAME
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    differ = [f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in budget.items() if recorded.get(k) != v]
+    if differ:
+        shown = ", ".join(f"{k}={v!r}" for k, v in recorded.items())
+        raise TuneError(
+            f"{path}: the studies in {out} were tuned with {shown}; this tune differs ({'; '.join(differ)}). "
+            "Every method of one tune folder gets the same budget, so that they compare fairly: rerun with the "
+            f"recorded settings (e.g. --trials {recorded.get('trials')}), or tune into another --out folder"
+        )
+
+
+def _check_best_file(best_path: Path, tree: dict, features: str, trials: int) -> None:
+    """The settings already in best_params.yaml (kept beside the new ones) must have this tune's trial count:
+    one file, one budget."""
+    for method, fusions in (tree.get(features) or {}).items():
+        for fusion, entry in (fusions or {}).items():
+            had = (entry or {}).get("trials")
+            if had != trials:
+                raise TuneError(
+                    f"{best_path} holds {study_name(features, method, fusion)} tuned with trials={had}, not "
+                    f"{trials}: one file holds one budget; rerun with --trials {had}, or write elsewhere "
+                    "(--best-params PATH or another --out folder)"
+                )
 
 
 def _recover_killed(study, trial_dir: Callable[[int], Path], log) -> None:
@@ -251,6 +302,22 @@ def best_settings(study, pins: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def check_tune(
+    base: TrainConfig, methods: list[str], out: Path, config: TuneConfig, best_path: Path
+) -> tuple[dict[str, Any], dict]:
+    """What `run_tune` checks before any trial (the command line calls it before it takes the folder):
+    the settings, the method names, the folder's budget and that of the best settings' file. Returns (the
+    budget, the file's tree so far)."""
+    config.validate()
+    for method in methods:  # unknown names fail before any trial runs
+        search_space(method, base.features)
+    budget = folder_budget(base, config)
+    check_budget(out, budget)
+    tree = read_tuned(best_path) if Path(best_path).exists() else {}
+    _check_best_file(best_path, tree, base.features, config.trials)
+    return budget, tree
+
+
 def run_tune(
     base: TrainConfig,
     methods: list[str],
@@ -262,20 +329,21 @@ def run_tune(
     best_path: Path | None = None,
 ) -> dict:
     """Tune every (method, fusion) with the same budget; write and return the best settings' tree
-    (`best_path`, TUNE/best_params.yaml by default).
+    (`best_path`, TUNE/best_params.yaml by default). The folder's budget (`check_budget`) and the file's are
+    checked before any trial; the file is written once every study has finished its budget, so a tune that
+    fails leaves the earlier file untouched.
 
     `pins` is {method: {key: value}}, with "shared" for keys every method gets (lr, weight_decay)."""
     from mlb.balancing import METHODS
 
-    config.validate()
     pins = pins or {}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for method in methods:  # unknown names and refused fusions fail before any trial runs
-        search_space(method, base.features)
     best_path = Path(best_path or out / BEST_NAME)
-    tree = yaml.safe_load(best_path.read_text()) if best_path.exists() else {}
-    tree = tree or {}
+    budget, tree = check_tune(base, methods, out, config, best_path)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / BUDGET_NAME).is_file():
+        atomic_write_json(out / BUDGET_NAME, budget)
+    found = {}
     for method in methods:
         for fusion in fusions:
             supported = METHODS[method].supported_fusions
@@ -284,9 +352,10 @@ def run_tune(
                     f"{sorted(supported)}")  # fmt: skip
                 continue
             method_pins = dict(pins.get("shared", {})) | dict(pins.get(method, {}))
-            best = tune_one(base, method, fusion, out, config, method_pins, log)
-            tree.setdefault(base.features, {}).setdefault(method, {})[fusion] = best
-            atomic_write_text(best_path, yaml.safe_dump(tree, sort_keys=True))
+            found[method, fusion] = tune_one(base, method, fusion, out, config, method_pins, log)
+    for (method, fusion), best in found.items():  # every study finished its budget: only now the file
+        tree.setdefault(base.features, {}).setdefault(method, {})[fusion] = best
+    atomic_write_text(best_path, yaml.safe_dump(tree, sort_keys=True))
     return tree
 
 

@@ -52,7 +52,7 @@ class TrainConfig:
     out: Path  # the run folder RUN/
     features: str = setting(
         "cached",
-        "Input path: cached (Conformer on frozen features) or raw (ResNet-18 on log-Mel spectrograms + 1 fps "
+        "Input path: cached (Conformer on frozen features) or raw (ResNet-18 on spectrograms + 1 fps "
         "frames).",
         choices=INPUT_PATHS,
     )
@@ -126,6 +126,10 @@ class TrainConfig:
     dvclive: bool = setting(
         True, "Log every epoch with DVCLive to RUN/dvclive.", option="--dvclive/--no-dvclive"
     )
+    # Where lr, weight decay and the method's settings came from, recorded in run.json for the comparison
+    # tables (set by mlb.experiment.sweep): {"tuned": true, "file", "trials", "trial"} or {"tuned": false};
+    # {} when nobody recorded it. Training never reads it.
+    tuning: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> TrainConfigError:

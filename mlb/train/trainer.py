@@ -30,18 +30,22 @@ Non-finite loss or gradients: the step is skipped (no optimiser update) and coun
 `max_bad_steps` such steps in a row the run stops with an error that says so.
 
 Logs: `RUN/dvclive/` (DVCLive, one step per epoch: loss terms, accuracies per head, k/r/s summaries),
-`RUN/steps.jsonl` (one line per training step: lr, loss terms, k_i, r_i, s_i), `RUN/epochs.jsonl`,
-`RUN/run.json` (the settings and where this process started), `RUN/metrics.json`.
+`RUN/steps.jsonl` (one line per training step: lr, loss terms, k_i, r_i, s_i), `RUN/epochs.jsonl` (with
+each epoch's wall time), `RUN/run.json` (the settings, resolved, and where this process started),
+`RUN/metrics.json`. On the terminal: a banner of run.json's settings before the first step (`_announce`),
+then one line per epoch with its time and at most how long the rest of the budget takes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import random
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,6 +196,7 @@ def train(
         run = _set_up(config)
         if _check_resume(run):
             return json.loads((run.dir / "metrics.json").read_text())  # finished before: not tested again
+        _announce(run)
         logs = _open_logs(run)
         run.started = time.perf_counter()
         _fit(run, logs, on_step, on_epoch)
@@ -241,6 +246,12 @@ def _set_up(config: TrainConfig) -> Run:
         "world_size": world.size,
         "batch_size_per_process": train_loader.batch_size,
         "scheduler": {"name": "constant-warmup+cosine-restarts", **schedule},
+        # what the banner prints, resolved: the method's every setting, the paper's lr / batch where unset
+        "method_settings": method_settings(balancer, method_params),
+        "lr": config.resolved_lr,
+        "weight_decay": config.resolved_weight_decay,
+        "batch_size": config.resolved_batch_size,
+        "clips": {split: folder.num_samples(split) for split in SPLITS},
     }
     step = StepContext(model, balancer, optimizer, scaler, parameters, device, amp_dtype, world)
     return Run(
@@ -365,6 +376,58 @@ def _open_logs(run: Run) -> RunLogs:
     )
 
 
+# --- what the run is about to do ----------------------------------------------------------------------
+
+
+def _announce(run: Run) -> None:
+    """Once per run, before its first step (rank 0): the banner, and a warning when the shards' features
+    come from extractors with random weights (the demo's)."""
+    if not run.world.is_main:
+        return
+    print("\n".join(banner_lines(run)))
+    extractors = run.folder.meta.get("extractors", {})  # cached shards only
+    random_init = [m for m, about in extractors.items() if about.get("random_init")]
+    if random_init:
+        warning = (
+            f"mlbpipe train: WARNING: the shards' {' and '.join(random_init)} extractors have random weights "
+            "(meta.json: random_init): this run's numbers only show that the cached path works"
+        )
+        print(textwrap.fill(warning, 80, subsequent_indent="  "), file=sys.stderr)
+
+
+def banner_lines(run: Run) -> list[str]:
+    """What the run trains, with every setting resolved, in aligned lines for an 80-column terminal; each
+    value is the one run.json records."""
+    info, config, meta = run.info, run.config, run.folder.meta
+    state, world_size = run.state, info["world_size"]
+    processes = f"{world_size} process" + ("es" if world_size > 1 else "")
+    protocol = meta.get("config", {}).get("protocol")
+    budget = f"at most {config.epochs} epochs" + (f" or {config.max_steps} steps" if config.max_steps else "")
+    rows = {
+        "method": f"{config.method}: "
+        + (" ".join(f"{k}={v}" for k, v in info["method_settings"].items()) or "no settings"),
+        "model": f"{config.size}, {info['num_parameters']:,} trainable parameters",
+        "data": f"{config.data} ({meta['corpus']}" + (f", protocol {protocol})" if protocol else ")"),
+        "clips": ", ".join(f"{split} {n}" for split, n in info["clips"].items()),
+        "budget": f"{budget}, patience {config.patience}; {info['steps_per_epoch']} steps per epoch",
+        "batch": f"{info['batch_size']} = {info['batch_size_per_process']} per process x {processes}",
+        "optimiser": f"Adam, lr {info['lr']}, weight decay {info['weight_decay']}",
+        "device": f"{info['device']}, {info['precision']}",
+        "start": f"resumed at epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step} "
+        "(checkpoints/last.pt)"
+        if run.resumed
+        else "from scratch",
+        "out": str(run.dir),
+    }
+    lines = [f"mlbpipe train: {config.method} on the {config.features} path, {config.fusion} fusion"]
+    for label, text in rows.items():  # long values wrap under their first word; paths are never cut
+        lines += textwrap.wrap(
+            text, 80, initial_indent=f"  {label:<10} ", subsequent_indent=" " * 13,
+            break_long_words=False, break_on_hyphens=False,
+        )  # fmt: skip
+    return lines
+
+
 # --- 3. train ----------------------------------------------------------------------------------------
 
 
@@ -384,9 +447,10 @@ def _fit(
         while state.epoch < config.epochs and not state.stopped_early:
             if config.max_steps is not None and state.step >= config.max_steps:
                 break  # resumed after the step budget was spent
+            began = time.perf_counter()
             epoch_logs, out_of_steps = _train_epoch(run, logs.steps, stop, on_step)
             flat, balancer_logs, improved = _validate_and_select(run)
-            _log_epoch(run, logs, epoch_logs, flat, balancer_logs, improved)
+            _log_epoch(run, logs, epoch_logs, flat, balancer_logs, improved, time.perf_counter() - began)
             if out_of_steps and state.batch_in_epoch < run.train_loader.num_batches(state.epoch):
                 run.save_last()  # mid-epoch: a resume with more steps continues here
                 break
@@ -497,18 +561,40 @@ def _log_epoch(
     flat: dict[str, float],
     balancer_logs: dict[str, float],
     improved: bool,
+    seconds: float,
 ) -> None:
-    """The epoch's summary to DVCLive and epochs.jsonl, and one line on the terminal."""
+    """The epoch's summary to DVCLive and epochs.jsonl (with its wall time), and one line on the terminal
+    that ends with the epoch's time and how long the rest of the budget takes at most."""
     state = run.state
     lr = float(run.step.optimizer.param_groups[0]["lr"])
     summary = epoch_summary(epoch_logs, flat, balancer_logs, state.skipped_steps, lr)
-    logs.dvclive.log(state.epoch, summary)
-    logs.epochs.write({"epoch": state.epoch, "step": state.step, **summary})
+    logs.dvclive.log(state.epoch, summary)  # no wall time: DVCLive's files stay equal for a resumed run
+    logs.epochs.write({"epoch": state.epoch, "step": state.step, "seconds": round(seconds, 3), **summary})
+    left = _steps_left(run)
+    done_here = state.step - run.info["start"]["step"]  # this process's steps, validation time included
+    eta = (
+        f", at most {duration(left * (time.perf_counter() - run.started) / done_here)} left"
+        if left and done_here
+        else ""
+    )
     run.say(
         f"epoch {state.epoch}: step {state.step}, val acc {flat['acc']:.4f} "
         + " ".join(f"{m} {flat[f'acc_{m}']:.4f}" for m in run.step.model.modalities)
         + (" (best)" if improved else "")
+        + f"; {duration(seconds)}{eta}"
     )
+
+
+def _steps_left(run: Run) -> int:
+    """Training steps the budget still allows after this epoch: the epochs left, or `max_steps` if sooner;
+    none once early stopping has ended the run."""
+    config, state = run.config, run.state
+    if state.stopped_early:
+        return 0
+    left = (config.epochs - state.epoch - 1) * run.info["steps_per_epoch"]
+    if config.max_steps is not None:
+        left = min(left, config.max_steps - state.step)
+    return max(left, 0)
 
 
 # --- 4. test once, at the checkpoint selected on validation ------------------------------------------
@@ -579,6 +665,23 @@ def lr_at(step: int, *, warmup_steps: int, cycle_steps: int, cycle_mult: int, mi
         t -= length
         length *= cycle_mult
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t / length))
+
+
+def method_settings(balancer: Balancer, params: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword setting the method runs with: its class's defaults under `params` (the corpus's and
+    the user's)."""
+    keywords = inspect.signature(type(balancer).__init__).parameters.values()
+    return {p.name: p.default for p in keywords if p.default is not p.empty} | params
+
+
+def duration(seconds: float) -> str:
+    """A wall time for people: 0.4s, 42.0s, 3m05s, 2h05m."""
+    if seconds < 59.5:
+        return f"{seconds:.1f}s"
+    minutes = round(seconds) // 60
+    if minutes < 60:
+        return f"{minutes}m{round(seconds) % 60:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def seed_everything(seed: int) -> None:

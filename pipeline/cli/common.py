@@ -42,6 +42,8 @@ def command_errors(prefix: str, out=None) -> Iterator[None]:
 
     try:
         yield
+    except typer.Exit:  # a deliberate exit code (click's Exit is a RuntimeError): keep it
+        raise
     except Stopped as err:
         typer.echo(f"{prefix}: {err}", err=True)
         raise typer.Exit(code=STOPPED_EXIT) from None

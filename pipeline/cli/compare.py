@@ -19,6 +19,7 @@ def _compare(
     seeds: str,
     folds: str | None,
     tuned: Path | None,
+    allow_untuned: bool,
     aggregate_only: bool,
     params: Path | None,
     section: str,
@@ -32,11 +33,14 @@ def _compare(
     with command_errors("mlbpipe compare", out):
         from mlb.analysis.compare import aggregate, load_runs, write_tables
         from mlb.common.atomic import atomic_write_json
-        from mlb.experiment.sweep import run_comparison
+        from mlb.experiment.sweep import check_fold_data, check_tuned, run_comparison
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
 
         base = None  # the runs' shared config; None: only aggregate
+        if aggregate_only and not out.is_dir():  # nothing to aggregate: exit 1 and make no folder
+            typer.echo(f"mlbpipe compare: {out} does not exist: no runs to aggregate", err=True)
+            raise typer.Exit(1)
         if not aggregate_only:
             method_list, fusion_list = split_csv(methods, "--methods"), split_csv(fusions, "--fusions")
             check_methods(method_list, "--methods")
@@ -63,11 +67,22 @@ def _compare(
                     raise typer.BadParameter(
                         f"{shard_dir} does not exist: run `mlbpipe prepare` first", param_hint="--data"
                     )
+            if fold_data is not None:  # each fold folder holds its own partition of one corpus
+                check_fold_data(fold_data)
             tuned_tree = None
             if tuned is not None:
                 from mlb.experiment.tune import read_tuned
 
                 tuned_tree = read_tuned(tuned)
+            elif allow_untuned:
+                raise typer.BadParameter(
+                    "lets methods missing from --tuned FILE run untuned: give --tuned too",
+                    param_hint="--allow-untuned",
+                )
+            # every (method, fusion) tuned, with one trial count, unless --allow-untuned: checked before any run
+            check_tuned(
+                tuned_tree, features, method_list, fusion_list, source=str(tuned), allow_untuned=allow_untuned
+            )
             # lr and weight decay given (options or file) win over the tuned ones, as --param does
             shared = {k: values[k] for k in ("lr", "weight_decay") if values.get(k) is not None}
             seed_list = fold_list or split_csv(seeds, "--seeds", int)
@@ -85,12 +100,18 @@ def _compare(
                     log=typer.echo,
                     fold_data=fold_data,
                     tuned=tuned_tree,
+                    tuned_file=str(tuned) if tuned is not None else None,
+                    allow_untuned=allow_untuned,
                 )
                 atomic_write_json(out / "skipped.json", skipped)
             finished = load_runs(out)
             summaries = aggregate(finished)
             if not summaries:
-                typer.echo(f"mlbpipe compare: no finished runs under {out}", err=True)
+                typer.echo(
+                    f"mlbpipe compare: no finished runs under {out} (a run is finished once its metrics.json "
+                    "has a test entry): nothing to aggregate",
+                    err=True,
+                )
                 raise typer.Exit(1)
             paths = write_tables(summaries, out)
             typer.echo(paths["md"].read_text())
@@ -98,6 +119,9 @@ def _compare(
 
             stats = write_stats(finished, out)
             typer.echo(stats["md"].read_text())
+            from mlb.analysis.published import write_published
+
+            typer.echo(write_published(finished, out).read_text())
             paths |= {f"stats_{k}": v for k, v in stats.items()}
             typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -137,7 +161,8 @@ _COMPARE_PARAMETERS = [
             None,
             "--folds",
             help="Comma-separated folds (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits), each trained with "
-            "seed = fold on --data with {fold} replaced; replaces --seeds.",
+            "seed = fold on --data with {fold} replaced, whose shards' meta.json must say partition k (checked "
+            "before any run); replaces --seeds.",
             show_default="none: --seeds",
         ),
     ),
@@ -150,6 +175,16 @@ _COMPARE_PARAMETERS = [
             help="best_params.yaml of `mlbpipe tune`: each method's tuned lr, weight decay and own settings "
             "(--lr, --weight-decay and --param given, here or in --params, win).",
             show_default="none: the defaults",
+        ),
+    ),
+    keyword(
+        "allow_untuned",
+        bool,
+        typer.Option(
+            False,
+            "--allow-untuned",
+            help="With --tuned: train the methods (and fusion heads) the file lacks with their defaults instead "
+            "of refusing; the tables mark them untuned.",
         ),
     ),
     keyword(
@@ -172,8 +207,10 @@ and say with paired statistics whether each method differs from Joint and from M
 
 Every run trains what `mlbpipe train` would with the same options: TrainConfig's defaults, under --params
 FILE's section, under the options given; only the method, its own settings, the fusion head and the seed (or
-fold) change. Finished runs are kept (a rerun only trains what is missing); a method that does not support
-a fusion head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean
+fold) change. With --tuned FILE every method and fusion head compared must be in FILE, tuned with one trial
+count (else refused before any run; --allow-untuned trains the missing ones with their defaults). Finished
+runs are kept (a rerun only trains what is missing; one trained from other settings is refused); a method
+that does not support a fusion head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean
 ± std per method and fusion) and RUNS/compare_stats.md, .json (paired differences per fold and 95% paired
 bootstrap intervals over the test clips, with a verdict: better, worse or not resolved).
 """

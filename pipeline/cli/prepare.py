@@ -175,7 +175,7 @@ def cli(
         "--spec",
         help="mel (log-Mel) | stft (log-magnitude STFT, F = 257) | psd (scipy.signal.spectrogram, AVE's) "
         "(spectrograms.kind).",
-        show_default=str(field_default(SpectrogramConfig, "kind")),
+        show_default="the corpus's authors' (cremad stft, ave psd, ucf101 stft)",
     ),
     n_mels: int = typer.Option(
         None,
@@ -234,7 +234,7 @@ def cli(
     ),
 ) -> None:
     """Prepare a corpus: index + validate + split (OUT/manifest.jsonl), then the ResNet path (1 fps frames,
-    log-Mel spectrograms, OUT/shards/raw/) and the Conformer path (MTCNN faces, frozen EfficientNet-B2 +
+    spectrograms, OUT/shards/raw/) and the Conformer path (MTCNN faces, frozen EfficientNet-B2 +
     Wav2Vec2 features, OUT/shards/cached/). Reruns skip finished work. Offline, the cached path needs local
     weights, or `--effb2-weights random --w2v2-model random-tiny` for a demo."""
     from pipeline.engine import LocalExecutor

@@ -28,8 +28,9 @@ from pipeline.cli.common import dataclass_options, keyword, plain_type
 from pipeline.params import ParamsError, check_keys, load_params, merge, section
 
 DEFAULT_SECTION = "train"
-# TrainConfig keys a file may not set: the command line gives them (--data, --out, --param, --resume).
-COMMAND_LINE_ONLY = ("data", "out", "method_params", "resume")
+# TrainConfig keys a file may not set: the command line gives them (--data, --out, --param, --resume), or
+# compare does (tuning: where a run's settings came from).
+COMMAND_LINE_ONLY = ("data", "out", "method_params", "resume", "tuning")
 FILE_KEYS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.init and f.name not in COMMAND_LINE_ONLY
 )

@@ -31,7 +31,7 @@ def _tune(
     from mlb.common.lock import folder_lock
 
     with command_errors("mlbpipe tune", out):
-        from mlb.experiment.tune import BEST_NAME, run_tune
+        from mlb.experiment.tune import BEST_NAME, check_tune, run_tune
         from mlb.train import TrainConfig
         from mlb.train.config import check_fusions, check_methods
 
@@ -52,6 +52,7 @@ def _tune(
         base.validate()
         # lr and weight decay given (options or file) are fixed, as --param settings are
         shared = {k: values[k] for k in ("lr", "weight_decay") if values.get(k) is not None}
+        check_tune(base, method_list, out, config, best_params or out / BEST_NAME)  # the budgets too
         with folder_lock(out, " ".join(sys.argv)):  # every setting checked: only now take the folder
             run_tune(
                 base,

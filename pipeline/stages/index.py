@@ -118,10 +118,12 @@ def _manifest_digest(path: Path) -> str:
     return hashlib.sha256(json.dumps(decided).encode()).hexdigest()
 
 
-def corpus_description(corpus: Corpus, protocol: str) -> dict:
+def corpus_description(corpus: Corpus, protocol: str, root: Path) -> dict:
     """`OUT/corpus.json` (pipeline.manifest.read_corpus_description): the corpus facts the shard stages copy
-    into meta.json, and the input paths it has (with the reason for a missing one)."""
+    into meta.json, the input paths it has (with the reason for a missing one), and the root it was indexed
+    from (the later stages refuse another)."""
     return {
+        "root": str(root),
         "corpus": corpus.name,
         "label_names": list(corpus.label_names),
         "num_classes": corpus.num_classes,
@@ -183,7 +185,7 @@ def run_index(
 
     write_manifest(records, manifest_path)
     atomic_write_json(
-        corpus_description_path(manifest_path), corpus_description(corpus, name), sort_keys=True
+        corpus_description_path(manifest_path), corpus_description(corpus, name, root), sort_keys=True
     )
     stamp = {
         "fingerprint": fingerprint,

@@ -1,14 +1,16 @@
-"""Stage `spectrograms`: each clip's audio to a log-Mel (or log-magnitude STFT) spectrogram.
+"""Stage `spectrograms`: each clip's audio to a log-magnitude STFT, log-Mel or log-PSD spectrogram.
 
-As the paper's public code: resample to 22.05 kHz, loop the clip to exactly 3 s (tiling, then cutting),
-clip to [-1, 1], STFT with a 512-sample Hann window and hop 353 (T = 1 + 66150 // 353 = 188 frames).
-Then either
-- `mel` (default): log(mel_fbank @ |STFT|^2 + 1e-7), F = n_mels; the default 80 is the largest band
+Resample to `sample_rate`, loop the clip to exactly `seconds` (tiling, then cutting), clip to [-1, 1], then
+- `stft`: log(|STFT| + 1e-7) with a Hann window of n_fft and centred frames, F = n_fft // 2 + 1. CREMA-D's
+  default, as the MLB authors' CREMA-D loader computes it (22.05 kHz, 3 s, n_fft 512, hop 353: [257, 188];
+  docs/corpora/cremad.md cites their code); UCF101's with its authors' 16 kHz;
+- `mel`: log(mel_fbank @ |STFT|^2 + 1e-7), F = n_mels, the same STFT; the default 80 is the largest band
   count that leaves no empty Mel filter at 257 bins and 22.05 kHz (96 leaves one, 128 leave three);
-- `stft`: log(|STFT| + 1e-7), F = 257, exactly what the authors' CREMA-D code fed the ResNet;
 - `psd`: log(scipy.signal.spectrogram(...) + 1e-7), what the authors' AVE code feeds it (frames inside the
   clip, T = 1 + (samples - n_fft) // hop).
-A corpus may give its own defaults (its plug-in's `stage_defaults`: sample rate, length, hop, kind, channel).
+The config's own defaults (`mel`, 22.05 kHz, 3 s, 512, 353) serve a corpus that gives none; the built-in
+corpora give their authors' settings (their plug-in's `stage_defaults`: kind, sample rate, length, hop,
+channel), which params.yaml and the command line override.
 
 Reads the manifest and each clip's `audio` (a sound file, or the audio stream of the video file; inside
 the clip's segment when it has one). Writes `OUT/work/spectrograms.h5`, dataset `/spec/<clip id>` float32
@@ -38,7 +40,7 @@ CHANNELS = ("mean", "first")
 class SpectrogramConfig:
     """Parameters of the spectrograms stage (params.yaml: `spectrograms`)."""
 
-    kind: str = "mel"  # mel | stft
+    kind: str = "mel"  # mel | stft | psd (the built-in corpora set their own: stft or psd)
     sample_rate: int = 22050
     seconds: float = 3.0
     n_fft: int = 512  # also the window length

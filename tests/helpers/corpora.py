@@ -88,6 +88,6 @@ def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
             )
         )
     write_manifest(records, out / "manifest.jsonl")
-    corpus = corpus_description(get_corpus("cremad"), "vavl-1")
+    corpus = corpus_description(get_corpus("cremad"), "vavl-1", root)
     atomic_write_json(corpus_description_path(out / "manifest.jsonl"), corpus, sort_keys=True)
     return root, out

@@ -65,7 +65,13 @@ def make_sample(
 
 
 def make_meta(
-    input_path: str, *, spec_shape=(16, 20), frame_hw=(16, 16), audio_dim=16, video_dim=1408
+    input_path: str,
+    *,
+    spec_shape=(16, 20),
+    frame_hw=(16, 16),
+    audio_dim=16,
+    video_dim=1408,
+    protocol: str | None = None,
 ) -> dict:
     if input_path == "raw":
         fields = {
@@ -85,6 +91,8 @@ def make_meta(
         "fields": fields,
         "config": {"factory": "tests.shard_factory"},
     }
+    if protocol is not None:  # the split protocol's name, as the index stage writes it (e.g. vavl-2)
+        meta["config"]["protocol"] = protocol
     if input_path == "cached":
         meta["extractors"] = {
             "audio": {"model": "random-w2v2", "layer": 12, "random_init": True},
@@ -100,9 +108,11 @@ def write_shard_folder(
     counts: dict[str, int] | None = None,
     shard_size: int = 8,
     seed: int = 0,
+    protocol: str | None = None,
     **shape_kw,
 ) -> Path:
-    """Write `<split>-NNNNNN.tar`, `sizes.json`, `meta.json` (and `stats.json` for cached) into `folder`."""
+    """Write `<split>-NNNNNN.tar`, `sizes.json`, `meta.json` (and `stats.json` for cached) into `folder`;
+    `protocol` goes into meta.json's `config.protocol` (none by default)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     counts = {**DEFAULT_COUNTS, **(counts or {})}
@@ -137,7 +147,8 @@ def write_shard_folder(
                     _add(tar, f"{clip_id}.json", json.dumps(info).encode())
             sizes[name] = len(chunk)
     (folder / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True))
-    (folder / "meta.json").write_text(json.dumps(make_meta(input_path, **_shape_only(shape_kw)), indent=1))
+    meta = make_meta(input_path, protocol=protocol, **_shape_only(shape_kw))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     if input_path == "cached":
         stats = {}
         for field_name, arrays in train_arrays.items():

@@ -27,6 +27,15 @@ MLB_SETTINGS = {
     "cached": {"*": {"alpha": 5.0, "beta_max": 2.0}},
 }
 
+# The spectrogram the MLB authors' CREMA-D loader feeds the ResNet (kkontras/MLB at 357b5ce,
+# datasets/CREMAD/CREMAD_Dataset.py, CremadDataset._get_spectrogram; configs/CREMA_D/ set sampling_rate 22050
+# and no norm_type): 22.05 kHz, tiled and cut to 3 s, clipped to [-1, 1], STFT with n_fft 512 and hop 353,
+# log(|S| + 1e-7), no Mel filterbank and no normalisation: [257, 188]. The paper's text says "log-Mel"; the code
+# does not apply one (docs/corpora/cremad.md).
+STAGE_DEFAULTS = {
+    "spectrograms": {"kind": "stft", "sample_rate": 22050, "seconds": 3.0, "n_fft": 512, "hop_length": 353},
+}
+
 
 class CremaD(Corpus):
     name = layout.NAME
@@ -37,6 +46,7 @@ class CremaD(Corpus):
     manifests_dir = layout.MANIFESTS_DIR
     method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS}
     layout_hint = f"{layout.WAV_DIR}/ and {layout.FLV_DIR}/"
+    stage_defaults: ClassVar[dict] = STAGE_DEFAULTS
     title = "CREMA-D"
     source = layout.SOURCE
 
