@@ -301,15 +301,22 @@ def _copy_as_stubs(source: Path, root: Path, only: set[str] | None = None) -> Pa
 
 
 @pytest.mark.integration
-def test_an_all_lfs_stub_copy_exits_non_zero_naming_the_reason(synth_corpus, tmp_path):
+def test_an_all_lfs_stub_copy_exits_1_naming_the_reason(synth_corpus, tmp_path):
+    import subprocess
+    import sys
+
     root = _copy_as_stubs(synth_corpus, tmp_path / "CREMA-D")
     out = tmp_path / "out"
-    result = runner.invoke(
-        app, ["prepare", "cremad", "--root", str(root), "--out", str(out), "--quiet", "--stages",
-              "index,frames,spectrograms,shards_raw"],
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "prepare", "cremad", "--root", str(root), "--out", str(out),
+         "--quiet", "--stages", "index,frames,spectrograms,shards_raw"],
+        capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
-    assert result.exit_code == 2, result.output
-    said = " ".join(result.output.split())
+    assert result.returncode == 1, result.stdout + result.stderr  # 1: nothing to do (docs/CONTRACTS.md)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("mlbpipe prepare: error: no clip of")  # one paragraph
+    assert "Traceback" not in result.stderr
+    said = errors[0]
     assert "no clip of" in said and "all 12 clips were rejected (lfs-pointer 12)" in said
     assert "All 12 clips are Git LFS pointer stubs" in said and "git lfs pull" in said
     assert layout.SOURCE in said and f"{out / 'manifest.jsonl'} lists every clip" in said
@@ -331,7 +338,7 @@ def test_a_split_of_the_protocol_without_a_kept_clip_is_an_error_naming_why(synt
     result = runner.invoke(
         app, ["prepare", "cremad", "--root", str(root), "--out", str(tmp_path / "out"), "--stages", "index"]
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     said = " ".join(result.output.split())
     assert "the vavl-1 protocol has no kept clip in test" in said
     assert f"test: its {len(test_clips)} clip(s) were all rejected (lfs-pointer {len(test_clips)})" in said

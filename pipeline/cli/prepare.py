@@ -14,7 +14,7 @@ from pipeline.params import load_params
 from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.frames import FramesConfig
-from pipeline.stages.index import IndexConfig
+from pipeline.stages.index import IndexConfig, NothingToPrepare
 from pipeline.stages.shards_raw import ShardsConfig
 from pipeline.stages.spectrograms import SpectrogramConfig
 
@@ -281,6 +281,9 @@ def cli(
                         stage, result, None if quiet else seconds
                     ),
                 )
+            except NothingToPrepare as err:  # nothing to do: exit 1 (docs/CONTRACTS.md), the manifest written
+                typer.echo(f"mlbpipe prepare: error: {err}", err=True)
+                raise typer.Exit(1) from None
             except CachedPathUnavailable as err:  # the ResNet path needs no weights
                 raise ValueError(
                     f"{err}\nTo prepare only the ResNet path, add --stages "

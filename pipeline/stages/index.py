@@ -215,7 +215,7 @@ def check_kept(records: list[ClipRecord], summary: dict, corpus: Corpus, root: P
     """Raise NothingToPrepare when no clip is kept, or when a split of the protocol has no kept clip,
     naming the rejections counted and the fix. The manifest is written first, so every clip's reason can
     be read there. Bad media alone never stop a run: only a copy that leaves nothing to prepare does."""
-    where = f"{manifest} lists every clip with its reason"
+    where = f"{manifest} lists every clip with its reason."
     fix = _fix(records, corpus, root)
     if not summary["kept"]:
         raise NothingToPrepare(
@@ -238,15 +238,17 @@ def check_kept(records: list[ClipRecord], summary: dict, corpus: Corpus, root: P
         raise NothingToPrepare(
             f"the {protocol} protocol has no kept clip in {' or '.join(empty)} ({'; '.join(details)}).{size} "
             f"{fix}Or choose a protocol that this copy fills (index.protocol, --protocol: "
-            f"{', '.join(corpus.protocols)}); {where}"
+            f"{', '.join(corpus.protocols)}). {where}"
         )
 
 
 def _fix(records: list[ClipRecord], corpus: Corpus, root: Path) -> str:
     """The fix for the usual causes: a Git clone without its LFS media, or a copy that lacks clips."""
-    source = f" from {corpus.source}" if corpus.source else ""
     stubs = sum(reason_code(r.reason) == Reason.LFS_POINTER for r in records)
     if stubs:
         which = f"All {stubs}" if stubs == len(records) else f"{stubs} of the {len(records)}"
-        return f"{which} clips are Git LFS pointer stubs, not media: run `git lfs pull` in {root}, or get a copy{source}. "
-    return f"Get the whole corpus{source}. " if source else ""
+        elsewhere = f", or get a copy from {corpus.source}" if corpus.source else ""
+        return (
+            f"{which} clips are Git LFS pointer stubs, not media: run `git lfs pull` in {root}{elsewhere}. "
+        )
+    return f"Get the whole corpus from {corpus.source}. " if corpus.source else ""
