@@ -131,8 +131,8 @@ def effb2_weights_fix() -> str:
     return (
         f"on a machine with network download efficientnet-pytorch's release file {EFFNET_B2_IMAGENET_URL} "
         f"(`curl -LO {EFFNET_B2_IMAGENET_URL}`), then put it at {cached} (where efficientnet-pytorch and "
-        "mlbpipe look for it) or pass its path: `--set features.effb2.weights=FILE` (params.yaml: "
-        "features: {effb2: {weights: FILE}}; prepare's --effb2-weights FILE)"
+        "mlbpipe look for it) or pass its path to `mlbpipe prepare`: `--set features.effb2.weights=FILE` "
+        "(or --effb2-weights FILE; params.yaml: features: {effb2: {weights: FILE}})"
     )
 
 
@@ -140,9 +140,9 @@ def w2v2_weights_fix(model: str) -> str:
     """How to get a Wav2Vec2 checkpoint onto a machine without network (as `effb2_weights_fix`)."""
     return (
         f"on a machine with network run `hf download {model} --local-dir DIR` (the hf command of "
-        "huggingface_hub), copy DIR here and pass it: `--set features.w2v2.model=DIR` (params.yaml: "
-        "features: {w2v2: {model: DIR}}; prepare's --w2v2-model DIR); or download it here once online without "
-        "--local-dir, into the Hugging Face cache"
+        "huggingface_hub), copy DIR here and pass it to `mlbpipe prepare`: `--set features.w2v2.model=DIR` "
+        "(or --w2v2-model DIR; params.yaml: features: {w2v2: {model: DIR}}); or, online, run it here without "
+        "--local-dir: the model lands in the Hugging Face cache, where mlbpipe finds it by its id"
     )
 
 
