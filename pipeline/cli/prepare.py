@@ -135,7 +135,7 @@ def cli(
         "--engine",
         help="Where the per-clip work runs: local (a pool of processes on this machine) | ray (Ray "
         "tasks, one CPU and one thread each, retried when a worker dies; needs ray: the ray extra of mlbpipe). "
-        "The shards are the same bytes as the local engine's run with OMP_NUM_THREADS=1.",
+        "The shards are the same bytes as the local engine's (both compute on one thread per task).",
     ),
     address: str = typer.Option(
         None,

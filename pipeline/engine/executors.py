@@ -9,8 +9,12 @@ plugs in behind the same two methods.
 `for_models()` is the executor for stages that hold a model (a big, stateful object, possibly on a GPU:
 the features stage's frozen extractors). Such a stage builds its model once per process (a module-level
 cache), so it wants few, long-lived processes that own their device, not many short tasks. By default that
-is `InProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models are
-too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
+is `ModelsInProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models
+are too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
+
+Every task computes on one math thread, wherever it runs (a pool worker, this process, a Ray task or actor):
+a CPU convolution's last bits depend on how many threads split it, so this makes the bytes the same on both
+engines whatever OMP_NUM_THREADS and the like say.
 """
 
 from __future__ import annotations
