@@ -401,3 +401,31 @@ def test_the_root_errors_offer_a_stand_in_elsewhere_than_the_root(tmp_path):
             CREMAD.scan(bad_root)
         assert "mlbpipe synth cremad data/cremad-synthetic" in str(caught.value)
         assert f"mlbpipe synth cremad {bad_root}" not in str(caught.value)
+
+
+@pytest.mark.unit
+def test_only_the_whole_real_corpus_is_covered_without_a_warning():
+    whole = base.Coverage("X", 3, 3, "P", 2, 2)
+    assert whole.ok and whole.describe() == "3 of X's 3 clips (100.0%), 2 of P's 2"
+    partial = base.Coverage("X", 4, 1)
+    assert not partial.ok and partial.describe() == (
+        "1 of X's 4 clips (25.0%): a partial copy, on which results say little about X"
+    )
+    assert not base.Coverage("X", 3, 3, stand_in="marker.txt").ok  # every clip, yet synthetic
+
+
+@pytest.mark.integration
+def test_prepare_prints_a_whole_copy_on_stdout_without_a_warning(synth_corpus, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth_corpus, root)
+    (root / layout.SYNTH_MARKER).unlink()  # as far as mlbpipe can tell, a real copy
+    ids = {p.stem for p in root.glob("AudioWAV/*.wav")}
+    monkeypatch.setattr(type(CREMAD), "corpus_clips", lambda self: ids)  # a corpus of these 12 clips
+    result = runner.invoke(
+        app, ["prepare", "cremad", "--root", str(root), "--out", str(tmp_path / "out"), "--stages", "index"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "copy: 12 of CREMA-D's 12 clips (100.0%), 12 of VAVL's 5820" in result.stdout
+    assert "warning: this copy" not in result.output

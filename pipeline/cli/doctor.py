@@ -145,7 +145,7 @@ def check_corpus(report: DoctorReport, corpus: str, root: Path) -> None:
         return
     coverage = plugin.coverage(root, {clip.id for clip in scan.clips})
     if coverage is not None:
-        status = "ok" if coverage.complete else "warn" if coverage.found else "fail"
+        status = "ok" if coverage.ok else "warn" if coverage.found else "fail"
         report.checks.append(Check("corpus clips", status, coverage.describe()))
 
 

@@ -52,7 +52,7 @@ def _summary_lines(stage: str, result) -> tuple[list[str], list[str]]:
         if len(notes) > 10:
             err.append(f"  note: ... and {len(notes) - 10} more")
         coverage = result.get("coverage")
-        if coverage is not None and coverage.complete:
+        if coverage is not None and coverage.ok:
             out.append(f"  copy: {coverage.describe()}")
         elif coverage is not None:
             err.append(f"  warning: this copy has {coverage.describe()}")

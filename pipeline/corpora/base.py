@@ -122,6 +122,11 @@ class Coverage:
     def complete(self) -> bool:
         return self.found >= self.total
 
+    @property
+    def ok(self) -> bool:
+        """The whole real corpus: anything else is worth a warning (results on it say little)."""
+        return self.complete and not self.stand_in
+
     def describe(self) -> str:
         """`24 of CREMA-D's 7442 clips (0.3%), 20 of VAVL's 5820: a partial copy ...`"""
         text = f"{self.found} of {self.corpus}'s {self.total} clips ({100 * self.found / self.total:.1f}%)"
