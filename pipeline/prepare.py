@@ -22,7 +22,7 @@ from mlb.common.lock import folder_lock
 from mlb.common.stopping import Stopped, stop_on_signals
 from pipeline.corpora.base import Corpus
 from pipeline.engine import Executor
-from pipeline.engine.executors import as_executor
+from pipeline.engine.executors import as_executor, one_thread
 from pipeline.params import dotted, from_mapping, merge, stage_sections
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
@@ -130,8 +130,6 @@ def _shards_raw(run: Run):
 
 
 def _faces(run: Run):
-    import torch  # noqa: F401  loaded before the first batch, so that batches run here get one thread too
-
     from pipeline.stages.faces import run_faces
 
     # plain tasks, not for_models(): MTCNN is small, and video decoding wants every worker
@@ -272,6 +270,7 @@ def prepare(
     one's `command`). SIGINT or SIGTERM stops it once the batches in progress are written, raising
     mlb.common.stopping.Stopped; the same command then goes on from there."""
     selected = check_stages(stages, run.corpus)
+    one_thread()  # before check_run loads torch: this process computes as a worker does
     check_run(run, selected)
     with folder_lock(run.out, command or " ".join(sys.argv)), stop_on_signals() as stop:
         for stage in STAGES:

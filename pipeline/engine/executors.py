@@ -9,12 +9,12 @@ plugs in behind the same two methods.
 `for_models()` is the executor for stages that hold a model (a big, stateful object, possibly on a GPU:
 the features stage's frozen extractors). Such a stage builds its model once per process (a module-level
 cache), so it wants few, long-lived processes that own their device, not many short tasks. By default that
-is `ModelsInProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models
-are too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
+is `InProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models are
+too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
 
-Every task computes on one math thread, wherever it runs (a pool worker, this process, a Ray task or actor):
-a CPU convolution's last bits depend on how many threads split it, so this makes the bytes the same on both
-engines whatever OMP_NUM_THREADS and the like say.
+Every task computes on one math thread, wherever it runs (a pool worker, the calling process: `one_thread`,
+a Ray task or actor): a CPU convolution's last bits depend on how many threads split it, so the bytes are
+the same on both engines whatever OMP_NUM_THREADS and the like say.
 """
 
 from __future__ import annotations
@@ -60,9 +60,8 @@ class Executor(ABC):
     def for_models(self, device: str = "auto") -> Executor:
         """The executor for stages that hold a model (see the module doc), to be closed by the caller when
         the stage is done. `device` is the stage's device setting ("cpu" asks for CPU workers even where
-        there are GPUs); it is resolved where the model is built, never here. Default: this process, with
-        torch on one thread (`ModelsInProcess`)."""
-        return ModelsInProcess()
+        there are GPUs); it is resolved where the model is built, never here. Default: this process."""
+        return InProcess()
 
     def close(self) -> None:
         """Release the workers (a no-op where there are none)."""
@@ -74,44 +73,12 @@ class Executor(ABC):
         self.close()
 
 
-@contextlib.contextmanager
-def one_torch_thread(load: bool = False) -> Iterator[None]:
-    """torch computes on one thread inside (its setting is restored after), as in a pool worker or a Ray
-    task: a CPU convolution's last bits depend on how many threads split it. torch is imported only with
-    `load` (a model stage); otherwise nothing happens where it is not loaded yet."""
-    torch = sys.modules.get("torch")
-    if torch is None and load:
-        import torch
-    if torch is None:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class InProcess(Executor):
-    """Every task in this process, one after the other, with torch (where it is loaded) on one thread, as
-    in a worker: the bytes do not depend on the executor."""
-
-    load_torch = False
+    """Every task in this process, one after the other."""
 
     def map_unordered(self, fn, items):
         for index, item in enumerate(items):
-            with one_torch_thread(self.load_torch):
-                result = fn(item)
-            yield index, result
-
-
-class ModelsInProcess(InProcess):
-    """The local engine's `for_models()`: the model stage's calls in this process (the models are too big to
-    copy into every worker, and a GPU belongs to one process), with torch on one thread during each, as in
-    a Ray actor. On a GPU the CPU's thread count costs little: the GPU computes."""
-
-    load_torch = True
+            yield index, fn(item)
 
 
 class LocalExecutor(Executor):
@@ -162,6 +129,16 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.shutdown(cancel_futures=True)
+
+
+def one_thread() -> None:
+    """This process computes on one math thread from now on, as a pool worker or a Ray task does (the
+    caller of the local engine runs the model stages, and every stage with 1 worker). The libraries read
+    ONE_THREAD when they load: set before torch is imported, it gives Ray's bytes, which a later
+    torch.set_num_threads(1) alone does not always (EfficientNet's convolutions differ in the last bit)."""
+    os.environ.update(ONE_THREAD)
+    if "torch" in sys.modules:  # loaded already (a caller of prepare() in Python): the closest we can do
+        sys.modules["torch"].set_num_threads(1)
 
 
 def as_executor(executor: Executor | None) -> Executor:

@@ -216,18 +216,18 @@ def check_kept(records: list[ClipRecord], summary: dict, corpus: Corpus, root: P
     naming the rejections counted and the fix. The manifest is written first, so every clip's reason can
     be read there. Bad media alone never stop a run: only a copy that leaves nothing to prepare does."""
     where = f"{manifest} lists every clip with its reason."
-    fix = _fix(records, corpus, root)
     if not summary["kept"]:
         raise NothingToPrepare(
             f"no clip of {root} can be used: all {len(records)} clips were rejected ({_counted(records)}). "
-            f"{fix}{where}"
+            f"{_fix(records, corpus, root)}{where}"
         )
     empty = [split for split in SPLITS if not summary["kept_by_split"].get(split)]
     if empty:
         protocol = records[0].protocol
-        details = []
+        details, lost = [], []
         for split in empty:
             members = [r for r in records if r.split == split]
+            lost += members
             details.append(
                 f"{split}: its {len(members)} clip(s) were all rejected ({_counted(members)})"
                 if members
@@ -237,13 +237,14 @@ def check_kept(records: list[ClipRecord], summary: dict, corpus: Corpus, root: P
         size = f" This copy has {coverage.describe()}." if coverage is not None else ""
         raise NothingToPrepare(
             f"the {protocol} protocol has no kept clip in {' or '.join(empty)} ({'; '.join(details)}).{size} "
-            f"{fix}Or choose a protocol that this copy fills (index.protocol, --protocol: "
+            f"{_fix(lost, corpus, root)}Or choose a protocol that this copy fills (index.protocol, --protocol: "
             f"{', '.join(corpus.protocols)}). {where}"
         )
 
 
 def _fix(records: list[ClipRecord], corpus: Corpus, root: Path) -> str:
-    """The fix for the usual causes: a Git clone without its LFS media, or a copy that lacks clips."""
+    """The fix for the usual causes of losing `records`: a Git clone without its LFS media, or a copy that
+    lacks clips."""
     stubs = sum(reason_code(r.reason) == Reason.LFS_POINTER for r in records)
     if stubs:
         which = f"All {stubs}" if stubs == len(records) else f"{stubs} of the {len(records)}"
