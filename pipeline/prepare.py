@@ -26,7 +26,7 @@ from mlb.common.lock import folder_lock
 from mlb.common.stopping import Stopped, stop_on_signals
 from pipeline.corpora.base import Corpus, CorpusError
 from pipeline.engine import Executor
-from pipeline.engine.executors import as_executor
+from pipeline.engine.executors import as_executor, one_thread
 from pipeline.params import dotted, from_mapping, merge, stage_sections
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.features import FeaturesConfig
@@ -90,13 +90,16 @@ class Run:
 
 
 def _index(run: Run):
-    from pipeline.stages.index import run_index, run_resplit
+    from pipeline.stages.index import check_kept, run_index, run_resplit
 
     if run.shared is not None:  # a fold: the prepared folder's records, split by this fold's partition
-        return run_resplit(run.corpus, run.shared, run.out, run.config.index)[1]
-    _, summary = run_index(
-        run.corpus, run.root, run.out, run.config.index, executor=run.executor, progress=run.progress
-    )
+        records, summary = run_resplit(run.corpus, run.shared, run.out, run.config.index)
+    else:
+        records, summary = run_index(
+            run.corpus, run.root, run.out, run.config.index, executor=run.executor, progress=run.progress
+        )
+    # a copy that keeps nothing (or nothing in a split) is an error here, not an empty shard folder later
+    check_kept(records, summary, run.corpus, run.root, run.manifest)
     return summary
 
 
@@ -277,6 +280,7 @@ def prepare(
     one's `command`). SIGINT or SIGTERM stops it once the batches in progress are written, raising
     mlb.common.stopping.Stopped; the same command then goes on from there."""
     selected = check_stages(stages, run.corpus)
+    one_thread()  # before check_run loads torch: this process computes as a worker does
     check_run(run, selected)
     with folder_lock(run.out, command or " ".join(sys.argv)), stop_on_signals() as stop:
         for stage in STAGES:

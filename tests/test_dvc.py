@@ -16,7 +16,7 @@ from helpers.dvc import copy_repo, dvc, set_params, stages_ran
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"synth": {"cremad": {"clips": 6, "width": 64, "height": 48}}, "frames": {"size": 32}, "workers": 1}
+TINY = {"synth": {"cremad": {"clips": 12, "width": 64, "height": 48}}, "frames": {"size": 32}, "workers": 1}
 
 
 def _workspace_files(repo: Path) -> set[str]:

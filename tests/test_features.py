@@ -7,6 +7,7 @@ same paths as real checkpoints. EfficientNet runs at 64 px to stay fast on CPU.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 
 import h5py
@@ -325,3 +326,81 @@ def test_prepare_cremad_runs_the_cached_stages_and_says_how_to_get_missing_weigh
     assert "RANDOM weights" in result.output and "train 2, validation 0, test 1" in result.output
     meta = json.loads((out / "shards" / "cached" / "meta.json").read_text())
     assert meta["extractors"]["video"]["random_init"] and meta["extractors"]["video"]["input_size"] == 260
+
+
+# --- what a user without the weights is told ---------------------------------------------------------------
+
+SET_KEY = re.compile(r"--set ([\w.]+)=")
+DEMO_VALUES = {"features.effb2.weights": "random", "features.w2v2.model": "random-tiny"}
+
+
+def _accepted_by_set(keys: set[str]) -> None:
+    """Each key, given to `--set KEY=VALUE` as the command line does, sets that setting of the run."""
+    from pipeline.cli.common import parse_key_values
+    from pipeline.corpora import get_corpus
+    from pipeline.prepare import prepare_config
+
+    items = [f"{key}={DEMO_VALUES[key]}" for key in sorted(keys)]
+    config = prepare_config(get_corpus("cremad"), {}, parse_key_values(items, "--set"))
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value == DEMO_VALUES[key], key
+
+
+@pytest.mark.unit
+def test_the_weights_fixes_name_keys_that_set_takes_and_commands_that_exist():
+    import shutil
+    import sys
+    from pathlib import Path
+
+    effb2, w2v2 = ex.effb2_weights_fix(), ex.w2v2_weights_fix("facebook/wav2vec2-large-robust")
+    assert set(SET_KEY.findall(effb2)) == {"features.effb2.weights"}
+    assert set(SET_KEY.findall(w2v2)) == {"features.w2v2.model"}
+    _accepted_by_set({*SET_KEY.findall(effb2), *SET_KEY.findall(w2v2)})
+    assert ex.EFFNET_B2_IMAGENET_URL in effb2 and "weights_path" not in effb2
+    # the command the message names is the one the pinned huggingface_hub installs
+    command = re.search(r"`(\w+) download facebook/wav2vec2-large-robust --local-dir DIR`", w2v2)[1]
+    assert command == "hf" and shutil.which(command, path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.integration
+def test_both_missing_weights_are_named_at_once_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    root, out = make_tiny_corpus(tmp_path)
+    result = CliRunner().invoke(
+        app, ["prepare", "cremad", "--root", str(root), "--out", str(out), "--stages",
+              "faces,features,shards_cached", "--device", "cpu", "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "both extractors lack their weights" in said and "huggingface-cli" not in said
+    assert "1. effb2.weights='imagenet'" in said and "2. w2v2.model='facebook/wav2vec2-large-robust'" in said
+    assert not (out / "work" / "faces.h5").exists()  # before the (slow) faces stage
+    keys = set(SET_KEY.findall(said))  # the fixes and the demo's way out, each with its key
+    assert keys == {"features.effb2.weights", "features.w2v2.model"}
+    _accepted_by_set(keys)
+
+
+@pytest.mark.integration
+def test_doctor_says_how_to_get_each_missing_weight(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no weights in this cache
+    result = CliRunner().invoke(app, ["doctor", "--wav2vec2", "mlbpipe-tests/no-such-model"])
+    said = " ".join(result.output.split())
+    assert "weights_path" not in said and "huggingface-cli" not in said
+    assert "hf download mlbpipe-tests/no-such-model --local-dir DIR" in said
+    keys = set(SET_KEY.findall(said))
+    assert keys == {"features.effb2.weights", "features.w2v2.model"}
+    _accepted_by_set(keys)

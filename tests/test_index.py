@@ -283,3 +283,149 @@ def test_an_unknown_corpus_and_protocol_are_named(tmp_path):
         run_index(CREMAD, tmp_path, tmp_path / "out", IndexConfig(protocol="official"), progress=False)
     with pytest.raises(ValueError, match="index.partition=7"):
         run_index(CREMAD, tmp_path, tmp_path / "out", IndexConfig(partition=7), progress=False)
+
+
+# --- a copy that gives nothing to prepare, and how much of the corpus a copy holds -------------------------
+
+
+def _copy_as_stubs(source: Path, root: Path, only: set[str] | None = None) -> Path:
+    """`source` (a synthetic CREMA-D) copied to `root` with its media, or those of the clips in `only`,
+    replaced by Git LFS pointers: what a clone without `git lfs pull` holds."""
+    import shutil
+
+    shutil.copytree(source, root)
+    for media in [*root.glob("AudioWAV/*.wav"), *root.glob("VideoFlash/*.flv")]:
+        if only is None or media.stem in only:
+            media.write_bytes(LFS_STUB)
+    return root
+
+
+@pytest.mark.integration
+def test_an_all_lfs_stub_copy_exits_1_naming_the_reason(synth_corpus, tmp_path):
+    import subprocess
+    import sys
+
+    root = _copy_as_stubs(synth_corpus, tmp_path / "CREMA-D")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "prepare", "cremad", "--root", str(root), "--out", str(out),
+         "--quiet", "--stages", "index,frames,spectrograms,shards_raw"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr  # 1: nothing to do (docs/CONTRACTS.md)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("mlbpipe prepare: error: no clip of")  # one paragraph
+    assert "Traceback" not in result.stderr
+    said = errors[0]
+    assert "no clip of" in said and "all 12 clips were rejected (lfs-pointer 12)" in said
+    assert "All 12 clips are Git LFS pointer stubs" in said and "git lfs pull" in said
+    assert layout.SOURCE in said and f"{out / 'manifest.jsonl'} lists every clip" in said
+    records = read_manifest(out / "manifest.jsonl")  # every clip stays there, with its reason
+    assert len(records) == 12 and all(r.reason.startswith("lfs-pointer:") for r in records)
+    assert not (out / "shards").exists()
+
+
+@pytest.mark.integration
+def test_a_split_of_the_protocol_without_a_kept_clip_is_an_error_naming_why(synth_corpus, tmp_path):
+    from pipeline.corpora.cremad.protocols import vavl_protocol
+
+    actor_split, _ = vavl_protocol(1)
+    test_clips = {
+        p.stem for p in synth_corpus.glob("AudioWAV/*.wav") if actor_split[int(p.stem[:4])] == "test"
+    }
+    assert test_clips
+    root = _copy_as_stubs(synth_corpus, tmp_path / "copy", only=test_clips)
+    result = runner.invoke(
+        app, ["prepare", "cremad", "--root", str(root), "--out", str(tmp_path / "out"), "--stages", "index"]
+    )
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "the vavl-1 protocol has no kept clip in test" in said
+    assert f"test: its {len(test_clips)} clip(s) were all rejected (lfs-pointer {len(test_clips)})" in said
+    assert "--protocol: vavl, speaker-random" in said
+
+
+@pytest.mark.integration
+def test_prepare_says_how_much_of_the_corpus_a_stand_in_holds(synth_corpus, tmp_path):
+    result = runner.invoke(
+        app, ["prepare", "cremad", "--root", str(synth_corpus), "--out", str(tmp_path), "--stages", "index"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: this copy has 12 of CREMA-D's 7442 clips (0.2%), 12 of VAVL's 5820: a synthetic stand-in "
+        "(SYNTHETIC.txt, written by mlbpipe synth)" in result.output
+    )
+
+
+def _doctor(root: Path) -> tuple[int, dict[str, tuple[str, str]]]:
+    """(exit code, {check name: (status, detail)}) of `mlbpipe doctor --corpus cremad --root ROOT`."""
+    result = runner.invoke(app, ["doctor", "--corpus", "cremad", "--root", str(root)])
+    checks = {}
+    for line in result.output.splitlines():
+        status, _, rest = line.partition(" ")
+        if status in ("ok", "warn", "fail"):
+            name, _, detail = rest.strip().partition("  ")
+            checks[name] = (status, detail.strip())
+    return result.exit_code, checks
+
+
+@pytest.mark.integration
+def test_doctor_counts_the_corpus_clips_a_copy_holds(synth_corpus, tmp_path):
+    small = tmp_path / "small"
+    for clip_id in ("1001_DFA_ANG_XX", "1002_IEO_HAP_HI", "1003_TIE_SAD_XX"):
+        make_clip(small, clip_id)
+    (small / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n")
+    code, checks = _doctor(small)
+    status, detail = checks["corpus clips"]
+    assert code == 0 and status == "warn"  # it prepares, but it is not CREMA-D
+    assert detail.startswith("3 of CREMA-D's 7442 clips (0.0%), 3 of VAVL's 5820: a partial copy")
+
+    code, checks = _doctor(synth_corpus)  # the demo's kind of corpus: small on purpose, and says so
+    status, detail = checks["corpus clips"]
+    assert code == 0 and status == "warn"
+    assert detail.startswith("12 of CREMA-D's 7442 clips (0.2%), 12 of VAVL's 5820: a synthetic stand-in")
+
+    none = tmp_path / "none"  # CREMA-D's layout, and not one of its clips
+    make_wav(none / "AudioWAV" / "1001_DFA_ANGRY_XX.wav")
+    code, checks = _doctor(none)
+    assert code == 1 and checks["corpus clips"][0] == "fail"
+    assert checks["corpus clips"][1].startswith("0 of CREMA-D's 7442 clips")
+
+
+@pytest.mark.integration
+def test_the_root_errors_offer_a_stand_in_elsewhere_than_the_root(tmp_path):
+    root = tmp_path / "CREMA-D"
+    root.mkdir()
+    for bad_root in (tmp_path / "nope", root):
+        with pytest.raises(CorpusError) as caught:
+            CREMAD.scan(bad_root)
+        assert "mlbpipe synth cremad data/cremad-synthetic" in str(caught.value)
+        assert f"mlbpipe synth cremad {bad_root}" not in str(caught.value)
+
+
+@pytest.mark.unit
+def test_only_the_whole_real_corpus_is_covered_without_a_warning():
+    whole = base.Coverage("X", 3, 3, "P", 2, 2)
+    assert whole.ok and whole.describe() == "3 of X's 3 clips (100.0%), 2 of P's 2"
+    partial = base.Coverage("X", 4, 1)
+    assert not partial.ok and partial.describe() == (
+        "1 of X's 4 clips (25.0%): a partial copy, on which results say little about X"
+    )
+    assert not base.Coverage("X", 3, 3, stand_in="marker.txt").ok  # every clip, yet synthetic
+
+
+@pytest.mark.integration
+def test_prepare_prints_a_whole_copy_on_stdout_without_a_warning(synth_corpus, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth_corpus, root)
+    (root / layout.SYNTH_MARKER).unlink()  # as far as mlbpipe can tell, a real copy
+    ids = {p.stem for p in root.glob("AudioWAV/*.wav")}
+    monkeypatch.setattr(type(CREMAD), "corpus_clips", lambda self: ids)  # a corpus of these 12 clips
+    result = runner.invoke(
+        app, ["prepare", "cremad", "--root", str(root), "--out", str(tmp_path / "out"), "--stages", "index"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "copy: 12 of CREMA-D's 12 clips (100.0%), 12 of VAVL's 5820" in result.stdout
+    assert "warning: this copy" not in result.output

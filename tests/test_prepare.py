@@ -354,6 +354,42 @@ def test_the_resnet_path_never_imports_torch(synth_corpus, tmp_path):
     assert (tmp_path / "shards" / "raw" / "sizes.json").is_file()
 
 
+THREADS_IN_A_WORKER = """
+import os, sys
+def threads(_):
+    import cv2, threadpoolctl, torch
+    return {
+        "blas and openmp": sorted({pool["num_threads"] for pool in threadpoolctl.threadpool_info()}),
+        "opencv": cv2.getNumThreads(),
+        "torch": torch.get_num_threads(),
+    }
+if __name__ == "__main__":
+    from pipeline.engine import LocalExecutor
+    with LocalExecutor(2) as executor:
+        found = [result for _, result in executor.map_unordered(threads, range(4))]
+    want = {"blas and openmp": [1], "opencv": 1, "torch": 1}
+    assert all(got == want for got in found), found
+    assert "OMP_NUM_THREADS" not in os.environ, "the calling process keeps its own threads"
+"""
+
+
+@pytest.mark.integration
+def test_the_pool_workers_compute_on_one_thread_whatever_the_environment(tmp_path):
+    """Without a thread count in the environment the math libraries start one thread per core; in the
+    local engine's workers they must not (the bytes of Ray's single-threaded tasks, no oversubscription)."""
+    pytest.importorskip("threadpoolctl")  # a dependency of scikit-learn, in the dev extra
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: the libraries start with one thread anyway")
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_IN_A_WORKER)
+    variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
+    env = {name: value for name, value in os.environ.items() if name not in variables}
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 # --- end to end on the synthetic corpus with defects -------------------------------------------------------
 
 RAW_STAGES = "index,frames,spectrograms,shards_raw"  # the ResNet path only (the cached path has its tests)

@@ -2,7 +2,9 @@
 of 2 CPUs gives the local engine's bytes, also when a worker process dies mid-run; a task's own exception
 comes out as itself, not retried. The cached path runs its extractors in Ray actors (`for_models()`) and
 gives the local engine's features and shards; a killed actor's call is rerun, and the actors are gone when
-the stage ends. Skipped where ray is not installed (the `ray` extra)."""
+the stage ends. The local engine's reference runs in a process whose environment asks for 4 math threads
+(tests/conftest.py sets OMP_NUM_THREADS=1 for this one), as a user's may: it must pin its threads itself.
+Skipped where ray is not installed (the `ray` extra)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,20 @@ def _prepare_cli(*args: str, command: list[str] = PREPARE):
     return CliRunner().invoke(app, [*command, *args])
 
 
+def _local_engine_on_4_threads(*args: str, command: list[str] = PREPARE) -> None:
+    """`mlbpipe prepare` on the local engine in a process of its own whose environment asks the math
+    libraries for 4 threads (OMP_NUM_THREADS=4), as a user's may."""
+    from pipeline.engine.executors import ONE_THREAD
+
+    env = {name: value for name, value in os.environ.items() if name not in ONE_THREAD}
+    env["OMP_NUM_THREADS"] = "4"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *command, *args],
+        env=env, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def ray_instance():
     """One local Ray instance for the module (its start costs seconds), loopback only, no dashboard; the
@@ -59,10 +75,10 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def local_out(synth_corpus_defects, tmp_path_factory) -> Path:
-    """The local engine's output (in-process), the reference every Ray run must match byte for byte."""
+    """The local engine's output (2 workers, OMP_NUM_THREADS=4 in the environment), the reference every
+    Ray run must match byte for byte."""
     out = tmp_path_factory.mktemp("local")
-    result = _prepare_cli("--root", str(synth_corpus_defects), "--out", str(out))
-    assert result.exit_code == 0, result.output
+    _local_engine_on_4_threads("--workers", "2", "--root", str(synth_corpus_defects), "--out", str(out))
     return out
 
 
@@ -260,8 +276,8 @@ def test_the_cached_path_runs_its_extractors_in_ray_actors_with_the_local_engine
         *CACHED_PREPARE, "--effb2-weights", str(effb2_path), "--w2v2-model", str(w2v2_folder),
         "--root", str(synth_corpus_defects),
     ]  # fmt: skip
-    result = _prepare_cli(*cached, "--out", str(local), command=[])
-    assert result.exit_code == 0, result.output
+    # the reference: in the calling process (1 worker), where torch starts with OMP_NUM_THREADS=4
+    _local_engine_on_4_threads(*cached, "--out", str(local), command=[])
     # --engine ray builds its executor from pipeline.engine: this one notes where the models run
     monkeypatch.setattr(pipeline.engine, "RayExecutor", partial(NotesWhereModelsRun, log))
     result = _prepare_cli(*cached, "--engine", "ray", "--out", str(out), command=[])

@@ -88,6 +88,8 @@ def check_weights(report: DoctorReport, wav2vec2: str) -> None:
     """Look for extractor weights in local caches only (never downloads)."""
     from huggingface_hub import try_to_load_from_cache
 
+    from pipeline.compute.extractors import effb2_weights_fix, w2v2_weights_fix
+
     if Path(wav2vec2).is_dir():
         found = (Path(wav2vec2) / "config.json").is_file()
         where = wav2vec2
@@ -100,8 +102,7 @@ def check_weights(report: DoctorReport, wav2vec2: str) -> None:
         found,
         where
         if found
-        else f"{where}: download it once online (huggingface-cli download {wav2vec2}) or pass a local folder; "
-        "the demo uses a random-init model instead",
+        else f"{where}: {w2v2_weights_fix(wav2vec2)}; the demo uses a random-init model instead",
         warn_only=True,
     )
 
@@ -114,8 +115,7 @@ def check_weights(report: DoctorReport, wav2vec2: str) -> None:
         bool(hits),
         str(hits[0])
         if hits
-        else f"not in {ckpt_dir}: download it once online, or pass weights_path=FILE; "
-        "the demo uses a random-init model instead",
+        else f"not in {ckpt_dir}: {effb2_weights_fix()}; the demo uses a random-init model instead",
         warn_only=True,
     )
 
@@ -132,11 +132,21 @@ def check_disk(report: DoctorReport, path: Path, need_gib: float = 5.0) -> None:
 
 
 def check_corpus(report: DoctorReport, corpus: str, root: Path) -> None:
-    """Does `root` have the layout of `corpus` (its plug-in's check_layout)?"""
-    from pipeline.corpora import get_corpus
+    """Does `root` have the layout of `corpus` (its plug-in's check_layout), and how many of the corpus's
+    clips does it hold (a partial copy or a stand-in warns, a copy with none of them fails)?"""
+    from pipeline.corpora import CorpusError, get_corpus
 
-    for check in get_corpus(corpus).check_layout(root):
-        report.add(check.name, check.ok, check.detail)
+    plugin = get_corpus(corpus)
+    for check in plugin.check_layout(root):
+        report.add(check.name, check.ok, check.detail, warn_only=check.warn_only)
+    try:
+        scan = plugin.scan(root)
+    except CorpusError:  # a wrong or empty root: the layout checks above already say so
+        return
+    coverage = plugin.coverage(root, {clip.id for clip in scan.clips})
+    if coverage is not None:
+        status = "ok" if coverage.ok else "warn" if coverage.found else "fail"
+        report.checks.append(Check("corpus clips", status, coverage.describe()))
 
 
 def run_doctor(

@@ -14,7 +14,7 @@ from pipeline.params import load_params
 from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config, prepare_folds
 from pipeline.stages.faces import FacesConfig
 from pipeline.stages.frames import FramesConfig
-from pipeline.stages.index import IndexConfig
+from pipeline.stages.index import IndexConfig, NothingToPrepare
 from pipeline.stages.shards_raw import ShardsConfig
 from pipeline.stages.spectrograms import SpectrogramConfig
 
@@ -51,9 +51,11 @@ def _summary_lines(stage: str, result) -> tuple[list[str], list[str]]:
             err.append(f"  note: {note}")
         if len(notes) > 10:
             err.append(f"  note: ... and {len(notes) - 10} more")
-        missing = [s for s in SPLITS if s not in result["kept_by_split"]]
-        if missing:
-            err.append(f"  warning: no kept clip in split(s) {', '.join(missing)}")
+        coverage = result.get("coverage")
+        if coverage is not None and coverage.ok:
+            out.append(f"  copy: {coverage.describe()}")
+        elif coverage is not None:
+            err.append(f"  warning: this copy has {coverage.describe()}")
     elif stage in ("frames", "spectrograms"):
         err += [f"{stage}: {clip_id} skipped: {message}" for clip_id, message in sorted(result.items())]
     elif stage in ("shards_raw", "shards_cached"):
@@ -185,7 +187,7 @@ def cli(
         "--engine",
         help="Where the per-clip work runs: local (a pool of processes on this machine) | ray (Ray "
         "tasks, one CPU and one thread each, retried when a worker dies; needs ray: the ray extra of mlbpipe). "
-        "The shards are the same bytes as the local engine's run with OMP_NUM_THREADS=1.",
+        "The shards are the same bytes as the local engine's (both compute on one thread per task).",
     ),
     address: str = typer.Option(
         None,
@@ -337,6 +339,9 @@ def cli(
                         stage, result, None if quiet else seconds
                     ),
                 )
+            except NothingToPrepare as err:  # nothing to do: exit 1 (docs/CONTRACTS.md), the manifest written
+                typer.echo(f"mlbpipe prepare: error: {err}", err=True)
+                raise typer.Exit(1) from None
             except CachedPathUnavailable as err:  # the ResNet path needs no weights
                 raise ValueError(
                     f"{err}\nTo prepare only the ResNet path, add --stages "

@@ -122,22 +122,43 @@ class EffNetB2Config:
         _check_dtype("effb2.dtype", self.dtype)
 
 
+def effb2_weights_fix() -> str:
+    """How to get the EfficientNet-B2 ImageNet weights onto a machine without network, with the keys that
+    `--set` and params.yaml take (the features stage's error and `mlbpipe doctor` say the same)."""
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / EFFNET_B2_IMAGENET_URL.rsplit("/", 1)[1]
+    return (
+        f"on a machine with network download efficientnet-pytorch's release file {EFFNET_B2_IMAGENET_URL} "
+        f"(`curl -LO {EFFNET_B2_IMAGENET_URL}`), then put it at {cached} (where efficientnet-pytorch and "
+        "mlbpipe look for it) or pass its path to `mlbpipe prepare`: `--set features.effb2.weights=FILE` "
+        "(or --effb2-weights FILE; params.yaml: features: {effb2: {weights: FILE}})"
+    )
+
+
+def w2v2_weights_fix(model: str) -> str:
+    """How to get a Wav2Vec2 checkpoint onto a machine without network (as `effb2_weights_fix`)."""
+    return (
+        f"on a machine with network run `hf download {model} --local-dir DIR` (the hf command of "
+        "huggingface_hub), copy DIR here and pass it to `mlbpipe prepare`: `--set features.w2v2.model=DIR` "
+        "(or --w2v2-model DIR; params.yaml: features: {w2v2: {model: DIR}}); or, online, run it here without "
+        "--local-dir: the model lands in the Hugging Face cache, where mlbpipe finds it by its id"
+    )
+
+
 def _imagenet_state_dict_effnet_b2() -> dict:
     """The efficientnet-pytorch ImageNet weights for B2, from torch's hub cache or downloaded into it."""
     import torch
 
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / EFFNET_B2_IMAGENET_URL.rsplit("/", 1)[1]
     try:
         return torch.hub.load_state_dict_from_url(
             EFFNET_B2_IMAGENET_URL, map_location="cpu", progress=False, check_hash=True, weights_only=True
         )
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash is a RuntimeError
         raise WeightsUnavailableError(
-            f"effb2.weights='imagenet': cannot download the EfficientNet-B2 ImageNet weights ({err}). "
-            f"On a machine with network, download {EFFNET_B2_IMAGENET_URL} and either put it at {cached} "
-            "or pass its path as effb2.weights (params.yaml: features.effb2_weights, CLI: --effb2-weights). "
-            "For a demo without real weights use effb2.weights=random (features are then meaningless and "
-            "labelled random_init in the shard metadata)."
+            f"effb2.weights='imagenet': cannot download the EfficientNet-B2 ImageNet weights ({err}). Fix: "
+            f"{effb2_weights_fix()}. For a demo without real weights use `--set features.effb2.weights=random` "
+            "(features are then meaningless and labelled random_init in the shard metadata)."
         ) from err
 
 
@@ -359,11 +380,9 @@ def _load_wav2vec2_model(config: Wav2Vec2Config):
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise WeightsUnavailableError(
             f"w2v2.model={config.model!r}: cannot load it ({'HF_HUB_OFFLINE is set; ' if offline else ''}{err}). "
-            f"On a machine with network run `huggingface-cli download {config.model} --local-dir DIR` (or "
-            "load it once so it lands in the Hugging Face cache), then pass DIR as w2v2.model "
-            "(params.yaml: features.w2v2_model, CLI: --w2v2-model). For a demo without real weights use "
-            "w2v2.model=random-tiny (features are then meaningless and labelled random_init in the shard "
-            "metadata)."
+            f"Fix: {w2v2_weights_fix(config.model)}. For a demo without real weights use "
+            "`--set features.w2v2.model=random-tiny` (features are then meaningless and labelled random_init in "
+            "the shard metadata)."
         ) from err
 
 

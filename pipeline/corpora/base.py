@@ -12,7 +12,9 @@ knows its layout and nothing else. The stages know only this interface:
   by the corpus's protocols, never splitting a group; returns the protocol's name (e.g. `vavl-1`);
 - `label_names`, `method_defaults` (the authors' hyper-parameters per method, written beside the shards),
   `check_layout(root)` for `mlbpipe doctor`, and optionally a synthetic stand-in in the real layout
-  (`synth_config` and `synthesize`).
+  (`synth_config` and `synthesize`);
+- optionally what the whole corpus holds (`corpus_clips`, `protocol_clips`, `stand_in`, `source`), so that
+  `coverage(...)` can say how much of it a copy has (`doctor` and `prepare` print it).
 
 Modelled on Lhotse's recipes: one recipe per corpus, `prepare_<corpus>(corpus_dir, output_dir)` becoming
 `mlbpipe prepare <corpus> --root DIR --out DIR`.
@@ -34,6 +36,15 @@ SEGMENT_TOLERANCE_S = 0.5  # a labelled segment may end this far past the media'
 class CorpusError(ValueError):
     """The corpus root itself is unusable (wrong folder, no clips) or a protocol cannot be built. The
     message names the path or the setting, and the fix."""
+
+
+def synth_hint(name: str) -> str:
+    """The fix that offers a synthetic stand-in: into a folder of its own, never into the root the user
+    believes holds the real corpus (where the stand-in would pass for it)."""
+    return (
+        f"to try mlbpipe without the real corpus, write a synthetic stand-in into a new folder: "
+        f"mlbpipe synth {name} data/{name}-synthetic"
+    )
 
 
 @dataclass(frozen=True)
@@ -96,12 +107,46 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of its corpus a copy holds (`Corpus.coverage`), for `doctor` and `prepare`."""
+
+    corpus: str  # the corpus's title, e.g. "CREMA-D"
+    total: int  # clips of the whole corpus
+    found: int  # of those, clips this copy has (whatever state their files are in)
+    protocol: str | None = None  # the protocol whose clip list is counted too, e.g. "VAVL"
+    protocol_total: int = 0
+    protocol_found: int = 0
+    stand_in: str | None = None  # why the copy is a synthetic stand-in, where the corpus can tell
+
+    @property
+    def complete(self) -> bool:
+        return self.found >= self.total
+
+    @property
+    def ok(self) -> bool:
+        """The whole real corpus: anything else is worth a warning (results on it say little)."""
+        return self.complete and not self.stand_in
+
+    def describe(self) -> str:
+        """`24 of CREMA-D's 7442 clips (0.3%), 20 of VAVL's 5820: a partial copy ...`"""
+        text = f"{self.found} of {self.corpus}'s {self.total} clips ({100 * self.found / self.total:.1f}%)"
+        if self.protocol is not None:
+            text += f", {self.protocol_found} of {self.protocol}'s {self.protocol_total}"
+        if self.stand_in:
+            text += f": a synthetic stand-in ({self.stand_in}), not the real corpus"
+        elif not self.complete:
+            text += f": a partial copy, on which results say little about {self.corpus}"
+        return text
+
+
+@dataclass(frozen=True)
 class LayoutCheck:
     """One line of `mlbpipe doctor`'s corpus report."""
 
     name: str
     ok: bool
     detail: str
+    warn_only: bool = False  # not ok, yet the corpus can still be prepared (a warning, not a failure)
 
 
 class Corpus(ABC):
@@ -118,6 +163,8 @@ class Corpus(ABC):
     stage_defaults: ClassVar[dict] = {}
     input_paths: ClassVar[tuple[str, ...]] = ("raw", "cached")  # the input paths it can be prepared for
     input_paths_note: ClassVar[str] = ""  # why an input path is missing, for the refusal
+    title: ClassVar[str] = ""  # the corpus's usual name in messages ("CREMA-D"); default: `name`
+    source: ClassVar[str] = ""  # where to get a real copy today, for the errors that say a copy is unusable
 
     @property
     def num_classes(self) -> int:
@@ -165,6 +212,38 @@ class Corpus(ABC):
                 "corpus root", root.is_dir(), f"{root} {'found' if root.is_dir() else 'is not a folder'}"
             )
         ]
+
+    def corpus_clips(self) -> set[str] | None:
+        """Every clip id of the whole corpus (None: the plug-in does not know them)."""
+        return None
+
+    def protocol_clips(self, protocol: str, partition: int) -> tuple[str, set[str]] | None:
+        """(its name, its clip ids) for a protocol that takes a fixed list of clips (None: it takes any)."""
+        return None
+
+    def stand_in(self, root: Path) -> str | None:
+        """Why `root` is a synthetic stand-in (the file that says so), or None."""
+        return None
+
+    def coverage(
+        self, root: Path, clip_ids: set[str], protocol: str | None = None, partition: int = 1
+    ) -> Coverage | None:
+        """How many of the corpus's clips, and of the protocol's list, are among `clip_ids` (a scan of
+        `root`); None where the plug-in does not know its corpus's clips."""
+        everything = self.corpus_clips()
+        if not everything:
+            return None
+        listed = self.protocol_clips(protocol or self.default_protocol, partition)
+        name, protocol_ids = listed if listed is not None else (None, set())
+        return Coverage(
+            self.title or self.name,
+            len(everything),
+            len(clip_ids & everything),
+            name,
+            len(protocol_ids),
+            len(clip_ids & protocol_ids),
+            self.stand_in(root),
+        )
 
     @property
     def synth_config(self) -> type | None:

@@ -11,10 +11,15 @@ the features stage's frozen extractors). Such a stage builds its model once per 
 cache), so it wants few, long-lived processes that own their device, not many short tasks. By default that
 is `InProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models are
 too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
+
+Every task computes on one math thread, wherever it runs (a pool worker, the calling process: `one_thread`,
+a Ray task or actor): a CPU convolution's last bits depend on how many threads split it, so the bytes are
+the same on both engines whatever OMP_NUM_THREADS and the like say.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -30,6 +35,16 @@ WORKER_PRELOAD = [
     "numpy", "h5py", "av", "cv2", "soundfile", "soxr", "scipy.fft",
     "pipeline.engine.per_clip", "pipeline.media", "pipeline.compute.spectrogram",
 ]  # fmt: skip
+# One thread for every math library of a worker, whatever the user's environment says: the libraries read
+# these when they load, so the fork server starts with them (before its preload) and every worker it forks
+# inherits them. A worker then computes as a Ray task does (the same bytes), and N workers use N cores, not
+# N x cores threads.
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",  # OpenMP: torch's intra-op pool
+    "OPENBLAS_NUM_THREADS": "1",  # numpy's, scipy's and OpenCV's OpenBLAS
+    "MKL_NUM_THREADS": "1",
+    "OPENCV_FOR_THREADS_NUM": "1",  # OpenCV's own parallel loops
+}
 
 
 class Executor(ABC):
@@ -84,8 +99,11 @@ class LocalExecutor(Executor):
             self._pool = ProcessPoolExecutor(
                 max_workers=workers, mp_context=context, initializer=_init_worker
             )
-            for _ in range(workers):
-                self._pool.submit(int)  # a no-op per worker: the processes start now, not at the first task
+            # A no-op per worker: the processes start now, not at the first task. The fork server starts
+            # with the first of them, so it gets ONE_THREAD there (the calling process's own is restored).
+            with _environment(ONE_THREAD):
+                for _ in range(workers):
+                    self._pool.submit(int)
 
     def map_unordered(self, fn, items):
         if self._pool is None or len(items) <= 1:
@@ -113,8 +131,33 @@ class LocalExecutor(Executor):
             pool.shutdown(cancel_futures=True)
 
 
+def one_thread() -> None:
+    """This process computes on one math thread from now on, as a pool worker or a Ray task does (the
+    caller of the local engine runs the model stages, and every stage with 1 worker). The libraries read
+    ONE_THREAD when they load: set before torch is imported, it gives Ray's bytes, which a later
+    torch.set_num_threads(1) alone does not always (EfficientNet's convolutions differ in the last bit)."""
+    os.environ.update(ONE_THREAD)
+    if "torch" in sys.modules:  # loaded already (a caller of prepare() in Python): the closest we can do
+        sys.modules["torch"].set_num_threads(1)
+
+
 def as_executor(executor: Executor | None) -> Executor:
     return InProcess() if executor is None else executor
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` inside (for the processes started there), as it was after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _die_with_parent() -> None:
@@ -139,7 +182,9 @@ def _init_worker() -> None:
     # safe point (mlb.common.stopping) and a worker finishes the batch in hand, so it ignores them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Each worker is one process on one core: keep the math libraries single-threaded.
-    os.environ["OMP_NUM_THREADS"] = "1"
+    # Each worker is one process on one core: it inherits ONE_THREAD from the fork server; set here too for
+    # the libraries it loads later, should a fork server have been started elsewhere without it.
+    os.environ.update(ONE_THREAD)
+
     if "torch" in sys.modules:  # never import it just for this (see WORKER_PRELOAD)
         sys.modules["torch"].set_num_threads(1)

@@ -10,10 +10,9 @@ batch of the stage (the same function and argument a `LocalExecutor` worker gets
 runs single-threaded. The stage writes every batch's part file itself, from the worker, into the output
 folder (`run_per_clip`), and reads its inputs (the corpus, faces.h5) by path: on a cluster of several
 machines the corpus root and the output folder must be the same paths on shared storage on every node.
-The stages order the results themselves, so the bytes are the local engine's when the math runs with the
-same threads: Ray runs each task on one thread (OMP_NUM_THREADS=1), so run the local engine with
-OMP_NUM_THREADS=1 to compare (without it, the local processes' numpy may use several threads, which moves
-the last bits of the spectrograms).
+The stages order the results themselves, so the bytes are the local engine's: Ray runs each task on one
+thread (OMP_NUM_THREADS=1), as the local engine pins its workers and its calling process
+(pipeline.engine.executors.ONE_THREAD, one_thread), whatever the user's environment says.
 
 Faults: a task whose worker process dies (killed, out of memory, a lost node) is run again by Ray, up to
 `max_retries` times; an exception raised by the task itself is not retried and comes out of

@@ -30,6 +30,7 @@ from pipeline.compute.extractors import (
     EffNetB2Extractor,
     Wav2Vec2Config,
     Wav2Vec2Extractor,
+    WeightsUnavailableError,
 )
 from pipeline.engine import ClipJob, Executor, run_per_clip
 from pipeline.engine.executors import as_executor
@@ -101,10 +102,23 @@ def to_float16(clip_id: str, name: str, features: np.ndarray) -> np.ndarray:
 def _extractors(config_json: str) -> tuple[EffNetB2Extractor, Wav2Vec2Extractor]:
     """Both extractors of a config, built once per process (run_per_clip calls compute once per batch)."""
     config = json.loads(config_json)
-    return (
-        EffNetB2Extractor(EffNetB2Config(**config["effb2"]), config["device"]),
-        Wav2Vec2Extractor(Wav2Vec2Config(**config["w2v2"]), config["device"]),
+    builders = (
+        lambda: EffNetB2Extractor(EffNetB2Config(**config["effb2"]), config["device"]),
+        lambda: Wav2Vec2Extractor(Wav2Vec2Config(**config["w2v2"]), config["device"]),
     )
+    built, missing = [], []
+    for build in builders:  # both, so that a user missing both weights learns it from one run
+        try:
+            built.append(build())
+        except WeightsUnavailableError as err:
+            missing.append(str(err))
+    if len(missing) == 2:
+        raise WeightsUnavailableError(
+            f"both extractors lack their weights:\n1. {missing[0]}\n2. {missing[1]}"
+        )
+    if missing:
+        raise WeightsUnavailableError(missing[0])
+    return built[0], built[1]
 
 
 def _extractors_key(config: FeaturesConfig) -> str:

@@ -7,7 +7,8 @@ Reads the corpus root through its plug-in (pipeline.corpora.base.Corpus). Writes
   names, the split protocol, the authors' per-method settings);
 - `OUT/work/index.json`: a stamp that lets a rerun skip the probing when the corpus files, the config, the
   corpus's checked-in lists and the manifest are all unchanged.
-Returns the records and a summary (kept / rejected by reason / per split).
+Returns the records and a summary (kept / rejected by reason / per split, and how much of the whole corpus
+the copy holds). `check_kept` then refuses a copy that gives nothing to prepare.
 
 `run_resplit` makes a fold of a prepared folder: the same records under another partition or seed of the
 protocol, without probing the media again (a fold shares every per-clip intermediate with the folder).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -27,10 +29,23 @@ from mlb.common.stopping import Stopped, current_request
 from pipeline.corpora.base import ClipSource, Corpus, CorpusError, Scan, ValidationConfig
 from pipeline.engine import Executor
 from pipeline.engine.executors import as_executor
-from pipeline.manifest import ClipRecord, corpus_description_path, read_manifest, summarize, write_manifest
+from pipeline.manifest import (
+    SPLITS,
+    ClipRecord,
+    Reason,
+    corpus_description_path,
+    read_manifest,
+    reason_code,
+    summarize,
+    write_manifest,
+)
 from pipeline.splits import check_group_disjoint
 
 VALIDATE_CHUNK = 16  # clips per task: probing one takes ~2 ms, so a task per clip would be mostly overhead
+
+
+class NothingToPrepare(CorpusError):
+    """The copy gives nothing to prepare: no clip is kept, or a split of the protocol has no kept clip."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,7 @@ def run_index(
             manifest_path
         ):
             records = read_manifest(manifest_path)
-            return records, summarize(records) | {"ignored_files": scan.ignored, "notes": scan.notes}
+            return records, _summary(records, scan, corpus, root, protocol, config)
 
     validate = partial(_validate_chunk, corpus, str(root), corpus.known_bad(), config.validation)
     chunks = [scan.clips[i : i + VALIDATE_CHUNK] for i in range(0, len(scan.clips), VALIDATE_CHUNK)]
@@ -181,7 +196,66 @@ def run_index(
         "config": asdict(config),
     }
     atomic_write_json(stamp_path, stamp, sort_keys=True)
-    return records, summarize(records) | {"ignored_files": scan.ignored, "notes": scan.notes}
+    return records, _summary(records, scan, corpus, root, protocol, config)
+
+
+def _summary(
+    records: list[ClipRecord], scan: Scan, corpus: Corpus, root: Path, protocol: str, config: IndexConfig
+) -> dict:
+    coverage = corpus.coverage(root, {clip.id for clip in scan.clips}, protocol, config.partition)
+    return summarize(records) | {"ignored_files": scan.ignored, "notes": scan.notes, "coverage": coverage}
+
+
+def _counted(records: list[ClipRecord]) -> str:
+    """`lfs-pointer 7440, decode-error 2`: the rejection codes of `records`, most frequent first."""
+    counts = Counter(reason_code(r.reason) or "unknown" for r in records if not r.ok)
+    return ", ".join(
+        f"{code} {n}" for code, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    )
+
+
+def check_kept(records: list[ClipRecord], summary: dict, corpus: Corpus, root: Path, manifest: Path) -> None:
+    """Raise NothingToPrepare when no clip is kept, or when a split of the protocol has no kept clip,
+    naming the rejections counted and the fix. The manifest is written first, so every clip's reason can
+    be read there. Bad media alone never stop a run: only a copy that leaves nothing to prepare does."""
+    where = f"{manifest} lists every clip with its reason."
+    if not summary["kept"]:
+        raise NothingToPrepare(
+            f"no clip of {root} can be used: all {len(records)} clips were rejected ({_counted(records)}). "
+            f"{_fix(records, corpus, root)}{where}"
+        )
+    empty = [split for split in SPLITS if not summary["kept_by_split"].get(split)]
+    if empty:
+        protocol = records[0].protocol
+        details, lost = [], []
+        for split in empty:
+            members = [r for r in records if r.split == split]
+            lost += members
+            details.append(
+                f"{split}: its {len(members)} clip(s) were all rejected ({_counted(members)})"
+                if members
+                else f"{split}: no clip of this copy belongs to it"
+            )
+        coverage = summary.get("coverage")
+        size = f" This copy has {coverage.describe()}." if coverage is not None else ""
+        raise NothingToPrepare(
+            f"the {protocol} protocol has no kept clip in {' or '.join(empty)} ({'; '.join(details)}).{size} "
+            f"{_fix(lost, corpus, root)}Or choose a protocol that this copy fills (index.protocol, --protocol: "
+            f"{', '.join(corpus.protocols)}). {where}"
+        )
+
+
+def _fix(records: list[ClipRecord], corpus: Corpus, root: Path) -> str:
+    """The fix for the usual causes of losing `records`: a Git clone without its LFS media, or a copy that
+    lacks clips."""
+    stubs = sum(reason_code(r.reason) == Reason.LFS_POINTER for r in records)
+    if stubs:
+        which = f"All {stubs}" if stubs == len(records) else f"{stubs} of the {len(records)}"
+        elsewhere = f", or get a copy from {corpus.source}" if corpus.source else ""
+        return (
+            f"{which} clips are Git LFS pointer stubs, not media: run `git lfs pull` in {root}{elsewhere}. "
+        )
+    return f"Get the whole corpus from {corpus.source}. " if corpus.source else ""
 
 
 def run_resplit(corpus: Corpus, prepared: str | Path, out: str | Path, config: IndexConfig):

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs
+from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs, synth_hint
 from pipeline.manifest import Reason, Segment
 
 NAME = "ave"
@@ -204,7 +204,7 @@ def _videos(root: Path) -> tuple[dict[str, list[str]], list[str]]:
 
 
 def _fix_hint(root: Path) -> str:
-    return f"or create a synthetic one: mlbpipe synth ave {root}"
+    return f"or {synth_hint(NAME)}"
 
 
 def scan_corpus(root: str | Path) -> Scan:

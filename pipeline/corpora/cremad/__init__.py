@@ -6,6 +6,7 @@ exact layout in `synth`, checked-in lists in `manifests/cremad/`.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -46,6 +47,8 @@ class CremaD(Corpus):
     method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS}
     layout_hint = f"{layout.WAV_DIR}/ and {layout.FLV_DIR}/"
     stage_defaults: ClassVar[dict] = STAGE_DEFAULTS
+    title = "CREMA-D"
+    source = layout.SOURCE
 
     @property
     def synth_config(self):
@@ -73,6 +76,17 @@ class CremaD(Corpus):
     def check_layout(self, root: Path) -> list[LayoutCheck]:
         return layout.check_layout(root)
 
+    def corpus_clips(self) -> set[str]:
+        return _clip_ids()
+
+    def protocol_clips(self, protocol: str, partition: int) -> tuple[str, set[str]] | None:
+        if protocol != "vavl" or partition not in protocols.VAVL_PARTITIONS:
+            return None  # speaker-random takes every clip
+        return "VAVL", _vavl_clip_ids(partition)
+
+    def stand_in(self, root: Path) -> str | None:
+        return layout.stand_in(root)
+
     def check_synth(self, config) -> None:
         from pipeline.corpora.cremad.synth.generate import choose_clips
 
@@ -82,6 +96,16 @@ class CremaD(Corpus):
         from pipeline.corpora.cremad.synth import synth_cremad
 
         return synth_cremad(out, config)
+
+
+@cache
+def _clip_ids() -> frozenset[str]:
+    return frozenset(layout.load_clip_ids())
+
+
+@cache
+def _vavl_clip_ids(partition: int) -> frozenset[str]:
+    return frozenset(protocols.vavl_protocol(partition)[1])
 
 
 CORPUS = CremaD()

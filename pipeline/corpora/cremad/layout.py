@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs
+from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs, synth_hint
 from pipeline.manifest import Reason
 
 NAME = "cremad"
@@ -24,6 +24,16 @@ ACTORS = range(1001, 1092)
 WAV_DIR, FLV_DIR = "AudioWAV", "VideoFlash"
 EXPECTED_WAV = {"sample_rate": 16000, "channels": 1, "sample_width": 2}
 REAL_CLIPS = 7442  # clips of the real corpus (clips.tsv)
+# Where a real copy comes from today: GitHub's Git LFS budget for the upstream repository is spent (so
+# `git lfs pull` there fails), and its ZIP and release archives hold LFS stubs for the media; the
+# maintainers point to this mirror (CheyneyComputerScience/CREMA-D, issue 15).
+SOURCE = (
+    "the maintainers' mirror https://gitlab.com/cs-cooper-lab/crema-d-mirror (clone it with Git LFS "
+    "installed; the GitHub repository's LFS quota is used up, and its ZIP and release hold stubs)"
+)
+# Files only `mlbpipe synth cremad` writes into a corpus root: a root holding one is a stand-in.
+SYNTH_MARKER = "SYNTHETIC.txt"
+SYNTH_MARKERS = (SYNTH_MARKER, "synth_defects.json")  # the second: stand-ins written before the first
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[3] / "manifests" / "cremad"
 
@@ -55,6 +65,18 @@ def parse_clip_name(stem: str) -> ClipName | None:
     return ClipName(f"{actor}_{sentence}_{emotion}_{level}", actor, sentence, emotion, level, fixes)
 
 
+def load_clip_ids(manifests_dir: Path = MANIFESTS_DIR) -> set[str]:
+    """The 7442 clip ids of the real corpus (clips.tsv)."""
+    with open(manifests_dir / "clips.tsv", newline="") as f:
+        return {row["clip_id"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def stand_in(root: Path) -> str | None:
+    """The marker file that makes `root` a synthetic stand-in, as `<file>, written by mlbpipe synth`."""
+    found = [name for name in SYNTH_MARKERS if (Path(root) / name).is_file()]
+    return f"{found[0]}, written by mlbpipe synth" if found else None
+
+
 def load_known_bad(manifests_dir: Path = MANIFESTS_DIR) -> dict[str, str]:
     """{clip id: problem} from known_bad.tsv."""
     with open(manifests_dir / "known_bad.tsv", newline="") as f:
@@ -68,12 +90,12 @@ def scan_corpus(root: str | Path) -> Scan:
     if not root.is_dir():
         raise CorpusError(
             f"corpus root {root} does not exist or is not a folder; pass --root PATH to a CREMA-D copy "
-            f"(with {WAV_DIR}/ and {FLV_DIR}/), or create a synthetic one: mlbpipe synth cremad {root}"
+            f"(with {WAV_DIR}/ and {FLV_DIR}/; get one from {SOURCE}), or {synth_hint(NAME)}"
         )
     if not (root / WAV_DIR).is_dir() and not (root / FLV_DIR).is_dir():
         raise CorpusError(
             f"{root} is not a CREMA-D root: it has neither {WAV_DIR}/ nor {FLV_DIR}/; pass --root to the "
-            f"folder that contains them (or create one: mlbpipe synth cremad {root})"
+            f"folder that contains them, or {synth_hint(NAME)}"
         )
     names: dict[str, ClipName | None] = {}
     files: dict[str, dict[str, list[str]]] = {}
@@ -98,7 +120,7 @@ def scan_corpus(root: str | Path) -> Scan:
     if not files:
         raise CorpusError(
             f"corpus root {root} holds no .wav or .flv files under {WAV_DIR}/ or {FLV_DIR}/; if this is a Git "
-            f"clone, run git lfs pull there, or create a synthetic corpus: mlbpipe synth cremad {root}"
+            f"clone, run git lfs pull there (or get a copy from {SOURCE}), or {synth_hint(NAME)}"
         )
     return Scan([_source(clip_id, names[clip_id], files[clip_id]) for clip_id in sorted(files)], ignored)
 
@@ -146,8 +168,12 @@ def check_layout(root: Path) -> list[LayoutCheck]:
         stubs, sampled = sampled_lfs_stubs(found)
         detail = f"{len(found)} files (real CREMA-D: {REAL_CLIPS})"
         if stubs:
-            detail += f"; {stubs} of {sampled} sampled are Git LFS pointer stubs: run git lfs pull"
-        checks.append(LayoutCheck(f"corpus {folder}", stubs == 0, detail))
+            detail += (
+                f"; {stubs} of {sampled} sampled are Git LFS pointer stubs: run git lfs pull there, or get "
+                f"a copy from {SOURCE}"
+            )
+        # some stubs: those clips are rejected and the rest prepare (a warning); all stubs: nothing will
+        checks.append(LayoutCheck(f"corpus {folder}", stubs == 0, detail, warn_only=stubs < sampled))
     demographics = root / "VideoDemographics.csv"
     found = demographics.is_file()
     checks.append(

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs
+from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs, synth_hint
 from pipeline.manifest import Reason
 
 NAME = "ucf101"
@@ -242,7 +242,7 @@ def scan_corpus(root: str | Path) -> UCF101Scan:
     group and list membership; other files are ignored. Raises CorpusError for a wrong or empty root. The scan's
     notes name malformed list lines and count the listed clips the root lacks."""
     root = Path(root)
-    fix = f"pass --root PATH to the folder that holds {VIDEO_DIR}/, or create a synthetic one: mlbpipe synth {NAME} {root}"
+    fix = f"pass --root PATH to the folder that holds {VIDEO_DIR}/, or {synth_hint(NAME)}"
     error = _root_error(root)
     if error:
         raise CorpusError(f"{error}; {fix}")

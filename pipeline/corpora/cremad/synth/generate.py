@@ -3,6 +3,7 @@
     OUT/AudioWAV/<id>.wav        16 kHz, mono, 16-bit PCM; duration of the real clip (from clips.tsv)
     OUT/VideoFlash/<id>.flv      FLV: Sorenson H.263 ("flv1") video at 30 fps + MP3 audio of the same sound
     OUT/VideoDemographics.csv    ActorID,Age,Sex,Race,Ethnicity for the 91 actors (synthetic values)
+    OUT/SYNTHETIC.txt            one line saying so: `doctor` and `prepare` call the root a stand-in
     OUT/synth_defects.json       only with `with_defects`: every planted defect and the reason code the
                                  validator must give it (docs/CONTRACTS.md)
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mlb.common.atomic import remove_stale_temps
-from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR, REAL_CLIPS, parse_clip_name
+from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR, REAL_CLIPS, SYNTH_MARKER, parse_clip_name
 from pipeline.corpora.cremad.synth import face as face_mod
 from pipeline.corpora.cremad.synth import media, voice
 from pipeline.corpora.synth_tools import (
@@ -638,6 +639,10 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
         remove_stale_temps(out_dir / sub)  # files a killed run left half-written
     sex = load_actor_sex()
     write_demographics(out_dir, config.seed, sex)
+    write_bytes(
+        out_dir / SYNTH_MARKER,
+        b"A synthetic stand-in of CREMA-D written by mlbpipe synth, not the real corpus.\n",
+    )
     jobs = [(plan_clip(c, config, sex), out_dir) for c in clips]
 
     durations = run_jobs(
