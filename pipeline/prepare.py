@@ -155,9 +155,9 @@ def _faces(run: Run):
 def _features(run: Run):
     from pipeline.stages.features import run_features
 
-    # The executor for models: this process for the local engine (the models are big, and a GPU belongs
-    # to one process), a pool of Ray actors (one per GPU) for the Ray engine; closed with the stage, so
-    # the actors free their GPUs before the next stage.
+    # The executor for models (pipeline.engine.executors): with a GPU, this process for the local engine (a
+    # GPU belongs to one process) and one Ray actor per GPU; on a CPU, the engine's one-thread workers. Closed
+    # with the stage, so Ray's actors free their GPUs before the next stage.
     with as_executor(run.executor).for_models(run.config.features.device) as models:
         return run_features(
             run.manifest,

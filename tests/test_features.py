@@ -404,3 +404,51 @@ def test_doctor_says_how_to_get_each_missing_weight(tmp_path, monkeypatch):
     keys = set(SET_KEY.findall(said))
     assert keys == {"features.effb2.weights", "features.w2v2.model"}
     _accepted_by_set(keys)
+
+
+@pytest.mark.unit
+def test_on_a_cpu_the_local_engine_lends_its_workers_to_the_models():
+    """On a CPU the extractors run in the pool's one-thread workers (as fast as `workers` processes), with a
+    GPU in this process (a GPU belongs to one process); closing the lent pool leaves the engine's open."""
+    from pipeline.engine.executors import InProcess, LocalExecutor
+
+    with LocalExecutor(2) as engine:
+        models = engine.for_models("cpu")
+        assert not isinstance(models, InProcess) and models.workers == 2
+        models.close()
+        assert sorted(engine.map_unordered(abs, [-1, -2])) == [(0, 1), (1, 2)]  # still open
+        assert isinstance(engine.for_models("cuda:0"), InProcess)
+    assert isinstance(LocalExecutor(1).for_models("cpu"), InProcess)
+
+
+def _datasets(path) -> dict[str, bytes]:
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                found.update({name: obj[()].tobytes()}) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+    return found
+
+
+@pytest.mark.integration
+def test_the_features_are_the_same_bytes_from_one_process_or_a_pool(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, indexed = make_tiny_corpus(tmp_path)
+    arrays = []
+    for workers in (1, 2):
+        out = shutil.copytree(indexed, tmp_path / f"out{workers}")
+        result = CliRunner().invoke(app, [
+            "prepare", "cremad", "--root", str(root), "--out", str(out), "--stages", "faces,features",
+            "--device", "cpu", "--quiet", "--workers", str(workers), "--effb2-weights", "random",
+            "--w2v2-model", "random-tiny", "--crop-size", str(SMALL),
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        arrays.append(_datasets(out / "work" / "features.h5"))
+    assert arrays[0] == arrays[1] and any(name.startswith("effb2/") for name in arrays[0])

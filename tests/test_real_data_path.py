@@ -71,7 +71,8 @@ def test_the_documented_dvc_lines_take_the_real_root_protocol_and_partition(tmp_
     repo = copy_repo(tmp_path)
     root = tmp_path / "CREMA-D"
     made = CliRunner().invoke(  # one clip per actor: every VAVL partition has its three splits
-        app, ["synth", "cremad", str(root), "--clips", "91", "--width", "64", "--height", "48", "--workers", "1"]
+        app,
+        ["synth", "cremad", str(root), "--clips", "91", "--width", "64", "--height", "48", "--workers", "1"],
     )
     assert made.exit_code == 0, made.output
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]

@@ -8,9 +8,11 @@ plugs in behind the same two methods.
 
 `for_models()` is the executor for stages that hold a model (a big, stateful object, possibly on a GPU:
 the features stage's frozen extractors). Such a stage builds its model once per process (a module-level
-cache), so it wants few, long-lived processes that own their device, not many short tasks. By default that
-is `InProcess()`, the calling process (the local engine: a GPU belongs to one process, and the models are
-too big to copy into every worker); `RayExecutor.for_models()` is a pool of Ray actors, one per GPU.
+cache), so it wants few, long-lived processes that own their device, not many short tasks. With a GPU that
+is `InProcess()`, the calling process (a GPU belongs to one process); on a CPU, `LocalExecutor.for_models()`
+is its own pool of single-threaded workers, each building the models at its first task (as many copies of
+the models as workers: memory for speed), as `RayExecutor.for_models()` is a pool of Ray actors, one per
+GPU or one CPU each.
 
 Every task computes on one math thread, wherever it runs (a pool worker, the calling process: `one_thread`,
 a Ray task or actor): a CPU convolution's last bits depend on how many threads split it, so the bytes are
@@ -119,6 +121,14 @@ class LocalExecutor(Executor):
             for future in pending:  # the caller stopped early or a task failed: drop what has not started
                 future.cancel()
 
+    def for_models(self, device: str = "auto") -> Executor:
+        """With a GPU, this process; on a CPU, this pool (its one-thread workers give the bytes a Ray actor
+        of one CPU gives, `workers` times as fast as this process alone). Closing it leaves the pool open:
+        it belongs to this executor."""
+        if self._pool is None or _uses_gpu(device):
+            return InProcess()
+        return _Lent(self)
+
     def submit(self, fn: Callable, *args):
         """One task on a worker (for tests and warm-up); a concurrent.futures.Future."""
         if self._pool is None:
@@ -129,6 +139,28 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.shutdown(cancel_futures=True)
+
+
+class _Lent(Executor):
+    """An executor's pool lent to a stage: its tasks run there; closing it does not close the pool."""
+
+    def __init__(self, owner: Executor):
+        self._owner = owner
+        self.workers = owner.workers
+
+    def map_unordered(self, fn, items):
+        return self._owner.map_unordered(fn, items)
+
+
+def _uses_gpu(device: str) -> bool:
+    """Does a model stage's device setting put its models on a GPU here ("auto": when CUDA is present)?"""
+    if device == "cpu":
+        return False
+    if device.startswith("cuda"):
+        return True
+    import torch  # only a model stage asks, and it loads torch anyway
+
+    return torch.cuda.is_available()
 
 
 def one_thread() -> None:

@@ -10,8 +10,9 @@ holds the extractor identities under `extractors`, which the shards stage copies
 Batched: Wav2Vec2 sees `audio_batch_size` clips at once (padded, with an attention mask), EfficientNet
 `frame_batch_size` crops at once, under `torch.inference_mode`, with fp16/bf16 autocast on CUDA. The
 models are built once per process, so the batches belong on few long-lived processes that own their device:
-`prepare` runs them on its executor's `for_models()` (this process for the local engine, one Ray actor per
-GPU for the Ray engine). With a GPU and a LocalExecutor keep `workers` at 1 (one process owns the GPU).
+`prepare` runs them on its executor's `for_models()`: with a GPU, this process for the local engine and one
+Ray actor per GPU for the Ray engine; on a CPU, `workers` single-threaded processes of either engine, each
+with its own copy of the models (wav2vec2-large-robust: about 1.3 GB each).
 """
 
 from __future__ import annotations
