@@ -39,8 +39,8 @@ def write_run(root: Path, method: str, seed: int, accuracy: float, meta: dict | 
         (folder / "run.json").write_text(json.dumps({"shard_meta": meta}))
 
 
-def facts(corpus="cremad", protocol="vavl-1", random_init=False) -> ShardFacts:
-    return ShardFacts(corpus, protocol, random_init)
+def facts(corpus="cremad", protocol="vavl-1", random_init=False, stand_in=None) -> ShardFacts:
+    return ShardFacts(corpus, protocol, random_init, stand_in)
 
 
 # --- the data file ---------------------------------------------------------------------------------------
@@ -132,6 +132,11 @@ def test_alone_runs_are_measured_on_their_own_head_and_ogm_is_the_ogm_ge_row(tmp
         ({}, [facts(protocol="speaker-random-0")], "other protocol: speaker-random-0"),
         ({}, [facts(), facts(protocol="speaker-random-1")], "other protocol: speaker-random-1"),
         ({"features": "cached"}, [facts(random_init=True)], "random-init extractors"),
+        (
+            {},
+            [facts(stand_in="SYNTHETIC.txt, written by mlbpipe synth")],
+            "synthetic stand-in (SYNTHETIC.txt",
+        ),
         ({"fusion": "mid-mlp"}, [facts()], "other fusion: mid-mlp (the table's: late-linear, assumed"),
         ({"method": "pmr"}, [facts()], "method not in the table: pmr"),
         ({"features": "cached"}, [facts("ucf101", "official-1-seed-0")], "no cached column for ucf101"),

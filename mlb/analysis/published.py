@@ -39,6 +39,7 @@ class ShardFacts:
     corpus: str | None
     protocol: str | None
     random_init: bool  # any frozen extractor had random weights (the cached path of the demo)
+    stand_in: str | None = None  # why the corpus is a synthetic stand-in (meta.json), None for a real copy
 
 
 def shard_facts(meta: dict) -> ShardFacts:
@@ -47,6 +48,7 @@ def shard_facts(meta: dict) -> ShardFacts:
         corpus=meta.get("corpus"),
         protocol=(meta.get("config") or {}).get("protocol"),
         random_init=any(bool(e.get("random_init")) for e in extractors.values()),
+        stand_in=meta.get("stand_in"),
     )
 
 
@@ -121,6 +123,9 @@ def published_for(
             f"other protocol: {', '.join(others)} (the table's {corpora[0]} columns: {family}; "
             "a synthetic stand-in or a split drawn anew)"
         )
+    stand_ins = sorted({f.stand_in for f in facts if f.stand_in})
+    if stand_ins:
+        out.why_not.append(f"synthetic stand-in ({'; '.join(stand_ins)}), not the real corpus")
     if any(f.random_init for f in facts):
         out.why_not.append(
             "random-init extractors: the shards' features come from randomly initialised weights"

@@ -134,6 +134,9 @@ def corpus_description(corpus: Corpus, protocol: str, root: Path) -> dict:
         "method_defaults": corpus.method_defaults,
         "input_paths": list(corpus.input_paths),  # so that `train` can say why a path is missing
         "input_paths_note": corpus.input_paths_note,
+        **(
+            {"stand_in": stand_in} if (stand_in := corpus.stand_in(root)) else {}
+        ),  # no published value for it
     }
 
 
@@ -283,6 +286,9 @@ def run_resplit(corpus: Corpus, prepared: str | Path, out: str | Path, config: I
     check_group_disjoint(records)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(records, out / "manifest.jsonl")
-    description = corpus_description(corpus, name, Path(described["root"])) | {"prepared_from": str(prepared)}
+    kept = {k: described[k] for k in ("stand_in",) if k in described}  # what the root said when indexed
+    description = (
+        corpus_description(corpus, name, Path(described["root"])) | kept | {"prepared_from": str(prepared)}
+    )
     atomic_write_json(corpus_description_path(out / "manifest.jsonl"), description, sort_keys=True)
     return records, summarize(records) | {"ignored_files": [], "notes": []}

@@ -187,8 +187,8 @@ def shard_meta(
 ) -> dict:
     """`meta.json` of a shard folder: the input path, the corpus (from the manifest's corpus.json: name,
     classes, label names, the authors' per-method settings), each field's dtype and shape, the configs that
-    made the shards (with the split protocol), the skipped clips, and `more` (the cached path's
-    `extractors`)."""
+    made the shards (with the split protocol), the skipped clips, `stand_in` for a synthetic stand-in, and
+    `more` (the cached path's `extractors`)."""
     return {
         "input_path": input_path,
         "corpus": corpus["corpus"],
@@ -198,5 +198,6 @@ def shard_meta(
         "config": {"protocol": corpus["protocol"], **config},
         "method_defaults": corpus.get("method_defaults", {}),
         "skipped": skipped,
+        **({"stand_in": corpus["stand_in"]} if corpus.get("stand_in") else {}),  # why it is not the real one
         **more,
     }
