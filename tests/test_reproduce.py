@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,21 @@ def _check_comparison(runs: Path, methods: list[str]) -> None:
     assert "| raw | late-linear | mlb | joint | 3 |" in stats
     # the real layout and protocol, but the published values are not for a stand-in
     assert "synthetic stand-in (SYNTHETIC.txt" in (runs / "compare_published.md").read_text()
+
+
+def test_the_check_and_the_weights_lines(standin):
+    """doctor runs on the copy and counts its clips; the weights lines need the network, so only the `hf`
+    command they use is checked to exist in this environment."""
+    (line,) = page_block("reproduce-check")
+    argv = shlex.split(line.replace(ROOT, str(standin)))
+    assert argv[0] == "mlbpipe"
+    result = CliRunner().invoke(app, argv[1:])
+    assert result.exit_code == 0, result.output
+    assert "91 of CREMA-D's 7442 clips" in result.output and "a synthetic stand-in" in result.output
+    hf = [shlex.split(line) for line in page_block("reproduce-weights") if line.startswith("hf ")]
+    assert hf == [["hf", "download", "facebook/wav2vec2-large-robust"]]
+    venv_bin = Path(sys.executable).parent
+    assert subprocess.run([venv_bin / "hf", "download", "--help"], capture_output=True).returncode == 0
 
 
 def test_the_dvc_lines_run_the_three_folds(standin, tmp_path):
