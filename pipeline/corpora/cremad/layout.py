@@ -26,7 +26,7 @@ EXPECTED_WAV = {"sample_rate": 16000, "channels": 1, "sample_width": 2}
 REAL_CLIPS = 7442  # clips of the real corpus (clips.tsv)
 # Where a real copy comes from today: GitHub's Git LFS budget for the upstream repository is spent (so
 # `git lfs pull` there fails), and its ZIP and release archives hold LFS stubs for the media; the
-# maintainers point to this mirror (CheyneyComputerScience/CREMA-D, issue 15).
+# maintainers point to this mirror (github.com/CheyneyComputerScience/CREMA-D/issues/15).
 SOURCE = (
     "the maintainers' mirror https://gitlab.com/cs-cooper-lab/crema-d-mirror (clone it with Git LFS "
     "installed; the GitHub repository's LFS quota is used up, and its ZIP and release hold stubs)"
