@@ -244,7 +244,8 @@ def cli(
     effb2_weights: str = typer.Option(
         None,
         "--effb2-weights",
-        help="EfficientNet-B2 weights: imagenet | random | PATH to a state_dict (features.effb2.weights).",
+        help="EfficientNet-B2 weights: imagenet | random | PATH (.pth or .safetensors state_dict, or an .onnx "
+        "export such as HSEmotion's enet_b2_8_best.onnx) (features.effb2.weights).",
         show_default="imagenet",
     ),
     w2v2_model: str = typer.Option(
