@@ -368,6 +368,7 @@ def to_example(sample: dict[str, Any], folder: ShardFolder) -> dict[str, Any]:
     """Stage 7: one clip as float32 model inputs (normalised) plus label and id."""
     fields = MODALITY_FIELDS[folder.input_path]
     example: dict[str, Any] = {"id": sample["__key__"], "label": int(sample["json"]["label"])}
+    example["group"] = sample["json"].get("group")  # actor, video, UCF group: the statistics' resampling unit
     if folder.input_path == "cached":
         for modality, field_name in fields.items():
             mean, inv_std = folder.normalisers[field_name.removesuffix(".npy")]  # [D], [D]
@@ -397,6 +398,7 @@ def collate(examples: list[dict[str, Any]], input_path: str) -> dict[str, Any]:
 
     batch: dict[str, Any] = {
         "id": [e["id"] for e in examples],
+        "group": [e["group"] for e in examples],
         "label": torch.tensor([e["label"] for e in examples], dtype=torch.int64),  # [B]
     }
     for modality in MODALITY_FIELDS[input_path]:

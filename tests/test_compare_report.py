@@ -324,3 +324,31 @@ def test_aggregate_only_without_finished_runs_exits_1_with_a_message(tmp_path):
     result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(missing)])
     assert result.exit_code == 1 and f"{missing} does not exist" in result.output, result.output
     assert not missing.exists()
+
+
+@pytest.mark.integration
+def test_compare_resamples_groups_unless_told_clips(tmp_path):
+    """The runs' test predictions carry each clip's group: compare_stats resamples groups by default,
+    clips with --resample clip; another unit is refused before anything is read."""
+    runs = tmp_path / "runs"
+    for method, right in (("joint", 30), ("mlb", 45)):
+        folder = runs / "raw" / method / "late-linear" / "seed0"
+        folder.mkdir(parents=True)
+        metrics = {"method": method, "fusion": "late-linear", "features": "raw", "seed": 0, "fold": 0}
+        metrics["test"] = {"fused": {"accuracy": right / 60}, "unimodal": {}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        labels = [i % 6 for i in range(60)]
+        predictions = {
+            "ids": [f"c{i:02d}" for i in range(60)],
+            "groups": [f"actor{i // 10}" for i in range(60)],
+            "label": labels,
+            "fused": [y if i < right else (y + 1) % 6 for i, y in enumerate(labels)],
+            "unimodal": {},
+        }
+        (folder / "test_predictions.json").write_text(json.dumps(predictions))
+    for args, unit in (([], "group"), (["--resample", "clip"], "clip")):
+        result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(runs), *args])
+        assert result.exit_code == 0, result.output
+        assert f"| raw | late-linear | mlb | joint | 1 | {unit} |" in (runs / "compare_stats.md").read_text()
+    refused = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(runs), "--resample", "actor"])
+    assert refused.exit_code == 2 and "'actor': choose group or clip" in refused.output

@@ -74,7 +74,13 @@ def test_compare_aggregates_the_three_folds_with_statistics(prepared, tmp_path):
         "fold2",
         "fold3",
     ]
-    assert "| raw | late-linear | mlb | joint | 3 |" in (runs / "compare_stats.md").read_text()
+    assert "| raw | late-linear | mlb | joint | 3 | group |" in (runs / "compare_stats.md").read_text()
+    predicted = json.loads(
+        (runs / "raw" / "mlb" / "late-linear" / "fold1" / "test_predictions.json").read_text()
+    )
+    assert len(predicted["groups"]) == len(predicted["ids"]) and set(predicted["groups"]) <= {
+        str(actor) for actor in range(1001, 1092)
+    }  # the shards' records carry each clip's actor to the statistics
 
 
 @pytest.mark.integration

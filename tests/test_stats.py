@@ -259,17 +259,20 @@ def test_two_runs_on_one_fold_are_an_error(tmp_path):
 def test_stats_markdown_table_and_legend(runs):
     text = stats_markdown(compare_to_baselines(runs, n_resamples=2000))
     lines = text.splitlines()
-    head = "| features | fusion | method | baseline | folds | Δ acc [CI] | Δ per fold | same sign | verdict | settings |"
+    head = (
+        "| features | fusion | method | baseline | folds | resampled | Δ acc [CI] | Δ per fold | same sign | verdict "
+        "| settings |"
+    )
     assert lines[0] == head
     agm = next(line for line in lines if line.startswith("| raw | late-linear | agm | joint |"))
     assert re.fullmatch(
-        r"\| raw \| late-linear \| agm \| joint \| 3 \| \+25\.0 \[\+\d\d\.\d, \+\d\d\.\d\] "
+        r"\| raw \| late-linear \| agm \| joint \| 3 \| clip \| \+25\.0 \[\+\d\d\.\d, \+\d\d\.\d\] "
         r"\| \+25\.0, \+25\.0, \+25\.0 \| 3/3 \| better \| - / - \|",  # settings not recorded
         agm,
     )
-    assert "| ogm-ge | joint | 0 | - | - | - | no predictions: no test_predictions.json in" in text
-    assert "95% paired bootstrap percentile interval over test clips" in text
-    assert "resampled with replacement within each fold" in text and "whole interval is above 0" in text
+    assert "| ogm-ge | joint | 0 | - | - | - | - | no predictions: no test_predictions.json in" in text
+    assert "95% paired bootstrap percentile interval over the test set" in text  # these runs have no groups
+    assert "drawn with replacement within each fold" in text and "whole interval is above 0" in text
 
 
 def test_accuracy_interval_is_the_bootstrap_of_per_clip_correctness(runs):
@@ -312,3 +315,75 @@ def test_fold_table_mean_and_sample_std(tmp_path):
     assert summary.runs == 3
     assert summary.mean["test.fused.accuracy"] == pytest.approx(0.733333, abs=1e-6)
     assert summary.std["test.fused.accuracy"] == pytest.approx(0.152753, abs=1e-6)
+
+
+# --- the corpus's groups as the resampling unit -----------------------------------------------------------
+
+
+def test_whole_groups_right_or_wrong_widen_the_interval_by_the_root_of_the_group_size():
+    """40 groups of 9 clips, each group all right or all wrong: resampled by group the interval is about
+    sqrt(9) = 3 times as wide as resampled by clip (which takes the 360 clips for independent)."""
+    size, n_groups = 9, 40
+    right = np.random.default_rng(1).random(n_groups) < 0.5  # [G]
+    correct = np.repeat(right.astype(float), size)  # [N]: a group's clips together
+    groups = np.repeat([f"actor{g}" for g in range(n_groups)], size)  # [N]
+    _, low_c, high_c = paired_bootstrap([correct], n_resamples=20000, seed=0)
+    _, low_g, high_g = paired_bootstrap([correct], n_resamples=20000, seed=0, groups_by_fold=[groups])
+    assert 2.6 < (high_g - low_g) / (high_c - low_c) < 3.4
+
+
+def test_groups_of_one_clip_give_the_clip_bootstrap_distribution():
+    """Each clip its own group: the cluster bootstrap is the clip bootstrap (the same 95% interval within
+    the resampling noise), checked against the exact normal width of a mean of 0/1 values."""
+    correct = np.array([1.0] * 30 + [0.0] * 30)
+    groups = [f"g{i}" for i in range(60)]
+    _, low, high = paired_bootstrap([correct], n_resamples=40000, seed=3, groups_by_fold=[groups])
+    expected = 2 * 1.959964 * np.sqrt(0.25 / 60)  # the bootstrap distribution's normal limit
+    assert abs((high - low) - expected) < 0.03
+
+
+def _grouped_runs(tmp_path, with_groups: bool):
+    """joint right on clips 0-29, mlb on 0-44, of 60 clips in 6 groups of 10 (clip i in group i // 10)."""
+    for method, right in (("joint", range(30)), ("mlb", range(45))):
+        run_dir = _write_run(tmp_path, method, 0, set(right))
+        pred = json.loads((run_dir / "test_predictions.json").read_text())
+        if with_groups:
+            pred["groups"] = [f"actor{int(clip[4:]) // 10}" for clip in pred["ids"]]
+        (run_dir / "test_predictions.json").write_text(json.dumps(pred))
+    return load_runs(tmp_path)
+
+
+def test_rows_resample_groups_where_the_runs_recorded_them(tmp_path):
+    grouped = compare_to_baselines(_grouped_runs(tmp_path / "a", True), n_resamples=4000)
+    plain = compare_to_baselines(_grouped_runs(tmp_path / "b", False), n_resamples=4000)
+    as_clips = compare_to_baselines(_grouped_runs(tmp_path / "c", True), n_resamples=4000, unit="clip")
+    row, old, clip = (next(r for r in rows if r["method"] == "mlb") for rows in (grouped, plain, as_clips))
+    assert (row["unit"], old["unit"], clip["unit"]) == ("group", "clip", "clip")
+    assert row["mean_diff"] == old["mean_diff"] == clip["mean_diff"] == pytest.approx(0.25)
+    assert row["ci_high"] - row["ci_low"] > clip["ci_high"] - clip["ci_low"]  # 6 groups, not 60 clips
+    assert old["ci_low"] == clip["ci_low"] and old["ci_high"] == clip["ci_high"]
+    assert "| mlb | joint | 1 | group |" in stats_markdown(grouped)
+    with pytest.raises(ValueError, match="unit='actor'"):
+        compare_to_baselines(_grouped_runs(tmp_path / "d", True), unit="actor")
+
+
+def test_the_evaluator_records_each_clips_group(tmp_path):
+    """test_predictions.json carries the shards' groups beside the ids (the trainer's evaluate)."""
+    import torch
+
+    from mlb.train.evaluate import evaluate_split
+
+    class Model(torch.nn.Module):
+        def forward(self, batch):
+            from types import SimpleNamespace
+
+            logits = torch.nn.functional.one_hot(batch["label"], 6).float()  # [B, 6]
+            return SimpleNamespace(fused=logits, unimodal={"audio": logits})
+
+    class Loader:
+        def iterate(self, epoch):
+            yield {"id": ["a", "b"], "group": ["1001", "1002"], "label": torch.tensor([0, 3])}
+
+    predictions: dict = {}
+    evaluate_split(Model(), Loader(), torch.device("cpu"), None, 6, predictions=predictions)
+    assert predictions["ids"] == ["a", "b"] and predictions["groups"] == ["1001", "1002"]

@@ -6,10 +6,15 @@ their predictions can be compared clip by clip: per clip, `correct_a - correct_b
 
 - The statistic is the mean over folds of each fold's mean difference (every fold weighs the same, as in
   the mean ± std tables of `mlb.analysis.compare`); in points of accuracy it is the mean accuracy difference.
-- Its interval is a stratified paired bootstrap: test clips are resampled with replacement within each
-  fold, the same clips for both methods (that is what "paired" means), folds are kept as they are, and the
-  interval is the percentile interval of the resampled statistic. It says how much the difference could
-  move if the test set had been drawn again; it does not cover the spread from retraining on new folds.
+- Its interval is a stratified paired bootstrap: the corpus's groups of test clips (CREMA-D's actors, AVE's
+  videos, UCF101's groups: `groups` in test_predictions.json, from the shards' records) are resampled with
+  replacement within each fold, with all their clips, the same for both methods (that is what "paired"
+  means); folds are kept as they are, and the interval is the percentile interval of the resampled
+  statistic. Clips of one group are correlated (a method that gets one actor right gets a dozen clips
+  right together), so resampling clips as if independent gives intervals too narrow by up to the square
+  root of the group size. `unit="clip"` resamples clips instead, and so do runs that recorded no groups.
+  The interval says how much the difference could move if the test groups had been drawn again; it does
+  not cover the spread from retraining on new folds.
 - The verdict: "better" when the whole interval is above 0, "worse" when it is below, else "not resolved".
 
 `accuracy_interval` does the same for one method's mean accuracy (per clip: correct 1 or 0), for the error
@@ -42,14 +47,20 @@ def _check_settings(n_resamples: int, confidence: float) -> None:
 
 
 def paired_bootstrap(
-    diffs_by_fold: Sequence[np.ndarray], n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0
+    diffs_by_fold: Sequence[np.ndarray],
+    n_resamples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups_by_fold: Sequence[Sequence] | None = None,
 ) -> tuple[float, float, float]:
     """(estimate, low, high) of the mean over folds of the per-fold mean of `diffs_by_fold`.
 
     Each array holds one fold's per-clip values (paired differences, or 0/1 correctness). Clips are
     resampled with replacement within each fold, folds are not resampled; (low, high) is the percentile
     interval of the resampled statistic at `confidence`. With one fold this is the ordinary percentile
-    bootstrap of the mean. The same inputs and `seed` give the same interval.
+    bootstrap of the mean. With `groups_by_fold` (each clip's group, per fold), whole groups are resampled
+    instead (a cluster bootstrap: a resampled fold's mean is its drawn groups' clip sum over their clip
+    count). The same inputs and `seed` give the same interval.
     """
     _check_settings(n_resamples, confidence)
     if isinstance(diffs_by_fold, np.ndarray) and diffs_by_fold.ndim == 1:
@@ -63,11 +74,16 @@ def paired_bootstrap(
         if not np.all(np.isfinite(d)):
             raise ValueError(f"diffs_by_fold[{i}] holds NaN or infinite values")
 
+    if groups_by_fold is not None and len(groups_by_fold) != len(folds):
+        raise ValueError(f"groups_by_fold has {len(groups_by_fold)} folds, diffs_by_fold {len(folds)}")
     estimate = float(np.mean([d.mean() for d in folds]))
     rng = np.random.default_rng(seed)
     stats = np.zeros(n_resamples)
-    for d in folds:
-        stats += _resampled_means(d, n_resamples, rng)
+    for i, d in enumerate(folds):
+        if groups_by_fold is None:
+            stats += _resampled_means(d, n_resamples, rng)
+        else:
+            stats += _resampled_group_means(d, groups_by_fold[i], n_resamples, rng)
     stats /= len(folds)
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(stats, [tail, 100.0 - tail])
@@ -89,6 +105,26 @@ def _resampled_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) 
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
         means[start : start + size] = d[rng.integers(0, d.size, size=(size, d.size))].mean(axis=1)
+    return means
+
+
+def _resampled_group_means(
+    d: np.ndarray, groups: Sequence, n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Means of `n_resamples` cluster resamples of `d` -> [n_resamples]: the G groups drawn with replacement
+    (how often each is drawn: a multinomial draw), each bringing all its clips."""
+    if len(groups) != d.size:
+        raise ValueError(f"{len(groups)} groups for {d.size} clips")
+    _, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)  # [N] group of each clip
+    sums = np.bincount(index, weights=d)  # [G]
+    counts = np.bincount(index).astype(float)  # [G]
+    g = counts.size
+    chunk = max(1, CHUNK_ELEMENTS // g)
+    means = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        drawn = rng.multinomial(g, np.full(g, 1.0 / g), size=size)  # [R, G] times each group is drawn
+        means[start : start + size] = (drawn @ sums) / (drawn @ counts)
     return means
 
 
@@ -131,6 +167,16 @@ def load_predictions(run_dir: Path | str, head: str = "fused") -> tuple[list[str
     return ids, labels, predicted
 
 
+def load_groups(run_dir: Path | str) -> dict[str, str] | None:
+    """{clip id: its group} from `run_dir/test_predictions.json`; None when the run recorded no groups (runs
+    written before they were, or shards whose records have none)."""
+    data = json.loads((Path(run_dir) / PREDICTIONS).read_text())
+    groups = data.get("groups")
+    if not groups or any(g is None for g in groups) or len(groups) != len(data["ids"]):
+        return None
+    return {str(i): str(g) for i, g in zip(data["ids"], groups)}
+
+
 def _by_fold(runs: list[dict]) -> dict[int, dict]:
     """{fold: run}; two runs on the same fold (of one method) are an error."""
     out: dict[int, dict] = {}
@@ -147,8 +193,9 @@ def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fu
 
     Runs are dicts as `mlb.analysis.compare.load_runs` returns them (with "path"). Only folds that both lists have
     are used, in fold order. Per fold: {"fold", "clips", "acc_a", "acc_b", "diff" (acc_a - acc_b),
-    "correct_diff" (per clip, in run a's clip order: correct_a - correct_b)}. Rows are matched by clip id;
-    different clip sets or labels raise ValueError naming both run folders.
+    "correct_diff" (per clip, in run a's clip order: correct_a - correct_b), "groups" (each clip's group in
+    the same order, or None when neither run recorded groups)}. Rows are matched by clip id; different clip
+    sets or labels raise ValueError naming both run folders.
     """
     a_by_fold, b_by_fold = _by_fold(runs_a), _by_fold(runs_b)
     out = []
@@ -170,6 +217,7 @@ def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fu
             raise ValueError(f"fold {fold}: {dir_a} and {dir_b} give different labels to the same clips")
         correct_a = (pred_a == label_a).astype(float)
         correct_b = (pred_b == label_a).astype(float)
+        groups = load_groups(dir_a) or load_groups(dir_b)
         out.append(
             {
                 "fold": fold,
@@ -178,28 +226,47 @@ def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fu
                 "acc_b": float(correct_b.mean()),
                 "diff": float(correct_a.mean() - correct_b.mean()),
                 "correct_diff": correct_a - correct_b,
+                "groups": None if groups is None else [groups[clip] for clip in ids_a],
             }
         )
     return out
 
 
 def accuracy_interval(
-    runs: list[dict], head: str = "fused", n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0
+    runs: list[dict],
+    head: str = "fused",
+    n_resamples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    unit: str = "group",
 ) -> tuple[float, float, float]:
     """(estimate, low, high) of the mean accuracy over the folds of one group (one method and fusion).
 
-    Per clip the value is 1 when `head` is right, 0 when not; clips are resampled within folds as in
-    `paired_bootstrap`. Raises FileNotFoundError when a run has no predictions file.
+    Per clip the value is 1 when `head` is right, 0 when not; the corpus's groups of clips (`unit="group"`,
+    where every run recorded them) or clips are resampled within folds as in `paired_bootstrap`. Raises
+    FileNotFoundError when a run has no predictions file.
     """
     _check_settings(n_resamples, confidence)
+    _check_unit(unit)
     if not runs:
         raise ValueError("runs is empty: at least one run is needed")
-    correct = []
+    correct, groups = [], []
     for _, run in sorted(_by_fold(runs).items()):
         ids, labels, predicted = load_predictions(run["path"], head)
         order = np.argsort(ids)  # by clip id: the interval must not depend on the file's row order
         correct.append((predicted[order] == labels[order]).astype(float))
-    return paired_bootstrap(correct, n_resamples, confidence, seed)
+        by_clip = load_groups(run["path"]) if unit == "group" else None
+        groups.append(None if by_clip is None else [by_clip[ids[i]] for i in order])
+    use = None if any(g is None for g in groups) else groups
+    return paired_bootstrap(correct, n_resamples, confidence, seed, use)
+
+
+UNITS = ("group", "clip")
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r}: resample by {' or '.join(UNITS)}")
 
 
 def _method_order(method: str) -> tuple:
@@ -218,6 +285,7 @@ def compare_to_baselines(
     n_resamples: int = 10000,
     seed: int = 0,
     confidence: float = 0.95,
+    unit: str = "group",
 ) -> list[dict]:
     """Every method against every baseline trained with the same features and fusion head.
 
@@ -227,9 +295,12 @@ def compare_to_baselines(
     baseline_settings} (the settings: `mlb.analysis.compare.settings_label` of each one's runs, tuned or
     untuned). Differences are method - baseline in accuracy (fractions), over the folds both have. verdict: "better" if ci_low > 0,
     "worse" if ci_high < 0, else "not resolved"; "no predictions" (with the reason) when a run lacks
-    test_predictions.json, "no common folds" when the two share no fold.
+    test_predictions.json, "no common folds" when the two share no fold. `unit`: what the bootstrap
+    resamples, the corpus's groups of clips (where every run of the pair recorded them; else clips) or clips;
+    each row's `unit` says which it was.
     """
     _check_settings(n_resamples, confidence)
+    _check_unit(unit)
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for run in runs:
         key = (str(run["features"]), str(run["fusion"]))
@@ -258,9 +329,15 @@ def compare_to_baselines(
                     reason = f"{method} and {baseline} share no fold"
                     rows.append(row | {"verdict": "no common folds", "reason": reason})
                     continue
+                grouped = unit == "group" and all(f["groups"] is not None for f in folds)
                 estimate, low, high = paired_bootstrap(
-                    [f["correct_diff"] for f in folds], n_resamples, confidence, seed
+                    [f["correct_diff"] for f in folds],
+                    n_resamples,
+                    confidence,
+                    seed,
+                    [f["groups"] for f in folds] if grouped else None,
                 )
+                row["unit"] = "group" if grouped else "clip"
                 verdict = "better" if low > 0 else "worse" if high < 0 else "not resolved"
                 row |= {"folds": len(folds), "fold_diffs": [f["diff"] for f in folds]}
                 rows.append(row | {"mean_diff": estimate, "ci_low": low, "ci_high": high, "verdict": verdict})
@@ -279,6 +356,7 @@ def stats_markdown(rows: list[dict]) -> str:
         "method",
         "baseline",
         "folds",
+        "resampled",
         "Δ acc [CI]",
         "Δ per fold",
         "same sign",
@@ -294,7 +372,7 @@ def stats_markdown(rows: list[dict]) -> str:
             per_fold, verdict = ", ".join(_points(d) for d in r["fold_diffs"]), r["verdict"]
             # how many folds point the way of the mean: the spread over retraining that the interval omits
             same = f"{sum(d * r['mean_diff'] > 0 for d in r['fold_diffs'])}/{r['folds']}"
-        cells = [r["features"], r["fusion"], r["method"], r["baseline"], str(r["folds"])]
+        cells = [r["features"], r["fusion"], r["method"], r["baseline"], str(r["folds"]), r.get("unit", "-")]
         settings = f"{r.get('method_settings', '-')} / {r.get('baseline_settings', '-')}"
         lines.append("| " + " | ".join(cells + [interval, per_fold, same, verdict, settings]) + " |")
     confidence = rows[0]["confidence"] if rows else 0.95
@@ -304,9 +382,11 @@ def stats_markdown(rows: list[dict]) -> str:
         "points, averaged over the folds both were trained on (each fold weighs the same); Δ per fold "
         "lists the folds' own differences, and same sign how many of them point the way of the mean. "
         f"The interval is a {100 * confidence:g}% paired bootstrap "
-        "percentile interval over test clips: clips are resampled with replacement within each fold, the "
-        "same clips for both methods, and the resampled folds are pooled into one mean; it covers the "
-        "test-set sampling noise, not the spread from retraining. Verdict: better when the whole interval "
+        "percentile interval over the test set: the resampled unit (group: the corpus's groups of clips, "
+        "such as CREMA-D's actors, each with all its clips; clip: clips one by one, where no groups were "
+        "recorded) is drawn with replacement within each fold, the same for both methods, and the resampled "
+        "folds are pooled into one mean; it covers the test-set sampling noise, not the spread from "
+        "retraining. Verdict: better when the whole interval "
         "is above 0, worse when it is below 0, otherwise not resolved. Settings: where the method's and the "
         "baseline's lr, weight decay and own settings came from (tuned on validation, or untuned: the defaults); "
         "a difference between a tuned and an untuned method is not a fair comparison."
@@ -314,13 +394,18 @@ def stats_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + legend + "\n"
 
 
-def write_stats(runs: list[dict], out_dir: Path, n_resamples: int = 10000, seed: int = 0) -> dict[str, Path]:
+def write_stats(
+    runs: list[dict], out_dir: Path, n_resamples: int = 10000, seed: int = 0, unit: str = "group"
+) -> dict[str, Path]:
     """RUNS/compare_stats.md (fused head) and .json (the fused head and every unimodal head) of
-    `compare_to_baselines` against Joint and MLB; returns their paths."""
+    `compare_to_baselines` against Joint and MLB, resampling `unit`; returns their paths."""
     from mlb.common.atomic import atomic_write_json, atomic_write_text
 
     heads = ["fused"] + sorted({m for run in runs for m in run.get("test", {}).get("unimodal", {})})
-    rows = {head: compare_to_baselines(runs, head=head, n_resamples=n_resamples, seed=seed) for head in heads}
+    rows = {
+        head: compare_to_baselines(runs, head=head, n_resamples=n_resamples, seed=seed, unit=unit)
+        for head in heads
+    }
     paths = {"md": Path(out_dir) / "compare_stats.md", "json": Path(out_dir) / "compare_stats.json"}
     atomic_write_text(paths["md"], stats_markdown(rows["fused"]))
     atomic_write_json(paths["json"], rows)

@@ -26,15 +26,16 @@ def evaluate_split(
     """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy.
 
     `predictions`, when given, is filled with the per-clip predicted classes in loader order:
-    {"ids", "label", "fused", "unimodal": {modality: [...]}} (what `RUN/test_predictions.json` holds; the
-    paired statistics of `mlb.analysis.stats` match two runs clip by clip)."""
+    {"ids", "groups", "label", "fused", "unimodal": {modality: [...]}} (what `RUN/test_predictions.json`
+    holds; the paired statistics of `mlb.analysis.stats` match two runs clip by clip and resample groups)."""
     model.eval()
-    ids, labels, fused, unimodal = [], [], [], {}
+    ids, groups, labels, fused, unimodal = [], [], [], [], {}
     for batch in loader.iterate(0):
         batch = to_device(batch, device)
         with autocast(device, amp_dtype):
             out = model(batch)
         ids += list(batch["id"])
+        groups += list(batch.get("group") or [None] * len(batch["id"]))
         labels.append(batch["label"].cpu())
         fused.append(out.fused.float().cpu())  # [B, C]
         for m, logits in out.unimodal.items():
@@ -52,6 +53,7 @@ def evaluate_split(
     if predictions is not None:
         predictions |= {
             "ids": ids,
+            "groups": groups,
             "label": label.tolist(),
             "fused": fused_logits.argmax(dim=1).tolist(),
             "unimodal": {m: torch.cat(v).argmax(dim=1).tolist() for m, v in unimodal.items()},

@@ -21,6 +21,7 @@ def _compare(
     tuned: Path | None,
     allow_untuned: bool,
     aggregate_only: bool,
+    resample: str,
     params: Path | None,
     section: str,
     param: list[str] | None,
@@ -28,7 +29,11 @@ def _compare(
 ) -> None:
     import sys
 
+    from mlb.analysis.stats import UNITS
     from mlb.common.lock import folder_lock
+
+    if resample not in UNITS:
+        raise typer.BadParameter(f"{resample!r}: choose {' or '.join(UNITS)}", param_hint="--resample")
 
     with command_errors("mlbpipe compare", out):
         from mlb.analysis.compare import aggregate, load_runs, write_tables
@@ -117,7 +122,7 @@ def _compare(
             typer.echo(paths["md"].read_text())
             from mlb.analysis.stats import write_stats
 
-            stats = write_stats(finished, out)
+            stats = write_stats(finished, out, unit=resample)
             typer.echo(stats["md"].read_text())
             from mlb.analysis.published import write_published
 
@@ -185,6 +190,16 @@ _COMPARE_PARAMETERS = [
             "--allow-untuned",
             help="With --tuned: train the methods (and fusion heads) the file lacks with their defaults instead "
             "of refusing; the tables mark them untuned.",
+        ),
+    ),
+    keyword(
+        "resample",
+        str,
+        typer.Option(
+            "group",
+            "--resample",
+            help="What the statistics' bootstrap resamples: group (the corpus's groups of test clips, e.g. "
+            "CREMA-D's actors, each with all its clips: clips of one group are not independent) | clip.",
         ),
     ),
     keyword(

@@ -33,7 +33,7 @@ def run_stage(name: str, env: dict) -> float:
 
 def phenomenon(runs: Path, features: str, fusion: str = "late-linear") -> list[str]:
     """Unimodal head accuracies (test) of each method beside the encoders trained alone, each with its 95%
-    bootstrap interval over the test clips (mlb.analysis.stats.accuracy_interval)."""
+    bootstrap interval over the test set, resampling its groups of clips (mlb.analysis.stats.accuracy_interval)."""
     from mlb.analysis.compare import load_runs
     from mlb.analysis.stats import accuracy_interval
 
@@ -96,7 +96,7 @@ def main() -> int:
         if lines:
             print(
                 f"Unimodal heads on test, {features} input path (%, with 95% bootstrap intervals over the test "
-                "clips; *-only = that encoder trained alone):"
+                "set's actors, each with all its clips; *-only = that encoder trained alone):"
             )
             print("\n".join(lines) + "\n")
     for stats in (runs / "compare_stats.md", ROOT / "protocol" / "runs" / "compare_stats.md"):
