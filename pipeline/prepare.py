@@ -15,6 +15,7 @@ frames, spectrograms, faces and features do not depend on the split, so they are
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -252,8 +253,6 @@ def check_run(run: Run, stages: list[str]) -> None:
 def check_indexed_root(run: Run) -> None:
     """A later stage reads the clips from the root that index read: another root (a `--root` or params.yaml
     entry that was changed in one place only) is refused, naming both."""
-    import json
-
     described = run.out / "corpus.json"
     if not described.is_file():
         return  # not indexed yet: the stage itself says so
@@ -346,10 +345,12 @@ def prepare_folds(
     seconds)` after each stage. Returns {fold: its folder}."""
     configs = {fold: fold_config(run.corpus, run.config, fold) for fold in folds}  # settings first, then data
     stages = fold_stages(run.corpus, run.shared)
+    described = Path(run.shared) / "corpus.json"  # the root it was indexed from: what a fold's messages name
+    root = Path(json.loads(described.read_text())["root"]) if described.is_file() else run.root
     done = {}
     with folder_lock(run.shared, command or " ".join(sys.argv)):  # no prepare rewrites what the folds read
         for fold, config in configs.items():
-            fold_run = replace(run, out=Path(run.out) / str(fold), config=config)
+            fold_run = replace(run, root=root, out=Path(run.out) / str(fold), config=config)
             report = (
                 None if on_done is None else (lambda stage, result, s, k=fold: on_done(k, stage, result, s))
             )

@@ -139,11 +139,14 @@ def fold_of(run: dict) -> int:
     raise ValueError(f"run {run.get('path', '?')} has neither 'fold' nor 'seed' in its metrics.json")
 
 
-def load_predictions(run_dir: Path | str, head: str = "fused") -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(clip ids, labels, predicted classes of `head`) from `run_dir/test_predictions.json`.
+def load_predictions(
+    run_dir: Path | str, head: str = "fused"
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str] | None]:
+    """(clip ids, labels, predicted classes of `head`, each clip's group) from `run_dir/test_predictions.json`.
 
-    `head` is "fused" or a modality name ("audio", "video"). Raises FileNotFoundError when the run has no
-    predictions file, ValueError when the file is malformed.
+    `head` is "fused" or a modality name ("audio", "video"). The groups are None when the run recorded none
+    (runs written before they were, or shards whose records have none). Raises FileNotFoundError when the
+    run has no predictions file, ValueError when the file is malformed.
     """
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
@@ -164,17 +167,10 @@ def load_predictions(run_dir: Path | str, head: str = "fused") -> tuple[list[str
         raise ValueError(f"{path}: ids, label and {head} must be lists of the same length")
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: clip ids are not unique")
-    return ids, labels, predicted
-
-
-def load_groups(run_dir: Path | str) -> dict[str, str] | None:
-    """{clip id: its group} from `run_dir/test_predictions.json`; None when the run recorded no groups (runs
-    written before they were, or shards whose records have none)."""
-    data = json.loads((Path(run_dir) / PREDICTIONS).read_text())
     groups = data.get("groups")
-    if not groups or any(g is None for g in groups) or len(groups) != len(data["ids"]):
-        return None
-    return {str(i): str(g) for i, g in zip(data["ids"], groups)}
+    if not groups or any(g is None for g in groups) or len(groups) != len(ids):
+        groups = None
+    return ids, labels, predicted, None if groups is None else [str(g) for g in groups]
 
 
 def _by_fold(runs: list[dict]) -> dict[int, dict]:
@@ -201,8 +197,8 @@ def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fu
     out = []
     for fold in sorted(set(a_by_fold) & set(b_by_fold)):
         dir_a, dir_b = a_by_fold[fold]["path"], b_by_fold[fold]["path"]
-        ids_a, label_a, pred_a = load_predictions(dir_a, head)
-        ids_b, label_b, pred_b = load_predictions(dir_b, head)
+        ids_a, label_a, pred_a, groups_a = load_predictions(dir_a, head)
+        ids_b, label_b, pred_b, groups_b = load_predictions(dir_b, head)
         if set(ids_a) != set(ids_b):
             only_a, only_b = sorted(set(ids_a) - set(ids_b)), sorted(set(ids_b) - set(ids_a))
             raise ValueError(
@@ -213,11 +209,12 @@ def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fu
         order = {clip: i for i, clip in enumerate(ids_b)}
         take = np.array([order[clip] for clip in ids_a])
         label_b, pred_b = label_b[take], pred_b[take]  # run b's rows in run a's order
+        if groups_a is None and groups_b is not None:
+            groups_a = [groups_b[i] for i in take]
         if not np.array_equal(label_a, label_b):
             raise ValueError(f"fold {fold}: {dir_a} and {dir_b} give different labels to the same clips")
         correct_a = (pred_a == label_a).astype(float)
         correct_b = (pred_b == label_a).astype(float)
-        groups = load_groups(dir_a) or load_groups(dir_b)
         out.append(
             {
                 "fold": fold,
@@ -226,7 +223,7 @@ def per_fold_differences(runs_a: list[dict], runs_b: list[dict], head: str = "fu
                 "acc_b": float(correct_b.mean()),
                 "diff": float(correct_a.mean() - correct_b.mean()),
                 "correct_diff": correct_a - correct_b,
-                "groups": None if groups is None else [groups[clip] for clip in ids_a],
+                "groups": groups_a,
             }
         )
     return out
@@ -252,11 +249,10 @@ def accuracy_interval(
         raise ValueError("runs is empty: at least one run is needed")
     correct, groups = [], []
     for _, run in sorted(_by_fold(runs).items()):
-        ids, labels, predicted = load_predictions(run["path"], head)
+        ids, labels, predicted, by_row = load_predictions(run["path"], head)
         order = np.argsort(ids)  # by clip id: the interval must not depend on the file's row order
         correct.append((predicted[order] == labels[order]).astype(float))
-        by_clip = load_groups(run["path"]) if unit == "group" else None
-        groups.append(None if by_clip is None else [by_clip[ids[i]] for i in order])
+        groups.append(None if by_row is None or unit != "group" else [by_row[i] for i in order])
     use = None if any(g is None for g in groups) else groups
     return paired_bootstrap(correct, n_resamples, confidence, seed, use)
 

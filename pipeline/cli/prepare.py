@@ -325,7 +325,9 @@ def cli(
         else:
             executor = LocalExecutor(workers)
         try:
-            if fold_list is not None:  # folds of a prepared folder: no media read, so no root asked
+            if (
+                fold_list is not None
+            ):  # folds of a prepared folder: no media read, its corpus.json has the root
                 run = Run(the_corpus, from_, out, config, executor, progress=not quiet, shared=from_)
                 prepare_folds(run, fold_list, on_done=_print_fold_stage(quiet))
                 return
