@@ -213,15 +213,21 @@ def test_compare_to_baselines_gives_each_verdict(runs):
     }
     better = got[("agm", "joint")]
     assert better["folds"] == 3 and better["fold_diffs"] == pytest.approx([0.25] * 3)
-    assert better["mean_diff"] == pytest.approx(0.25)
-    # per fold 15 of 60 clips differ by +1: the mean of 3 folds has bootstrap sd ~0.032, so the
-    # interval is about 0.25 ± 0.063
-    assert 0.17 < better["ci_low"] < 0.22 and 0.28 < better["ci_high"] < 0.33
+    assert better["mean_diff"] == pytest.approx(0.25) and better["test_sets"] == "one"
+    # the three folds share one test set: a resample draws the same 60 clips for all of them, so the test
+    # sd is that of one fold, sqrt(.25 * .75 / 60) ~ 0.056 (not 0.056 / sqrt(3)): about 0.25 ± 0.11
+    assert 0.13 < better["test_low"] < 0.16 and 0.34 < better["test_high"] < 0.37
+    # no spread over the runs: the interval with retraining is the normal one on the test sd (df infinite)
+    assert better["df"] == float("inf") and better["p"] < 1e-4
+    assert better["ci_low"] == pytest.approx(better["test_low"], abs=0.01)
     unresolved = got[("mlb", "joint")]
-    # above 0, but 33 of 60 clips per fold disagree: the interval is about ±0.1 wide
+    # above 0, but 33 of 60 clips disagree: the intervals are about ±0.19 wide
+    assert unresolved["mean_diff"] == pytest.approx(1 / 60)
     assert (
-        unresolved["mean_diff"] == pytest.approx(1 / 60) and unresolved["ci_low"] < 0 < unresolved["ci_high"]
+        unresolved["test_low"] < 0 < unresolved["test_high"]
+        and unresolved["ci_low"] < 0 < unresolved["ci_high"]
     )
+    assert unresolved["p"] > 0.5 and unresolved["p_holm"] >= unresolved["p"]
     missing = got[("ogm-ge", "joint")]
     assert "no test_predictions.json in" in missing["reason"] and "ogm-ge" in missing["reason"]
     assert missing["mean_diff"] is None
@@ -231,8 +237,8 @@ def test_compare_to_baselines_gives_each_verdict(runs):
 def test_compare_on_another_head(runs):
     rows = compare_to_baselines(runs, baselines=("joint",), head="audio", n_resamples=200)
     agm = next(r for r in rows if r["method"] == "agm")
-    assert (agm["head"], agm["mean_diff"], agm["ci_low"], agm["ci_high"]) == ("audio", 0.0, 0.0, 0.0)
-    assert agm["verdict"] == "not resolved"
+    assert (agm["head"], agm["mean_diff"], agm["test_low"], agm["test_high"]) == ("audio", 0.0, 0.0, 0.0)
+    assert (agm["ci_low"], agm["ci_high"], agm["p"], agm["verdict"]) == (0.0, 0.0, 1.0, "not resolved")
 
 
 def test_different_clip_sets_raise_naming_both_run_folders(tmp_path):
@@ -260,27 +266,31 @@ def test_stats_markdown_table_and_legend(runs):
     text = stats_markdown(compare_to_baselines(runs, n_resamples=2000))
     lines = text.splitlines()
     head = (
-        "| features | fusion | method | baseline | folds | resampled | Δ acc [CI] | Δ per fold | same sign | verdict "
-        "| settings |"
+        "| features | fusion | method | baseline | runs | test sets | resampled | Δ acc | test-only CI "
+        "| CI with retraining | p | p Holm | Δ per run | verdict | settings |"
     )
     assert lines[0] == head
     agm = next(line for line in lines if line.startswith("| raw | late-linear | agm | joint |"))
     assert re.fullmatch(
-        r"\| raw \| late-linear \| agm \| joint \| 3 \| clip \| \+25\.0 \[\+\d\d\.\d, \+\d\d\.\d\] "
-        r"\| \+25\.0, \+25\.0, \+25\.0 \| 3/3 \| better \| - / - \|",  # settings not recorded
-        agm,
+        r"\| raw \| late-linear \| agm \| joint \| 3 \| one \| clip \| \+25\.0 \| \[\+1\d\.\d, \+3\d\.\d\] "
+        r"\| \[\+1\d\.\d, \+3\d\.\d\] \| <0\.001 \| <0\.001 \| \+25\.0, \+25\.0, \+25\.0 \| better \| - / - \|",
+        agm,  # settings not recorded
     )
-    assert "| ogm-ge | joint | 0 | - | - | - | - | no predictions: no test_predictions.json in" in text
-    assert "95% paired bootstrap percentile interval over the test set" in text  # these runs have no groups
-    assert "drawn with replacement within each fold" in text and "whole interval is above 0" in text
+    assert (
+        "| ogm-ge | joint | 0 | - | - | - | - | - | - | - | - | no predictions: no test_predictions.json in"
+        in text
+    )
+    assert "95% paired bootstrap percentile interval" in text and "Holm's method" in text
+    assert "not that the methods are equal" in text
 
 
 def test_accuracy_interval_is_the_bootstrap_of_per_clip_correctness(runs):
     joint = _of(runs, "joint")
     estimate, low, high = accuracy_interval(joint, n_resamples=3000, seed=5)
-    correct = [np.array([1.0] * 30 + [0.0] * 30)] * 3
+    # three runs on one test set: the same clips drawn for all, so one fold of the per-clip mean correctness
+    correct = [np.array([1.0] * 30 + [0.0] * 30)]
     assert (estimate, low, high) == paired_bootstrap(correct, n_resamples=3000, seed=5)
-    assert estimate == 0.5 and 0.39 < low < 0.45 and 0.55 < high < 0.61  # sd ~ sqrt(.25 / 180) ~ 0.037
+    assert estimate == 0.5 and 0.35 < low < 0.40 and 0.60 < high < 0.65  # sd ~ sqrt(.25 / 60) ~ 0.065
     assert accuracy_interval(joint, head="audio", n_resamples=100) == (1.0, 1.0, 1.0)
     with pytest.raises(FileNotFoundError, match="no test_predictions.json"):
         accuracy_interval(_of(runs, "ogm-ge"))
@@ -291,7 +301,7 @@ def test_accuracy_interval_is_the_bootstrap_of_per_clip_correctness(runs):
 def test_figure_3_draws_intervals_when_every_run_has_predictions(runs, tmp_path):
     with_predictions = [r for r in runs if r["method"] != "ogm-ge"]
     bars, what = accuracy_bars(aggregate(with_predictions), runs=with_predictions)
-    assert "95% bootstrap interval over test clips" in what
+    assert "95% bootstrap interval over the test set" in what and "not covering retraining" in what
     assert ("audio-only", "late-linear") not in bars
     estimate, low, high = accuracy_interval(_of(runs, "joint"))
     assert bars[("joint", "late-linear")] == pytest.approx(
@@ -360,9 +370,10 @@ def test_rows_resample_groups_where_the_runs_recorded_them(tmp_path):
     row, old, clip = (next(r for r in rows if r["method"] == "mlb") for rows in (grouped, plain, as_clips))
     assert (row["unit"], old["unit"], clip["unit"]) == ("group", "clip", "clip")
     assert row["mean_diff"] == old["mean_diff"] == clip["mean_diff"] == pytest.approx(0.25)
-    assert row["ci_high"] - row["ci_low"] > clip["ci_high"] - clip["ci_low"]  # 6 groups, not 60 clips
-    assert old["ci_low"] == clip["ci_low"] and old["ci_high"] == clip["ci_high"]
-    assert "| mlb | joint | 1 | group |" in stats_markdown(grouped)
+    assert row["test_high"] - row["test_low"] > clip["test_high"] - clip["test_low"]  # 6 groups, not 60 clips
+    assert old["test_low"] == clip["test_low"] and old["test_high"] == clip["test_high"]
+    assert row["ci_low"] is None and row["p"] is None and row["verdict"] == "not resolved"  # one run
+    assert "| mlb | joint | 1 | one | group |" in stats_markdown(grouped)
     with pytest.raises(ValueError, match="unit='actor'"):
         compare_to_baselines(_grouped_runs(tmp_path / "d", True), unit="actor")
 
@@ -387,3 +398,116 @@ def test_the_evaluator_records_each_clips_group(tmp_path):
     predictions: dict = {}
     evaluate_split(Model(), Loader(), torch.device("cpu"), None, 6, predictions=predictions)
     assert predictions["ids"] == ["a", "b"] and predictions["groups"] == ["1001", "1002"]
+
+
+# --- small numbers of groups, runs on one test set ------------------------------------------------------
+
+
+def test_a_few_groups_give_an_unbiased_variance_not_one_too_small_by_g_minus_1_over_g():
+    """5 equal groups with means 0, .25, .5, .75, 1: the mean over groups has the textbook variance
+    s² / G = .15625 / 5 = .03125 (s² the groups' sample variance). Drawing all G groups would give
+    (G − 1) / G of it, .025; drawing G − 1 gives s² / G."""
+    groups = np.repeat([f"actor{g}" for g in range(5)], 4)  # [20]
+    correct = np.array([v for k in range(5) for v in [1.0] * k + [0.0] * (4 - k)])  # group g: g of 4 right
+    _, stats = mlb.analysis.stats.bootstrap_statistics([correct], 40000, 0, [groups])
+    assert stats.var() == pytest.approx(0.03125, rel=0.04)  # 0.025 is 20% off
+    with pytest.raises(ValueError, match="one group"):
+        paired_bootstrap([correct], n_resamples=10, groups_by_fold=[["same"] * 20])
+
+
+def test_test_sets_are_classified_by_their_clip_ids():
+    relation = mlb.analysis.stats.test_set_relation
+    assert relation([["a", "b"], ["b", "a"], ["a", "b"]]) == "one"
+    assert relation([["a", "b"], ["c"], ["d", "e"]]) == "disjoint"
+    assert relation([["a", "b"], ["b", "c"]]) == "overlapping"
+
+
+def test_runs_on_one_test_set_draw_the_same_clips_for_every_run(tmp_path):
+    """Three seeds on one test set whose per-clip differences agree: the test-only interval is as wide as
+    one seed's (the noise is shared), not sqrt(3) times narrower as for three independent test sets."""
+    for fold in range(3):
+        _write_run(tmp_path, "joint", fold, set(range(30)))
+        _write_run(tmp_path, "mlb", fold, set(range(45)))
+    (row,) = compare_to_baselines(load_runs(tmp_path), baselines=("joint",), n_resamples=20000)
+    one_seed = paired_bootstrap([np.array([0.0] * 30 + [1.0] * 15 + [0.0] * 15)], n_resamples=20000)
+    independent = paired_bootstrap([np.array([0.0] * 30 + [1.0] * 15 + [0.0] * 15)] * 3, n_resamples=20000)
+    width = row["test_high"] - row["test_low"]
+    assert width == pytest.approx(one_seed[2] - one_seed[1], abs=0.01)
+    assert width / (independent[2] - independent[1]) == pytest.approx(np.sqrt(3), rel=0.08)
+
+
+# --- the interval with retraining ------------------------------------------------------------------------
+
+
+def test_without_test_noise_the_interval_is_scipys_one_sample_t_interval():
+    diffs = [0.02, 0.05, -0.01, 0.04]
+    expected = scipy.stats.ttest_1samp(diffs, 0.0)
+    ci = expected.confidence_interval(0.95)
+    for relation in ("one", "disjoint"):
+        got = mlb.analysis.stats.retraining_interval(diffs, 0.0, 0.95, relation)
+        assert (got["low"], got["high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+        assert got["p"] == pytest.approx(expected.pvalue, abs=1e-12) and got["df"] == pytest.approx(3)
+
+
+def test_the_test_variance_adds_to_the_runs_spread_with_satterthwaite_degrees_of_freedom():
+    """Runs 0.01, 0.03, 0.05: s² = 0.0004, s²/K = 0.0004/3; V_test = 0.0002. SE² = 0.00033333;
+    df = SE⁴ / ((s²/K)² / 2) = 1.1111e-7 / 8.8889e-9 = 12.5; half-width t(.975, 12.5) · SE."""
+    got = mlb.analysis.stats.retraining_interval([0.01, 0.03, 0.05], 0.0002, 0.95, "one")
+    se = np.sqrt(0.0004 / 3 + 0.0002)
+    assert got["df"] == pytest.approx(12.5) and got["se"] == pytest.approx(se)
+    half = scipy.stats.t.ppf(0.975, 12.5) * se
+    assert (got["low"], got["high"]) == pytest.approx((0.03 - half, 0.03 + half))
+    assert got["p"] == pytest.approx(2 * scipy.stats.t.sf(0.03 / se, 12.5))
+    # disjoint test sets: each run's difference already carries its own test draw, V_test is not added
+    disjoint = mlb.analysis.stats.retraining_interval([0.01, 0.03, 0.05], 0.0002, 0.95, "disjoint")
+    assert disjoint["se"] == pytest.approx(np.sqrt(0.0004 / 3)) and disjoint["df"] == pytest.approx(2)
+    assert mlb.analysis.stats.retraining_interval([0.01], 0.0002) is None  # one run: no spread
+    with pytest.raises(ValueError, match="test_sets='same'"):
+        mlb.analysis.stats.retraining_interval([0.01, 0.02], 0.0, 0.95, "same")
+
+
+def test_a_difference_resolved_on_the_test_set_alone_is_not_when_the_seeds_disagree(tmp_path):
+    """Five seeds on one test set of 60 clips: mlb beats joint by 10, 10, 10, −5, 0 points. On the test set
+    alone (the pooled per-clip differences) the interval excludes 0; over the runs it does not."""
+    gains = (6, 6, 6, -3, 0)  # clips mlb gets right beyond joint's 30, per seed
+    for fold, gain in enumerate(gains):
+        _write_run(tmp_path, "joint", fold, set(range(30)))
+        _write_run(tmp_path, "mlb", fold, set(range(30 + gain)))
+    (row,) = compare_to_baselines(load_runs(tmp_path), baselines=("joint",), n_resamples=20000)
+    assert row["mean_diff"] == pytest.approx(0.05) and row["test_low"] > 0
+    assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "not resolved"
+
+
+# --- many comparisons -------------------------------------------------------------------------------------
+
+
+def test_holm_adjusts_like_the_hand_computed_step_down():
+    """p = .01, .04, .03, .005 (m = 4): sorted .005·4 = .02, .01·3 = .03, .03·2 = .06, .04·1 = .04 → kept
+    from falling: .06. None is no test and does not count."""
+    got = mlb.analysis.stats.holm([0.01, 0.04, None, 0.03, 0.005])
+    assert got == pytest.approx([0.03, 0.06, None, 0.06, 0.02])
+    assert mlb.analysis.stats.holm([0.5, 0.9]) == [1.0, 1.0]  # .5·2 capped at 1, and .9 not below it
+    assert mlb.analysis.stats.holm([]) == []
+
+
+def _runs_with_diffs(root, diffs_by_method: dict[str, tuple[int, ...]]):
+    """Seeds on one test set of 60 clips; joint right on 0-29, each method on 30 + gain clips per seed."""
+    for fold in range(len(next(iter(diffs_by_method.values())))):
+        _write_run(root, "joint", fold, set(range(30)))
+        for method, gains in diffs_by_method.items():
+            _write_run(root, method, fold, set(range(30 + gains[fold])))
+    return load_runs(root)
+
+
+def test_a_verdict_resolved_alone_is_not_among_many_comparisons(tmp_path):
+    """agm vs joint has a raw p a little under .05: alone it is better; beside three unresolved comparisons
+    Holm multiplies its p by 4 (it is the smallest) and the verdict becomes not resolved."""
+    agm = (4, 6, 2, 5, 3)  # +6.7, +10, +3.3, +8.3, +5 points
+    alone = compare_to_baselines(_runs_with_diffs(tmp_path / "a", {"agm": agm}), ("joint",), n_resamples=4000)
+    assert alone[0]["p"] == alone[0]["p_holm"] < 0.05 and alone[0]["verdict"] == "better"
+    others = {"agm": agm, "pmr": (1, -1, 0, 2, -2), "mmcosine": (0, 1, -1, 0, 0), "mslr": (2, -2, 1, -1, 0)}
+    many = compare_to_baselines(_runs_with_diffs(tmp_path / "b", others), ("joint",), n_resamples=4000)
+    row = next(r for r in many if r["method"] == "agm")
+    assert row["p"] == pytest.approx(alone[0]["p"]) and row["p"] < 0.05
+    assert row["p_holm"] == pytest.approx(min(1.0, 4 * row["p"])) and row["p_holm"] >= 0.05
+    assert row["verdict"] == "not resolved"

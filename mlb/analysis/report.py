@@ -92,8 +92,8 @@ def accuracy_bars(
     """Figure 3's bars: ({(method, fusion): (height, error below, error above)} in %, what the errors are).
 
     When every run of every drawn group has test_predictions.json, the height is the mean accuracy over
-    folds and the errors reach the 95% bootstrap interval over test clips (`mlb.analysis.stats.accuracy_interval`,
-    resampled within folds); otherwise, for every bar alike, mean ± sample std over the runs, from the
+    folds and the errors reach the 95% test-only bootstrap interval (`mlb.analysis.stats.accuracy_interval`:
+    the corpus's groups of test clips, or clips, resampled; retraining not covered); otherwise, for every bar alike, mean ± sample std over the runs, from the
     summaries.
     """
     from mlb.analysis.stats import PREDICTIONS, accuracy_interval
@@ -121,8 +121,8 @@ def accuracy_bars(
     folds = "/".join(map(str, sorted({s.runs for s in summaries})))
     if with_predictions:
         what = (
-            f"mean over {folds} seeds/folds; error bars: 95% bootstrap interval over test clips, "
-            "resampled within folds"
+            f"mean over {folds} seeds/folds; error bars: 95% bootstrap interval over the test set "
+            "(groups of clips resampled), not covering retraining"
         )
     else:
         what = f"mean ± std over {folds} runs"
