@@ -157,6 +157,18 @@ def test_train_help_shows_the_defaults_of_the_dataclass():
     assert _default(options["--batch-size"]) == "(32raw,8cached)" and _default(options["--method"]) == "mlb"
 
 
+def test_train_help_shows_grad_clip_norm_with_every_methods_own_clip():
+    """--grad-clip-norm says what 0 does, and its default names every method whose class clips (the value
+    lives on the class, Balancer.grad_clip_norm; the help text must not drift from it)."""
+    from mlb.balancing import METHODS
+
+    text = _options("train")["--grad-clip-norm"]
+    assert "0turnsamethod'sclippingoff" in text and "<float>" in text
+    assert _default(text) == "(themethod's:dgl40,othersnone)"
+    clipping = {name: cls.grad_clip_norm for name, cls in METHODS.items() if cls.grad_clip_norm is not None}
+    assert clipping and all(f"{name}{value:g}" in _default(text) for name, value in clipping.items())
+
+
 def test_train_compare_and_tune_share_their_training_options_and_defaults():
     """The options made from TrainConfig are the same in the three commands, with the same help and default;
     compare and tune only replace method / fusion / seed by their lists."""

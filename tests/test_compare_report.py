@@ -349,6 +349,9 @@ def test_compare_resamples_groups_unless_told_clips(tmp_path):
     for args, unit in (([], "group"), (["--resample", "clip"], "clip")):
         result = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(runs), *args])
         assert result.exit_code == 0, result.output
-        assert f"| raw | late-linear | mlb | joint | 1 | one | {unit} |" in (runs / "compare_stats.md").read_text()
+        assert (
+            f"| raw | late-linear | mlb | joint | 1 | one | {unit} |"
+            in (runs / "compare_stats.md").read_text()
+        )
     refused = runner.invoke(app, ["compare", "--aggregate-only", "--out", str(runs), "--resample", "actor"])
     assert refused.exit_code == 2 and "'actor': choose group or clip" in refused.output

@@ -1,8 +1,10 @@
 """ReconBoost: the boosting loss against a per-sample re-expression of the authors' formula
 (huacong/ReconBoost `train.py`: `boosting_loss`, `ga_loss`), the freezing of the learners that are not
-trained (exact, under Adam with weight decay and warm moments), the ensemble update, the stage /
-modality schedule with its state_dict round trip, and the refusals."""
+trained (exact, under Adam with weight decay and warm moments), the ensemble update, the BatchNorm
+running statistics against the authors' encoder passes, the stage / modality schedule with its
+state_dict round trip, and the refusals."""
 
+import copy
 import io
 import math
 
@@ -321,6 +323,110 @@ def test_skipped_step_leaves_no_hook_behind():
     rb.epoch = 3  # the next update trains everything
     rb.forward(model, batch)
     assert not frozen._handles and rb._frozen is None
+
+
+# ---- BatchNorm running statistics: the authors' encoder passes -------------------------------------------
+def _authors_passes(encoders, batch, mods, stage, boosting):
+    """The encoder passes of one update of the authors' `train.py` (l. 329-348 boosting, l. 397 ensemble)
+    with `DynamicNet.forward` / `forward_grad`, written out (train mode throughout). `net_ensemble` holds
+    the learners boosted in the stages before s, and in the ensemble epochs also s's (`add` at l. 366)."""
+
+    def run(k):
+        encoders[k](batch[k], batch.get(f"{k}_mask"))
+
+    m = mods[stage % len(mods)]
+    if boosting:
+        for k in mods[: min(stage, len(mods))]:  # net_ensemble.forward(data, mask_model=m)
+            if k != m:
+                run(k)
+        run(m)  # out_obj = model(model_input_map[model_name])
+        if stage > 0:  # use_ga: pre_out_obj = pre_model(...), the learner of stage s - 1
+            run(mods[(stage - 1) % len(mods)])
+    else:
+        for k in mods[: min(stage + 1, len(mods))]:  # net_ensemble.forward_grad(data)
+            run(k)
+
+
+@pytest.mark.parametrize(
+    "case, passes",  # passes: each encoder's train-mode passes over 4 stages, counted by hand
+    [("raw", {"audio": 10, "video": 7}), ("three", {"a": 9, "b": 7, "c": 5})],
+)
+def test_batchnorm_statistics_follow_the_authors_passes(case, passes):
+    """Stages 0-3 (1 boosting + 1 ensemble epoch each, 2 batches per epoch) through the trainer's hooks;
+    a copy of the model, given the trained weights before each update, makes the authors' passes on the
+    same batch: every encoder buffer (BatchNorm running mean, variance, batch count) must match. The passes
+    per update (boosting + ensemble) by hand, M = 2: audio 1 + 1 (stage 0), 2 + 1, 1 + 1, 2 + 1; video 0 + 0,
+    1 + 1, 2 + 1, 1 + 1. M = 3: a 1 + 1, 2 + 1, 1 + 1, 1 + 1; b 0, 1 + 1, 2 + 1, 1 + 1; c 0, 0, 1 + 1, 2 + 1."""
+    if case == "raw":
+        model, mods = _model("raw"), AV
+        batches = [_raw_batch(seed=s) for s in range(2)]
+    else:
+        model, batch = three_modality_model_and_batch()
+        mods = ("a", "b", "c")
+        g = torch.Generator().manual_seed(5)
+        other = {m: torch.randn_like(batch[m]) for m in mods} | {
+            "label": torch.randint(0, 4, (5,), generator=g)
+        }
+        batches = [batch, other]
+    assert any("running_mean" in n for n, _ in model.encoders[mods[0]].named_buffers())  # BatchNorm inside
+    reference = copy.deepcopy(model)
+    model.train()
+    reference.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rb = ReconBoost(boost_epochs=1, ensemble_epochs=1)
+    start = {m: [b.clone() for b in model.encoders[m].buffers()] for m in mods}
+    for epoch in range(8):
+        stage, within = divmod(epoch, 2)
+        for batch in batches:
+            with torch.no_grad():
+                for theirs, ours in zip(reference.parameters(), model.parameters()):
+                    theirs.copy_(ours)  # the weights this update starts from, not the buffers
+                _authors_passes(reference.encoders, batch, mods, stage, within == 0)
+            _step(model, batch, rb, opt)
+            for m in mods:
+                for (name, ours), theirs in zip(
+                    model.encoders[m].named_buffers(), reference.encoders[m].buffers()
+                ):
+                    torch.testing.assert_close(
+                        ours, theirs, rtol=1e-6, atol=1e-7, msg=f"{m} {name} epoch {epoch}"
+                    )
+        rb.on_epoch_end(epoch, {})
+        if epoch == 1:  # stage 0: the learners not yet boosted never ran
+            for m in mods[1:]:
+                assert all(torch.equal(b, b0) for b, b0 in zip(model.encoders[m].buffers(), start[m]))
+    for m in mods:
+        counts = {int(b) for n, b in model.encoders[m].named_buffers() if n.endswith("num_batches_tracked")}
+        assert counts == {passes[m] * len(batches)}, (m, counts)
+
+
+def test_ga_target_is_the_previous_learners_second_pass():
+    """From stage 1 the boosting update runs the previous learner again (the authors' `pre_model`) and
+    ℓ_GA reads that pass; eval mode and the ensemble epochs make no second pass."""
+    model = _model("raw")
+    batch = _raw_batch()
+    rb = ReconBoost(boost_epochs=1, ensemble_epochs=1)
+    rb.epoch = 2  # stage 1: video boosted, audio the previous learner
+    model.train()
+    calls = []
+    hook = model.encoders["audio"].register_forward_hook(lambda *a: calls.append(1))
+    out = rb.forward(model, batch)
+    assert len(calls) == 2 and out.previous_again is not None
+    _, logs = rb.loss(model, batch, out)
+    want = F.mse_loss(
+        torch.softmax(out.fused_parts["video"].detach(), 1), torch.softmax(out.previous_again, 1)
+    )
+    assert logs["loss_ga"] == pytest.approx(float(want), rel=1e-6)
+    # dropout-free encoder: the second pass gives the first one's output
+    torch.testing.assert_close(out.previous_again, out.fused_parts["audio"].detach())
+    calls.clear()
+    rb.epoch = 3  # the ensemble epoch: one pass each
+    assert rb.forward(model, batch).previous_again is None and len(calls) == 1
+    calls.clear()
+    rb.epoch = 2
+    model.eval()
+    with torch.no_grad():
+        assert rb.forward(model, batch).previous_again is None and len(calls) == 1
+    hook.remove()
 
 
 # ---- schedule and state ------------------------------------------------------------------------------

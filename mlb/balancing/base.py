@@ -31,6 +31,8 @@ What a trainer reads and sets, all declared on `Balancer` below (docs/CONTRACTS.
   - `supported_fusions`: the fusion heads (`"late-linear"`, `"mid-mlp"`, `"film"`, `"gated"`, `"tf"`)
     the method works with; `None` means all. `check_model(model)` enforces it.
   - `reduced_statistics`: what a method reduces over the training processes (documentation and tests).
+  - `grad_clip_norm`: None, or the global gradient norm the method's authors clip to at every update (DGL:
+    40); the trainer clips to it after `before_step` unless the run sets its own (`--grad-clip-norm`).
 - instance attributes it sets:
   - `world` (`mlb.world.World`): the training processes, set once before training. A method whose
     coefficients come from batch statistics reduces them with `self.world.batch_mean(...)` /
@@ -111,6 +113,9 @@ class Balancer:
     search_space: ClassVar[SearchSpace] = {}
     # Batch statistics this method reduces across training processes (see `world` in the module docstring)
     reduced_statistics: ClassVar[tuple[str, ...]] = ()
+    # The global gradient norm the method's authors clip to at every update (torch.nn.utils.clip_grad_norm_
+    # over the trained parameters, after `before_step`); None: no clipping. A run's grad_clip_norm wins.
+    grad_clip_norm: ClassVar[float | None] = None
     # Set by the trainer (module docstring): the training processes; whether logs are floats now (True) or
     # detached 0-d tensors made floats once after the update (False); the update of the batch in progress.
     world: World = LOCAL

@@ -28,11 +28,15 @@ Differences from the authors' code:
 - Their Gated head detaches *after* the per-modality projections, so those projections get no gradient
   at all (their unimodal gradient is dropped too); we detach at the encoder outputs, so the whole
   fusion head learns from the fused loss, for every fusion (TF included, which they do not have).
-- They clip the total gradient norm at 40 every step (`clip_grad_norm_`); that is the trainer's
-  business, not done here. Their optimiser: SGD lr 0.002, momentum 0.9, weight decay 1e-4, batch 64.
+- Their optimiser: SGD lr 0.002, momentum 0.9, weight decay 1e-4, batch 64 (mlbpipe: the trainer's Adam).
 - `out.fused` (the forward's fused logits on attached features, used for the training accuracy) is not
   back-propagated; the fused loss uses a second pass of the fusion head, which gives the same logits
   unless the fusion head has active dropout.
+
+Authors' gradient clipping: the total gradient norm clipped at 40 every step (`main_dgl.py` l. 129 at
+b72a55f, `clip_grad_norm_(model.parameters(), max_norm=40, norm_type=2)`, after both backward passes,
+before `optimizer.step()`). The trainer does it here too (`DGL.grad_clip_norm`; `mlb.train.step`: over the
+trained parameters, after the no-op `before_step`); a run's `--grad-clip-norm` overrides it, 0 turns it off.
 """
 
 from __future__ import annotations
@@ -70,9 +74,11 @@ class DGL(Balancer):
     from the fused loss on detached encoder outputs. No gradient changes after `backward()`.
 
     alpha: weight of the summed unimodal losses (> 0; authors' default 4.0, see the module docstring).
+    Authors' defaults also: the global gradient norm clipped at 40 every update (`grad_clip_norm`).
     """
 
     name: ClassVar[str] = "dgl"
+    grad_clip_norm: ClassVar[float | None] = 40.0  # authors' main_dgl.py: clip_grad_norm_(..., max_norm=40)
     search_space: ClassVar[SearchSpace] = {"alpha": FloatRange(0.5, 10.0, log=True)}
     uses_unimodal_heads: ClassVar[bool] = True
 

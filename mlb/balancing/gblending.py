@@ -15,7 +15,15 @@ start equal (1 / (M + 1)) and are recomputed at the end of every super-epoch.
 How the losses are measured: per epoch, L_k is the mean CE of head k over the training clips as they
 are trained on (train mode), L*_k the mean CE over the held-out clips of the same batches, each
 evaluated in eval mode without gradients just before the update (about `holdout` of a forward pass
-extra). These are the epoch's running means, not a separate pass at the epoch's end.
+extra). These are the epoch's running means (epoch e's "point"), not a separate pass at the epoch's end.
+
+Windows: every one spans n epochs, the first included. The recomputation after epoch s·n − 1 compares
+epoch s·n − 1's point with epoch (s − 1)·n − 1's; the first (s = 1) compares it with the untrained
+model's, measured on the run's first batch before its update (L*: every clip of that batch, none trained
+on yet, eval mode; L: its fitted clips, train mode). Why: the paper's online G-Blend measures each
+super-epoch over n epochs from a checkpoint, the first from the initial model (N = 0). (From an instant
+to an epoch's mean, the first window covers about n − ½ epochs of training.) BalanceBenchmark's windows
+are n − 1 epochs: it measures its per-head copies after the first and the last epoch of a super-epoch.
 
 Authors' defaults here: holdout 0.1, super-epoch 10 epochs (BalanceBenchmark's `super_epoch`).
 Differences from the authors' code: the G-Blend authors estimate the weights with separate models per
@@ -101,7 +109,12 @@ class GBlending(Balancer):
         self.weights: dict[str, float] = {}  # head -> w; equal until the first super-epoch ends
         self.sums: dict[str, list[float]] = {}  # head -> [train loss sum, train n, held-out sum, held-out n]
         self.points: list[dict[str, list[float]]] = []  # per epoch: head -> [train loss, held-out loss]
+        # the untrained model's point (the first window's start): its sums from the first update, then
+        # (at epoch 0's end, reduced over the ranks like `sums`) head -> [train loss, held-out loss]
+        self.start_sums: dict[str, list[float]] = {}
+        self.start: dict[str, list[float]] | None = None
         self._fit: torch.Tensor | None = None
+        self._first = False  # this update is the run's first
 
     def heads(self, model) -> list[str]:
         return [FUSED, *unwrap(model).modalities]
@@ -117,25 +130,29 @@ class GBlending(Balancer):
             )
         held = holdout_mask(batch["id"], self.holdout)  # [B]
         self._fit = ~held
-        if held.any():  # their losses, in eval mode, before this update
+        self._first = self.start is None and not (self.points or self.sums or self.start_sums)
+        if held.any() or self._first:  # their losses, in eval mode, before this update
             inner = unwrap(model)
             inner.eval()
             try:
                 with torch.no_grad():
-                    out_h = inner(batch_rows(batch, held))
-                label_h = batch["label"][held.nonzero().flatten().to(batch["label"].device)]
-                self._accumulate(model, out_h, label_h, held=True)
+                    if self._first:  # the untrained model has seen no clip: all of them are held out
+                        self._accumulate(self.start_sums, model, inner(batch), batch["label"], held=True)
+                    if held.any():
+                        out_h = inner(batch_rows(batch, held))
+                        label_h = batch["label"][held.nonzero().flatten().to(batch["label"].device)]
+                        self._accumulate(self.sums, model, out_h, label_h, held=True)
             finally:
                 inner.train()
         if not self._fit.any():  # every clip of this (small, last) batch is held out: nothing to train on
             return model(batch_rows(batch, held))  # loss() makes it a zero loss
         return model(batch_rows(batch, self._fit))
 
-    def _accumulate(self, model, out, label, *, held: bool) -> None:
+    def _accumulate(self, sums: dict[str, list[float]], model, out, label, *, held: bool) -> None:
         logits = {FUSED: out.fused, **out.unimodal}
         for head in self.heads(model):
             ce = F.cross_entropy(logits[head].detach().float(), label, reduction="sum").item()
-            s = self.sums.setdefault(head, [0.0, 0.0, 0.0, 0.0])
+            s = sums.setdefault(head, [0.0, 0.0, 0.0, 0.0])
             s[2 if held else 0] += ce
             s[3 if held else 1] += label.numel()
 
@@ -149,36 +166,64 @@ class GBlending(Balancer):
         terms = {FUSED: F.cross_entropy(out.fused, label)}
         terms |= {m: F.cross_entropy(lg, label) for m, lg in out.unimodal.items()}  # {head: scalar}
         total = sum(self.weight(model, h) * terms[h] for h in terms)
-        self._accumulate(model, out, label, held=False)
+        self._accumulate(self.sums, model, out, label, held=False)
+        if self._first:
+            self._accumulate(self.start_sums, model, out, label, held=False)
         logs = {"loss": total, "loss_fused": terms[FUSED]} | {f"loss_{m}": terms[m] for m in out.unimodal}
         logs |= {f"w_{h}": self.weight(model, h) for h in terms}
         return total, self.log_values(logs)
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
-        if self.world.distributed:  # every rank's clips: the sums over the whole held-out part and train
-            heads = sorted(self.sums)
-            total = self.world.sum(torch.tensor([self.sums[h] for h in heads], dtype=torch.float64))
-            self.sums = {h: row for h, row in zip(heads, total.tolist())}
-        point = {
-            head: [s[0] / s[1] if s[1] else float("nan"), s[2] / s[3] if s[3] else float("nan")]
-            for head, s in self.sums.items()
-        }
+        self.sums = self._reduced(self.sums)  # every rank's clips: the whole held-out part and train
+        point = _means(self.sums)
         self.sums = {}
+        if self.start_sums:
+            self.start = _means(self._reduced(self.start_sums))
+            self.start_sums = {}
         self.points.append(point)
         done = len(self.points)  # epochs completed
-        if done % self.super_epoch == 0 and done > 1:
-            before = self.points[max(0, done - 1 - self.super_epoch)]
-            new = gblend_weights(
-                {h: tuple(v) for h, v in before.items()}, {h: tuple(v) for h, v in point.items()}
-            )
+        if done % self.super_epoch == 0:
+            # n epochs back: epoch done − 1 − n's point, or the untrained model's for the first window
+            before = self.start if done == self.super_epoch else self.points[done - 1 - self.super_epoch]
+            new = None
+            if before is not None:  # no start point (a state from before it was kept): keep the weights
+                new = gblend_weights(
+                    {h: tuple(v) for h, v in before.items()}, {h: tuple(v) for h, v in point.items()}
+                )
             if new is not None:
                 self.weights = new
         return {f"gblend_w_{h}": w for h, w in self.weights.items()}
 
+    def _reduced(self, sums: dict[str, list[float]]) -> dict[str, list[float]]:
+        """`sums` summed over the training processes (the identity on one)."""
+        if not self.world.distributed:
+            return sums
+        heads = sorted(sums)
+        total = self.world.sum(torch.tensor([sums[h] for h in heads], dtype=torch.float64))  # [H, 4]
+        return {h: row for h, row in zip(heads, total.tolist())}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": dict(self.weights), "sums": dict(self.sums), "points": list(self.points)}
+        return {
+            "weights": dict(self.weights),
+            "sums": dict(self.sums),
+            "points": list(self.points),
+            "start_sums": dict(self.start_sums),
+            "start": None if self.start is None else dict(self.start),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weights = {h: float(w) for h, w in state["weights"].items()}
         self.sums = {h: [float(x) for x in s] for h, s in state["sums"].items()}
         self.points = [{h: [float(x) for x in v] for h, v in p.items()} for p in state["points"]]
+        self.start_sums = {h: [float(x) for x in s] for h, s in state.get("start_sums", {}).items()}
+        start = state.get("start")
+        self.start = None if start is None else {h: [float(x) for x in v] for h, v in start.items()}
+
+
+def _means(sums: dict[str, list[float]]) -> dict[str, list[float]]:
+    """head -> [train loss, held-out loss] from head -> [train sum, train n, held-out sum, held-out n]
+    (NaN where no clip was measured)."""
+    return {
+        head: [s[0] / s[1] if s[1] else float("nan"), s[2] / s[3] if s[3] else float("nan")]
+        for head, s in sums.items()
+    }

@@ -36,8 +36,24 @@ and saved in `state_dict`). Stage s lasts `boost_epochs + ensemble_epochs` epoch
    = E plus m (the authors add m to `net_ensemble` before this stage); every learner in E' is trained
    (from stage M-1 on, all of them: the loss is then CE(fused)); learners not yet boosted stay frozen.
 Plus the detached unimodal-head probes of `base.probe_loss` in every update (per-head accuracies; no
-gradient to an encoder or the fusion head). Forward: the frozen learners' encoders run without
-gradients (the authors' `torch.no_grad()` in `DynamicNet.forward`), in train mode like theirs.
+gradient to an encoder or the fusion head).
+
+Forward passes, as the authors run them (they matter for BatchNorm: every run in train mode moves the
+running statistics that eval-mode outputs use). Their training is always in train mode (`to_train()`;
+the learners not yet in `net_ensemble` were never put in eval mode), and per update they run:
+- boosting epochs: every learner of E except m once (`net_ensemble.forward(data, mask_model=m)`, under
+  `torch.no_grad()`), m once (`model(...)`, with gradients), and from stage 1 the previous learner p once
+  more (`pre_model(...)` for ℓ_GA, l. 348): p, which is in E, runs twice;
+- ensemble epochs: every learner of E' once (`net_ensemble.forward_grad`);
+- a learner outside these (at stage 0 every one but m; with M = 3 at stage 1 the third) never runs.
+`Phase.forwards` lists these counts. Here every encoder still runs once per update in train mode (the
+fusion sum, the probes and `loss_fused` need every modality's features); a learner the authors do not run
+has its BatchNorm running statistics (every buffer of its encoder) put back right after its pass, and p
+runs a second time without gradients in boosting epochs, that second output being ℓ_GA's target as in
+`train.py`. So after any number of updates the running statistics are those of the authors' forward calls
+on the same batches and weights; the extra pass costs one gradient-free forward of one encoder per
+boosting update from stage 1. The learners this epoch does not train run without gradients (the authors'
+`torch.no_grad()` in `DynamicNet.forward`).
 
 Defaults: the authors' (`train.py` l. 59-77, their CREMA-D/AVE commands): weight1 = 5, weight2 = 1,
 alpha = 0.5, boost_epochs = 4, ensemble_epochs = 4. BalanceBenchmark (`configs/trainer_config.yaml`):
@@ -63,7 +79,8 @@ Differences from the authors' code:
 - The trainer validates (and selects the best checkpoint) every epoch on the full Late-Linear sum; the
   authors evaluate once per stage, after its ensemble epochs (`stage_end` marks those epochs), on the
   learners added so far: during the first M-1 stages the validation sum here also holds the
-  not-yet-boosted learners at their initial weights.
+  not-yet-boosted learners at their initial weights and initial BatchNorm statistics (never run, as
+  in the authors' training).
 - From scratch only: the authors' `--use_pretrain` (pre-trained unimodal learners, all in the ensemble
   from stage 0, as BalanceBenchmark always has them) has no counterpart here.
 - BalanceBenchmark differs from the authors as follows (this module follows the authors): it boosts
@@ -73,7 +90,9 @@ Differences from the authors' code:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -106,6 +125,18 @@ class Phase(NamedTuple):
     @property
     def trainable(self) -> tuple[str, ...]:
         return (self.modality,) if self.boosting else self.members
+
+    @property
+    def forwards(self) -> dict[str, int]:
+        """{learner: how many times the authors' code runs its encoder per update} (train mode; a learner
+        not listed never runs): `net_ensemble.forward(mask_model=m)`, `model(...)`, `pre_model(...)` in
+        boosting epochs, `net_ensemble.forward_grad` in ensemble epochs."""
+        if not self.boosting:
+            return dict.fromkeys(self.members, 1)
+        counts = dict.fromkeys((*self.others, self.modality), 1)
+        if self.previous is not None:
+            counts[self.previous] += 1  # in E (so already run once), run again for ℓ_GA
+        return counts
 
 
 def reconboost_phase(
@@ -153,6 +184,33 @@ def ga_loss(logits: torch.Tensor, previous: torch.Tensor, *, gradient: bool = Fa
     learner detached; `logits` detached too unless `gradient` (the authors detach both)."""
     p = torch.softmax(logits.float() if gradient else logits.detach().float(), dim=1)
     return F.mse_loss(p, torch.softmax(previous.detach().float(), dim=1))
+
+
+# ---- BatchNorm statistics of a pass the authors do not make ------------------------------------------
+class KeptBuffers:
+    """Puts every buffer of `module` (BatchNorm's running mean, variance and batch count) back as it was
+    on entering, so that a train-mode pass inside leaves no trace in them; its outputs are unchanged
+    (train-mode BatchNorm normalises with the batch's own statistics)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def __enter__(self) -> None:
+        self._saved = [b.detach().clone() for b in self.module.buffers()]
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for buffer, saved in zip(self.module.buffers(), self._saved):
+                buffer.copy_(saved)
+
+
+@dataclass
+class ReconBoostOutput(ModelOutput):
+    """`ModelOutput` plus `previous_again`: `[B, C]`, the previous learner's part from its second pass
+    (the authors' `pre_out_obj`, ℓ_GA's target), or None when there is none (stage 0, ensemble epochs,
+    eval mode)."""
+
+    previous_again: torch.Tensor | None = None
 
 
 # ---- freezing columns of a shared tensor -------------------------------------------------------------
@@ -292,21 +350,36 @@ class ReconBoost(Balancer):
         return reconboost_phase(self.epoch, modalities, self.boost_epochs, self.ensemble_epochs)
 
     # ---- hooks -------------------------------------------------------------------------------------
-    def forward(self, model, batch: dict) -> ModelOutput:
+    def forward(self, model, batch: dict) -> ReconBoostOutput:
         """The full model, with the encoders of the learners this epoch does not train run without
-        gradients (the authors' frozen learners run under `torch.no_grad()`)."""
+        gradients (the authors' frozen learners run under `torch.no_grad()`), and the BatchNorm running
+        statistics moved as the authors' passes move them (`Phase.forwards`, module docstring)."""
         self._unfreeze()  # a step that never ran (non-finite gradients): nothing left to restore
         inner = unwrap(model)
-        trainable = self.phase(inner).trainable
+        phase = self.phase(inner)
+        runs = phase.forwards if inner.training else {}  # eval mode moves no statistics
         encoded = {}
         for m in inner.modalities:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and m in trainable):
+            skipped = inner.training and m not in runs  # a pass the authors never make
+            kept = KeptBuffers(inner.encoders[m]) if skipped else contextlib.nullcontext()
+            with torch.set_grad_enabled(torch.is_grad_enabled() and m in phase.trainable), kept:
                 encoded[m] = inner.encoders[m](batch[m], batch.get(f"{m}_mask"))
         fused, parts = inner.fuse(encoded)  # [B, C], {m: [B, C]}
+        again = None
+        p = phase.previous
+        if runs.get(p, 0) == 2:  # the authors' `pre_model(...)`: p's second pass, ℓ_GA's target
+            with torch.no_grad():
+                second = {**encoded, p: inner.encoders[p](batch[p], batch.get(f"{p}_mask"))}
+                again = inner.fuse(second)[1][p]  # [B, C]
         features = {m: e.pooled for m, e in encoded.items()}  # {m: [B, D]}
         unimodal = {m: inner.unimodal_heads[m](f) for m, f in features.items()}  # {m: [B, C]}
-        return ModelOutput(
-            fused=fused, unimodal=unimodal, features=features, fused_parts=parts, encoded=encoded
+        return ReconBoostOutput(
+            fused=fused,
+            unimodal=unimodal,
+            features=features,
+            fused_parts=parts,
+            encoded=encoded,
+            previous_again=again,
         )
 
     def loss(self, model, batch: dict, out) -> tuple[torch.Tensor, dict[str, float]]:
@@ -329,7 +402,9 @@ class ReconBoost(Balancer):
             method = loss_boost
             values["loss_boost"] = loss_boost
             if phase.previous is not None:
-                loss_ga = ga_loss(parts[phase.modality], parts[phase.previous], gradient=self.ga_gradient)
+                target = getattr(out, "previous_again", None)  # p's second pass, when `forward` made one
+                target = parts[phase.previous] if target is None else target  # [B, C]
+                loss_ga = ga_loss(parts[phase.modality], target, gradient=self.ga_gradient)
                 method = loss_boost + self.alpha * loss_ga
                 values["loss_ga"] = loss_ga
         else:

@@ -89,6 +89,12 @@ class TrainConfig:
     restart_epochs: float = setting(10.0, "Length of the first cosine cycle (warm restarts) in epochs.")
     restart_mult: int = setting(1, "Each later cosine cycle is this many times longer than the one before.")
     min_lr_ratio: float = setting(0.01, "The cosine floor, as a fraction of lr.")
+    grad_clip_norm: float | None = setting(
+        None,
+        "Clip the global gradient norm of the trained parameters to this value at every update, after the "
+        "method's own gradient changes; 0 turns a method's clipping off.",
+        default_text="the method's: dgl 40, others none",
+    )
     patience: int = setting(10, "Early stopping: epochs without a better validation accuracy.")
     seed: int = setting(0, "Seed of the model initialisation and the data order.")
     # which fold (data partition) this run belongs to, for the statistics; None: the seed
@@ -166,6 +172,15 @@ class TrainConfig:
                 raise bad(
                     key, "must be a finite number > 0" if key == "lr" else "must be a finite number >= 0"
                 )
+        clip = self.grad_clip_norm
+        if clip is not None and (
+            isinstance(clip, bool)
+            or not isinstance(clip, (int, float))
+            or not (math.isfinite(clip) and clip >= 0)
+        ):
+            raise bad(
+                "grad_clip_norm", "must be a finite number > 0, 0 (no clipping) or unset (the method's)"
+            )
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise bad("warmup_epochs", "must be >= 0")
         if not (self.restart_epochs > 0 and math.isfinite(self.restart_epochs)):
@@ -195,6 +210,12 @@ class TrainConfig:
     @property
     def resolved_batch_size(self) -> int:
         return self.batch_size if self.batch_size is not None else PAPER_OPTIM[self.features][2]
+
+    def resolved_grad_clip_norm(self, method_default: float | None) -> float | None:
+        """The global gradient norm every update is clipped to: the user's setting (0: no clipping), else the
+        method's own (`Balancer.grad_clip_norm`, e.g. DGL's 40); None: no clipping."""
+        value = self.grad_clip_norm if self.grad_clip_norm is not None else method_default
+        return float(value) if value else None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

@@ -5,7 +5,14 @@
 
 The order inside one optimiser update (a method may take several per batch, `updates_per_batch`):
 forward (`balancer.forward`) -> loss (`balancer.loss`) -> backward -> gradients summed over the training
-processes -> unscale -> `balancer.before_step` (may rewrite gradients) -> finiteness check -> step.
+processes -> unscale -> `balancer.before_step` (may rewrite gradients) -> clip the global gradient norm
+(only when `ctx.grad_clip_norm` is set) -> finiteness check -> step.
+
+Clipping comes after the unscale, so it sees the real norm, and after `before_step`, so it bounds the update
+the optimiser actually takes, whatever the method did to the gradients (DGL's authors clip after backward,
+just before `optimizer.step()`; DGL's `before_step` does nothing). Under torchrun the gradients are the
+global batch's by then, so every rank clips by the same factor. The norm before clipping is logged as
+`grad_norm` (it costs nothing: clip_grad_norm_ computes it, and it is read with the other logs).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class StepContext:
     device: torch.device
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
     world: World = LOCAL  # the training processes (one by default)
+    # the global gradient norm every update is clipped to (TrainConfig.resolved_grad_clip_norm); None: none
+    grad_clip_norm: float | None = None
 
 
 def train_step(ctx: StepContext, batch: dict[str, Any]) -> dict[str, float] | None:
@@ -66,6 +75,8 @@ def train_step(ctx: StepContext, batch: dict[str, Any]) -> dict[str, float] | No
         )  # the global batch's gradients, before the balancer reads them
         scaler.unscale_(optimizer)  # real gradient values for the balancer (no-op when disabled)
         logs |= {**step_logs, **(balancer.before_step(model, batch, out) or {})}
+        if ctx.grad_clip_norm is not None:  # the norm before clipping: [] tensor
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(ctx.parameters, ctx.grad_clip_norm)
         if not grads_finite(ctx.parameters):
             optimizer.zero_grad(set_to_none=True)
             restore_buffers(model, buffers)

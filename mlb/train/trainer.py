@@ -18,6 +18,9 @@ The protocol:
 - The method's hyper-parameters: the user's `method_params`, over the corpus's defaults that the shards'
   meta.json gives (`mlb.method_defaults`), over the balancer class's own; run.json and metrics.json record
   the first two merged.
+- Gradient clipping (`mlb.train.step`): the global gradient norm clipped to the user's `grad_clip_norm`
+  (0: none), else to the method's authors' (`Balancer.grad_clip_norm`: DGL 40, the others none); run.json's
+  `grad_clip_norm` records the value used.
 
 Resume is exact on CPU. The data order of an epoch is a pure function of (seed, epoch)
 (`mlb.data.ShardLoader`); a checkpoint (`RUN/checkpoints/last.pt`, written atomically at every epoch
@@ -228,6 +231,7 @@ def _set_up(config: TrainConfig) -> Run:
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.resolved_lr, weight_decay=config.resolved_weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    grad_clip_norm = config.resolved_grad_clip_norm(balancer.grad_clip_norm)  # the user's, else the method's
     steps_per_epoch = train_loader.num_batches(0)  # equal for every epoch on one process
     schedule = {
         "warmup_steps": round(config.warmup_epochs * steps_per_epoch),
@@ -251,9 +255,12 @@ def _set_up(config: TrainConfig) -> Run:
         "lr": config.resolved_lr,
         "weight_decay": config.resolved_weight_decay,
         "batch_size": config.resolved_batch_size,
+        "grad_clip_norm": grad_clip_norm,  # None: no clipping
         "clips": {split: folder.num_samples(split) for split in SPLITS},
     }
-    step = StepContext(model, balancer, optimizer, scaler, parameters, device, amp_dtype, world)
+    step = StepContext(
+        model, balancer, optimizer, scaler, parameters, device, amp_dtype, world, grad_clip_norm
+    )
     return Run(
         config, world, folder, train_loader, val_loader, eval_loader_kw, method_params, step,
         config.resolved_lr, schedule, info,
@@ -411,7 +418,8 @@ def banner_lines(run: Run) -> list[str]:
         "clips": ", ".join(f"{split} {n}" for split, n in info["clips"].items()),
         "budget": f"{budget}, patience {config.patience}; {info['steps_per_epoch']} steps per epoch",
         "batch": f"{info['batch_size']} = {info['batch_size_per_process']} per process x {processes}",
-        "optimiser": f"Adam, lr {info['lr']}, weight decay {info['weight_decay']}",
+        "optimiser": f"Adam, lr {info['lr']}, weight decay {info['weight_decay']}"
+        + (f", gradient norm clipped at {info['grad_clip_norm']:g}" if info["grad_clip_norm"] else ""),
         "device": f"{info['device']}, {info['precision']}",
         "start": f"resumed at epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.step} "
         "(checkpoints/last.pt)"
