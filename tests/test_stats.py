@@ -511,3 +511,16 @@ def test_a_verdict_resolved_alone_is_not_among_many_comparisons(tmp_path):
     assert row["p"] == pytest.approx(alone[0]["p"]) and row["p"] < 0.05
     assert row["p_holm"] == pytest.approx(min(1.0, 4 * row["p"])) and row["p_holm"] >= 0.05
     assert row["verdict"] == "not resolved"
+
+
+def test_a_pair_compared_both_ways_is_one_hypothesis(tmp_path):
+    """mlb against joint and joint against mlb are one comparison: with agm beside them the family has
+    three hypotheses (agm-joint, agm-mlb, mlb-joint), not four."""
+    runs = _runs_with_diffs(tmp_path, {"mlb": (4, 6, 2, 5, 3), "agm": (1, -1, 0, 2, -2)})
+    rows = {(r["method"], r["baseline"]): r for r in compare_to_baselines(runs, n_resamples=2000)}
+    assert len(rows) == 4 and rows[("mlb", "joint")]["p"] == rows[("joint", "mlb")]["p"]
+    p = {pair: rows[pair]["p"] for pair in (("mlb", "joint"), ("agm", "joint"), ("agm", "mlb"))}
+    expected = mlb.analysis.stats.holm(list(p.values()))
+    for pair, p_holm in zip(p, expected):
+        assert rows[pair]["p_holm"] == pytest.approx(p_holm)
+    assert rows[("joint", "mlb")]["p_holm"] == rows[("mlb", "joint")]["p_holm"]

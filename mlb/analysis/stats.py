@@ -425,6 +425,7 @@ def compare_to_baselines(
         key = (str(run["features"]), str(run["fusion"]))
         by_key.setdefault(key, {}).setdefault(str(run["method"]), []).append(run)
     rows = []
+    done: dict[tuple, dict] = {}  # {(features, fusion, method, baseline): figures}: a mirrored pair is reused
     for (features, fusion), by_method in sorted(by_key.items()):
         for method in sorted(by_method, key=_method_order):
             if method.endswith("-only"):
@@ -453,7 +454,13 @@ def compare_to_baselines(
                     reason = f"{method} and {baseline} share no fold"
                     rows.append(row | {"verdict": "no common folds", "reason": reason})
                     continue
-                rows.append(row | _difference(folds, n_resamples, seed, confidence, unit))
+                mirrored = done.get((features, fusion, baseline, method))
+                if mirrored is not None:  # the same comparison the other way: the same p, the figures negated
+                    figures = _negated(mirrored)
+                else:
+                    figures = _difference(folds, n_resamples, seed, confidence, unit)
+                done[(features, fusion, method, baseline)] = figures
+                rows.append(row | figures)
     return _holm_verdicts(rows, 1.0 - confidence)
 
 
@@ -482,12 +489,26 @@ def _difference(folds: list[dict], n_resamples: int, seed: int, confidence: floa
     }
 
 
+def _negated(figures: dict) -> dict:
+    """`_difference`'s figures for the pair the other way round (baseline − method)."""
+    flip = {"mean_diff": -figures["mean_diff"], "fold_diffs": [-d for d in figures["fold_diffs"]]}
+    for low, high in (("test_low", "test_high"), ("ci_low", "ci_high")):
+        flip[low] = None if figures[high] is None else -figures[high]
+        flip[high] = None if figures[low] is None else -figures[low]
+    return figures | flip
+
+
 def _holm_verdicts(rows: list[dict], alpha: float) -> list[dict]:
-    """p_holm and the verdict of every row with a difference (Holm over all of them)."""
-    adjusted = holm([r["p"] for r in rows])
-    for row, p_holm in zip(rows, adjusted):
+    """p_holm and the verdict of every row with a difference (Holm over all of them). A pair that appears
+    both ways (MLB against Joint, Joint against MLB) is one hypothesis: it counts once."""
+    hypotheses = {}  # {(features, fusion, {method, baseline}): p}, in row order
+    for r in rows:
+        hypotheses.setdefault((r["features"], r["fusion"], frozenset((r["method"], r["baseline"]))), r["p"])
+    adjusted = dict(zip(hypotheses, holm(list(hypotheses.values()))))
+    for row in rows:
         if row["mean_diff"] is None:
             continue
+        p_holm = adjusted[(row["features"], row["fusion"], frozenset((row["method"], row["baseline"])))]
         row["p_holm"] = p_holm
         resolved = p_holm is not None and p_holm < alpha and row["mean_diff"] != 0
         row["verdict"] = ("better" if row["mean_diff"] > 0 else "worse") if resolved else "not resolved"
