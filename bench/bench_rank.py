@@ -128,6 +128,105 @@ def phenomenon(runs: list[dict], weak: str, strong: str) -> dict:
     return table
 
 
+NAMES = {"joint": "Joint", "multi-loss": "Multi-Loss", "mlb": "MLB", "agm": "AGM", "dgl": "DGL", "gblending": "G-Blending",
+         "mla": "MLA", "mmcosine": "MMCosine", "mmpareto": "MMPareto", "mslr": "MSLR", "ogm": "OGM (no GE)",
+         "ogm-ge": "OGM-GE", "pmr": "PMR", "reconboost": "ReconBoost"}  # fmt: skip
+
+
+def readme_table(runs_dir: Path) -> str:
+    """The README's table: per method and fusion the mean ± std of the heads over the seeds, and the
+    difference to Joint and to MLB with its interval with retraining, the verdict and its Holm-adjusted p
+    (from compare.json and compare_stats.json, as `report` wrote them)."""
+    summaries = json.loads((runs_dir / "compare.json").read_text())
+    stats = {
+        (r["fusion"], r["method"], r["baseline"]): r
+        for r in json.loads((runs_dir / "compare_stats.json").read_text())["fused"]
+    }
+
+    def cell(s: dict, key: str) -> str:
+        return f"{100 * s['mean'][key]:.1f} ± {100 * s['std'][key]:.1f}" if key in s["mean"] else "-"
+
+    def versus(fusion: str, method: str, baseline: str) -> str:
+        r = stats.get((fusion, method, baseline))
+        if r is None or r["mean_diff"] is None:
+            return "-"
+        interval = "" if r["ci_low"] is None else f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+        p = "" if r["p_holm"] is None else f" (p {r['p_holm']:.2g})"
+        return f"{100 * r['mean_diff']:+.1f}{interval} {r['verdict']}{p}"
+
+    head = "| method | fusion | fused test acc | audio head | video head | ECE | vs Joint: Δ [95% CI] verdict (Holm p) | vs MLB |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        method, fusion = s["group"]["method"], s["group"]["fusion"]
+        if method.endswith("-only"):
+            modality = method.removesuffix("-only")
+            heads = ["-", "-", "-", "-"]
+            heads[0 if modality == "audio" else 1] = cell(s, f"test.unimodal.{modality}.accuracy")
+            lines.append(f"| {modality} encoder alone | - | - | {' | '.join(heads[:2])} | - | - | - |")
+            continue
+        cells = [NAMES.get(method, method), fusion, cell(s, "test.fused.accuracy")]
+        cells += [
+            cell(s, "test.unimodal.audio.accuracy"),
+            cell(s, "test.unimodal.video.accuracy"),
+            cell(s, "test.fused.ece"),
+        ]
+        cells += [versus(fusion, method, "joint"), versus(fusion, method, "mlb")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def tuned_readme_table(out: Path) -> str:
+    """The README's table of the tuned bench: per method (Late-Linear) the tuned settings beside the authors'
+    defaults, the best trial's validation accuracy, the fused test accuracy with the defaults (OUT/runs) and
+    tuned (OUT/runs_tuned), the tuned video head, and the tuned differences to the tuned Joint and MLB."""
+    import yaml
+
+    from mlb.balancing import METHODS
+
+    tuned = yaml.safe_load((out / "tuned_params.yaml").read_text())["cached"]
+    default_runs = {s["group"]["method"]: s for s in json.loads((out / "runs" / "compare.json").read_text())}
+    tuned_runs = {
+        s["group"]["method"]: s for s in json.loads((out / "runs_tuned" / "compare.json").read_text())
+    }
+    stats = json.loads((out / "runs_tuned" / "compare_stats.json").read_text())["fused"]
+    stats = {(r["method"], r["baseline"]): r for r in stats if r["fusion"] == "late-linear"}
+
+    def versus(method: str, baseline: str) -> str:
+        r = stats.get((method, baseline))
+        if r is None or r["mean_diff"] is None:
+            return "-"
+        interval = "" if r["ci_low"] is None else f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+        return f"{100 * r['mean_diff']:+.1f}{interval} {r['verdict']} (p {r['p_holm']:.2g})"
+
+    def acc(summary: dict | None, key: str) -> str:
+        if summary is None or key not in summary["mean"]:
+            return "-"
+        return f"{100 * summary['mean'][key]:.1f} ± {100 * summary['std'][key]:.1f}"
+
+    head = (
+        "| method | tuned settings (authors' default) | val acc of the best trial | fused test acc, defaults "
+        "| fused test acc, tuned | video head, tuned | tuned vs tuned Joint | tuned vs tuned MLB |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for method in [m for m in all_methods() if m in tuned and not m.endswith("-only")]:
+        best = tuned[method]["late-linear"]
+        settings = [f"lr {best['lr']:.2g} ({BUDGET['lr']:g})", f"wd {best['weight_decay']:.2g} (5e-6)"]
+        defaults = METHODS[method]().__dict__
+        for key, value in sorted(best.get("method_params", {}).items()):
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+            settings.append(f"{key} {shown} ({defaults.get(key, '?')})")
+        video = tuned_runs.get(method)
+        video = f"{100 * video['mean']['test.unimodal.video.accuracy']:.1f}" if video else "-"
+        cells = [NAMES.get(method, method), ", ".join(settings), f"{100 * best['val_accuracy']:.1f}"]
+        cells += [
+            acc(default_runs.get(method), "test.fused.accuracy"),
+            acc(tuned_runs.get(method), "test.fused.accuracy"),
+        ]
+        cells += [video, versus(method, "joint"), versus(method, "mlb")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(table: dict, weak: str, path: Path) -> None:
     import matplotlib
 
@@ -210,6 +309,7 @@ def tune_then_compare(args) -> None:
     (args.out / "tune_bench.json").write_text(json.dumps(times))
     print((runs_dir / "compare.md").read_text())
     print((runs_dir / "compare_stats.md").read_text())
+    print(tuned_readme_table(args.out))
     print(json.dumps(times))
 
 
@@ -245,6 +345,7 @@ def main() -> None:
     result = report(args.out, seconds)
     print((args.out / "runs" / "compare.md").read_text())
     print((args.out / "runs" / "compare_stats.md").read_text())
+    print(readme_table(args.out / "runs"))
     print(json.dumps({k: v for k, v in result.items() if k != "phenomenon"}, indent=1))
 
 
