@@ -206,7 +206,10 @@ def test_the_authors_settings_are_the_corpus_defaults_and_only_the_raw_path_is_o
         159,
     )
     assert spec.shape == (257, 1004)  # the authors' Audio-1004-SE spectrograms
-    assert CORPUS.method_defaults == {"mlb": {"raw": {"*": {"alpha": 2.0, "beta_max": 2.0}}}}
+    assert CORPUS.method_defaults == {
+        "mlb": {"raw": {"*": {"alpha": 2.0, "beta_max": 2.0}}},
+        "mcr": {"raw": {"*": {"mipd_weight": 0.01}}},  # MCR's authors' AVE run (their run.sh)
+    }
     assert check_stages(None, CORPUS) == RAW_STAGES
     with pytest.raises(ValueError, match="ran only the ResNet-18"):
         check_stages(["index", "faces"], CORPUS)

@@ -147,3 +147,17 @@ def test_the_toy_shards_train_two_steps(prepared, tmp_path):
     assert result["training"]["steps"] == 2 and result["method_params"] == {"alpha": 2.0, "beta_max": 1.0}
     assert np.array(result["test"]["fused"]["confusion_matrix"]).shape == (3, 3)
     assert np.isfinite(result["test"]["fused"]["accuracy"])
+
+
+@pytest.mark.parametrize("name", ["cremad", "ave", "ucf101"])
+def test_every_method_default_of_a_builtin_corpus_builds_its_balancer(name):
+    """A corpus's `method_defaults` name real methods, input paths and settings: each entry builds."""
+    from mlb.balancing import METHODS, build_balancer
+    from pipeline.corpora import get_corpus
+
+    for method, by_path in get_corpus(name).method_defaults.items():
+        assert method in METHODS, method
+        for path, by_fusion in by_path.items():
+            assert path in ("raw", "cached"), (method, path)
+            for params in by_fusion.values():
+                build_balancer(method, **params)  # an unknown key or a bad value raises

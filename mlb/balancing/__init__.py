@@ -47,6 +47,8 @@ BASELINE_MODULES = (
     "dgl",
     "mmpareto",
     "reconboost",
+    "mcr",
+    "diagnosing_relearning",
 )
 
 

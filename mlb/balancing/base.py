@@ -8,7 +8,8 @@ A balancer is one object per run, used from any PyTorch loop (docs/CONTRACTS.md,
         optimizer.zero_grad(); loss.backward()
         logs |= balancer.before_step(model, batch, out) # may change gradients in place
         optimizer.step()
-    balancer.on_epoch_end(epoch, val_metrics)           # per-epoch methods (MSLR, PMR, G-Blending)
+    for batch in validation: balancer.observe_validation(batch, model(batch))  # eval mode; D&R's features
+    balancer.on_epoch_end(epoch, val_metrics)           # per-epoch methods (MSLR, PMR, G-Blending, D&R)
 
 A plain loop that ignores `updates_per_batch` and `forward` serves every method but MLA (the only one
 that overrides them).
@@ -42,9 +43,10 @@ What a trainer reads and sets, all declared on `Balancer` below (docs/CONTRACTS.
   - `substep`: which of the batch's `updates_per_batch(model)` optimiser updates is running (0-based),
     set before each update's `forward`, so the hooks know which update they serve.
   - `sync_logs`: see below; the trainer sets it to False.
-- the hooks (`updates_per_batch`, `forward`, `loss`, `before_step`, `on_epoch_end`, `state_dict`,
-  `load_state_dict`), and before the model is built `model_options()`: extra keyword arguments for
-  `mlb.models.build_model` (MMCosine returns `{"classifier": "cosine", "cosine_scale": s}`); `{}` by default.
+- the hooks (`updates_per_batch`, `forward`, `loss`, `before_step`, `observe_validation`, `on_epoch_end`,
+  `state_dict`, `load_state_dict`), and before the model is built `model_options()`: extra keyword
+  arguments for `mlb.models.build_model` (MMCosine returns `{"classifier": "cosine", "cosine_scale": s}`);
+  `{}` by default.
 
 `logs` values are plain Python floats, named `loss`, `loss_fused`, `loss_<modality>`, `k_<modality>`,
 `r_<modality>`, `s_<modality>` and so on. Methods build them with `self.log_values(...)`, which
@@ -96,6 +98,8 @@ class Balancer:
       may change `p.grad` in place. With `torch.amp.GradScaler`, call it before `scaler.unscale_`
       or after: a method that only multiplies gradients does not care; one that reads gradient
       magnitudes (OGM-GE's noise) should call `scaler.unscale_(optimizer)` first (the trainer does).
+    - `observe_validation(batch, out)`: every batch of the epoch's validation pass (eval mode, no gradients),
+      before `on_epoch_end`; D&R keeps the encoders' features. Does nothing by default.
     - `on_epoch_end(epoch, val_metrics) -> logs`: once per epoch after validation. `val_metrics` is the
       metrics dict of the validation set (e.g. `{"acc": .., "acc_audio": .., "acc_video": ..}`).
     - `state_dict()` / `load_state_dict(state)`: what must survive a resume (tensors, floats, lists;
@@ -139,6 +143,10 @@ class Balancer:
 
     def before_step(self, model, batch: dict, out) -> dict[str, float]:
         return {}
+
+    def observe_validation(self, batch: dict, out) -> None:
+        """One batch of the epoch's validation pass and its `ModelOutput` (eval mode, no gradients), called
+        for every validation batch before `on_epoch_end`; never for the test split."""
 
     def on_epoch_end(self, epoch: int, val_metrics: dict[str, float]) -> dict[str, float]:
         return {}

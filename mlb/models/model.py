@@ -53,7 +53,9 @@ class MultimodalModel(nn.Module):
 
     Each encoder takes its modality's input (and `<m>_mask` when the batch has one) and returns an
     `EncoderOutput(pooled [B, D], sequence [B, L, D], mask [B, L] | None)`; the fusion head reads the
-    `EncoderOutput`s (TF uses the sequences, the others the pooled features).
+    `EncoderOutput`s (TF uses the sequences, the others the pooled features). `prediction_decoder`
+    (None unless a method asks for one, `build_model(prediction_decoder=True)`) maps the fused logits
+    back to the concatenated pooled features; the forward pass does not use it (MCR's loss does).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class MultimodalModel(nn.Module):
         unimodal_heads: dict[str, nn.Module],
         *,
         fusion_name: str,
+        prediction_decoder: nn.Module | None = None,
     ):
         super().__init__()
         if len(encoders) < 2:
@@ -74,6 +77,9 @@ class MultimodalModel(nn.Module):
         self.fusion = fusion
         self.unimodal_heads = nn.ModuleDict({m: unimodal_heads[m] for m in self.modalities})
         self.fusion_name = fusion_name
+        # MCR's L_CEB decoder (`prediction_decoder`): built only when a method asks for it, so every other
+        # method's model and checkpoint keep their parameters
+        self.prediction_decoder = prediction_decoder
         self._grad_slices: dict[tuple[str, str], list[GradSlice]] = {}
 
     def encode(self, batch: dict) -> dict[str, EncoderOutput]:
@@ -118,6 +124,16 @@ class MultimodalModel(nn.Module):
         return [p for p in self.fusion.parameters() if id(p) not in owned]
 
 
+def build_prediction_decoder(num_classes: int, dim: int, num_modalities: int) -> nn.Module:
+    """MCR's L_CEB decoder (kkontras/MCR `MCR_Model.fc_yz`): fused logits `[B, C]` → Linear(C, D), ReLU,
+    Linear(D, M·D), no biases → `[B, M·D]`, the concatenated pooled features it is trained to predict."""
+    return nn.Sequential(
+        nn.Linear(num_classes, dim, bias=False),
+        nn.ReLU(),
+        nn.Linear(dim, dim * num_modalities, bias=False),
+    )
+
+
 def zero_modality(batch: dict, m: str) -> dict:
     """A shallow copy of `batch` with modality m's input replaced by zeros (AGM's masked passes).
     The mask, if any, is kept so sequence encoders still see the same lengths."""
@@ -136,6 +152,7 @@ def build_model(
     cosine_scale: float = 10.0,
     cosine_head: str = "per-modality",
     dropout: float | None = None,
+    prediction_decoder: bool = False,
 ) -> MultimodalModel:
     """Build the paper's model.
 
@@ -152,6 +169,9 @@ def build_model(
     classifier="shared" (MLA, late-linear only): one linear head shared by the modalities, its outputs
         fused by their prediction uncertainty (`mlb.models.fusion.SharedHead`); unimodal heads linear.
     dropout: overrides the size's dropout (encoders and fusion).
+    prediction_decoder: also build `model.prediction_decoder` (MCR's L_CEB decoder,
+        `build_prediction_decoder`), trained with the rest of the model; False (no such module) for every
+        other method.
     """
     if features not in ("raw", "cached"):
         raise ValueError(f"features must be 'raw' or 'cached', got {features!r}")
@@ -193,4 +213,7 @@ def build_model(
         cosine_scale=cosine_scale,
         cosine_head=cosine_head,
     )
-    return MultimodalModel(encoders, fusion_head, {m: head() for m in modalities}, fusion_name=fusion)
+    heads = {m: head() for m in modalities}
+    # drawn last, so every other parameter starts as it would without the decoder
+    decoder = build_prediction_decoder(num_classes, dim, len(modalities)) if prediction_decoder else None
+    return MultimodalModel(encoders, fusion_head, heads, fusion_name=fusion, prediction_decoder=decoder)

@@ -3,6 +3,7 @@ reported once (test), with the per-clip predictions that the paired statistics r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,18 +23,23 @@ def evaluate_split(
     amp_dtype: torch.dtype | None,
     num_classes: int,
     predictions: dict[str, Any] | None = None,
+    observe: Callable[[dict[str, Any], Any], None] | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Metrics of one split (mlb.metrics.evaluate) and its mean fused cross-entropy.
 
     `predictions`, when given, is filled with the per-clip predicted classes in loader order:
     {"ids", "groups", "label", "fused", "unimodal": {modality: [...]}} (what `RUN/test_predictions.json`
-    holds; the paired statistics of `mlb.analysis.stats` match two runs clip by clip and resample groups)."""
+    holds; the paired statistics of `mlb.analysis.stats` match two runs clip by clip and resample groups).
+    `observe`, when given, is called with every batch and its `ModelOutput` (the balancer's
+    `observe_validation` for the validation split)."""
     model.eval()
     ids, groups, labels, fused, unimodal = [], [], [], [], {}
     for batch in loader.iterate(0):
         batch = to_device(batch, device)
         with autocast(device, amp_dtype):
             out = model(batch)
+        if observe is not None:
+            observe(batch, out)
         ids += list(batch["id"])
         groups += list(batch.get("group") or [None] * len(batch["id"]))
         labels.append(batch["label"].cpu())

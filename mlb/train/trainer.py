@@ -533,13 +533,15 @@ def _count_step(run: Run, logs: dict[str, float] | None, lr: float) -> None:
 
 
 def _validate_and_select(run: Run) -> tuple[dict[str, float], dict[str, float], bool]:
-    """Validation at an epoch's end; the balancer's per-epoch hook; best.pt when the selection metric
-    improves (strictly: on a tie the earlier epoch stays), else one more epoch towards early stopping.
-    Returns (the flat validation metrics, the balancer's logs, whether it improved)."""
+    """Validation at an epoch's end (every batch also to the balancer's `observe_validation`); the balancer's
+    per-epoch hook; best.pt when the selection metric improves (strictly: on a tie the earlier epoch stays),
+    else one more epoch towards early stopping. Returns (the flat validation metrics, the balancer's logs,
+    whether it improved)."""
     state, ctx, key = run.state, run.step, run.selection_key
     val_metrics, val_loss = evaluate_split(
-        ctx.model, run.val_loader, ctx.device, ctx.amp_dtype, run.folder.num_classes
-    )
+        ctx.model, run.val_loader, ctx.device, ctx.amp_dtype, run.folder.num_classes,
+        observe=ctx.balancer.observe_validation,
+    )  # fmt: skip
     flat = run.world.broadcast_floats(flat_val_metrics(val_metrics, val_loss))  # rank 0's values decide
     balancer_logs = ctx.balancer.on_epoch_end(state.epoch, flat) or {}
     improved = flat[key] > state.best_val_accuracy

@@ -20,6 +20,9 @@ from pipeline.manifest import ClipRecord
 # i.e. beta_max 2.0 in mlb.balancing.mlb's terms (docs/corpora/ave.md: the paper's table gives 1).
 MLB_SETTINGS = {"raw": {"*": {"alpha": 2.0, "beta_max": 2.0}}}
 
+# MCR's authors' AVE ResNet setting (kkontras/MCR at 338d370, run.sh l. 68: --l 0.01)
+MCR_SETTINGS = {"raw": {"*": {"mipd_weight": 0.01}}}
+
 # The authors' preprocessing (kkontras/MLB datasets/AVE/Video_Preprocessesing.py): frames at 1 fps inside
 # the event, the first 4, 224 x 224; audio at 16 kHz cropped to the event, tiled to 10 s, clipped to
 # [-1, 1], scipy.signal.spectrogram(nperseg=512, noverlap=353), log(S + 1e-7): [257, 1004].
@@ -35,7 +38,7 @@ class Ave(Corpus):
     media = MediaSpec(audio_in_video=True)  # the audio is the mp4's own AAC stream
     protocols = protocols.PROTOCOLS
     manifests_dir = layout.MANIFESTS_DIR
-    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS}
+    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS, "mcr": MCR_SETTINGS}
     layout_hint = f"{layout.VIDEO_DIR}/ and {', '.join(layout.LIST_FILES)}"
     stage_defaults: ClassVar[dict] = STAGE_DEFAULTS
     input_paths = ("raw",)

@@ -27,6 +27,11 @@ MLB_SETTINGS = {
     "cached": {"*": {"alpha": 5.0, "beta_max": 2.0}},
 }
 
+# MCR's authors' CREMA-D settings (kkontras/MCR at 338d370, run.sh l. 18 ResNet, l. 50 Conformer): the ResNet
+# column is the class's own default (λ_M 0.1, unimodal weight 0.01); the Conformer one weighs the unimodal
+# losses 1 and turns the decoder term on (--multil 1 --lib 1)
+MCR_SETTINGS = {"cached": {"*": {"unimodal_weight": 1.0, "ceb_weight": 1.0}}}
+
 # The spectrogram the MLB authors' CREMA-D loader feeds the ResNet (kkontras/MLB at 357b5ce,
 # datasets/CREMAD/CREMAD_Dataset.py, CremadDataset._get_spectrogram; configs/CREMA_D/ set sampling_rate 22050
 # and no norm_type): 22.05 kHz, tiled and cut to 3 s, clipped to [-1, 1], STFT with n_fft 512 and hop 353,
@@ -44,7 +49,7 @@ class CremaD(Corpus):
     media = MediaSpec(audio_format=layout.EXPECTED_WAV, video_needs_audio_stream=True)
     protocols = protocols.PROTOCOLS
     manifests_dir = layout.MANIFESTS_DIR
-    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS}
+    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS, "mcr": MCR_SETTINGS}
     layout_hint = f"{layout.WAV_DIR}/ and {layout.FLV_DIR}/"
     stage_defaults: ClassVar[dict] = STAGE_DEFAULTS
     title = "CREMA-D"

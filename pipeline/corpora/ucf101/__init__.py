@@ -19,6 +19,11 @@ from pipeline.manifest import ClipRecord
 # (written into meta.json beside the shards). The authors' config file differs: docs/corpora/ucf101.md.
 MLB_SETTINGS = {"raw": {"*": {"alpha": 2.0, "beta_max": 0.5}}}
 
+# UCF101 settings of the MLB authors' reruns (kkontras/MCR at 338d370): MCR run.sh l. 104 (--l 0.001
+# --multil 0.1); D&R λ 5 (run.sh; the D&R authors ran no UCF101)
+MCR_SETTINGS = {"raw": {"*": {"mipd_weight": 0.001, "unimodal_weight": 0.1}}}
+DNR_SETTINGS = {"raw": {"*": {"move_lambda": 5.0}}}
+
 # The authors' preparation (datasets/UCF101/ of kkontras/MLB): 4 frames at 1 fps; audio at 16 kHz, its first
 # channel, the first 3 s (4 frames - 1 seconds), librosa.stft(n_fft=512, hop_length=353), log(|S| + 1e-7).
 STAGE_DEFAULTS = {
@@ -40,7 +45,7 @@ class UCF101(Corpus):
     media = MediaSpec(audio_in_video=True)  # the AVI's own MP3 stream
     protocols = protocols.PROTOCOLS
     manifests_dir = layout.MANIFESTS_DIR
-    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS}
+    method_defaults: ClassVar[dict] = {"mlb": MLB_SETTINGS, "mcr": MCR_SETTINGS, "dnr": DNR_SETTINGS}
     layout_hint = f"{layout.VIDEO_DIR}/<Class>/v_<Class>_gXX_cYY.avi (and optionally {layout.LISTS_DIR}/)"
     stage_defaults: ClassVar[dict] = STAGE_DEFAULTS
     input_paths = ("raw",)
