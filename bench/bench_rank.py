@@ -184,10 +184,13 @@ def tuned_readme_table(out: Path) -> str:
     from mlb.balancing import METHODS
 
     tuned = yaml.safe_load((out / "tuned_params.yaml").read_text())["cached"]
-    default_runs = {s["group"]["method"]: s for s in json.loads((out / "runs" / "compare.json").read_text())}
-    tuned_runs = {
-        s["group"]["method"]: s for s in json.loads((out / "runs_tuned" / "compare.json").read_text())
-    }
+
+    def late_linear(path: Path) -> dict[str, dict]:
+        summaries = json.loads(path.read_text())
+        return {s["group"]["method"]: s for s in summaries if s["group"]["fusion"] == "late-linear"}
+
+    default_runs = late_linear(out / "runs" / "compare.json")
+    tuned_runs = late_linear(out / "runs_tuned" / "compare.json")
     stats = json.loads((out / "runs_tuned" / "compare_stats.json").read_text())["fused"]
     stats = {(r["method"], r["baseline"]): r for r in stats if r["fusion"] == "late-linear"}
 
