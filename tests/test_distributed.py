@@ -36,13 +36,15 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 # Every method that serves the raw path's Late-Linear head (the unimodal "-only" methods need no balancing)
 METHODS = (
     "joint", "multi-loss", "mlb", "ogm-ge", "ogm", "mslr", "agm", "pmr", "mmcosine", "mmpareto",
-    "reconboost", "mla", "gblending", "dgl", "mcr", "dnr",
+    "reconboost", "mla", "gblending", "dgl", "mcr", "dnr", "uni-pre-frozen", "uni-pre-finetuned",
 )  # fmt: skip
 # A method's own options in the launch (default: one epoch). D&R diagnoses after epoch 1 and re-initialises at
 # the start of epoch 2, from every rank's training features (gathered) and rank 0's α; on its own shards (48
 # clips: 16 rows per rank and epoch, enough that one rank's clusters are not all ranks', so that the replicas
 # part when the rows are not gathered nor α broadcast).
 OPTIONS = {"dnr": ["--epochs", "3", "--param", "dnr.reinit_every=1"]}
+# Uni-Pre starts from the runs alone (trained first in the same launch, on two processes too)
+ALONE = ("audio-only", "video-only")
 # Max |w_2proc - w_1proc| after 4 Adam steps: the global batch's gradients differ between the two only by
 # float summation order (a sum over ranks against one over the batch, and BatchNorm's global statistics).
 WEIGHT_TOLERANCE = 1e-5
@@ -65,14 +67,19 @@ def launched(tmp_path_factory):
     write_shard_folder(root / "dnr" / "shards" / "raw", "raw", counts={"train": 48}, shard_size=16)
     data = {"dnr": root / "dnr"}
     runs = root / "runs"
+    sources = ["--init-encoders", f"audio={runs / 'audio-only'},video={runs / 'video-only'}"]
+    pretrained = {"uni-pre-frozen": sources, "uni-pre-finetuned": sources}
     commands = [
         ["train", *COMMON, "--data", str(out), "--out", str(runs / "mlb"), "--method", "mlb", "--epochs", "2",
          "--warmup-epochs", "2", "--dvclive"],
         ["train", *COMMON, "--data", str(out), "--out", str(runs / "stopped"), "--method", "mlb", "--epochs", "2",
          "--max-steps", "3", "--no-dvclive"],
     ] + [
+        ["train", *COMMON, "--data", str(out), "--out", str(runs / m), "--method", m, "--epochs", "1", "--no-dvclive"]
+        for m in ALONE
+    ] + [
         ["train", *COMMON, "--data", str(data.get(m, out)), "--out", str(runs / m), "--method", m,
-         *OPTIONS.get(m, ["--epochs", "1"]), "--no-dvclive"]
+         *OPTIONS.get(m, ["--epochs", "1"]), "--no-dvclive", *pretrained.get(m, [])]
         for m in METHODS if m != "mlb"
     ]  # fmt: skip
     argv = [a for command in commands for a in ([*command, "+++"])][:-1]

@@ -47,6 +47,7 @@ BASELINE_MODULES = (
     "dgl",
     "mmpareto",
     "reconboost",
+    "unipre",
     "mcr",
     "diagnosing_relearning",
 )

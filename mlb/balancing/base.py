@@ -32,6 +32,8 @@ What a trainer reads and sets, all declared on `Balancer` below (docs/CONTRACTS.
   - `supported_fusions`: the fusion heads (`"late-linear"`, `"mid-mlp"`, `"film"`, `"gated"`, `"tf"`)
     the method works with; `None` means all. `check_model(model)` enforces it.
   - `reduced_statistics`: what a method reduces over the training processes (documentation and tests).
+  - `needs_pretrained_encoders`, `frozen_encoders`: the method's encoders start from unimodal runs'
+    checkpoints (Uni-Pre; the run's `init_encoders`), and stay fixed.
   - `grad_clip_norm`: None, or the global gradient norm the method's authors clip to at every update (DGL:
     40); the trainer clips to it after `before_step` unless the run sets its own (`--grad-clip-norm`).
 - instance attributes it sets:
@@ -120,6 +122,10 @@ class Balancer:
     # The global gradient norm the method's authors clip to at every update (torch.nn.utils.clip_grad_norm_
     # over the trained parameters, after `before_step`); None: no clipping. A run's grad_clip_norm wins.
     grad_clip_norm: ClassVar[float | None] = None
+    # The method starts its encoders (and unimodal heads) from unimodal runs' checkpoints (the trainer's
+    # init_encoders; Uni-Pre); frozen_encoders: and keeps them fixed (no gradient, BatchNorm statistics kept).
+    needs_pretrained_encoders: ClassVar[bool] = False
+    frozen_encoders: ClassVar[bool] = False
     # Set by the trainer (module docstring): the training processes; whether logs are floats now (True) or
     # detached 0-d tensors made floats once after the update (False); the update of the batch in progress.
     world: World = LOCAL

@@ -72,6 +72,37 @@ def _supported(method: str, fusion: str) -> bool:
     return supported is None or fusion in supported
 
 
+UNIMODAL_RUNS = ("audio-only", "video-only")  # what a method that starts from pretrained encoders reads
+
+
+def with_unimodal_runs(methods: list[str], log=print) -> list[str]:
+    """`methods` with each encoder's run alone first when a method starts from them (Uni-Pre): the ones
+    missing are added (and said), and every `-only` method moves to the front, so its runs are finished
+    before a run that reads them starts."""
+    needs = [m for m in methods if m in METHODS and METHODS[m].needs_pretrained_encoders]
+    added = [m for m in UNIMODAL_RUNS if needs and m not in methods]
+    if added:
+        log(f"{', '.join(needs)} start(s) from each encoder trained alone: {', '.join(added)} added")
+    alone = [m for m in [*added, *methods] if m.endswith("-only")]
+    return alone + [m for m in methods if not m.endswith("-only")]
+
+
+def unimodal_sources(root: Path, features: str, fusion: str, seed: int, kind: str) -> str:
+    """`init_encoders` for a Uni-Pre run: the same seed's (fold's) audio-only and video-only run folders
+    of the same fusion head (their encoders do not depend on it). ValueError naming the folder when one
+    has not finished."""
+    sources = []
+    for method in UNIMODAL_RUNS:
+        run_dir = run_dir_for(root, features, method, fusion, seed, kind)
+        if not (run_dir / "metrics.json").is_file():
+            raise ValueError(
+                f"{run_dir} has not finished (no metrics.json): a Uni-Pre run starts from it; train "
+                f"{method} for {kind} {seed} first (compare trains it when it is in the same comparison)"
+            )
+        sources.append(f"{method.removesuffix('-only')}={run_dir}")
+    return ",".join(sources)
+
+
 def check_tuned(
     tuned: dict | None,
     features: str,
@@ -176,12 +207,15 @@ def run_comparison(
     Folds: with `fold_data` ({fold: shard folder}), each k of `seeds` is a fold trained with seed k on its own
     data, into RUNS/.../fold<k>; otherwise every seed trains on `base.data`, into RUNS/.../seed<k>.
     A run whose metrics.json exists is not redone (refused when its settings came from another source); an
-    interrupted one resumes from its last checkpoint. A method that refuses a fusion head (OGM-GE needs
+    interrupted one resumes from its last checkpoint. A method that starts from each encoder trained alone
+    (Uni-Pre) gets the same seed's (fold's) audio-only and video-only runs, trained first (and added when
+    `methods` lacks them). A method that refuses a fusion head (OGM-GE needs
     Late-Linear) is recorded as skipped with its reason.
     Returns (finished runs, skipped combinations).
     """
     method_params = method_params or {}
     runs, skipped = [], []
+    methods = with_unimodal_runs(methods, log)  # runs alone first: Uni-Pre reads them
     combos = [(m, f, s) for m in methods for f in fusions for s in seeds]
     kind = "fold" if fold_data is not None else "seed"
     # every setting checked before the first run: a wrong one fails now, not hours later
@@ -224,6 +258,9 @@ def run_comparison(
             weight_decay=settings["weight_decay"],
             method_params=settings["method_params"] | by_hand,
             tuning=records[method, fusion],
+            init_encoders=unimodal_sources(root, base.features, fusion, seed, kind)
+            if METHODS[method].needs_pretrained_encoders
+            else base.init_encoders,
         )
         log(f"{where}, {describe_tuning(records[method, fusion])} -> {run_dir}")
         runs.append({**train(config), "path": str(run_dir)})

@@ -308,9 +308,18 @@ def check_tune(
     """What `run_tune` checks before any trial (the command line calls it before it takes the folder):
     the settings, the method names, the folder's budget and that of the best settings' file. Returns (the
     budget, the file's tree so far)."""
+    from mlb.balancing import METHODS
+
     config.validate()
     for method in methods:  # unknown names fail before any trial runs
         search_space(method, base.features)
+    needs = [m for m in methods if METHODS[m].needs_pretrained_encoders]
+    if needs and not base.init_encoders:
+        raise TuneError(
+            f"tune methods: {', '.join(needs)} start(s) from each encoder trained alone: train audio-only and "
+            f"video-only on this data with seed {base.seed} (`mlbpipe train --method audio-only ...`), then tune "
+            "with --init-encoders audio=RUN,video=RUN"
+        )
     budget = folder_budget(base, config)
     check_budget(out, budget)
     tree = read_tuned(best_path) if Path(best_path).exists() else {}

@@ -33,6 +33,33 @@ class TrainError(RuntimeError):
     message names the file or the count, and the fix."""
 
 
+BEST = Path("checkpoints") / "best.pt"  # what a run folder given to init_encoders stands for
+
+
+def init_encoder_sources(value: str) -> dict[str, Path]:
+    """`"audio=PATH,video=PATH"` -> {modality: checkpoint file}; a run folder stands for its best.pt.
+    TrainConfigError naming the entry and the fix for a malformed entry or a missing file."""
+    sources: dict[str, Path] = {}
+    for entry in [e.strip() for e in value.split(",") if e.strip()]:
+        modality, sep, path = entry.partition("=")
+        if not sep or not modality.strip() or not path.strip():
+            raise TrainConfigError(
+                f"train config init_encoders={value!r}: {entry!r} is not MODALITY=PATH "
+                "(e.g. audio=RUNS/raw/audio-only/late-linear/seed0)"
+            )
+        checkpoint = Path(path.strip())
+        checkpoint = checkpoint / BEST if checkpoint.is_dir() else checkpoint
+        if not checkpoint.is_file():
+            raise TrainConfigError(
+                f"train config init_encoders={value!r}: {checkpoint} does not exist: train that modality "
+                "alone first (--method audio-only / video-only), or give the run folder that holds it"
+            )
+        if modality.strip() in sources:
+            raise TrainConfigError(f"train config init_encoders={value!r}: {modality.strip()!r} given twice")
+        sources[modality.strip()] = checkpoint
+    return sources
+
+
 def setting(default: Any, help: str = "", **metadata: Any) -> Any:
     """A field with its --help text beside its default. `metadata` may add `choices` (the values allowed),
     `default_text` (what a None default means), `option` (the option's spelling, e.g. "--in-memory/--streaming")
@@ -59,7 +86,7 @@ class TrainConfig:
     method: str = setting(
         "mlb",
         "Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, mmpareto, reconboost, "
-        "mla, gblending, dgl, mcr, dnr, audio-only, video-only; its own settings with --param METHOD.KEY=VALUE.",
+        "mla, gblending, dgl, mcr, dnr, uni-pre-frozen, uni-pre-finetuned, audio-only, video-only; its own settings with --param METHOD.KEY=VALUE.",
     )
     fusion: str = setting("late-linear", "Fusion head: late-linear, mid-mlp, film, gated, tf.")
     # the method's own settings, e.g. {"alpha": 0.5, "beta_max": 10} (--param METHOD.KEY=VALUE)
@@ -127,6 +154,13 @@ class TrainConfig:
     dropout: float | None = setting(
         None, "Dropout of the encoders and fusion head.", default_text="the size's"
     )
+    init_encoders: str | None = setting(
+        None,
+        "Start each encoder and its unimodal head from a unimodal run: MODALITY=RUN_FOLDER_OR_CHECKPOINT,... "
+        "(e.g. audio=RUNS/raw/audio-only/late-linear/seed0,video=...); the uni-pre methods need it, and "
+        "`mlbpipe compare` gives them the same seed's or fold's audio-only and video-only runs.",
+        default_text="none: every weight from scratch",
+    )
     # extra meta.json keys to require (--expect-meta)
     expected_meta: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
     dvclive: bool = setting(
@@ -155,6 +189,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise bad(key, "must be an integer >= 1 (or unset)")
+        if self.init_encoders is not None:
+            init_encoder_sources(self.init_encoders)  # malformed, or a checkpoint that is not there
         if self.fold is not None and (not isinstance(self.fold, int) or self.fold < 0):
             raise bad("fold", "must be an integer >= 0 (or unset)")
         for key in ("num_workers", "checkpoint_every", "seed"):

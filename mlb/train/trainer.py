@@ -76,10 +76,11 @@ from mlb.train.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from mlb.train.config import TrainConfig, TrainConfigError, TrainError
+from mlb.train.config import TrainConfig, TrainConfigError, TrainError, init_encoder_sources
 from mlb.train.distributed import init_world, sync_batchnorm, world_from_env
 from mlb.train.evaluate import evaluate_split, flat_val_metrics
 from mlb.train.logs import EpochLog, StepLog, epoch_summary
+from mlb.train.pretrained import freeze_encoders, load_encoders
 from mlb.train.step import StepContext, to_device, train_step
 from mlb.world import World
 
@@ -323,6 +324,17 @@ def _set_up_model(
     if config.features == "cached":
         model_kw["input_dims"] = input_dims(folder)
     model = sync_batchnorm(build_model(**model_kw).to(device), world, device)
+    if config.init_encoders:  # Uni-Pre: encoders and unimodal heads from unimodal runs, the fusion head new
+        sources = init_encoder_sources(config.init_encoders)
+        load_encoders(model, sources, features=config.features, size=config.size)
+    elif balancer.needs_pretrained_encoders:
+        raise TrainConfigError(
+            f"train config method={config.method!r}: it starts from each encoder trained alone; give "
+            "init_encoders (--init-encoders audio=RUN,video=RUN: runs of --method audio-only and video-only), "
+            "or let `mlbpipe compare` train them first and pass them"
+        )
+    if balancer.frozen_encoders:
+        freeze_encoders(model)
     balancer.check_model(model)
     balancer.world = world
     balancer.sync_logs = False  # step logs become floats once, after optimizer.step()

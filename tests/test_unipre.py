@@ -1,0 +1,176 @@
+"""Uni-Pre: encoders (and unimodal heads) from the unimodal runs, frozen or fine-tuned under a new fusion
+head; `init_encoders` checked before any work; `compare` trains the runs alone first and hands them over."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.shards import write_shard_folder
+
+from mlb.experiment.sweep import run_comparison, with_unimodal_runs
+from mlb.train import TrainConfig, train
+from mlb.train.checkpoint import load_checkpoint
+from mlb.train.config import TrainConfigError
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_shard_folder(tmp_path_factory.mktemp("unipre") / "shards" / "cached", "cached", video_dim=32)
+
+
+def _config(data: Path, out: Path, method: str, **kw) -> TrainConfig:
+    base = {"data": data, "out": out, "features": "cached", "method": method, "size": "tiny", "epochs": 2,
+            "batch_size": 8, "device": "cpu", "dvclive": False, "lr": 1e-2}  # fmt: skip
+    return TrainConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def alone(shards, tmp_path_factory) -> dict[str, Path]:
+    """audio-only and video-only runs on the shards (the unimodal runs Uni-Pre starts from)."""
+    root = tmp_path_factory.mktemp("alone")
+    runs = {}
+    for modality in ("audio", "video"):
+        runs[modality] = root / f"{modality}-only"
+        train(_config(shards, runs[modality], f"{modality}-only", seed=1))
+    return runs
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path, ("model",))["model"]
+
+
+def _part(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["uni-pre-frozen", "uni-pre-finetuned"])
+def test_the_encoders_start_from_the_unimodal_runs_and_the_frozen_ones_stay(shards, alone, tmp_path, method):
+    out = tmp_path / method
+    sources = f"audio={alone['audio']},video={alone['video']}"
+    train(_config(shards, out, method, init_encoders=sources))
+    trained = _weights(out / "checkpoints" / "last.pt")
+    for modality, run in alone.items():
+        pretrained = _weights(run / "checkpoints" / "best.pt")
+        encoder = _part(pretrained, f"encoders.{modality}.")
+        assert encoder and set(encoder) == set(_part(trained, f"encoders.{modality}."))
+        same = all(torch.equal(v, trained[k]) for k, v in encoder.items())
+        # frozen: every weight and BatchNorm statistic as the unimodal run's selected checkpoint left it
+        assert same == (method == "uni-pre-frozen"), modality
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["config"]["init_encoders"] == sources
+    if method == "uni-pre-frozen":  # only the fusion head and the probes are optimised
+        assert (
+            run_json["num_parameters"]
+            < json.loads((alone["audio"] / "run.json").read_text())["num_parameters"]
+        )
+
+
+@pytest.mark.integration
+def test_the_finetuned_encoders_start_at_the_unimodal_weights(shards, alone, tmp_path):
+    """One step at a negligible lr: every encoder and head parameter is still the unimodal run's (Adam
+    moves each by about the lr); BatchNorm statistics move with the step, so parameters only."""
+    out = tmp_path / "run"
+    train(_config(shards, out, "uni-pre-finetuned", epochs=1, max_steps=1, lr=1e-9,
+                  init_encoders=f"audio={alone['audio']},video={alone['video']}"))  # fmt: skip
+    trained = _weights(out / "checkpoints" / "last.pt")
+    for modality, run in alone.items():
+        pretrained = _weights(run / "checkpoints" / "best.pt")
+        for prefix in (f"encoders.{modality}.", f"unimodal_heads.{modality}."):
+            weights = {
+                k: v
+                for k, v in _part(pretrained, prefix).items()
+                if v.is_floating_point() and "running_" not in k
+            }
+            assert weights
+            for key, value in weights.items():
+                torch.testing.assert_close(trained[key], value, atol=1e-6, rtol=0)
+
+
+@pytest.mark.integration
+def test_the_fusion_head_is_new_not_the_unimodal_runs(shards, alone, tmp_path):
+    """The unimodal runs' fusion heads were never trained: a Uni-Pre run builds its own (the seed's init)."""
+    out = tmp_path / "run"
+    train(_config(shards, out, "uni-pre-frozen", epochs=1, max_steps=1,
+                  init_encoders=f"audio={alone['audio']},video={alone['video']}"))  # fmt: skip
+    fusion = _part(_weights(out / "checkpoints" / "last.pt"), "fusion.")
+    audio_fusion = _part(_weights(alone["audio"] / "checkpoints" / "best.pt"), "fusion.")
+    assert fusion and any(not torch.equal(v, audio_fusion[k]) for k, v in fusion.items())
+
+
+@pytest.mark.integration
+def test_uni_pre_without_the_unimodal_runs_is_refused_naming_the_fix(shards, tmp_path):
+    with pytest.raises(TrainConfigError, match="init_encoders .*audio-only and video-only"):
+        train(_config(shards, tmp_path / "run", "uni-pre-finetuned"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("audio", "'audio' is not MODALITY=PATH"),
+        ("audio=/nowhere/run", "/nowhere/run does not exist: train that modality alone first"),
+    ],
+)
+def test_a_bad_init_encoders_is_refused_before_any_work(tmp_path, value, message):
+    config = TrainConfig(data=tmp_path, out=tmp_path / "run", init_encoders=value)
+    with pytest.raises(TrainConfigError, match=message):
+        config.validate()
+
+
+@pytest.mark.integration
+def test_a_unimodal_run_of_another_model_size_is_refused(shards, alone, tmp_path):
+    with pytest.raises(TrainConfigError, match="cached/tiny run, this one is cached/small"):
+        train(_config(shards, tmp_path / "run", "uni-pre-frozen", size="small",
+                      init_encoders=f"audio={alone['audio']},video={alone['video']}"))  # fmt: skip
+
+
+@pytest.mark.unit
+def test_compare_puts_the_runs_alone_first_and_adds_the_missing_ones():
+    said = []
+    assert with_unimodal_runs(["joint", "uni-pre-frozen", "video-only"], said.append) == [
+        "audio-only",
+        "video-only",
+        "joint",
+        "uni-pre-frozen",
+    ]
+    assert said == ["uni-pre-frozen start(s) from each encoder trained alone: audio-only added"]
+    assert with_unimodal_runs(["joint", "mlb"], said.append) == ["joint", "mlb"] and len(said) == 1
+
+
+@pytest.mark.integration
+def test_compare_trains_the_runs_alone_first_and_hands_each_seed_its_own(shards, tmp_path):
+    base = _config(shards, tmp_path / "unused", "joint", epochs=1)
+    runs, skipped = run_comparison(base, ["uni-pre-finetuned"], ["late-linear"], [0, 1], tmp_path / "runs",
+                                   log=lambda *_: None)  # fmt: skip
+    assert not skipped
+    methods = [(r["method"], r["seed"]) for r in runs]
+    assert methods[:4] == [("audio-only", 0), ("audio-only", 1), ("video-only", 0), ("video-only", 1)]
+    for seed in (0, 1):
+        run_json = json.loads(
+            (tmp_path / "runs/cached/uni-pre-finetuned/late-linear" / f"seed{seed}/run.json").read_text()
+        )
+        expected = ",".join(
+            f"{m}={tmp_path / 'runs/cached' / f'{m}-only' / 'late-linear' / f'seed{seed}'}"
+            for m in ("audio", "video")
+        )
+        assert run_json["config"]["init_encoders"] == expected
+
+
+@pytest.mark.integration
+def test_tune_refuses_uni_pre_without_the_runs_alone_and_tunes_it_with_them(shards, alone, tmp_path):
+    from mlb.experiment.tune import TuneConfig, TuneError, run_tune
+
+    base = _config(shards, tmp_path / "unused", "joint", epochs=1)
+    with pytest.raises(TuneError, match="uni-pre-frozen start.*--init-encoders audio=RUN,video=RUN"):
+        run_tune(base, ["joint", "uni-pre-frozen"], ["late-linear"], tmp_path / "tune", TuneConfig(trials=1))
+    assert not (tmp_path / "tune").exists()  # refused before any trial
+    base = _config(shards, tmp_path / "unused", "joint", epochs=1,
+                   init_encoders=f"audio={alone['audio']},video={alone['video']}")  # fmt: skip
+    tree = run_tune(base, ["uni-pre-frozen"], ["late-linear"], tmp_path / "tune", TuneConfig(trials=1, prune=False),
+                    log=lambda *_: None)  # fmt: skip
+    assert tree["cached"]["uni-pre-frozen"]["late-linear"]["trials"] == 1
