@@ -55,6 +55,9 @@ PREDICTIONS = "test_predictions.json"
 CHUNK_ELEMENTS = 1 << 22
 DISCRETE_VALUES = 16  # at most this many distinct values: resample value counts (see _resampled_means)
 UNITS = ("group", "clip")
+# what every method is compared with: Joint, MLB, and the two baselines without balancing that train each
+# encoder alone first (rows only where the comparison has their runs)
+BASELINES = ("joint", "mlb", "ensemble", "uni-pre-finetuned")
 TEST_SETS = ("one", "disjoint", "overlapping")  # how the runs' test clip sets relate (`test_set_relation`)
 
 
@@ -398,7 +401,7 @@ def _tuning_label(runs: list[dict]) -> str:
 
 def compare_to_baselines(
     runs: list[dict],
-    baselines: Sequence[str] = ("joint", "mlb"),
+    baselines: Sequence[str] = BASELINES,
     head: str = "fused",
     n_resamples: int = 10000,
     seed: int = 0,
@@ -594,7 +597,8 @@ def write_stats(
     runs: list[dict], out_dir: Path, n_resamples: int = 10000, seed: int = 0, unit: str = "group"
 ) -> dict[str, Path]:
     """RUNS/compare_stats.md (fused head) and .json (the fused head and every unimodal head, each its own
-    Holm family) of `compare_to_baselines` against Joint and MLB, resampling `unit`; returns their paths."""
+    Holm family) of `compare_to_baselines` against `BASELINES` (Joint, MLB, Ensemble, Uni-Pre fine-tuned: those the runs
+    have), resampling `unit`; returns their paths."""
     from mlb.common.atomic import atomic_write_json, atomic_write_text
 
     heads = ["fused"] + sorted({m for run in runs for m in run.get("test", {}).get("unimodal", {})})

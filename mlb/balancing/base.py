@@ -33,7 +33,8 @@ What a trainer reads and sets, all declared on `Balancer` below (docs/CONTRACTS.
     the method works with; `None` means all. `check_model(model)` enforces it.
   - `reduced_statistics`: what a method reduces over the training processes (documentation and tests).
   - `needs_pretrained_encoders`, `frozen_encoders`: the method's encoders start from unimodal runs'
-    checkpoints (Uni-Pre; the run's `init_encoders`), and stay fixed.
+    checkpoints (Uni-Pre, Ensemble; the run's `init_encoders`), and stay fixed.
+  - `trains`: False for a method that trains nothing (Ensemble): the trainer only validates and tests.
   - `grad_clip_norm`: None, or the global gradient norm the method's authors clip to at every update (DGL:
     40); the trainer clips to it after `before_step` unless the run sets its own (`--grad-clip-norm`).
 - instance attributes it sets:
@@ -126,6 +127,8 @@ class Balancer:
     # init_encoders; Uni-Pre); frozen_encoders: and keeps them fixed (no gradient, BatchNorm statistics kept).
     needs_pretrained_encoders: ClassVar[bool] = False
     frozen_encoders: ClassVar[bool] = False
+    # False: the run trains nothing (Ensemble): the trainer validates and tests the model as built
+    trains: ClassVar[bool] = True
     # Set by the trainer (module docstring): the training processes; whether logs are floats now (True) or
     # detached 0-d tensors made floats once after the update (False); the update of the batch in progress.
     world: World = LOCAL

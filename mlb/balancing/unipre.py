@@ -1,9 +1,16 @@
-"""Uni-Pre: each encoder trained alone first, then the multimodal model on top of them (the baseline the
-MLB authors' successor paper ran beside every balancing method: Kontras et al., NeurIPS 2025, "Balancing
+"""The baselines built on each encoder trained alone (the ones the MLB authors' successor paper ran beside
+every balancing method: Kontras et al., NeurIPS 2025, "Balancing
 Multimodal Training Through Game-Theoretic Regularization"; kkontras/MCR at 338d370,
 `configs/CREMA_D/release/vit/pre_frozen.json`, `pre_finetuned.json`, `models/MCR_Models.py` `Base_Model`).
 
-Each encoder and its unimodal head start from a unimodal run's checkpoint (`audio-only`, `video-only`: the
+Ensemble (`ensemble`, their `configs/.../ens.json`, `Base_Ensemble_Model`, `max_epoch: 0`): nothing is
+trained; the runs alone's encoders and heads are evaluated together, the fused logits being each head's
+logits standardised over the evaluation batch (one mean and one unbiased standard deviation over its
+`[B, C]`) and summed (`mlb.models.model.ensemble_logits`). The run validates once (its "selected" epoch is
+0, step 0) and tests once like any other, so its predictions enter the paired statistics. The
+standardisation depends on the evaluation batch, as theirs does (`--eval-batch-size`).
+
+Uni-Pre: each encoder and its unimodal head start from a unimodal run's checkpoint (`audio-only`, `video-only`: the
 trainer's `init_encoders`, which `mlbpipe compare` fills from the same seed's or fold's runs); the fusion
 head is new (random init). The loss is the fused cross-entropy alone (their `multi_supervised_w` 0 for
 every modality):
@@ -28,6 +35,18 @@ from __future__ import annotations
 from typing import ClassVar
 
 from mlb.balancing.base import Balancer, fused_loss_with_probes
+
+
+class Ensemble(Balancer):
+    """The runs alone's encoders and heads, evaluated together: standardised logits summed; nothing trains."""
+
+    name = "ensemble"
+    needs_pretrained_encoders: ClassVar[bool] = True
+    frozen_encoders: ClassVar[bool] = True
+    trains: ClassVar[bool] = False
+
+    def model_options(self) -> dict:
+        return {"ensemble": True}
 
 
 class _UniPre(Balancer):

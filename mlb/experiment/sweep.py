@@ -126,7 +126,8 @@ def check_tuned(
     if tuned is None:
         return {pair: {"tuned": False} for pair in pairs}
     found = {pair: tuned_settings(tuned, features, *pair) for pair in pairs}
-    missing = [pair for pair, entry in found.items() if entry is None]
+    # a method that trains nothing (Ensemble) has nothing to tune: untuned in every comparison
+    missing = [pair for pair, entry in found.items() if entry is None and METHODS[pair[0]].trains]
     if missing and not allow_untuned:
         named = ", ".join(f"{features}/{m}/{f}" for m, f in missing)
         have = [f"{features}/{m}/{f}" for m, fs in (tuned.get(features) or {}).items() for f in fs]

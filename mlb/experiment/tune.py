@@ -313,7 +313,7 @@ def check_tune(
     config.validate()
     for method in methods:  # unknown names fail before any trial runs
         search_space(method, base.features)
-    needs = [m for m in methods if METHODS[m].needs_pretrained_encoders]
+    needs = [m for m in methods if METHODS[m].needs_pretrained_encoders and METHODS[m].trains]
     if needs and not base.init_encoders:
         raise TuneError(
             f"tune methods: {', '.join(needs)} start(s) from each encoder trained alone: train audio-only and "
@@ -359,6 +359,11 @@ def run_tune(
             if supported is not None and fusion not in supported:
                 log(f"[{study_name(base.features, method, fusion)}] skipped: {method} supports only "
                     f"{sorted(supported)}")  # fmt: skip
+                continue
+            if not METHODS[method].trains:
+                log(
+                    f"[{study_name(base.features, method, fusion)}] skipped: {method} trains nothing, nothing to tune"
+                )
                 continue
             method_pins = dict(pins.get("shared", {})) | dict(pins.get(method, {}))
             found[method, fusion] = tune_one(base, method, fusion, out, config, method_pins, log)

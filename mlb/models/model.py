@@ -66,6 +66,7 @@ class MultimodalModel(nn.Module):
         *,
         fusion_name: str,
         prediction_decoder: nn.Module | None = None,
+        ensemble: bool = False,
     ):
         super().__init__()
         if len(encoders) < 2:
@@ -80,6 +81,9 @@ class MultimodalModel(nn.Module):
         # MCR's L_CEB decoder (`prediction_decoder`): built only when a method asks for it, so every other
         # method's model and checkpoint keep their parameters
         self.prediction_decoder = prediction_decoder
+        # the Ensemble baseline: `fused` is the unimodal heads' standardised logits summed (`ensemble_logits`);
+        # the fusion head is built (the same parameters as any model) but never read
+        self.ensemble = ensemble
         self._grad_slices: dict[tuple[str, str], list[GradSlice]] = {}
 
     def encode(self, batch: dict) -> dict[str, EncoderOutput]:
@@ -88,9 +92,12 @@ class MultimodalModel(nn.Module):
 
     def forward(self, batch: dict) -> ModelOutput:
         encoded = self.encode(batch)
-        fused, fused_parts = self.fuse(encoded)  # [B, C], {m: [B, C]}
         features = {m: e.pooled for m, e in encoded.items()}  # {m: [B, D]}
         unimodal = {m: self.unimodal_heads[m](f) for m, f in features.items()}  # {m: [B, C]}
+        if self.ensemble:
+            fused, fused_parts = ensemble_logits(unimodal)  # [B, C], {m: [B, C]}
+        else:
+            fused, fused_parts = self.fuse(encoded)  # [B, C], {m: [B, C]}
         return ModelOutput(
             fused=fused, unimodal=unimodal, features=features, fused_parts=fused_parts, encoded=encoded
         )
@@ -124,6 +131,18 @@ class MultimodalModel(nn.Module):
         return [p for p in self.fusion.parameters() if id(p) not in owned]
 
 
+def ensemble_logits(unimodal: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The Ensemble baseline's fused logits: each head's logits `[B, C]` standardised by their own mean and
+    (unbiased) standard deviation over the whole batch, one scalar each, then summed with equal weights (the
+    MLB authors' `Base_Ensemble_Model`, `norm_decision: "standardization"`, kkontras/MCR). Returns (fused
+    `[B, C]`, {m: standardised `[B, C]`}). A batch of one value leaves the logits centred only."""
+    parts = {}
+    for m, logits in unimodal.items():
+        spread = logits.std() if logits.numel() > 1 else logits.new_ones(())
+        parts[m] = (logits - logits.mean()) / spread.clamp_min(torch.finfo(logits.dtype).tiny)
+    return sum(parts.values()), parts
+
+
 def build_prediction_decoder(num_classes: int, dim: int, num_modalities: int) -> nn.Module:
     """MCR's L_CEB decoder (kkontras/MCR `MCR_Model.fc_yz`): fused logits `[B, C]` → Linear(C, D), ReLU,
     Linear(D, M·D), no biases → `[B, M·D]`, the concatenated pooled features it is trained to predict."""
@@ -153,6 +172,7 @@ def build_model(
     cosine_head: str = "per-modality",
     dropout: float | None = None,
     prediction_decoder: bool = False,
+    ensemble: bool = False,
 ) -> MultimodalModel:
     """Build the paper's model.
 
@@ -169,6 +189,8 @@ def build_model(
     classifier="shared" (MLA, late-linear only): one linear head shared by the modalities, its outputs
         fused by their prediction uncertainty (`mlb.models.fusion.SharedHead`); unimodal heads linear.
     dropout: overrides the size's dropout (encoders and fusion).
+    ensemble: the fused output is the unimodal heads' standardised logits summed (`ensemble_logits`, the
+        Ensemble baseline); the fusion head is still built, never read.
     prediction_decoder: also build `model.prediction_decoder` (MCR's L_CEB decoder,
         `build_prediction_decoder`), trained with the rest of the model; False (no such module) for every
         other method.
@@ -216,4 +238,6 @@ def build_model(
     heads = {m: head() for m in modalities}
     # drawn last, so every other parameter starts as it would without the decoder
     decoder = build_prediction_decoder(num_classes, dim, len(modalities)) if prediction_decoder else None
-    return MultimodalModel(encoders, fusion_head, heads, fusion_name=fusion, prediction_decoder=decoder)
+    return MultimodalModel(
+        encoders, fusion_head, heads, fusion_name=fusion, prediction_decoder=decoder, ensemble=ensemble
+    )

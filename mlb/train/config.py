@@ -86,7 +86,7 @@ class TrainConfig:
     method: str = setting(
         "mlb",
         "Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, mmpareto, reconboost, "
-        "mla, gblending, dgl, mcr, dnr, uni-pre-frozen, uni-pre-finetuned, audio-only, video-only; its own settings with --param METHOD.KEY=VALUE.",
+        "mla, gblending, dgl, mcr, dnr, uni-pre-frozen, uni-pre-finetuned, ensemble, audio-only, video-only; its own settings with --param METHOD.KEY=VALUE.",
     )
     fusion: str = setting("late-linear", "Fusion head: late-linear, mid-mlp, film, gated, tf.")
     # the method's own settings, e.g. {"alpha": 0.5, "beta_max": 10} (--param METHOD.KEY=VALUE)

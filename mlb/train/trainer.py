@@ -203,7 +203,12 @@ def train(
         _announce(run)
         logs = _open_logs(run)
         run.started = time.perf_counter()
-        _fit(run, logs, on_step, on_epoch)
+        if run.step.balancer.trains:
+            _fit(run, logs, on_step, on_epoch)
+        else:  # Ensemble: the model as built (from the runs alone) is validated once, selected, and tested
+            _validate_and_select(run)
+            logs.steps.close()
+            logs.epochs.close()
         check_skipped(run.state, config)
         if not run.world.is_main:  # rank 0 tests and writes; the other ranks are done
             logs.dvclive.close()

@@ -1,5 +1,6 @@
-"""Uni-Pre: encoders (and unimodal heads) from the unimodal runs, frozen or fine-tuned under a new fusion
-head; `init_encoders` checked before any work; `compare` trains the runs alone first and hands them over."""
+"""The baselines built on each encoder trained alone: Ensemble (the runs alone evaluated together) and Uni-Pre
+(their encoders frozen or fine-tuned under a new fusion head); `init_encoders` checked before any work;
+`compare` trains the runs alone first and hands them over."""
 
 from __future__ import annotations
 
@@ -174,3 +175,68 @@ def test_tune_refuses_uni_pre_without_the_runs_alone_and_tunes_it_with_them(shar
     tree = run_tune(base, ["uni-pre-frozen"], ["late-linear"], tmp_path / "tune", TuneConfig(trials=1, prune=False),
                     log=lambda *_: None)  # fmt: skip
     assert tree["cached"]["uni-pre-frozen"]["late-linear"]["trials"] == 1
+
+
+# --- Ensemble -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_ensemble_logits_standardise_each_head_over_the_batch_then_sum():
+    from mlb.models.model import ensemble_logits
+
+    audio = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]])
+    video = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    fused, parts = ensemble_logits({"audio": audio, "video": video})
+    # audio: mean 4, unbiased std sqrt(((9+4+1+0+1+25)/5)) = sqrt(8); video: mean 2, std sqrt((64+4+4+4+4+0)/5) = 4
+    expected = (audio - 4.0) / 8.0**0.5 + (video - 2.0) / 4.0
+    torch.testing.assert_close(fused, expected)
+    torch.testing.assert_close(parts["video"], (video - 2.0) / 4.0)
+
+
+def _logits_of_run(run: Path, modality: str, shards: Path, batch_size: int) -> torch.Tensor:
+    """The run alone's own head on the test split, batch by batch, rebuilt from its checkpoint: `[N, C]`."""
+    from mlb.data import ShardLoader, open_shard_folder
+    from mlb.models import build_model
+    from mlb.train.trainer import input_dims
+
+    folder = open_shard_folder(shards)
+    saved = load_checkpoint(run / "checkpoints" / "best.pt", ("model",))
+    model = build_model(features="cached", fusion="late-linear", num_classes=folder.num_classes, size="tiny",
+                        input_dims=input_dims(folder))  # fmt: skip
+    model.load_state_dict(saved["model"])
+    model.eval()
+    loader = ShardLoader(folder, "test", batch_size, shuffle=False)
+    with torch.no_grad():
+        return [model(batch).unimodal[modality] for batch in loader.iterate(0)]
+
+
+@pytest.mark.integration
+def test_ensemble_predicts_the_runs_alone_standardised_per_batch_and_trains_nothing(shards, alone, tmp_path):
+    out = tmp_path / "ensemble"
+    result = train(_config(shards, out, "ensemble", eval_batch_size=5,
+                           init_encoders=f"audio={alone['audio']},video={alone['video']}"))  # fmt: skip
+    assert result["training"]["steps"] == 0 and result["selected"]["epoch"] == 0
+    batches = {m: _logits_of_run(alone[m], m, shards, 5) for m in ("audio", "video")}
+    expected = []
+    for audio, video in zip(batches["audio"], batches["video"]):  # each [B, C], B = 5 (the last 2)
+        standard = [(x - x.mean()) / x.std() for x in (audio, video)]
+        expected += (standard[0] + standard[1]).argmax(1).tolist()
+    predictions = json.loads((out / "test_predictions.json").read_text())
+    assert predictions["fused"] == expected
+    for modality, run in alone.items():  # nothing moved: the selected weights are the runs alone's
+        source = _part(_weights(run / "checkpoints" / "best.pt"), f"encoders.{modality}.")
+        kept = _weights(out / "checkpoints" / "best.pt")
+        assert all(torch.equal(v, kept[k]) for k, v in source.items())
+
+
+@pytest.mark.integration
+def test_compare_sets_every_method_against_ensemble_and_uni_pre(shards, tmp_path):
+    from mlb.analysis.stats import compare_to_baselines
+
+    base = _config(shards, tmp_path / "unused", "joint", epochs=1)
+    runs, _ = run_comparison(base, ["joint", "ensemble", "uni-pre-finetuned"], ["late-linear"], [0], tmp_path / "runs",
+                             log=lambda *_: None)  # fmt: skip
+    rows = compare_to_baselines(runs, n_resamples=200)
+    pairs = {(r["method"], r["baseline"]) for r in rows}
+    assert {("joint", "ensemble"), ("joint", "uni-pre-finetuned"), ("ensemble", "uni-pre-finetuned")} <= pairs
+    assert ("ensemble", "joint") in pairs and ("uni-pre-finetuned", "ensemble") in pairs
