@@ -1,5 +1,5 @@
 """The bench that can rank methods on a CPU: every method x {Late-Linear, Mid-MLP} x 5 seeds (and each encoder
-trained alone) on the synthetic feature corpus (`mlbpipe synth features`), then the fold table and the paired
+trained alone, which Ensemble and Uni-Pre start from) on the synthetic feature corpus (`mlbpipe synth features`), then the fold table and the paired
 statistics against Joint and MLB.
 
     python bench/bench_rank.py --out /tmp/rank            # synthesise, train everything, write the tables
@@ -37,20 +37,34 @@ BUDGET = {
 }
 
 
-def all_methods() -> list[str]:
+def all_methods(pretrained: bool = True) -> list[str]:
+    """Joint, Multi-Loss, MLB, the others by name, then (with `pretrained`) the ones that start from the runs
+    alone (Ensemble, Uni-Pre): last, so that every worker reaches them after the runs alone."""
     from mlb.balancing import METHODS
 
     first = ["joint", "multi-loss", "mlb"]
-    return first + sorted(m for m in METHODS if m not in first)
+    rest = sorted(m for m in METHODS if m not in first)
+    later = [m for m in rest if METHODS[m].needs_pretrained_encoders]
+    return first + [m for m in rest if m not in later] + (later if pretrained else [])
 
 
-def combos(fusions_wanted=FUSIONS) -> list[tuple[str, str, int]]:
+def wait_for_alone_runs(runs: Path, seed: int, every: float = 2.0) -> None:
+    """Until both runs alone of `seed` have finished (the other worker may be training one)."""
+    alone = [
+        runs / "cached" / m / "late-linear" / f"seed{seed}" / "metrics.json"
+        for m in ("audio-only", "video-only")
+    ]
+    while not all(p.is_file() for p in alone):
+        time.sleep(every)
+
+
+def combos(fusions_wanted=FUSIONS, pretrained: bool = True) -> list[tuple[str, str, int]]:
     """(method, fusion, seed) of the bench; a method that refuses a fusion is left out; the alone runs once
-    (Late-Linear: their fused head is not used)."""
+    (Late-Linear: their fused head is not used; Ensemble and Uni-Pre read them for every fusion)."""
     from mlb.balancing import METHODS
 
     out = []
-    for method in all_methods():
+    for method in all_methods(pretrained):
         supported = METHODS[method].supported_fusions
         fusions = ("late-linear",) if method.endswith("-only") else fusions_wanted
         for fusion in fusions:
@@ -69,15 +83,19 @@ def worker(out: Path, index: int, count: int, tuned: Path | None) -> None:
     """Train this worker's share of the combos (every count-th, so costly methods spread over workers)."""
     import torch
 
+    from mlb.balancing import METHODS
     from mlb.experiment.sweep import run_comparison
     from mlb.experiment.tune import read_tuned
 
     torch.set_num_threads(1)
     data, runs = out / "shards" / "cached", out / ("runs_tuned" if tuned else "runs")
     tree = read_tuned(tuned) if tuned else None
-    mine = combos(("late-linear",) if tuned else FUSIONS)[index::count]
+    # the tuned bench leaves out Ensemble and Uni-Pre: tuning them needs the runs alone on the tuning seed
+    mine = combos(("late-linear",) if tuned else FUSIONS, pretrained=not tuned)[index::count]
     for i, (method, fusion, seed) in enumerate(mine, 1):
         print(f"[worker {index}: {i}/{len(mine)}] {method} / {fusion} / seed {seed}", flush=True)
+        if METHODS[method].needs_pretrained_encoders:
+            wait_for_alone_runs(runs, seed)
         run_comparison(
             base_config(data, runs), [method], [fusion], [seed], runs, log=lambda *_: None, tuned=tree,
             tuned_file=str(tuned) if tuned else None,
@@ -92,7 +110,7 @@ def tune_worker(out: Path, index: int, count: int, trials: int) -> None:
     from mlb.experiment.tune import TuneConfig, run_tune
 
     torch.set_num_threads(1)
-    methods = [m for m in all_methods() if not m.endswith("-only")][index::count]
+    methods = [m for m in all_methods(pretrained=False) if not m.endswith("-only")][index::count]
     tune_dir = out / f"tune{index}"
     run_tune(base_config(out / "shards" / "cached", tune_dir), methods, ["late-linear"], tune_dir,
              TuneConfig(trials=trials, startup_trials=3, prune_after_epochs=2))  # fmt: skip
@@ -130,7 +148,8 @@ def phenomenon(runs: list[dict], weak: str, strong: str) -> dict:
 
 NAMES = {"joint": "Joint", "multi-loss": "Multi-Loss", "mlb": "MLB", "agm": "AGM", "dgl": "DGL", "gblending": "G-Blending",
          "mla": "MLA", "mmcosine": "MMCosine", "mmpareto": "MMPareto", "mslr": "MSLR", "ogm": "OGM (no GE)",
-         "ogm-ge": "OGM-GE", "pmr": "PMR", "reconboost": "ReconBoost"}  # fmt: skip
+         "ogm-ge": "OGM-GE", "pmr": "PMR", "reconboost": "ReconBoost", "mcr": "MCR", "dnr": "D&R", "ensemble": "Ensemble",
+         "uni-pre-frozen": "Uni-Pre frozen", "uni-pre-finetuned": "Uni-Pre fine-tuned"}  # fmt: skip
 
 
 def readme_table(runs_dir: Path) -> str:
@@ -154,15 +173,20 @@ def readme_table(runs_dir: Path) -> str:
         p = "" if r["p_holm"] is None else f" (p {r['p_holm']:.2g})"
         return f"{100 * r['mean_diff']:+.1f}{interval} {r['verdict']}{p}"
 
-    head = "| method | fusion | fused test acc | audio head | video head | ECE | vs Joint: Δ [95% CI] verdict (Holm p) | vs MLB |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    from mlb.analysis.stats import BASELINES
+
+    against = [b for b in BASELINES if any(k[2] == b for k in stats)]  # the baselines this bench has
+    versus_titles = ["vs Joint: Δ [95% CI] verdict (Holm p)"] + [f"vs {NAMES.get(b, b)}" for b in against[1:]]
+    titles = ["method", "fusion", "fused test acc", "audio head", "video head", "ECE", *versus_titles]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for s in summaries:
         method, fusion = s["group"]["method"], s["group"]["fusion"]
         if method.endswith("-only"):
             modality = method.removesuffix("-only")
             heads = ["-", "-", "-", "-"]
             heads[0 if modality == "audio" else 1] = cell(s, f"test.unimodal.{modality}.accuracy")
-            lines.append(f"| {modality} encoder alone | - | - | {' | '.join(heads[:2])} | - | - | - |")
+            cells = [f"{modality} encoder alone", "-", "-", *heads[:2], "-", *["-"] * len(against)]
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         cells = [NAMES.get(method, method), fusion, cell(s, "test.fused.accuracy")]
         cells += [
@@ -170,7 +194,7 @@ def readme_table(runs_dir: Path) -> str:
             cell(s, "test.unimodal.video.accuracy"),
             cell(s, "test.fused.ece"),
         ]
-        cells += [versus(fusion, method, "joint"), versus(fusion, method, "mlb")]
+        cells += [versus(fusion, method, baseline) for baseline in against]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

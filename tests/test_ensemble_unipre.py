@@ -133,14 +133,30 @@ def test_a_unimodal_run_of_another_model_size_is_refused(shards, alone, tmp_path
 @pytest.mark.unit
 def test_compare_puts_the_runs_alone_first_and_adds_the_missing_ones():
     said = []
-    assert with_unimodal_runs(["joint", "uni-pre-frozen", "video-only"], said.append) == [
-        "audio-only",
-        "video-only",
-        "joint",
-        "uni-pre-frozen",
-    ]
+    assert with_unimodal_runs(["joint", "uni-pre-frozen", "video-only"], said.append) == (
+        ["audio-only", "video-only", "joint", "uni-pre-frozen"],
+        ["audio-only"],
+    )
     assert said == ["uni-pre-frozen start(s) from each encoder trained alone: audio-only added"]
-    assert with_unimodal_runs(["joint", "mlb"], said.append) == ["joint", "mlb"] and len(said) == 1
+    assert with_unimodal_runs(["joint", "mlb"], said.append) == (["joint", "mlb"], []) and len(said) == 1
+
+
+@pytest.mark.integration
+def test_runs_alone_added_for_them_train_once_per_seed_and_serve_every_fusion_head(shards, tmp_path):
+    base = _config(shards, tmp_path / "unused", "joint", epochs=1)
+    runs, _ = run_comparison(base, ["uni-pre-frozen"], ["late-linear", "mid-mlp"], [0], tmp_path / "runs",
+                             log=lambda *_: None)  # fmt: skip
+    assert [(r["method"], r["fusion"]) for r in runs] == [
+        ("audio-only", "late-linear"),
+        ("video-only", "late-linear"),
+        ("uni-pre-frozen", "late-linear"),
+        ("uni-pre-frozen", "mid-mlp"),
+    ]
+    run_json = json.loads((tmp_path / "runs/cached/uni-pre-frozen/mid-mlp/seed0/run.json").read_text())
+    assert run_json["config"]["init_encoders"] == (
+        f"audio={tmp_path / 'runs/cached/audio-only/late-linear/seed0'},"
+        f"video={tmp_path / 'runs/cached/video-only/late-linear/seed0'}"
+    )
 
 
 @pytest.mark.integration

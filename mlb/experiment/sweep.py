@@ -75,28 +75,38 @@ def _supported(method: str, fusion: str) -> bool:
 UNIMODAL_RUNS = ("audio-only", "video-only")  # what a method that starts from pretrained encoders reads
 
 
-def with_unimodal_runs(methods: list[str], log=print) -> list[str]:
-    """`methods` with each encoder's run alone first when a method starts from them (Uni-Pre): the ones
-    missing are added (and said), and every `-only` method moves to the front, so its runs are finished
-    before a run that reads them starts."""
+def with_unimodal_runs(methods: list[str], log=print) -> tuple[list[str], list[str]]:
+    """(`methods` with each encoder's run alone first, the ones added): when a method starts from the runs
+    alone (Uni-Pre, Ensemble), the missing ones are added (and said), and every `-only` method moves to the
+    front, so its runs are finished before a run that reads them starts."""
     needs = [m for m in methods if m in METHODS and METHODS[m].needs_pretrained_encoders]
     added = [m for m in UNIMODAL_RUNS if needs and m not in methods]
     if added:
         log(f"{', '.join(needs)} start(s) from each encoder trained alone: {', '.join(added)} added")
     alone = [m for m in [*added, *methods] if m.endswith("-only")]
-    return alone + [m for m in methods if not m.endswith("-only")]
+    return alone + [m for m in methods if not m.endswith("-only")], added
+
+
+def _alone_run(root: Path, features: str, method: str, fusion: str, seed: int, kind: str) -> Path | None:
+    """The finished run of `method` (a run alone) for this seed (fold): the same fusion head's, else any
+    other's (an encoder trained alone does not depend on the fusion head it was built with)."""
+    same = run_dir_for(root, features, method, fusion, seed, kind)
+    if (same / "metrics.json").is_file():
+        return same
+    others = sorted(Path(root, features, method).glob(f"*/{kind}{seed}/metrics.json"))
+    return others[0].parent if others else None
 
 
 def unimodal_sources(root: Path, features: str, fusion: str, seed: int, kind: str) -> str:
-    """`init_encoders` for a Uni-Pre run: the same seed's (fold's) audio-only and video-only run folders
-    of the same fusion head (their encoders do not depend on it). ValueError naming the folder when one
-    has not finished."""
+    """`init_encoders` for a run that starts from the runs alone: the same seed's (fold's) audio-only and
+    video-only run folders (`_alone_run`). ValueError naming the folder when one has not finished."""
     sources = []
     for method in UNIMODAL_RUNS:
-        run_dir = run_dir_for(root, features, method, fusion, seed, kind)
-        if not (run_dir / "metrics.json").is_file():
+        run_dir = _alone_run(root, features, method, fusion, seed, kind)
+        if run_dir is None:
+            missing = run_dir_for(root, features, method, fusion, seed, kind)
             raise ValueError(
-                f"{run_dir} has not finished (no metrics.json): a Uni-Pre run starts from it; train "
+                f"{missing} has not finished (no metrics.json): a Uni-Pre or Ensemble run starts from it; train "
                 f"{method} for {kind} {seed} first (compare trains it when it is in the same comparison)"
             )
         sources.append(f"{method.removesuffix('-only')}={run_dir}")
@@ -216,9 +226,16 @@ def run_comparison(
     """
     method_params = method_params or {}
     runs, skipped = [], []
-    methods = with_unimodal_runs(methods, log)  # runs alone first: Uni-Pre reads them
-    combos = [(m, f, s) for m in methods for f in fusions for s in seeds]
+    methods, added = with_unimodal_runs(methods, log)  # runs alone first: Uni-Pre and Ensemble read them
     kind = "fold" if fold_data is not None else "seed"
+    combos = [
+        (m, f, s)
+        for m in methods
+        for f in fusions
+        for s in seeds
+        # a run alone that was only added for them: once per seed, unless one of any fusion head is there
+        if m not in added or (f == fusions[0] and _alone_run(root, base.features, m, f, s, kind) is None)
+    ]
     # every setting checked before the first run: a wrong one fails now, not hours later
     if fold_data is not None:
         check_fold_data({k: fold_data[k] for k in seeds})
