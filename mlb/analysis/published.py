@@ -76,7 +76,7 @@ def _in_family(protocol: str | None, family: str) -> bool:
 class Published:
     """What the table says about one group: its value (mean, std in %) and column, or why there is none."""
 
-    value: tuple[float, float] | None = None
+    value: tuple[float, float | None] | None = None  # (mean, std or None where the source gives none)
     column: str | None = None  # the column's title, e.g. "CREMA-D ResNet"
     row: str | None = None  # the row's title, e.g. "MLB"
     differs: str | None = None  # how mlbpipe's encoders' inputs differ from the column's, where they do
@@ -133,16 +133,18 @@ def published_for(
     if group["fusion"] != table["fusion"]:
         stated = "" if table.get("fusion_stated") else ", assumed: the table does not name it"
         out.why_not.append(f"other fusion: {group['fusion']} (the table's: {table['fusion']}{stated})")
+    if row is not None and name not in row["values"]:
+        out.why_not.append(f"the table's copy here has no {row['title']} value for {column['title']}")
     if row is not None and not out.why_not:
         mean, std = row["values"][name]
-        out.value = (float(mean), float(std))
+        out.value = (float(mean), None if std is None else float(std))
     return out
 
 
-def within_band(measured: float, mean: float, std: float) -> bool:
+def within_band(measured: float, mean: float, std: float | None) -> bool:
     """|measured - mean| <= max(2 points, std), all in percent (rounded so that a difference of exactly the
-    band, e.g. 71.9 - 69.9, counts as within)."""
-    return round(abs(measured - mean), 6) <= max(BAND_POINTS, std)
+    band, e.g. 71.9 - 69.9, counts as within); 2 points where the table gives no std."""
+    return round(abs(measured - mean), 6) <= max(BAND_POINTS, std or 0.0)
 
 
 @dataclass
@@ -195,7 +197,8 @@ def published_markdown(rows: list[Anchor], table: dict | None = None) -> str:
         pub, within = "-", "-"
         if a.published.value is not None:
             mean, std = a.published.value
-            pub = f"{mean:.1f} ± {std:.1f} ({a.published.column}, {a.published.row})"
+            spread = "" if std is None else f" ± {std:.1f}"  # a mean the source gives without its std
+            pub = f"{mean:.1f}{spread} ({a.published.column}, {a.published.row})"
             within = "n/a" if a.within is None else ("yes" if a.within else "no")
         cells = [*(a.group[k] for k in GROUP_KEYS), str(a.runs), measured, pub, within]
         lines.append("| " + " | ".join([*cells, "; ".join(a.published.why_not)]) + " |")
