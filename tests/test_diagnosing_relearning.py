@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.balancer_state import assert_state_round_trip, same_state
+from helpers.models import DIMS, random_inputs
 from helpers.shards import write_shard_folder
 from sklearn.cluster import KMeans
 from sklearn.metrics import accuracy_score
@@ -37,8 +38,6 @@ from mlb.train import TrainConfig, train, train_step
 from mlb.train.checkpoint import load_checkpoint
 from mlb.train.step import StepContext
 from mlb.world import World
-
-DIMS = {"audio": 5, "video": 7}
 
 
 # ---- the authors' code, re-expressed (ours.py) --------------------------------------------------------
@@ -170,19 +169,7 @@ def test_schedule_is_the_authors():
 
 # ---- the re-initialisation and the hooks ------------------------------------------------------------------
 def _batch(features: str, seed: int, b: int = 12) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    if features == "raw":
-        batch = {
-            "audio": torch.randn(b, 1, 32, 24, generator=g),
-            "video": torch.randn(b, 3, 3, 32, 32, generator=g),
-        }
-    else:
-        batch = {
-            "audio": torch.randn(b, 9, 5, generator=g),
-            "audio_mask": torch.ones(b, 9, dtype=torch.bool),
-            "video": torch.randn(b, 4, 7, generator=g),
-            "video_mask": torch.ones(b, 4, dtype=torch.bool),
-        }
+    batch = random_inputs(features, torch.Generator().manual_seed(seed), b, short_audio={})
     batch["label"] = torch.arange(b) % 6
     return batch
 

@@ -19,7 +19,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.models import three_modality_model_and_batch
+from helpers.models import DIMS, random_inputs, three_modality_model_and_batch
 from helpers.shards import write_shard_folder
 
 from mlb.balancing import METHODS, build_balancer
@@ -30,7 +30,6 @@ from mlb.train.checkpoint import load_checkpoint
 from mlb.train.step import StepContext
 from mlb.world import World
 
-DIMS = {"audio": 5, "video": 7}
 # relative L2 gap per tensor over two Adam steps, in float64: greedy gradients are differences of nearly equal
 # terms (a player's +J and -J passes), so float32 summation-order noise alone reaches 1e-2 on small ones
 GAP = 1e-7
@@ -39,21 +38,7 @@ GAP = 1e-7
 # ---- batches -----------------------------------------------------------------------------------------
 def _batch(features: str, seed: int, b: int = 8) -> dict:
     g = torch.Generator().manual_seed(seed)
-    if features == "raw":
-        batch = {
-            "audio": torch.randn(b, 1, 32, 24, generator=g),
-            "video": torch.randn(b, 3, 3, 32, 32, generator=g),
-        }
-    else:
-        mask = torch.ones(b, 9, dtype=torch.bool)
-        mask[0, 6:] = False
-        mask[3, 4:] = False
-        batch = {
-            "audio": torch.randn(b, 9, 5, generator=g),
-            "audio_mask": mask,
-            "video": torch.randn(b, 4, 7, generator=g),
-            "video_mask": torch.ones(b, 4, dtype=torch.bool),
-        }
+    batch = random_inputs(features, g, b, short_audio={0: 6, 3: 4})
     batch["label"] = torch.randint(0, 3, (b,), generator=g)  # few classes: positive and negative pairs
     return batch
 

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers.models import DIMS, random_inputs
 from helpers.shards import write_shard_folder
 
 from mlb.balancing import METHODS, build_balancer
@@ -18,25 +19,10 @@ from mlb.train import TrainConfig, train, train_step
 from mlb.train.checkpoint import load_checkpoint
 from mlb.train.step import StepContext
 
-DIMS = {"audio": 5, "video": 7}
-
 
 def _batch(features: str, seed: int, b: int = 12) -> dict:
     g = torch.Generator().manual_seed(seed)
-    if features == "raw":
-        batch = {
-            "audio": torch.randn(b, 1, 32, 24, generator=g),
-            "video": torch.randn(b, 3, 3, 32, 32, generator=g),
-        }
-    else:
-        mask = torch.ones(b, 9, dtype=torch.bool)
-        mask[0, 6:] = False
-        batch = {
-            "audio": torch.randn(b, 9, 5, generator=g),
-            "audio_mask": mask,
-            "video": torch.randn(b, 4, 7, generator=g),
-            "video_mask": torch.ones(b, 4, dtype=torch.bool),
-        }
+    batch = random_inputs(features, g, b, short_audio={0: 6})
     batch["label"] = torch.randint(0, 6, (b,), generator=g)
     batch["id"] = [f"clip{seed}_{i}" for i in range(b)]
     return batch

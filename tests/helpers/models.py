@@ -26,3 +26,26 @@ def three_modality_model_and_batch(batch_size: int = 5):
     batch = {m: torch.randn(batch_size, 7, 5, generator=g) for m in mods}
     batch["label"] = torch.randint(0, c, (batch_size,), generator=g)
     return model, batch
+
+
+DIMS = {"audio": 5, "video": 7}  # the cached path's feature sizes in `random_inputs`
+
+
+def random_inputs(features: str, generator: torch.Generator, b: int, short_audio: dict[int, int]) -> dict:
+    """A random batch's inputs for the tiny models, labels left to the caller: raw spectrograms `[B, 1, 32, 24]`
+    and 3 frames `[B, 3, 3, 32, 32]`, or cached sequences `[B, 9, 5]` / `[B, 4, 7]` with masks, where
+    `short_audio` {row: length} shortens some audio rows (drawn in this order, so a seed gives one batch)."""
+    if features == "raw":
+        return {
+            "audio": torch.randn(b, 1, 32, 24, generator=generator),
+            "video": torch.randn(b, 3, 3, 32, 32, generator=generator),
+        }
+    mask = torch.ones(b, 9, dtype=torch.bool)
+    for row, length in short_audio.items():
+        mask[row, length:] = False
+    return {
+        "audio": torch.randn(b, 9, 5, generator=generator),
+        "audio_mask": mask,
+        "video": torch.randn(b, 4, 7, generator=generator),
+        "video_mask": torch.ones(b, 4, dtype=torch.bool),
+    }
