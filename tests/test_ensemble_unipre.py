@@ -179,18 +179,40 @@ def test_compare_trains_the_runs_alone_first_and_hands_each_seed_its_own(shards,
 
 
 @pytest.mark.integration
-def test_tune_refuses_uni_pre_without_the_runs_alone_and_tunes_it_with_them(shards, alone, tmp_path):
-    from mlb.experiment.tune import TuneConfig, TuneError, run_tune
+def test_tune_trains_the_runs_alone_once_and_skips_ensemble(shards, tmp_path):
+    from mlb.experiment.tune import TuneConfig, alone_runs, run_tune
 
     base = _config(shards, tmp_path / "unused", "joint", epochs=1)
-    with pytest.raises(TuneError, match="uni-pre-frozen start.*--init-encoders audio=RUN,video=RUN"):
-        run_tune(base, ["joint", "uni-pre-frozen"], ["late-linear"], tmp_path / "tune", TuneConfig(trials=1))
-    assert not (tmp_path / "tune").exists()  # refused before any trial
-    base = _config(shards, tmp_path / "unused", "joint", epochs=1,
-                   init_encoders=f"audio={alone['audio']},video={alone['video']}")  # fmt: skip
-    tree = run_tune(base, ["uni-pre-frozen"], ["late-linear"], tmp_path / "tune", TuneConfig(trials=1, prune=False),
-                    log=lambda *_: None)  # fmt: skip
-    assert tree["cached"]["uni-pre-frozen"]["late-linear"]["trials"] == 1
+    said = []
+    tree = run_tune(base, ["uni-pre-frozen", "ensemble"], ["late-linear"], tmp_path / "tune",
+                    TuneConfig(trials=1, prune=False), log=said.append)  # fmt: skip
+    assert tree["cached"]["uni-pre-frozen"]["late-linear"]["trials"] == 1 and "ensemble" not in tree["cached"]
+    alone = [tmp_path / "tune" / "alone" / m for m in ("audio-only", "video-only")]
+    assert all((run / "metrics.json").is_file() for run in alone)
+    assert all(
+        "test" not in json.loads((run / "metrics.json").read_text()) for run in alone
+    )  # tuning: no test
+    trial = next((tmp_path / "tune" / "cached" / "uni-pre-frozen" / "late-linear").glob("trial*/run.json"))
+    assert json.loads(trial.read_text())["config"]["init_encoders"] == f"audio={alone[0]},video={alone[1]}"
+    assert any("ensemble trains nothing" in line for line in said)
+    assert sum("trained alone first" in line for line in said) == 2
+    said.clear()  # the tune folder's runs alone are reused, not trained again
+    assert (
+        alone_runs(base, tmp_path / "tune", said.append) == f"audio={alone[0]},video={alone[1]}" and not said
+    )
+
+
+@pytest.mark.integration
+def test_a_tuned_comparison_asks_no_tuned_settings_of_the_runs_alone_it_adds(shards, tmp_path):
+    base = _config(shards, tmp_path / "unused", "joint", epochs=1)
+    tuned = {"cached": {m: {"late-linear": {"lr": 1e-2, "weight_decay": 0.0, "method_params": {}, "trials": 1}}
+                        for m in ("joint", "uni-pre-finetuned")}}  # fmt: skip
+    runs, _ = run_comparison(base, ["joint", "uni-pre-finetuned"], ["late-linear"], [0], tmp_path / "runs",
+                             log=lambda *_: None, tuned=tuned, tuned_file="best.yaml")  # fmt: skip
+    tuning = {
+        r["method"]: json.loads((Path(r["path"]) / "run.json").read_text())["config"]["tuning"] for r in runs
+    }
+    assert tuning["audio-only"] == {"tuned": False} and tuning["uni-pre-finetuned"]["tuned"] is True
 
 
 # --- Ensemble -------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ from typing import ClassVar
 
 from mlb.balancing.base import Balancer, fused_loss_with_probes
 
+# the runs alone these methods start from, one per modality (`mlb.balancing.unimodal`)
+RUNS_ALONE = ("audio-only", "video-only")
+
 
 class Ensemble(Balancer):
     """The runs alone's encoders and heads, evaluated together: standardised logits summed; nothing trains."""

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from mlb.balancing import METHODS
+from mlb.balancing.unipre import RUNS_ALONE
 from mlb.data import open_shard_folder
 from mlb.experiment.tune import tuned_settings
 from mlb.train.trainer import train
@@ -72,15 +73,12 @@ def _supported(method: str, fusion: str) -> bool:
     return supported is None or fusion in supported
 
 
-UNIMODAL_RUNS = ("audio-only", "video-only")  # what a method that starts from pretrained encoders reads
-
-
 def with_unimodal_runs(methods: list[str], log=print) -> tuple[list[str], list[str]]:
     """(`methods` with each encoder's run alone first, the ones added): when a method starts from the runs
     alone (Uni-Pre, Ensemble), the missing ones are added (and said), and every `-only` method moves to the
     front, so its runs are finished before a run that reads them starts."""
     needs = [m for m in methods if m in METHODS and METHODS[m].needs_pretrained_encoders]
-    added = [m for m in UNIMODAL_RUNS if needs and m not in methods]
+    added = [m for m in RUNS_ALONE if needs and m not in methods]
     if added:
         log(f"{', '.join(needs)} start(s) from each encoder trained alone: {', '.join(added)} added")
     alone = [m for m in [*added, *methods] if m.endswith("-only")]
@@ -101,7 +99,7 @@ def unimodal_sources(root: Path, features: str, fusion: str, seed: int, kind: st
     """`init_encoders` for a run that starts from the runs alone: the same seed's (fold's) audio-only and
     video-only run folders (`_alone_run`). ValueError naming the folder when one has not finished."""
     sources = []
-    for method in UNIMODAL_RUNS:
+    for method in RUNS_ALONE:
         run_dir = _alone_run(root, features, method, fusion, seed, kind)
         if run_dir is None:
             missing = run_dir_for(root, features, method, fusion, seed, kind)
@@ -240,7 +238,9 @@ def run_comparison(
     if fold_data is not None:
         check_fold_data({k: fold_data[k] for k in seeds})
     source = tuned_file or "the tuned settings"
-    records = check_tuned(tuned, base.features, methods, fusions, source=source, allow_untuned=allow_untuned)
+    wanted = [m for m in methods if m not in added]  # the runs alone added for Uni-Pre need no tuned settings
+    records = check_tuned(tuned, base.features, wanted, fusions, source=source, allow_untuned=allow_untuned)
+    records |= {(m, f): {"tuned": False} for m in added for f in fusions}
     _check_kept_runs(records, combos, root, base.features, kind)
     for i, (method, fusion, seed) in enumerate(combos, 1):
         where = f"[{i}/{len(combos)}] {method} / {fusion} / {kind} {seed}"

@@ -302,24 +302,34 @@ def best_settings(study, pins: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def alone_runs(base: TrainConfig, out: Path, log=print) -> str:
+    """`init_encoders` for tuning Uni-Pre: each encoder trained alone on the tuning data with the tune's seed
+    and budget (the methods' defaults), into TUNE/alone/<method>/, once: a rerun reuses them."""
+    from mlb.balancing.unipre import RUNS_ALONE
+    from mlb.train.trainer import train
+
+    sources = []
+    for method in RUNS_ALONE:
+        run_dir = Path(out) / "alone" / method
+        if not (run_dir / "metrics.json").is_file():
+            log(f"[{method}] trained alone first: Uni-Pre's trials start from it -> {run_dir}")
+            config = dataclasses.replace(
+                base, method=method, method_params={}, out=run_dir, resume=(run_dir / "checkpoints").exists()
+            )
+            train(config, test=False)  # the tune never reads the test split
+        sources.append(f"{method.removesuffix('-only')}={run_dir}")
+    return ",".join(sources)
+
+
 def check_tune(
     base: TrainConfig, methods: list[str], out: Path, config: TuneConfig, best_path: Path
 ) -> tuple[dict[str, Any], dict]:
     """What `run_tune` checks before any trial (the command line calls it before it takes the folder):
     the settings, the method names, the folder's budget and that of the best settings' file. Returns (the
     budget, the file's tree so far)."""
-    from mlb.balancing import METHODS
-
     config.validate()
     for method in methods:  # unknown names fail before any trial runs
         search_space(method, base.features)
-    needs = [m for m in methods if METHODS[m].needs_pretrained_encoders and METHODS[m].trains]
-    if needs and not base.init_encoders:
-        raise TuneError(
-            f"tune methods: {', '.join(needs)} start(s) from each encoder trained alone: train audio-only and "
-            f"video-only on this data with seed {base.seed} (`mlbpipe train --method audio-only ...`), then tune "
-            "with --init-encoders audio=RUN,video=RUN"
-        )
     budget = folder_budget(base, config)
     check_budget(out, budget)
     tree = read_tuned(best_path) if Path(best_path).exists() else {}
@@ -352,6 +362,11 @@ def run_tune(
     out.mkdir(parents=True, exist_ok=True)
     if not (out / BUDGET_NAME).is_file():
         atomic_write_json(out / BUDGET_NAME, budget)
+    if (
+        any(METHODS[m].needs_pretrained_encoders and METHODS[m].trains for m in methods)
+        and not base.init_encoders
+    ):
+        base = dataclasses.replace(base, init_encoders=alone_runs(base, out, log))
     found = {}
     for method in methods:
         for fusion in fusions:
