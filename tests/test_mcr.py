@@ -20,13 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.models import DIMS, random_inputs, three_modality_model_and_batch
-from helpers.shards import write_shard_folder
 
 from mlb.balancing import METHODS, build_balancer
 from mlb.balancing.mcr import MCR, game_scales, global_rows, js_divergence, nt_xent
 from mlb.models import EncoderOutput, build_model
-from mlb.train import TrainConfig, train, train_step
-from mlb.train.checkpoint import load_checkpoint
+from mlb.train import train_step
 from mlb.train.step import StepContext
 from mlb.world import World
 
@@ -454,38 +452,3 @@ def test_mcr_steps_through_the_trainer_step_with_every_term():
     torch.save(mcr.state_dict(), buffer)
     buffer.seek(0)
     MCR().load_state_dict(torch.load(buffer, weights_only=True))  # no state: an empty dict round-trips
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    return write_shard_folder(out / "raw", "raw", counts={"train": 24, "validation": 8, "test": 8})
-
-
-@pytest.mark.integration
-def test_mcr_trains_and_resumes_exactly_with_the_decoder(shards, tmp_path):
-    """Through `mlb.train.train`: the permutations (global RNG) and the L_CEB decoder (model weights) survive
-    an interruption, so the resumed run ends on the straight run's weights."""
-    kw = {
-        "data": shards, "features": "raw", "size": "tiny", "epochs": 2, "batch_size": 8, "seed": 1,
-        "device": "cpu", "dvclive": False, "method": "mcr", "fusion": "late-linear", "checkpoint_every": 2,
-        "method_params": {"ceb_weight": 1.0, "samples": 4},
-    }  # fmt: skip
-    straight = train(TrainConfig(out=tmp_path / "straight", **kw))
-
-    class Interrupt(Exception):
-        pass
-
-    def interrupt(state):
-        if state.step == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(TrainConfig(out=tmp_path / "resumed", **kw), on_step=interrupt)
-    resumed = train(TrainConfig(out=tmp_path / "resumed", resume=True, **kw))
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
-    assert "prediction_decoder.0.weight" in a
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert resumed["test"] == straight["test"]

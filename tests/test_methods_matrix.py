@@ -81,7 +81,12 @@ def test_every_method_trains_or_refuses(name, fusion, features):
     assert_state_round_trip(name, balancer)
 
 
-NEW_METHODS = ("mla", "gblending", "dgl", "mmpareto", "reconboost")
+NEW_METHODS = ("mla", "gblending", "dgl", "mmpareto", "reconboost", "mcr")
+# settings that make a method's state matter within the test's two epochs
+RESUME_PARAMS = {
+    "gblending": {"super_epoch": 1, "holdout": 0.25},  # a weight update inside two epochs
+    "mcr": {"ceb_weight": 1.0, "samples": 4},  # the L_CEB decoder's weights and the permutations' RNG
+}
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +111,7 @@ def test_new_methods_train_and_resume_exactly(name, shards, tmp_path):
         "fusion": "late-linear",
         "checkpoint_every": 2,
     }
-    if name == "gblending":
-        kw["method_params"] = {"super_epoch": 1, "holdout": 0.25}  # a weight update inside two epochs
+    kw["method_params"] = RESUME_PARAMS.get(name, {})
     straight = train(TrainConfig(out=tmp_path / "straight", **kw))
 
     class Interrupt(Exception):
@@ -126,6 +130,7 @@ def test_new_methods_train_and_resume_exactly(name, shards, tmp_path):
     assert performed == [5, 6]  # after last.pt's step 4, to 2 epochs x 3 batches
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert name != "mcr" or "prediction_decoder.0.weight" in a["model"]  # the decoder's weights resume too
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert resumed["test"] == straight["test"]
