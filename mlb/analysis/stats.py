@@ -27,7 +27,7 @@ their predictions can be compared clip by clip: per clip, `correct_a - correct_b
   even this errs narrow). Why not a bootstrap over runs: with 3 to 5 runs it has 10 to 126 distinct
   resamples and its percentile interval is about [min, max] of the runs, a test at ~25% rather than 5%.
   One run: no retraining spread, no interval, never resolved.
-- **Many comparisons**: the p-values of one table (every method against Joint and MLB, every fusion, one
+- **Many comparisons**: the p-values of one table (every method against `BASELINES`, every fusion, one
   head) are adjusted together by Holm's step-down method, which holds the chance of any false "better" or
   "worse" among them at 1 − confidence. Verdict: "better"/"worse" when the Holm-adjusted p is below
   1 − confidence (the sign of the mean says which), else "not resolved".

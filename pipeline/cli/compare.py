@@ -226,7 +226,7 @@ fold) change. With --tuned FILE every method and fusion head compared must be in
 count (else refused before any run; --allow-untuned trains the missing ones with their defaults). Finished
 runs are kept (a rerun only trains what is missing; one trained from other settings is refused); a method
 that does not support a fusion head (OGM-GE needs Late-Linear) is skipped and listed. Writes RUNS/compare.md, .csv, .json (mean
-± std per method and fusion) and RUNS/compare_stats.md, .json (each method against Joint and MLB: the
+± std per method and fusion) and RUNS/compare_stats.md, .json (each method against Joint, MLB, Ensemble and Uni-Pre fine-tuned where run: the
 paired difference per run, a 95% interval over the test groups alone and one that also covers retraining, its
 p-value raw and Holm-adjusted over the table, and a verdict: better, worse or not resolved).
 """
