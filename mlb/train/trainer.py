@@ -21,6 +21,9 @@ The protocol:
 - Gradient clipping (`mlb.train.step`): the global gradient norm clipped to the user's `grad_clip_norm`
   (0: none), else to the method's authors' (`Balancer.grad_clip_norm`: DGL 40, the others none); run.json's
   `grad_clip_norm` records the value used.
+- Encoders from the runs alone (`init_encoders`, `mlb.train.pretrained`; Uni-Pre and Ensemble need them, and
+  Uni-Pre frozen and Ensemble keep them fixed); a method that trains nothing (`Balancer.trains`: Ensemble) is
+  validated once, as epoch 0, and tested.
 
 Resume is exact on CPU. The data order of an epoch is a pure function of (seed, epoch)
 (`mlb.data.ShardLoader`); a checkpoint (`RUN/checkpoints/last.pt`, written atomically at every epoch
