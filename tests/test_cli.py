@@ -331,3 +331,24 @@ def test_tune_fixes_what_is_given_and_searches_the_rest(shards, tmp_path):
     assert best["lr"] == 0.002 and best["method_params"]["alpha"] == 1.5
     assert "alpha=1.5" in result.output and "lr=0.002" in result.output
     assert set(best["method_params"]) == {"alpha", "beta_max"}  # beta_max searched
+
+
+# The libraries a command imports when it runs, never to show its help (each costs 0.1-1.5 s to import)
+HEAVY = ("torch", "optuna", "matplotlib", "dvc", "dvclive", "scipy", "h5py", "ray", "boto3", "transformers")
+
+
+def test_help_imports_no_heavy_library():
+    """`mlbpipe --help` and every command's --help, in a fresh interpreter: none of HEAVY gets imported."""
+    import subprocess
+    import sys
+
+    commands = [[]] + [[c.name] for c in typer.main.get_command(app).commands.values()]
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom pipeline.cli import app\n"
+        f"for args in {commands!r}:\n"
+        "    result = CliRunner().invoke(app, [*args, '--help'])\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

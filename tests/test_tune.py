@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import mlb.train.trainer as train_module
 from mlb.balancing import METHODS
-from mlb.balancing.base import FloatRange, IntRange
+from mlb.common.search_space import FloatRange, IntRange
 from mlb.experiment.tune import (
     BUDGET_NAME,
     DB_NAME,

@@ -47,7 +47,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, floats_for_log, probe_loss, unwrap
+from mlb.balancing.base import Balancer, floats_for_log, probe_loss, unwrap
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.fusion import LateLinear
 from mlb.models.model import zero_modality
 

@@ -60,34 +60,16 @@ sets `balancer.sync_logs = False`: the values are then detached 0-d tensors, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from mlb.common.search_space import SearchSpace
 from mlb.world import LOCAL, World
 
-
-# ---- search spaces: what `mlbpipe tune` may vary, declared by each method beside its code ---------------
-@dataclass(frozen=True)
-class FloatRange:
-    """A float hyper-parameter searched in [low, high] (on a log scale when `log`)."""
-
-    low: float
-    high: float
-    log: bool = False
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """An integer hyper-parameter searched in [low, high]."""
-
-    low: int
-    high: int
-
-
-SearchSpace = dict[str, FloatRange | IntRange]
+# search spaces (what `mlbpipe tune` may vary) are declared by each method beside its code, with the types of
+# `mlb.common.search_space` (torch-free, so the command line reads them without importing torch)
 
 
 class Balancer:

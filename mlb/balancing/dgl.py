@@ -47,7 +47,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unimodal_losses, unwrap
+from mlb.balancing.base import Balancer, unimodal_losses, unwrap
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.encoders import EncoderOutput
 
 

@@ -92,14 +92,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import (
-    Balancer,
-    FloatRange,
-    IntRange,
-    SearchSpace,
-    fused_loss_with_probes,
-    unwrap,
-)
+from mlb.balancing.base import Balancer, fused_loss_with_probes, unwrap
+from mlb.common.search_space import FloatRange, IntRange, SearchSpace
 
 MAX_ITER = 300  # sklearn KMeans' max_iter
 TOL = 1e-4  # sklearn KMeans' tol, relative to the mean feature variance

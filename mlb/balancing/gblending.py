@@ -43,7 +43,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, IntRange, SearchSpace, unwrap
+from mlb.balancing.base import Balancer, unwrap
+from mlb.common.search_space import IntRange, SearchSpace
 
 FUSED = "fused"
 

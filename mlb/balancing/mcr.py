@@ -126,7 +126,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unimodal_losses, unwrap
+from mlb.balancing.base import Balancer, unimodal_losses, unwrap
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.encoders import EncoderOutput
 from mlb.world import World
 

@@ -53,7 +53,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unwrap
+from mlb.balancing.base import Balancer, unwrap
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.fusion import SharedHead
 from mlb.models.model import ModelOutput
 

@@ -27,9 +27,10 @@ from typing import ClassVar
 
 import torch
 
-from mlb.balancing.base import FloatRange, SearchSpace, true_class_scores
+from mlb.balancing.base import true_class_scores
 from mlb.balancing.grads import scale_modality_grads
 from mlb.balancing.multi_loss import MultiLoss, multi_loss_terms
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.fusion import OWNERSHIP
 
 EPS = 1e-6  # floor for s_i so r_i stays finite when a head gives the true class ~0 probability

@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, fused_loss_with_probes
+from mlb.balancing.base import Balancer, fused_loss_with_probes
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.fusion import COSINE_HEADS, CosineClassifier, PerModalityCosine
 
 

@@ -61,8 +61,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, unwrap
+from mlb.balancing.base import Balancer, unwrap
 from mlb.balancing.multi_loss import multi_loss_terms
+from mlb.common.search_space import FloatRange, SearchSpace
 
 # the MGDA-UB solver's edge cases: weight of the multimodal gradient when one gradient dominates
 W_FUSED_MAX, W_FUSED_MIN = 0.999, 0.001

@@ -40,8 +40,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from mlb.balancing.base import Balancer, IntRange, SearchSpace, fused_loss_with_probes
+from mlb.balancing.base import Balancer, fused_loss_with_probes
 from mlb.balancing.grads import branch_grad_slices, encoder_grad_slices, scale_grad_slices
+from mlb.common.search_space import IntRange, SearchSpace
 
 DEFAULT_INIT = {"audio": 0.7, "video": 1.3}
 

@@ -38,7 +38,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, fused_loss_with_probes
+from mlb.balancing.base import Balancer, fused_loss_with_probes
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.world import LOCAL, World
 
 SCORE_EPS = 1e-12  # floor for a batch score so ρ = score_v / score_a stays finite

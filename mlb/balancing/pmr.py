@@ -41,7 +41,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, probe_loss
+from mlb.balancing.base import Balancer, probe_loss
+from mlb.common.search_space import FloatRange, SearchSpace
 
 
 class BalancerDivergedError(RuntimeError):

@@ -99,7 +99,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from mlb.balancing.base import Balancer, FloatRange, SearchSpace, probe_loss, unwrap
+from mlb.balancing.base import Balancer, probe_loss, unwrap
+from mlb.common.search_space import FloatRange, SearchSpace
 from mlb.models.fusion import LateLinear
 from mlb.models.model import ModelOutput
 

@@ -38,8 +38,8 @@ from typing import Any
 
 import yaml
 
-from mlb.balancing.base import FloatRange, IntRange
 from mlb.common.atomic import atomic_write_json, atomic_write_text
+from mlb.common.search_space import FloatRange, IntRange
 from mlb.common.storage import is_url
 from mlb.train.config import PAPER_OPTIM, TrainConfig, TrainError
 
