@@ -352,3 +352,12 @@ def test_help_imports_no_heavy_library():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_command_list_gives_each_command_one_whole_line_at_80_columns():
+    listing = CliRunner().invoke(app, ["--help"], terminal_width=80).output
+    commands = listing.split("Commands:\n", 1)[1].splitlines()
+    names = {c.name for c in typer.main.get_command(app).commands.values()}
+    assert {line.split()[0] for line in commands if line.strip()} == names
+    for line in commands:
+        assert len(line) <= 80 and "..." not in line and line.rstrip().endswith("."), line

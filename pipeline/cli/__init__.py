@@ -40,15 +40,30 @@ def _root(
     """mlbpipe: balanced audio-visual learning."""
 
 
-app.add_typer(synth.app, name="synth")
-app.command("prepare")(prepare.cli)
-app.command("train")(train.cli)
-app.command("tune")(tune.cli)
-app.command("compare")(compare.compare)
-app.command("report")(report.cli)
-app.command("doctor")(doctor.cli)
-app.command("demo")(demo.cli)
-app.command("convert-effb2")(weights.cli)
+# One line each in `mlbpipe --help` (the command's own --help gives its whole docstring)
+SUMMARIES = {
+    "prepare": "Prepare a corpus into shards: index, check, split, features.",
+    "train": "Train one model, select it on validation, test it once.",
+    "tune": "Tune each method's settings on validation, equal budget.",
+    "compare": "Train methods x fusions x folds: tables and statistics.",
+    "report": "Draw the paper's figures from finished runs.",
+    "doctor": "Check a corpus copy, versions, devices and weights.",
+    "demo": "Run the whole pipeline on the built-in synthetic corpus.",
+    "convert-effb2": "Convert EfficientNet-B2 weights to .safetensors.",
+    "synth": "Generate a synthetic corpus in a real corpus's layout.",
+}
+app.add_typer(synth.app, name="synth", short_help=SUMMARIES["synth"])
+for name, function in (
+    ("prepare", prepare.cli),
+    ("train", train.cli),
+    ("tune", tune.cli),
+    ("compare", compare.compare),
+    ("report", report.cli),
+    ("doctor", doctor.cli),
+    ("demo", demo.cli),
+    ("convert-effb2", weights.cli),
+):
+    app.command(name, short_help=SUMMARIES[name])(function)
 
 
 def main() -> None:
