@@ -62,9 +62,9 @@ def init_encoder_sources(value: str) -> dict[str, Path]:
 
 def setting(default: Any, help: str = "", **metadata: Any) -> Any:
     """A field with its --help text beside its default. `metadata` may add `choices` (the values allowed),
-    `default_text` (what a None default means), `option` (the option's spelling, e.g. "--in-memory/--streaming")
-    or `cli=False` (no command-line option). The command line builds its options from these
-    (pipeline.cli.common.dataclass_options)."""
+    `default_text` (what a None default means), `option` (the option's spelling, e.g. "--in-memory/--streaming"),
+    `metavar` (what the value looks like) or `cli=False` (no command-line option). The command line builds its
+    options from these (pipeline.cli.common.dataclass_options)."""
     return field(default=default, metadata={"help": help, **metadata})
 
 
@@ -160,6 +160,7 @@ class TrainConfig:
         "(e.g. audio=RUNS/raw/audio-only/late-linear/seed0,video=...); the uni-pre methods need it, and "
         "`mlbpipe compare` gives them the same seed's or fold's audio-only and video-only runs.",
         default_text="none: every weight from scratch",
+        metavar="audio=RUN,video=RUN",
     )
     # extra meta.json keys to require (--expect-meta)
     expected_meta: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})

@@ -169,7 +169,8 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> list[inspect.Parame
     """One keyword parameter per field of `cls` that the command line can set (plain types; a field with
     metadata `{"cli": False}` or named in `exclude` is left out), all taken from the field: its default, and
     from its metadata the help (`help`), the values allowed (`choices`), what a None default means
-    (`default_text`) and the option's spelling (`option`, e.g. "--in-memory/--streaming")."""
+    (`default_text`), the option's spelling (`option`, e.g. "--in-memory/--streaming") and what its value
+    looks like (`metavar`, e.g. "audio=RUN,video=RUN")."""
     hints = typing.get_type_hints(cls)
     parameters = []
     for f in dataclasses.fields(cls):
@@ -179,6 +180,7 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> list[inspect.Parame
         default = field_default(cls, f.name)
         spelling = f.metadata.get("option", f"--{f.name.replace('_', '-')}")
         shown = {"show_default": f.metadata["default_text"]} if "default_text" in f.metadata else {}
+        shown |= {"metavar": f.metadata["metavar"]} if "metavar" in f.metadata else {}
         option = typer.Option(default, spelling, help=f.metadata.get("help", ""), **shown)
         if "choices" in f.metadata:  # typer makes an Enum a choice; the command gets its plain value back
             kind = enum.StrEnum(f"{cls.__name__}_{f.name}", {c: c for c in f.metadata["choices"]})
