@@ -48,14 +48,19 @@ def all_methods(pretrained: bool = True) -> list[str]:
     return first + [m for m in rest if m not in later] + (later if pretrained else [])
 
 
-def wait_for_alone_runs(runs: Path, seed: int, every: float = 2.0) -> None:
-    """Until both runs alone of `seed` have finished (the other worker may be training one)."""
+def wait_for_alone_runs(runs: Path, seed: int, every: float = 2.0, limit: float = 3600.0) -> None:
+    """Until both runs alone of `seed` have finished (the other worker may be training one); SystemExit after
+    `limit` seconds (the worker training them failed: rerunning the bench resumes)."""
     alone = [
         runs / "cached" / m / "late-linear" / f"seed{seed}" / "metrics.json"
         for m in ("audio-only", "video-only")
     ]
+    waited = 0.0
     while not all(p.is_file() for p in alone):
+        if waited > limit:
+            sys.exit(f"waited {limit:g} s for {', '.join(map(str, alone))}: rerun the same command to resume")
         time.sleep(every)
+        waited += every
 
 
 def combos(fusions_wanted=FUSIONS, pretrained: bool = True) -> list[tuple[str, str, int]]:
