@@ -51,10 +51,9 @@ def all_methods(pretrained: bool = True) -> list[str]:
 def wait_for_alone_runs(runs: Path, seed: int, every: float = 2.0, limit: float = 3600.0) -> None:
     """Until both runs alone of `seed` have finished (the other worker may be training one); SystemExit after
     `limit` seconds (the worker training them failed: rerunning the bench resumes)."""
-    alone = [
-        runs / "cached" / m / "late-linear" / f"seed{seed}" / "metrics.json"
-        for m in ("audio-only", "video-only")
-    ]
+    from mlb.balancing.unipre import RUNS_ALONE
+
+    alone = [runs / "cached" / m / "late-linear" / f"seed{seed}" / "metrics.json" for m in RUNS_ALONE]
     waited = 0.0
     while not all(p.is_file() for p in alone):
         if waited > limit:
@@ -157,6 +156,15 @@ NAMES = {"joint": "Joint", "multi-loss": "Multi-Loss", "mlb": "MLB", "agm": "AGM
          "uni-pre-frozen": "Uni-Pre frozen", "uni-pre-finetuned": "Uni-Pre fine-tuned"}  # fmt: skip
 
 
+def versus(row: dict | None) -> str:
+    """A README cell of one `compare_stats` row: Δ [interval with retraining] verdict (Holm p), in points."""
+    if row is None or row["mean_diff"] is None:
+        return "-"
+    interval = "" if row["ci_low"] is None else f" [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+    p = "" if row["p_holm"] is None else f" (p {row['p_holm']:.2g})"
+    return f"{100 * row['mean_diff']:+.1f}{interval} {row['verdict']}{p}"
+
+
 def readme_table(runs_dir: Path) -> str:
     """The README's table: per method and fusion the mean ± std of the heads over the seeds, and the
     difference to Joint and to MLB with its interval with retraining, the verdict and its Holm-adjusted p
@@ -169,14 +177,6 @@ def readme_table(runs_dir: Path) -> str:
 
     def cell(s: dict, key: str) -> str:
         return f"{100 * s['mean'][key]:.1f} ± {100 * s['std'][key]:.1f}" if key in s["mean"] else "-"
-
-    def versus(fusion: str, method: str, baseline: str) -> str:
-        r = stats.get((fusion, method, baseline))
-        if r is None or r["mean_diff"] is None:
-            return "-"
-        interval = "" if r["ci_low"] is None else f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
-        p = "" if r["p_holm"] is None else f" (p {r['p_holm']:.2g})"
-        return f"{100 * r['mean_diff']:+.1f}{interval} {r['verdict']}{p}"
 
     from mlb.analysis.stats import BASELINES
 
@@ -199,7 +199,7 @@ def readme_table(runs_dir: Path) -> str:
             cell(s, "test.unimodal.video.accuracy"),
             cell(s, "test.fused.ece"),
         ]
-        cells += [versus(fusion, method, baseline) for baseline in against]
+        cells += [versus(stats.get((fusion, method, baseline))) for baseline in against]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -222,13 +222,6 @@ def tuned_readme_table(out: Path) -> str:
     tuned_runs = late_linear(out / "runs_tuned" / "compare.json")
     stats = json.loads((out / "runs_tuned" / "compare_stats.json").read_text())["fused"]
     stats = {(r["method"], r["baseline"]): r for r in stats if r["fusion"] == "late-linear"}
-
-    def versus(method: str, baseline: str) -> str:
-        r = stats.get((method, baseline))
-        if r is None or r["mean_diff"] is None:
-            return "-"
-        interval = "" if r["ci_low"] is None else f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
-        return f"{100 * r['mean_diff']:+.1f}{interval} {r['verdict']} (p {r['p_holm']:.2g})"
 
     def acc(summary: dict | None, key: str) -> str:
         if summary is None or key not in summary["mean"]:
@@ -254,7 +247,7 @@ def tuned_readme_table(out: Path) -> str:
             acc(default_runs.get(method), "test.fused.accuracy"),
             acc(tuned_runs.get(method), "test.fused.accuracy"),
         ]
-        cells += [video, versus(method, "joint"), versus(method, "mlb")]
+        cells += [video, versus(stats.get((method, "joint"))), versus(stats.get((method, "mlb")))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -504,14 +504,18 @@ def _negated(figures: dict) -> dict:
 def _holm_verdicts(rows: list[dict], alpha: float) -> list[dict]:
     """p_holm and the verdict of every row with a difference (Holm over all of them). A pair that appears
     both ways (MLB against Joint, Joint against MLB) is one hypothesis: it counts once."""
+
+    def hypothesis(r: dict) -> tuple:
+        return r["features"], r["fusion"], frozenset((r["method"], r["baseline"]))
+
     hypotheses = {}  # {(features, fusion, {method, baseline}): p}, in row order
     for r in rows:
-        hypotheses.setdefault((r["features"], r["fusion"], frozenset((r["method"], r["baseline"]))), r["p"])
+        hypotheses.setdefault(hypothesis(r), r["p"])
     adjusted = dict(zip(hypotheses, holm(list(hypotheses.values()))))
     for row in rows:
         if row["mean_diff"] is None:
             continue
-        p_holm = adjusted[(row["features"], row["fusion"], frozenset((row["method"], row["baseline"])))]
+        p_holm = adjusted[hypothesis(row)]
         row["p_holm"] = p_holm
         resolved = p_holm is not None and p_holm < alpha and row["mean_diff"] != 0
         row["verdict"] = ("better" if row["mean_diff"] > 0 else "worse") if resolved else "not resolved"
