@@ -43,7 +43,8 @@ METHODS = (
 # clips: 16 rows per rank and epoch, enough that one rank's clusters are not all ranks', so that the replicas
 # part when the rows are not gathered nor α broadcast).
 OPTIONS = {"dnr": ["--epochs", "3", "--param", "dnr.reinit_every=1"]}
-# Uni-Pre starts from the runs alone (trained first in the same launch, on two processes too)
+# Uni-Pre starts from the runs alone (trained first in the same launch, on two processes too); Ensemble
+# trains nothing and only evaluates them, so it is launched too but checked on its predictions, not its steps
 ALONE = ("audio-only", "video-only")
 # Max |w_2proc - w_1proc| after 4 Adam steps: the global batch's gradients differ between the two only by
 # float summation order (a sum over ranks against one over the batch, and BatchNorm's global statistics).
@@ -68,7 +69,7 @@ def launched(tmp_path_factory):
     data = {"dnr": root / "dnr"}
     runs = root / "runs"
     sources = ["--init-encoders", f"audio={runs / 'audio-only'},video={runs / 'video-only'}"]
-    pretrained = {"uni-pre-frozen": sources, "uni-pre-finetuned": sources}
+    pretrained = {"uni-pre-frozen": sources, "uni-pre-finetuned": sources, "ensemble": sources}
     commands = [
         ["train", *COMMON, "--data", str(out), "--out", str(runs / "mlb"), "--method", "mlb", "--epochs", "2",
          "--warmup-epochs", "2", "--dvclive"],
@@ -80,7 +81,7 @@ def launched(tmp_path_factory):
     ] + [
         ["train", *COMMON, "--data", str(data.get(m, out)), "--out", str(runs / m), "--method", m,
          *OPTIONS.get(m, ["--epochs", "1"]), "--no-dvclive", *pretrained.get(m, [])]
-        for m in METHODS if m != "mlb"
+        for m in (*METHODS, "ensemble") if m != "mlb"
     ]  # fmt: skip
     argv = [a for command in commands for a in ([*command, "+++"])][:-1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -164,6 +165,22 @@ def test_two_processes_reach_the_weights_of_one_on_the_same_global_batch(launche
 
     assert gap(two, one) < WEIGHT_TOLERANCE
     assert gap(two, _one_process_weights(out, runs / "mlb", rank_only=0)) > 100 * WEIGHT_TOLERANCE
+
+
+@pytest.mark.e2e
+def test_ensemble_on_two_processes_predicts_every_clip_as_on_one(launched, tmp_path):
+    """Ensemble standardises each head's logits over the evaluation batch: every rank evaluates the whole
+    split, so two processes give the one-process predictions clip for clip."""
+    out, runs, records, _ = launched
+    assert [_record(records, r, "ensemble")["code"] for r in (0, 1)] == [0, 0]
+    one = tmp_path / "one"
+    sources = f"audio={runs / 'audio-only'},video={runs / 'video-only'}"
+    command = ["train", *COMMON, "--data", str(out), "--out", str(one), "--method", "ensemble", "--epochs", "1",
+               "--no-dvclive", "--init-encoders", sources]  # fmt: skip
+    subprocess.run([sys.executable, "-m", "pipeline.cli", *command], check=True, capture_output=True)
+    predictions = json.loads((runs / "ensemble" / "test_predictions.json").read_text())
+    assert predictions == json.loads((one / "test_predictions.json").read_text())
+    assert predictions["fused"]  # the ensemble predicted the test clips
 
 
 @pytest.mark.e2e
