@@ -235,15 +235,15 @@ def make_corpus(work: Path, name: str, clips: int, size: str) -> Path:
     root = work / f"{name}-{clips}-{size}"
     if not (root / ".complete").is_file():
         shutil.rmtree(root, ignore_errors=True)
-        from pipeline.corpora import get_corpus
+        from pipeline.standins import get_standin
 
-        corpus = get_corpus(name)
+        standin = get_standin(name)
         options, _ = synth_options(name, clips)
-        if {"width", "height"} <= {f.name for f in fields(corpus.synth_config)}:  # UCF101's is fixed
+        if {"width", "height"} <= {f.name for f in fields(standin.config)}:  # UCF101's is fixed
             options["width"], options["height"] = (int(v) for v in size.split("x"))
-        config = corpus.synth_config(**options, seed=0, workers=2, progress=True)
-        corpus.check_synth(config)
-        corpus.synthesize(root, config)
+        config = standin.config(**options, seed=0, workers=2, progress=True)
+        standin.check(config)
+        standin.synthesize(root, config)
         (root / ".complete").write_text("")
     return root
 

@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
-    from pipeline.corpora.cremad.synth import SynthConfig, synth_cremad
+    from pipeline.standins.cremad import SynthConfig, synth_cremad
 
     print(f"{args.clips} clips at {width}x{height}, {os.cpu_count()} CPUs visible")
     for workers in args.workers:

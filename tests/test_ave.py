@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.corpora.ave import CORPUS
 from pipeline.corpora.ave.layout import CATEGORIES, SPLIT_LISTS, read_list, scan_corpus
-from pipeline.corpora.ave.synth import SynthConfig, synth_ave
-from pipeline.corpora.ave.synth.generate import HEADERS, LINE_ENDINGS, list_texts, plan_corpus
 from pipeline.corpora.base import CorpusError, ValidationConfig
 from pipeline.manifest import ClipRecord, Reason, Segment, read_manifest, reason_code
 from pipeline.splits import check_group_disjoint
 from pipeline.stages.spectrograms import SpectrogramConfig, load_fixed_length
+from pipeline.standins.ave import SynthConfig, synth_ave
+from pipeline.standins.ave.generate import HEADERS, LINE_ENDINGS, list_texts, plan_corpus
 from pipeline.store.shards import read_shard
 
 RAW_STAGES = ["index", "frames", "spectrograms", "shards_raw"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.dvc import copy_repo, dvc, set_params, stages_ran
+from helpers.plugins import install_example, with_site
 
 pytestmark = pytest.mark.e2e
 
@@ -113,6 +114,34 @@ def test_a_corpus_added_in_params_gets_the_stages_its_input_paths_allow(tmp_path
     meta = json.loads((repo / "data" / "ave" / "shards" / "raw" / "meta.json").read_text())
     assert meta["corpus"] == "ave" and meta["num_classes"] == 28
     assert meta["fields"]["frames.npy"]["shape"] == [4, 32, 32, 3]  # the corpus's 4 frames, params' size
+
+
+def test_an_installed_corpus_plug_in_runs_under_dvc_and_a_generator_edit_reruns_only_synth(tmp_path):
+    """The example plug-in of docs/corpora/adding.md, installed beside mlbpipe, named under `corpora` and `synth`
+    in params.yaml: `dvc repro` synthesizes and prepares it. Editing a generator then reruns the stand-ins only:
+    they write the same files, so nothing downstream reruns (and no stage of a real copy depends on them)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    env = with_site(install_example(tmp_path / "site"))
+    repo = copy_repo(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    set_params(
+        repo / "params.yaml",
+        {
+            "corpora": {"tones": {"root": "data/tones/synthetic"}},
+            "synth": {"tones": {"groups": 4}},
+            "frames": {"size": 32},
+            "workers": 1,
+        },
+    )
+    ran = stages_ran(dvc(repo, "repro", "shards_raw@tones", env=env))
+    assert ran[:2] == ["synth@tones", "index@tones"] and ran[-1] == "shards_raw@tones", ran
+    meta = json.loads((repo / "data" / "tones" / "shards" / "raw" / "meta.json").read_text())
+    assert meta["corpus"] == "tones" and meta["label_names"] == ["low", "high"]
+
+    with open(repo / "pipeline" / "standins" / "common.py", "a") as f:
+        f.write("\n# an edit to the code every generator shares\n")
+    assert stages_ran(dvc(repo, "repro", "shards_raw@tones", env=env)) == ["synth@tones"]
 
 
 TINY_ALL = {

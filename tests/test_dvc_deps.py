@@ -7,7 +7,8 @@ first). Three places load more than a stage runs, and the closure does not follo
 - `pipeline/cli/__init__.py` imports every command to register it; a stage runs one command;
 - `pipeline.prepare` and the prepare command import every stage module for its config; a DVC stage runs the
   one that `--stages` names;
-- the corpus registry (`pipeline.corpora`) loads every corpus by name; a stage prepares the corpus it names.
+- the corpus and stand-in registries (`pipeline.corpora`, `pipeline.standins`) load every corpus by name; a
+  stage prepares (or `synth` writes) the corpus it names.
 A package that loads its modules by name otherwise (the balancing methods' registry) counts as importing
 all of them. A module of the closure must lie in one of the stage's deps (the file, or a folder above it):
 otherwise an edit to it leaves the stage's outputs "up to date". The command line's own files
@@ -105,12 +106,15 @@ def entries_and_skips(cmd: str) -> tuple[list[str], set[str]]:
     assert argv[:3] == ["python", "-m", "pipeline.cli"], f"a stage runs `python -m pipeline.cli ...`: {cmd}"
     command = argv[3]
     entries, skip = [command_modules()[command]], {DISPATCHER}
-    if command in ("prepare", "synth"):  # the registry loads every corpus; the stage prepares its own
+    if command in ("prepare", "synth"):  # the registries load every corpus; the stage prepares its own
         corpus = argv[4]
-        for other in (ROOT / "pipeline/corpora").iterdir():
-            if other.is_dir() and other.name not in (corpus, "__pycache__"):
-                skip |= modules_under(other)
+        for registry in ("corpora", "standins"):
+            for other in (ROOT / "pipeline" / registry).iterdir():
+                if other.is_dir() and other.name not in (corpus, "__pycache__"):
+                    skip |= modules_under(other)
         entries.append(f"pipeline.corpora.{corpus}")
+        if command == "synth":
+            entries.append(f"pipeline.standins.{corpus}")
     if command == "prepare":  # prepare loads every stage's config; the stage runs the one --stages names
         from pipeline.prepare import FOLD_STAGES
 
@@ -146,6 +150,16 @@ def test_every_module_a_stage_runs_is_among_its_deps(name, cmd, deps):
     assert not missing, (
         f"dvc.yaml stage {name} runs {len(missing)} project file(s) it does not list in deps: {missing}"
     )
+
+
+def test_only_the_synth_stages_run_or_depend_on_a_stand_in():
+    """Editing a generator reruns the stand-ins (`synth`), never a stage that prepares a copy of a corpus: no
+    other stage's command reaches pipeline.standins, nor do its deps."""
+    generator = "pipeline/standins/cremad/generate.py"
+    for name, cmd, deps in STAGES:
+        entries, skip = entries_and_skips(cmd)
+        runs = any(m.startswith("pipeline.standins") for m in closure(entries, skip))
+        assert runs == _covered(generator, deps) == name.startswith("synth@"), (name, runs, deps)
 
 
 def test_the_closure_follows_function_level_imports_and_parent_packages():

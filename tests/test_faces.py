@@ -74,9 +74,9 @@ def test_faces_of_frames_keeps_only_frames_with_a_face(detector):
 
 @pytest.mark.unit
 def test_mtcnn_finds_the_synthetic_corpus_faces(detector):
-    """The generator's talking faces (pipeline.corpora.cremad.synth.face) at the demo's 160x120, every emotion at full
+    """The generator's talking faces (pipeline.standins.cremad.face) at the demo's 160x120, every emotion at full
     strength, mouth open: MTCNN must find them, or the demo's cached path would be empty."""
-    from pipeline.corpora.cremad.synth import face
+    from pipeline.standins.cremad import face
 
     rng = np.random.default_rng(0)
     frames = np.concatenate(

@@ -24,7 +24,7 @@ def _invoke(*args: str):
 def prepared(tmp_path_factory):
     """A stand-in with one clip of each of the 91 actors (so every VAVL partition has all three splits),
     prepared for the ResNet path on VAVL partition 1, then its folds 1-3."""
-    from pipeline.corpora.cremad.synth import SynthConfig, synth_cremad
+    from pipeline.standins.cremad import SynthConfig, synth_cremad
 
     base = tmp_path_factory.mktemp("folds")
     root, out = base / "CREMA-D", base / "cremad"

@@ -14,6 +14,7 @@ from mlb.train.config import TrainConfig
 from pipeline.corpora import get_corpus
 from pipeline.params import ParamsError, from_mapping, load_params, stage_sections
 from pipeline.prepare import PrepareConfig, prepare_config
+from pipeline.standins import get_standin
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -54,10 +55,10 @@ def test_the_paper_inputs_settings_in_docs_load_into_the_stage_configs(tmp_path)
 
 @pytest.mark.unit
 @pytest.mark.parametrize("corpus", sorted(PARAMS["synth"]))
-def test_every_synth_section_loads_into_its_corpus_synth_config(corpus):
-    synth_config = get_corpus(corpus).synth_config
-    config = from_mapping(synth_config, PARAMS["synth"][corpus], f"params.yaml: synth.{corpus}")
-    get_corpus(corpus).check_synth(config)
+def test_every_synth_section_loads_into_its_stand_in_config(corpus):
+    standin = get_standin(corpus)
+    config = from_mapping(standin.config, PARAMS["synth"][corpus], f"params.yaml: synth.{corpus}")
+    standin.check(config)
 
 
 @pytest.mark.unit

@@ -1,4 +1,4 @@
-"""The synthetic CREMA-D generator (`pipeline.corpora.cremad.synth`, `mlbpipe synth cremad`): layout, formats, faces,
+"""The synthetic CREMA-D generator (`pipeline.standins.cremad`, `mlbpipe synth cremad`): layout, formats, faces,
 determinism, cue strength and the planted defects. Corpora are tiny; `synth_corpus` and
 `synth_corpus_defects` come from conftest.py and are shared with other tests."""
 
@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR
-from pipeline.corpora.cremad.synth import SynthConfig, synth_cremad
-from pipeline.corpora.cremad.synth.generate import choose_clips, load_actor_splits, parse_id, plan_clip
+from pipeline.standins.cremad import SynthConfig, synth_cremad
+from pipeline.standins.cremad.generate import choose_clips, load_actor_splits, parse_id, plan_clip
 
 REASON_CODES = {
     "missing-file",

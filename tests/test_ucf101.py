@@ -28,9 +28,9 @@ from pipeline.corpora.ucf101.layout import (
 )
 from pipeline.corpora.ucf101.protocols import assign_official_splits, stratified_group_draw
 from pipeline.corpora.ucf101.rules import frames_at_one_fps
-from pipeline.corpora.ucf101.synth import SynthConfig, synth_ucf101
 from pipeline.manifest import ClipRecord, Reason, read_manifest, reason_code
 from pipeline.splits import check_group_disjoint
+from pipeline.standins.ucf101 import SynthConfig, synth_ucf101
 from pipeline.store.shards import read_shard
 
 STAGES = "index,frames,spectrograms,shards_raw"

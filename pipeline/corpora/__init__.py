@@ -1,41 +1,46 @@
 """The corpus registry: `get_corpus(name)` gives the plug-in of a corpus (pipeline.corpora.base.Corpus).
 
 The built-in corpora are packages of this folder, imported on first use (so importing the registry costs
-nothing); any other corpus registers itself with `register_corpus(corpus_object)`, from a module of its
-own or from a test. This is the only place where corpora are listed.
+nothing); a corpus from outside is a package installed beside mlbpipe that names its `Corpus` object in the
+entry-point group `mlbpipe.corpora` (docs/corpora/adding.md), loaded when its name is first asked for; a test
+or a notebook may also call `register_corpus(corpus_object)`. This is the only place where corpora are
+listed. Their synthetic stand-ins have a registry of their own, beside this one (pipeline.standins).
 """
 
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import EntryPoint
 
 from pipeline.corpora.base import Corpus, CorpusError
+from pipeline.plugins import Registry
 
 BUILTIN = ("cremad", "ave", "ucf101")  # packages pipeline/corpora/<name>/, each with a module-level `CORPUS`
+# the entry-point group in which an installed package names its corpus: NAME = "module:attr"
+ENTRY_POINTS = "mlbpipe.corpora"
 
-_registered: dict[str, Corpus] = {}
+_corpora = Registry("corpus", Corpus, __name__, BUILTIN, "CORPUS", ENTRY_POINTS, CorpusError)
 
 
 def register_corpus(corpus: Corpus) -> Corpus:
     """Make `corpus` available by its name to `get_corpus`, the command line and the stages."""
-    if not isinstance(corpus, Corpus):
-        raise TypeError(f"register_corpus takes a pipeline.corpora.base.Corpus, got {type(corpus).__name__}")
-    _registered[corpus.name] = corpus
-    return corpus
+    return _corpora.register(corpus)
 
 
 def get_corpus(name: str) -> Corpus:
-    """The corpus registered as `name` (a built-in one is imported on first use)."""
-    if name not in _registered and name in BUILTIN:
-        register_corpus(importlib.import_module(f"{__name__}.{name}").CORPUS)
-    if name not in _registered:
-        raise CorpusError(f"unknown corpus {name!r}; choose one of {', '.join(corpus_names())}")
-    return _registered[name]
+    """The corpus registered as `name` (a built-in or outside one is loaded on first use). Raises CorpusError
+    for an unknown name and for an outside plug-in that does not load, naming its package and the fix."""
+    return _corpora.get(name)
 
 
 def corpus_names() -> list[str]:
-    """Every corpus that `get_corpus` knows: the built-in ones and those registered since."""
-    return sorted(set(BUILTIN) | set(_registered))
+    """Every corpus that `get_corpus` knows: the built-in ones, the installed plug-ins (by name, not loaded) and
+    those registered since."""
+    return _corpora.names()
 
 
-__all__ = ["Corpus", "CorpusError", "corpus_names", "get_corpus", "register_corpus"]
+def corpus_entry_point(name: str) -> EntryPoint | None:
+    """The entry point of the installed package that provides corpus `name` (None: not an outside plug-in)."""
+    return _corpora.outside(name)
+
+
+__all__ = ["Corpus", "CorpusError", "corpus_entry_point", "corpus_names", "get_corpus", "register_corpus"]

@@ -1,8 +1,9 @@
 """What a corpus provides to the pipeline (`Corpus`), and the checks every clip goes through
 (`validate_clip`).
 
-A corpus is a plug-in: a package under `pipeline/corpora/<name>/` (or any module) whose `Corpus` object
-knows its layout and nothing else. The stages know only this interface:
+A corpus is a plug-in: a package under `pipeline/corpora/<name>/`, or an installed package that names its
+`Corpus` object in the entry-point group `mlbpipe.corpora` (pipeline.corpora), whose `Corpus` object knows its
+layout and nothing else. The stages know only this interface:
 
 - `scan(root) -> Scan`: every clip found under a corpus root, its files by role, label, group, segment,
   and the problems the scan itself found (a file name that does not parse, a malformed annotation row);
@@ -11,10 +12,12 @@ knows its layout and nothing else. The stages know only this interface:
 - `assign_splits(records, config) -> str`: put every clip into train / validation / test (or no split)
   by the corpus's protocols, never splitting a group; returns the protocol's name (e.g. `vavl-1`);
 - `label_names`, `method_defaults` (the authors' hyper-parameters per method, written beside the shards),
-  `check_layout(root)` for `mlbpipe doctor`, and optionally a synthetic stand-in in the real layout
-  (`synth_config` and `synthesize`);
+  and `check_layout(root)` for `mlbpipe doctor`;
 - optionally what the whole corpus holds (`corpus_clips`, `protocol_clips`, `stand_in`, `source`), so that
   `coverage(...)` can say how much of it a copy has (`doctor` and `prepare` print it).
+
+A synthetic stand-in that writes a copy in the corpus's layout is not part of this interface: it lives beside
+the corpus (pipeline.standins), so that the code which reads a real copy never depends on a generator.
 
 Modelled on Lhotse's recipes: one recipe per corpus, `prepare_<corpus>(corpus_dir, output_dir)` becoming
 `mlbpipe prepare <corpus> --root DIR --out DIR`.
@@ -244,18 +247,6 @@ class Corpus(ABC):
             len(clip_ids & protocol_ids),
             self.stand_in(root),
         )
-
-    @property
-    def synth_config(self) -> type | None:
-        """The dataclass of the synthetic stand-in's options (None: the corpus has no stand-in)."""
-        return None
-
-    def check_synth(self, config) -> None:
-        """Raise ValueError for stand-in options that cannot be satisfied, before anything is written."""
-
-    def synthesize(self, out: Path, config) -> Any:
-        """Write a synthetic stand-in in the real layout; returns a summary with `describe()`."""
-        raise NotImplementedError(f"{self.name} has no synthetic stand-in")
 
 
 def sampled_lfs_stubs(found: list[Path]) -> tuple[int, int]:

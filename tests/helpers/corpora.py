@@ -38,7 +38,7 @@ def astronaut_frame(width: int = 240, height: int = 180, shift: int = 0) -> np.n
 def make_tiny_corpus(tmp_path: Path) -> tuple[Path, Path]:
     """A 4-clip corpus in the CREMA-D layout (FLV + 16 kHz WAV) and a contract manifest (with its corpus.json)
     for it, without the index stage: returns (corpus root, OUT folder holding manifest.jsonl)."""
-    from pipeline.corpora.cremad.synth.media import write_flv, write_wav
+    from pipeline.standins.cremad.media import write_flv, write_wav
 
     root, out = tmp_path / "corpus", tmp_path / "out"
     (root / "AudioWAV").mkdir(parents=True)

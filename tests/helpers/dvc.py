@@ -14,9 +14,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def dvc(cwd: Path, *args: str) -> str:
+def dvc(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """`dvc ARGS` in `cwd` (in `env`, default this process's environment); returns what it printed."""
     env = {
-        **os.environ,
+        **(os.environ if env is None else env),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
         "OMP_NUM_THREADS": "1",

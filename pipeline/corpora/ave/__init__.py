@@ -1,8 +1,8 @@
 """AVE, the Audio-Visual Event dataset (Tian et al., ECCV 2018): 10 s YouTube videos, 28 event
 categories, one labelled audio-visual event segment per row.
 
-The plug-in: layout, row parsing and scanning in `layout`, the split protocol in `protocols`, the synthetic
-stand-in in the exact layout in `synth`, the checked-in category list in `manifests/ave/`. What differs
+The plug-in: layout, row parsing and scanning in `layout`, the split protocol in `protocols`, the checked-in
+category list in `manifests/ave/`; its synthetic stand-in lives beside it, in pipeline.standins.ave. What differs
 from the MLB authors' code and why: docs/corpora/ave.md.
 """
 
@@ -47,12 +47,6 @@ class Ave(Corpus):
         "Conformer on frozen features, and AVE's videos are not face videos"
     )
 
-    @property
-    def synth_config(self):
-        from pipeline.corpora.ave.synth import SynthConfig
-
-        return SynthConfig
-
     def scan(self, root: Path) -> Scan:
         return layout.scan_corpus(root)
 
@@ -64,16 +58,6 @@ class Ave(Corpus):
 
     def check_layout(self, root: Path) -> list[LayoutCheck]:
         return layout.check_layout(root)
-
-    def check_synth(self, config) -> None:
-        from pipeline.corpora.ave.synth.generate import plan_corpus
-
-        plan_corpus(config)  # ids and rows are planned before anything is written
-
-    def synthesize(self, out: Path, config):
-        from pipeline.corpora.ave.synth import synth_ave
-
-        return synth_ave(out, config)
 
 
 CORPUS = Ave()

@@ -1,7 +1,7 @@
 """CREMA-D (Cao et al., 2014): 7442 clips of 91 actors speaking 12 sentences with 6 emotions.
 
-The plug-in: layout and naming in `layout`, split protocols in `protocols`, the synthetic stand-in in the
-exact layout in `synth`, checked-in lists in `manifests/cremad/`.
+The plug-in: layout and naming in `layout`, split protocols in `protocols`, checked-in lists in
+`manifests/cremad/`; its synthetic stand-in lives beside it, in pipeline.standins.cremad.
 """
 
 from __future__ import annotations
@@ -55,12 +55,6 @@ class CremaD(Corpus):
     title = "CREMA-D"
     source = layout.SOURCE
 
-    @property
-    def synth_config(self):
-        from pipeline.corpora.cremad.synth import SynthConfig
-
-        return SynthConfig
-
     def scan(self, root: Path) -> Scan:
         return layout.scan_corpus(root)
 
@@ -91,16 +85,6 @@ class CremaD(Corpus):
 
     def stand_in(self, root: Path) -> str | None:
         return layout.stand_in(root)
-
-    def check_synth(self, config) -> None:
-        from pipeline.corpora.cremad.synth.generate import choose_clips
-
-        choose_clips(config)  # sizes the clip list cannot satisfy
-
-    def synthesize(self, out: Path, config):
-        from pipeline.corpora.cremad.synth import synth_cremad
-
-        return synth_cremad(out, config)
 
 
 @cache

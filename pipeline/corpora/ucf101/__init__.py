@@ -2,8 +2,8 @@
 audio-visual recipe (MLB, Kontras et al., 2024) uses those 51.
 
 The plug-in: layout, naming and the split files in `layout`, the per-clip rules in `rules`, the official
-split protocol in `protocols`, the synthetic stand-in in the exact layout in `synth`, checked-in lists in
-`manifests/ucf101/` (docs/corpora/ucf101.md).
+split protocol in `protocols`, checked-in lists in `manifests/ucf101/` (docs/corpora/ucf101.md); its synthetic
+stand-in lives beside it, in pipeline.standins.ucf101.
 """
 
 from __future__ import annotations
@@ -54,12 +54,6 @@ class UCF101(Corpus):
         "faces for the cached path's face crops"
     )
 
-    @property
-    def synth_config(self):
-        from pipeline.corpora.ucf101.synth import SynthConfig
-
-        return SynthConfig
-
     def scan(self, root: Path) -> layout.UCF101Scan:
         return layout.scan_corpus(root)
 
@@ -81,16 +75,6 @@ class UCF101(Corpus):
 
     def check_layout(self, root: Path) -> list[LayoutCheck]:
         return layout.check_layout(root)
-
-    def check_synth(self, config) -> None:
-        from pipeline.corpora.ucf101.synth.generate import plan_corpus
-
-        plan_corpus(config)  # sizes the real layout cannot hold
-
-    def synthesize(self, out: Path, config):
-        from pipeline.corpora.ucf101.synth import synth_ucf101
-
-        return synth_ucf101(out, config)
 
 
 CORPUS = UCF101()

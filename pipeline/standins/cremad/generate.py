@@ -27,20 +27,25 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.common.atomic import remove_stale_temps
 from pipeline.corpora.cremad.layout import EMOTIONS, MANIFESTS_DIR, REAL_CLIPS, SYNTH_MARKER, parse_clip_name
-from pipeline.corpora.cremad.synth import face as face_mod
-from pipeline.corpora.cremad.synth import media, voice
-from pipeline.corpora.synth_tools import (
+from pipeline.manifest import Reason
+from pipeline.standins.base import Summary
+from pipeline.standins.common import (
     check_common_options,
+    clip_rng,
+    defect_record,
+    fresh_folder,
     lfs_stub,
     progress_field,
     run_jobs,
     seed_field,
+    shown_label,
     workers_field,
     write_bytes,
+    write_defects,
 )
-from pipeline.manifest import Reason
+from pipeline.standins.cremad import face as face_mod
+from pipeline.standins.cremad import media, voice
 
 CLIP_LISTS = ("vavl", "all")
 DEFAULT_CLIPS = 240
@@ -151,22 +156,19 @@ class SynthConfig:
             )
 
 
-@dataclass
-class SynthSummary:
+@dataclass(kw_only=True)
+class SynthSummary(Summary):
     """What `synth_cremad` made."""
 
-    out_dir: Path
     clip_ids: list[str]  # the good clips, sorted
     per_emotion: dict[str, int]
     per_actor: dict[int, int]
-    defects: list[dict] = field(default_factory=list)  # the records of synth_defects.json
-    seconds: float = 0.0  # the whole run
     clip_seconds: float = 0.0  # the good clips only (what clips/s is measured on)
     audio_seconds: float = 0.0
 
-    def describe(self) -> str:
+    def lines(self) -> list[str]:
         emotions = ", ".join(f"{e} {n}" for e, n in self.per_emotion.items())
-        lines = [
+        return [
             (
                 f"wrote {len(self.clip_ids)} clips ({self.audio_seconds / 60:.1f} min of audio) from "
                 f"{len(self.per_actor)} actors to {self.out_dir} in {self.seconds:.1f} s "
@@ -175,9 +177,6 @@ class SynthSummary:
             f"  per emotion: {emotions}",
             f"  clips per actor: {min(self.per_actor.values())}-{max(self.per_actor.values())}",
         ]
-        if self.defects:
-            lines.append(f"  defects: {len(self.defects)} (listed in synth_defects.json)")
-        return "\n".join(lines)
 
 
 # --- the real corpus's clip list -------------------------------------------------------------------
@@ -351,11 +350,6 @@ class ClipPlan:
     seed: int
 
 
-def clip_rng(seed: int, clip_id: str, stream: int) -> np.random.Generator:
-    """A random generator owned by one clip: output does not depend on the order or worker of clips."""
-    return np.random.default_rng([seed, zlib.crc32(clip_id.encode()), stream])
-
-
 def actor_voice(seed: int, actor: int, sex: str) -> voice.Voice:
     return voice.random_voice(np.random.default_rng([seed, actor, 1]), sex)
 
@@ -368,12 +362,9 @@ def plan_clip(clip: ClipId, config: SynthConfig, sex: dict[int, str]) -> ClipPla
     """What one clip shows: under label noise a modality's cue is a random other emotion (both draws are
     always made, so changing one noise level changes nothing else)."""
     rng = clip_rng(config.seed, clip.id, 1)
-    shown = []
-    for noise in (config.audio_noise, config.video_noise):
-        flip = rng.random() < noise
-        others = [e for e in EMOTIONS if e != clip.emotion]
-        pick = others[int(rng.integers(len(others)))]
-        shown.append(pick if flip else clip.emotion)
+    shown = [
+        shown_label(rng, clip.emotion, EMOTIONS, noise) for noise in (config.audio_noise, config.video_noise)
+    ]
     return ClipPlan(
         clip,
         shown[0],
@@ -466,15 +457,7 @@ def make_defects(out_dir: Path, config: SynthConfig, sex: dict[int, str]) -> lis
         return render_clip(plan_clip(clip, config, sex))
 
     def record(clip_id: str, file: str, defect: str, expected: str, also: tuple = ()) -> None:
-        records.append(
-            {
-                "id": clip_id,
-                "file": file,
-                "defect": defect,
-                "expected_reason": expected,
-                "acceptable_reasons": [expected, *also],
-            }
-        )
+        records.append(defect_record(clip_id, file, defect, expected, also))
 
     def good_pair(clip: ClipId, wav: bool = True, flv: bool = True) -> tuple[np.ndarray, np.ndarray]:
         audio, frames = plan_and_render(clip)
@@ -635,8 +618,7 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
     out_dir = Path(out_dir)
     clips = choose_clips(config)
     for sub in ("AudioWAV", "VideoFlash"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out_dir / sub)  # files a killed run left half-written
+        fresh_folder(out_dir / sub)
     sex = load_actor_sex()
     write_demographics(out_dir, config.seed, sex)
     write_bytes(
@@ -659,7 +641,7 @@ def synth_cremad(out_dir: Path, config: SynthConfig) -> SynthSummary:
     defects = []
     if config.with_defects:
         defects = make_defects(out_dir, config, sex)
-        write_bytes(out_dir / "synth_defects.json", (json.dumps(defects, indent=1) + "\n").encode())
+        write_defects(out_dir, defects)
     return SynthSummary(
         out_dir=out_dir,
         clip_ids=[c.id for c in clips],

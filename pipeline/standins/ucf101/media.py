@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlb.common.atomic import atomic_output
+from pipeline.standins.common import mux_pictures, mux_sound
 
 VIDEO_BIT_RATE = 500_000
 MP3_BIT_RATE = {1: 64_000, 2: 128_000}  # by channel count
@@ -46,9 +47,7 @@ def write_avi(
                 "libmp3lame", rate=sample_rate, layout=layout, options={**bitexact, "compression_level": "7"}
             )  # LAME -q 7: about twice as fast as its default
             stream.bit_rate = MP3_BIT_RATE[audio.shape[0]]
-        for frame in frames:
-            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(video.encode(None))
+        mux_pictures(container, video, frames)
         if stream is not None:
             source = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(audio, np.float32), format="fltp", layout=layout
@@ -57,6 +56,4 @@ def write_avi(
             resampler = av.AudioResampler(
                 format="fltp", layout=layout, rate=sample_rate, frame_size=MP3_FRAME
             )
-            for chunk in resampler.resample(source) + resampler.resample(None):
-                container.mux(stream.encode(chunk))
-            container.mux(stream.encode(None))
+            mux_sound(container, stream, source, resampler)

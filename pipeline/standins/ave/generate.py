@@ -12,14 +12,13 @@
                                `ignored` for what must land in the scan's ignored list
 
 Each video has one event of whole seconds, at least 2 s long (half of them the whole 10 s, as most real
-rows are), during which both modalities show the category's cue (pipeline.corpora.ave.synth.scene).
+rows are), during which both modalities show the category's cue (pipeline.standins.ave.scene).
 
 Core: `synth_ave(out_dir, SynthConfig(...)) -> SynthSummary`. CLI: `mlbpipe synth ave OUT`.
 """
 
 from __future__ import annotations
 
-import json
 import string
 import time
 import zlib
@@ -29,19 +28,24 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.common.atomic import remove_stale_temps
 from pipeline.corpora.ave.layout import ANNOTATIONS, CATEGORIES, HEADER, LIST_FILES, SPLIT_LISTS, VIDEO_DIR
-from pipeline.corpora.ave.synth import media, scene
-from pipeline.corpora.synth_tools import (
+from pipeline.manifest import Reason
+from pipeline.standins.ave import media, scene
+from pipeline.standins.base import Summary
+from pipeline.standins.common import (
     check_common_options,
+    clip_rng,
+    defect_record,
+    fresh_folder,
     lfs_stub,
     progress_field,
     run_jobs,
     seed_field,
+    shown_label,
     workers_field,
     write_bytes,
+    write_defects,
 )
-from pipeline.manifest import Reason
 
 HEADERS = ("annotations", "all", "none")
 SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # AAC rates; YouTube's is 44100
@@ -142,32 +146,26 @@ class SynthConfig:
             )
 
 
-@dataclass
-class SynthSummary:
+@dataclass(kw_only=True)
+class SynthSummary(Summary):
     """What `synth_ave` made."""
 
-    out_dir: Path
     video_ids: list[str]  # the good videos, sorted
     per_category: dict[str, int]
     per_split: dict[str, int]
-    defects: list[dict] = field(default_factory=list)  # the records of synth_defects.json
-    seconds: float = 0.0  # the whole run
     media_seconds: float = 0.0  # of video written, good videos only
 
-    def describe(self) -> str:
+    def lines(self) -> list[str]:
         counts = sorted(set(self.per_category.values()))
         per_category = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         splits = ", ".join(f"{split} {n}" for split, n in self.per_split.items())
-        lines = [
+        return [
             (
                 f"wrote {len(self.video_ids)} videos ({self.media_seconds / 60:.1f} min) in "
                 f"{len(self.per_category)} categories to {self.out_dir} in {self.seconds:.1f} s"
             ),
             f"  videos per category: {per_category}; per split: {splits}",
         ]
-        if self.defects:
-            lines.append(f"  defects: {len(self.defects)} (listed in synth_defects.json)")
-        return "\n".join(lines)
 
 
 # --- planning ----------------------------------------------------------------------------------------
@@ -221,11 +219,6 @@ class CorpusPlan:
     defects: list[DefectPlan]
 
 
-def clip_rng(seed: int, video_id: str, stream: int) -> np.random.Generator:
-    """A random generator owned by one video: the output does not depend on the order or worker."""
-    return np.random.default_rng([seed, zlib.crc32(video_id.encode()), stream])
-
-
 def youtube_id(rng: np.random.Generator) -> str:
     return "".join(ID_ALPHABET[i] for i in rng.integers(0, len(ID_ALPHABET), ID_LENGTH))
 
@@ -238,12 +231,6 @@ def _event(rng: np.random.Generator) -> tuple[int, int]:
     return (0, VIDEO_SECONDS) if whole else (start, start + duration)
 
 
-def _shown(rng: np.random.Generator, category: int, noise: float) -> int:
-    """The category a modality shows: under label noise a random other one (both draws always made)."""
-    flip, other = rng.random() < noise, int(rng.integers(len(CATEGORIES) - 1))
-    return (other + (other >= category)) if flip else category
-
-
 def plan_video(video_id: str, category: int, config: SynthConfig) -> VideoPlan:
     rng = clip_rng(config.seed, video_id, 1)
     start, end = _event(rng)
@@ -252,8 +239,8 @@ def plan_video(video_id: str, category: int, config: SynthConfig) -> VideoPlan:
         category=category,
         start=start,
         end=end,
-        audio_category=_shown(rng, category, config.audio_noise),
-        video_category=_shown(rng, category, config.video_noise),
+        audio_category=shown_label(rng, category, range(len(CATEGORIES)), config.audio_noise),
+        video_category=shown_label(rng, category, range(len(CATEGORIES)), config.video_noise),
         width=config.width,
         height=config.height,
         fps=config.fps,
@@ -438,13 +425,7 @@ def _defect_record(defect: DefectPlan, where: dict[tuple[str, str], int]) -> dic
         file = f"{name}:{where[(defect.defect, name)]}"
     else:
         file = f"{VIDEO_DIR}/{defect.video_id}.mp4"
-    return {
-        "id": defect.video_id,
-        "file": file,
-        "defect": defect.defect,
-        "expected_reason": str(defect.expected),
-        "acceptable_reasons": [str(defect.expected), *map(str, defect.acceptable)],
-    }
+    return defect_record(defect.video_id, file, defect.defect, defect.expected, defect.acceptable)
 
 
 def damage_video(defect: DefectPlan, out_dir: Path) -> None:
@@ -467,9 +448,8 @@ def synth_ave(out_dir: Path, config: SynthConfig) -> SynthSummary:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     plan = plan_corpus(config)
-    (out_dir / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir / VIDEO_DIR)  # files a killed run left half-written
-    remove_stale_temps(out_dir)
+    fresh_folder(out_dir / VIDEO_DIR)
+    fresh_folder(out_dir)  # the list files
     jobs = [(video, out_dir) for video in plan.videos]
     jobs += [(defect.media, out_dir) for defect in plan.defects if defect.media is not None]
 
@@ -490,7 +470,7 @@ def synth_ave(out_dir: Path, config: SynthConfig) -> SynthSummary:
         write_bytes(out_dir / name, data)
     records = [_defect_record(defect, where) for defect in plan.defects]
     if config.with_defects:
-        write_bytes(out_dir / "synth_defects.json", (json.dumps(records, indent=1) + "\n").encode())
+        write_defects(out_dir, records)
     split_counts = Counter(plan.splits.values())
     return SynthSummary(
         out_dir=out_dir,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mlb.common.atomic import atomic_output
+from pipeline.standins.common import mux_pictures, mux_sound
 
 AAC_FRAME = 1024  # samples per AAC frame
 AAC_BIT_RATE_PER_CHANNEL = 64_000
@@ -58,16 +59,11 @@ def write_mp4(
             )  # the fast coder: 2-3x quicker than the default two-loop search, for a stand-in's sound
             audio_stream.bit_rate = AAC_BIT_RATE_PER_CHANNEL * audio.shape[0]
         if video is not None:
-            for i in range(n_frames):
-                picture = first if i == 0 else frame(i)
-                container.mux(video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
-            container.mux(video.encode(None))
+            mux_pictures(container, video, (first if i == 0 else frame(i) for i in range(n_frames)))
         if audio_stream is not None and audio.shape[1]:
             source = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(audio, np.float32), format="fltp", layout=layout
             )
             source.sample_rate = sample_rate
             chunker = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate, frame_size=AAC_FRAME)
-            for chunk in chunker.resample(source) + chunker.resample(None):
-                container.mux(audio_stream.encode(chunk))
-            container.mux(audio_stream.encode(None))
+            mux_sound(container, audio_stream, source, chunker)

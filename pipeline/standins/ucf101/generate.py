@@ -20,7 +20,6 @@ Core: `synth_ucf101(out_dir, SynthConfig(...)) -> SynthSummary`. CLI: `mlbpipe s
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from collections import Counter
@@ -30,16 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mlb.common.atomic import remove_stale_temps
-from pipeline.corpora.synth_tools import (
-    check_common_options,
-    lfs_stub,
-    progress_field,
-    run_jobs,
-    seed_field,
-    workers_field,
-    write_bytes,
-)
 from pipeline.corpora.ucf101.layout import (
     ALL_CLASSES,
     AUDIO_CLASSES,
@@ -51,8 +40,23 @@ from pipeline.corpora.ucf101.layout import (
     clip_path,
     file_stem,
 )
-from pipeline.corpora.ucf101.synth import media, render
 from pipeline.manifest import Reason
+from pipeline.standins.base import Summary
+from pipeline.standins.common import (
+    check_common_options,
+    clip_rng,
+    defect_record,
+    fresh_folder,
+    lfs_stub,
+    progress_field,
+    run_jobs,
+    seed_field,
+    shown_label,
+    workers_field,
+    write_bytes,
+    write_defects,
+)
+from pipeline.standins.ucf101 import media, render
 
 # HandstandPushups first: its files carry the spelling trap; BasketballDunk holds real audio-less clips
 CLASS_ORDER = ("HandstandPushups", "BasketballDunk") + tuple(
@@ -142,24 +146,21 @@ class SynthConfig:
         check_common_options(self)
 
 
-@dataclass
-class SynthSummary:
+@dataclass(kw_only=True)
+class SynthSummary(Summary):
     """What `synth_ucf101` made."""
 
-    out_dir: Path
     clip_ids: list[str]  # the good clips of the audio classes, sorted
     ucf50_ids: list[str]  # the clips of the classes without audio, sorted
     per_class: dict[str, int]
     mono: int  # good clips with mono audio
-    defects: list[dict] = field(default_factory=list)  # the records of synth_defects.json
-    seconds: float = 0.0  # the whole run
     clip_seconds: float = 0.0  # the good and UCF50 clips only (what clips/s is measured on)
     video_seconds: float = 0.0
 
-    def describe(self) -> str:
+    def lines(self) -> list[str]:
         classes = ", ".join(f"{c} {n}" for c, n in self.per_class.items())
         n = len(self.clip_ids) + len(self.ucf50_ids)
-        lines = [
+        return [
             (
                 f"wrote {len(self.clip_ids)} clips of {len(self.per_class)} audio classes and {len(self.ucf50_ids)} "
                 f"of classes without audio ({self.video_seconds / 60:.1f} min of video) to {self.out_dir} in "
@@ -168,9 +169,6 @@ class SynthSummary:
             f"  per class: {classes}; {self.mono} with mono audio, the rest stereo",
             f"  split files: {self.out_dir / LISTS_DIR} (partitions 1-3)",
         ]
-        if self.defects:
-            lines.append(f"  defects: {len(self.defects)} (listed in synth_defects.json)")
-        return "\n".join(lines)
 
 
 # --- the plan --------------------------------------------------------------------------------------------
@@ -208,11 +206,6 @@ class CorpusPlan:
     clips: list[ClipPlan]  # good audio-class clips, then UCF50 clips, each sorted by path
 
 
-def clip_rng(seed: int, key: str, stream: int) -> np.random.Generator:
-    """A random generator owned by one clip or group: output does not depend on the order or worker."""
-    return np.random.default_rng([seed, zlib.crc32(key.encode()), stream])
-
-
 def plan_clip(
     config: SynthConfig, class_name: str, group: int, clip: int, classes: tuple[str, ...]
 ) -> ClipPlan:
@@ -223,11 +216,11 @@ def plan_clip(
     fps = Fraction(25) if audio_class else UCF50_FPS
     n_frames = round(rng.uniform(config.min_seconds, config.max_seconds) * fps)
     mono = rng.random() < config.mono_fraction
-    shown = []
-    for noise in (config.audio_noise, config.video_noise):
-        others = [c for c in classes if c != class_name] if audio_class else []
-        flip, pick = rng.random() < noise, int(rng.integers(max(len(others), 1)))
-        shown.append(OFFICIAL_INDEX[others[pick] if flip and others else class_name])
+    choices = classes if audio_class else ()  # a class without audio shows itself
+    shown = [
+        OFFICIAL_INDEX[shown_label(rng, class_name, choices, noise)]
+        for noise in (config.audio_noise, config.video_noise)
+    ]
     return ClipPlan(
         class_name,
         group,
@@ -340,10 +333,7 @@ def make_defects(out_dir: Path, config: SynthConfig, plan: CorpusPlan) -> tuple[
     first = plan.classes[0]  # HandstandPushups
 
     def record(clip_id, file, defect, expected, also=(), **more):
-        records.append(
-            {"id": clip_id, "file": file, "defect": defect, "expected_reason": str(expected),
-             "acceptable_reasons": [str(expected), *map(str, also)], **more}
-        )  # fmt: skip
+        records.append(defect_record(clip_id, file, defect, expected, also, **more))
 
     def clip(number: int, class_name: str = first, **changes) -> ClipPlan:
         return replace(plan_clip(config, class_name, group, number, plan.classes), **changes)
@@ -415,10 +405,8 @@ def synth_ucf101(out_dir: Path, config: SynthConfig) -> SynthSummary:
     out_dir = Path(out_dir)
     plan = plan_corpus(config)
     for class_name in (*plan.classes, *plan.ucf50, *((UCF50_CLASSES[0],) if config.with_defects else ())):
-        (out_dir / VIDEO_DIR / class_name).mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out_dir / VIDEO_DIR / class_name)  # files a killed run left half-written
-    (out_dir / LISTS_DIR).mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir / LISTS_DIR)
+        fresh_folder(out_dir / VIDEO_DIR / class_name)
+    fresh_folder(out_dir / LISTS_DIR)
     jobs = [(c, out_dir) for c in plan.clips]
 
     durations = run_jobs(
@@ -435,7 +423,7 @@ def synth_ucf101(out_dir: Path, config: SynthConfig) -> SynthSummary:
     for name, text in list_texts(plan, config.groups, extra_lines).items():
         write_bytes(out_dir / LISTS_DIR / name, text.encode())
     if defects:
-        write_bytes(out_dir / "synth_defects.json", (json.dumps(defects, indent=1) + "\n").encode())
+        write_defects(out_dir, defects)
     good = [c for c in plan.clips if c.channels]
     return SynthSummary(
         out_dir=out_dir,

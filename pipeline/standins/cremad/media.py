@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mlb.common.atomic import atomic_output
+from pipeline.standins.common import mux_pictures, mux_sound
 
 FLV_AUDIO_RATE = 22050  # the FLV muxer takes MP3 only at 11.025 / 22.05 / 44.1 kHz; 16 kHz is resampled
 MP3_BIT_RATE = 64_000
@@ -62,19 +63,15 @@ def write_flv(
             )  # LAME -q 7: 2x faster
             audio_stream.bit_rate = MP3_BIT_RATE
         if video is not None:
-            for i in range(len(frames) if n_frames is None else n_frames):
-                frame = frames[i % len(frames)]
-                container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(video.encode(None))
+            count = len(frames) if n_frames is None else n_frames
+            mux_pictures(container, video, (frames[i % len(frames)] for i in range(count)))
         if audio_stream is not None and len(audio):
             source = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(audio, np.float32)[None, :], format="flt", layout="mono"
             )  # [1, N]
             source.sample_rate = audio_rate
             resampler = av.AudioResampler(format="fltp", layout="mono", rate=FLV_AUDIO_RATE)
-            for chunk in resampler.resample(source) + resampler.resample(None):
-                container.mux(audio_stream.encode(chunk))
-            container.mux(audio_stream.encode(None))
+            mux_sound(container, audio_stream, source, resampler)
 
 
 def strip_flv_duration(data: bytes) -> bytes:
