@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint clean-venv
+.PHONY: demo test test-fast lint docs clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else \
@@ -39,6 +39,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline mlb tests bench
 	$(BIN)/ruff format --check pipeline mlb tests bench
 	$(BIN)/lint-imports
+
+# The documentation site from docs/ (mkdocs.yml) into site/, strict: a broken link or anchor, or a page
+# missing from the nav, fails it. The command-line reference page is checked by tests/test_cli_reference.py.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)

@@ -157,7 +157,8 @@ NAMES = {"joint": "Joint", "multi-loss": "Multi-Loss", "mlb": "MLB", "agm": "AGM
 
 
 def versus(row: dict | None) -> str:
-    """A README cell of one `compare_stats` row: Δ [interval with retraining] verdict (Holm p), in points."""
+    """A cell of docs/ranking-bench.md's tables, from one `compare_stats` row: Δ [interval with retraining]
+    verdict (Holm p), in points."""
     if row is None or row["mean_diff"] is None:
         return "-"
     interval = "" if row["ci_low"] is None else f" [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
@@ -165,9 +166,9 @@ def versus(row: dict | None) -> str:
     return f"{100 * row['mean_diff']:+.1f}{interval} {row['verdict']}{p}"
 
 
-def readme_table(runs_dir: Path) -> str:
-    """The README's table: per method and fusion the mean ± std of the heads over the seeds, and the
-    difference to Joint and to MLB with its interval with retraining, the verdict and its Holm-adjusted p
+def rank_table(runs_dir: Path) -> str:
+    """The ranking bench's table (docs/ranking-bench.md): per method and fusion the mean ± std of the heads
+    over the seeds, and the difference to Joint and to MLB with its interval with retraining, the verdict and its Holm-adjusted p
     (from compare.json and compare_stats.json, as `report` wrote them)."""
     summaries = json.loads((runs_dir / "compare.json").read_text())
     stats = {
@@ -204,9 +205,9 @@ def readme_table(runs_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tuned_readme_table(out: Path) -> str:
-    """The README's table of the tuned bench: per method (Late-Linear) the tuned settings beside the authors'
-    defaults, the best trial's validation accuracy, the fused test accuracy with the defaults (OUT/runs) and
+def tuned_rank_table(out: Path) -> str:
+    """The tuned bench's table (docs/ranking-bench.md): per method (Late-Linear) the tuned settings beside
+    the authors' defaults, the best trial's validation accuracy, the fused test accuracy with the defaults (OUT/runs) and
     tuned (OUT/runs_tuned), the tuned video head, and the tuned differences to the tuned Joint and MLB."""
     import yaml
 
@@ -334,7 +335,7 @@ def tune_then_compare(args) -> None:
     (args.out / "tune_bench.json").write_text(json.dumps(times))
     print((runs_dir / "compare.md").read_text())
     print((runs_dir / "compare_stats.md").read_text())
-    print(tuned_readme_table(args.out))
+    print(tuned_rank_table(args.out))
     print(json.dumps(times))
 
 
@@ -370,7 +371,7 @@ def main() -> None:
     result = report(args.out, seconds)
     print((args.out / "runs" / "compare.md").read_text())
     print((args.out / "runs" / "compare_stats.md").read_text())
-    print(readme_table(args.out / "runs"))
+    print(rank_table(args.out / "runs"))
     print(json.dumps({k: v for k, v in result.items() if k != "phenomenon"}, indent=1))
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Stand-ins of AVE and UCF101 prepared with their authors' settings (frames at 96 px for the CPU), then
 # Joint, Multi-Loss and MLB over 3 seeds (each head's accuracy is in the tables), with each corpus's MLB defaults from
-# meta.json. The tables the README quotes are WORK/runs_ave/compare.md and WORK/runs_ucf101/compare.md (copies in
+# meta.json. The tables docs/corpora/index.md quotes are WORK/runs_ave/compare.md and WORK/runs_ucf101/compare.md (copies in
 # bench/results/compare_ave.md, compare_ucf101.md).
 # Usage: bash bench/compare_corpora.sh [WORK]   (about an hour on 2 CPU cores)
 set -euo pipefail

@@ -237,13 +237,13 @@ def test_the_heads_figure_draws_only_the_head_an_encoder_trained_alone_has(tmp_p
     figures = _capture_figures(monkeypatch)
     report.figure_heads(aggregate(runs), tmp_path / "heads.png")
     (ax,) = figures[0].axes
-    drawn = {  # each bar's centre: the method's place, offset to its head's side
-        c.get_label(): [round(bar.get_x() + bar.get_width() / 2, 3) for bar in c.patches]
+    drawn = {  # each bar's centre: the method's row (down the axis), offset to its head's side
+        c.get_label(): [round(bar.get_y() + bar.get_height() / 2, 3) for bar in c.patches]
         for c in ax.containers
         if isinstance(c, BarContainer)
     }
     assert drawn == {"audio head": [-0.2, 0.8, 1.8], "video head": [0.2, 1.2, 3.2]}
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["joint", "mlb", "audio-only", "video-only"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["joint", "mlb", "audio-only", "video-only"]
 
 
 @pytest.mark.unit
@@ -258,7 +258,7 @@ def test_no_figure_title_names_an_absolute_path(tmp_path, monkeypatch):
     write_report(runs)
     texts = [t.get_text() for fig in figures for t in fig.findobj(matplotlib.text.Text)]
     assert not [text for text in texts if str(tmp_path) in text]
-    assert [fig.get_suptitle() for fig in figures if fig.get_suptitle()] == [
+    assert [fig.get_suptitle() for fig in figures[-2:]] == [  # the training curves, drawn last
         "raw/joint/late-linear/seed0",
         "raw/mlb/late-linear/seed0",
     ]

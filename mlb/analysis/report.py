@@ -12,6 +12,9 @@
 Runs of `audio-only` / `video-only` (one encoder trained alone) appear only in the unimodal-heads figure:
 their fused output is not trained.
 
+Figures with a bar per method list the methods down the y axis (in the tables' order), in panels side by
+side (Figure 3: one per fusion head): many methods make a figure taller, never wider than a page.
+
 Every figure function takes plain data and a path, writes a PNG (and an SVG beside it) and returns the
 PNG's path; `write_report` draws them all for a runs folder and writes `report.md` linking them. Figures
 are drawn on bare `matplotlib.figure.Figure`s: importing this module leaves matplotlib's backend alone.
@@ -20,6 +23,7 @@ are drawn on bare `matplotlib.figure.Figure`s: importing this module leaves matp
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +35,9 @@ from mlb.analysis.compare import GroupSummary, aggregate, load_runs, to_markdown
 from mlb.common.atomic import atomic_write_text
 
 COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+DPI = 130  # of the saved PNGs
+PAGE_WIDTH = 10.0  # inches (1300 px): the widest figure, still legible on a doc page ~900 px wide
+ROW = 0.28  # inches per method: figures with a bar per method grow down the page with the methods, not across
 
 
 def _subplots(ncols: int = 1, *, figsize: tuple[float, float]):
@@ -40,10 +47,31 @@ def _subplots(ncols: int = 1, *, figsize: tuple[float, float]):
     return fig, fig.subplots(1, ncols)
 
 
+def _method_panels(
+    n_methods: int, ncols: int = 1, *, width: float | None = None, sharex: bool = False, sharey: bool = True
+):
+    """A figure of `ncols` panels side by side with the methods down the y axis: as tall as `n_methods` rows of
+    bars need, at most a page wide however many methods there are."""
+    width = width or min(PAGE_WIDTH, 4 + 2.2 * ncols)
+    fig = Figure(figsize=(width, 1.9 + ROW * max(n_methods, 5)))
+    return fig, list(fig.subplots(1, ncols, sharex=sharex, sharey=sharey, squeeze=False)[0])
+
+
+def _method_axis(ax, methods: list[str]) -> None:
+    """The methods as y tick labels, the first at the top (as in the tables)."""
+    ax.set_yticks(range(len(methods)), methods)
+    ax.set_ylim(max(1, len(methods)) - 0.5, -0.5)
+
+
+def _wrap(text: str, fig: Figure, fontsize: float) -> str:
+    """`text` in lines that fit the figure's width (a character is about half the font size wide)."""
+    return textwrap.fill(text, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+
+
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=DPI)
     fig.savefig(path.with_suffix(".svg"))
     return path
 
@@ -133,34 +161,37 @@ def figure_accuracy(
     summaries: list[GroupSummary],
     path: Path,
     key: str = "test.fused.accuracy",
-    ylabel: str = "test accuracy (%)",
+    label: str = "test accuracy (%)",
     runs: list[dict] | None = None,
 ) -> Path:
-    """Paper Figure 3: bars per method, one colour per fusion head. Error bars: the 95% bootstrap interval
-    over test clips when `runs` (the summaries' runs) all have test_predictions.json, else std over seeds;
-    the title says which (see `accuracy_bars`)."""
+    """Paper Figure 3: one panel per fusion head (one colour each), a bar per method down a shared axis, so
+    that many methods make the figure taller, not wider. Error bars: the 95% bootstrap interval over test
+    clips when `runs` (the summaries' runs) all have test_predictions.json, else std over seeds; the title
+    says which (see `accuracy_bars`)."""
     bars, what = accuracy_bars(summaries, key, runs)
     methods = list(dict.fromkeys(m for m, _ in bars))
     fusions = list(dict.fromkeys(f for _, f in bars))
-    width = 0.8 / max(1, len(fusions))
-    fig, ax = _subplots(figsize=(max(6.4, 1.1 * len(methods) * max(1, len(fusions)) ** 0.5 + 2), 4.2))
-    for j, fusion in enumerate(fusions):
-        xs, heights, below, above = [], [], [], []
-        for i, method in enumerate(methods):
-            if (method, fusion) in bars:
-                height, low, high = bars[(method, fusion)]
-                xs.append(i + (j - (len(fusions) - 1) / 2) * width)
-                heights.append(height)
-                below.append(low)
-                above.append(high)
-        ax.bar(
-            xs, heights, width, yerr=[below, above], capsize=3, label=fusion, color=COLORS[j % len(COLORS)]
+    # the fusion heads most methods ran first: late-linear, which every method supports
+    fusions.sort(key=lambda f: -sum(fusion == f for _, fusion in bars))
+    fig, axes = _method_panels(len(methods), max(1, len(fusions)), sharex=True)
+    for j, (ax, fusion) in enumerate(zip(axes, fusions)):
+        drawn = [(i, bars[(m, fusion)]) for i, m in enumerate(methods) if (m, fusion) in bars]
+        ax.barh(
+            [i for i, _ in drawn],
+            [height for _, (height, _, _) in drawn],
+            0.7,
+            xerr=[[low for _, (_, low, _) in drawn], [high for _, (_, _, high) in drawn]],
+            capsize=2,
+            color=COLORS[j % len(COLORS)],
         )
-    ax.set_xticks(range(len(methods)), methods, rotation=20)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} by method and fusion\n({what})", fontsize=9)
-    ax.legend(title="fusion", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+        for i, method in enumerate(methods):  # a gap would read as 0%
+            if (method, fusion) not in bars:
+                ax.text(1, i, "not run", va="center", fontsize=8, color="grey")
+        ax.set_title(fusion, fontsize=10)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    _method_axis(axes[0], methods)
+    fig.suptitle(f"{label} by method and fusion head\n" + _wrap(f"({what})", fig, 11), fontsize=11)
     return _save(fig, path)
 
 
@@ -201,51 +232,52 @@ def group_name(row: dict) -> str:
 
 
 def figure_agreement(runs: list[dict], path: Path, fusion: str = "late-linear") -> Path:
-    """Paper Figure 4: fused accuracy within each agreement group, one bar per method."""
+    """Paper Figure 4: fused accuracy within each agreement group, one panel per group and a bar per method
+    down a shared axis (in the tables' order)."""
     table = agreement_by_method(runs, fusion)
-    methods = list(table)
+    methods = [m for m in dict.fromkeys(s.group["method"] for s in aggregate(runs)) if m in table]
     groups = list(dict.fromkeys(row["group"] for rows in table.values() for row in rows))
-    width = 0.8 / max(1, len(methods))
-    fig, ax = _subplots(figsize=(7.5, 4.2))
-    for j, method in enumerate(methods):
-        rows = {row["group"]: row for row in table[method]}
-        xs = [g + (j - (len(methods) - 1) / 2) * width for g in range(len(groups))]
-        ys = [100 * (rows[name]["fused_accuracy"] or 0.0) if name in rows else 0.0 for name in groups]
-        ax.bar(xs, ys, width, label=method, color=COLORS[j % len(COLORS)])
-    shares = {
-        name: np.mean([r["share"] for rows in table.values() for r in rows if r["group"] == name])
-        for name in groups
-    }
-    ax.set_xticks(range(len(groups)), [f"{name}\n({100 * shares[name]:.0f}% of clips)" for name in groups])
-    ax.set_ylabel("fused accuracy in the group (%)")
-    ax.set_title(f"Which unimodal heads are right, and what the fused output does ({fusion})")
-    ax.legend(fontsize=8, ncol=2)
-    ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
+    fig, axes = _method_panels(len(methods), max(1, len(groups)), sharex=True)
+    for j, (ax, name) in enumerate(zip(axes, groups)):
+        rows = {m: r for m in methods for r in table[m] if r["group"] == name}
+        drawn = [(i, rows[m]["fused_accuracy"]) for i, m in enumerate(methods) if m in rows]
+        drawn = [(i, 100 * acc) for i, acc in drawn if acc is not None]  # None: no clip in the group
+        ax.barh([i for i, _ in drawn], [acc for _, acc in drawn], 0.7, color=COLORS[j % len(COLORS)])
+        share = np.mean([r["share"] for r in rows.values()])
+        ax.set_title(f"{name}\n({100 * share:.0f}% of clips)", fontsize=10)
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("fused accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+    _method_axis(axes[0], methods)
+    fig.suptitle(
+        f"Which unimodal heads are right, and what the fused output does in each case ({fusion})", fontsize=11
+    )
     return _save(fig, path)
 
 
 def figure_ece(
     summaries: list[GroupSummary], runs: list[dict], path: Path, fusion: str = "late-linear"
 ) -> Path:
-    """Paper Figure 5: ECE per method (left) and a reliability diagram of the fused output (right)."""
-    fig, (left, right) = _subplots(2, figsize=(11, 4.2))
+    """Paper Figure 5: ECE per method (left, a bar per method down the axis) and a reliability diagram of the
+    fused output (right, a line per method: colours repeat after ten, with another line style)."""
     rows = [
         s
         for s in summaries
         if s.group["fusion"] == fusion and "test.fused.ece" in s.mean and not is_alone(s.group["method"])
     ]
-    left.bar(
+    fig, (left, right) = _method_panels(len(rows), 2, width=PAGE_WIDTH, sharey=False)
+    left.barh(
         range(len(rows)),
         [100 * s.mean["test.fused.ece"] for s in rows],
-        yerr=[100 * s.std["test.fused.ece"] for s in rows],
-        capsize=3,
+        0.7,
+        xerr=[100 * s.std["test.fused.ece"] for s in rows],
+        capsize=2,
         color=[COLORS[i % len(COLORS)] for i in range(len(rows))],
     )
-    left.set_xticks(range(len(rows)), [s.group["method"] for s in rows], rotation=20)
-    left.set_ylabel("ECE (%, 15 bins; lower is better)")
-    left.set_title(f"Calibration of the fused output ({fusion})")
-    left.grid(axis="y", alpha=0.3)
+    _method_axis(left, [s.group["method"] for s in rows])
+    left.set_xlabel("ECE (%, 15 bins; lower is better)")
+    left.set_title(f"Calibration of the fused output ({fusion})", fontsize=10)
+    left.grid(axis="x", alpha=0.3)
 
     right.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
     for i, s in enumerate(rows):
@@ -255,11 +287,12 @@ def figure_ece(
         if bins is None:
             continue
         conf, acc = bins
-        right.plot(conf, acc, marker="o", ms=3, color=COLORS[i % len(COLORS)], label=s.group["method"])
+        style = ("-", "--", ":")[i // len(COLORS) % 3]
+        right.plot(conf, acc, style, marker="o", ms=3, color=COLORS[i % len(COLORS)], label=s.group["method"])
     right.set_xlabel("confidence (top softmax probability)")
     right.set_ylabel("accuracy")
-    right.set_title("Reliability diagram (test, pooled over seeds)")
-    right.legend(fontsize=8)
+    right.set_title("Reliability diagram (test, pooled over seeds)", fontsize=10)
+    right.legend(fontsize=7, ncol=1 + len(rows) // 12, loc="upper left")
     return _save(fig, path)
 
 
@@ -301,28 +334,30 @@ def head_bars(
 
 
 def figure_heads(summaries: list[GroupSummary], path: Path, fusion: str = "late-linear") -> Path:
-    """Each method's unimodal heads (test accuracy) beside the encoders trained alone (`head_bars`)."""
+    """Each method's unimodal heads (test accuracy, a group of bars per method down the axis) beside the
+    encoders trained alone (`head_bars`)."""
     methods = list(dict.fromkeys(s.group["method"] for s in summaries if s.group["fusion"] == fusion))
     bars = head_bars(summaries, fusion)
-    width = 0.8 / max(1, len(bars))
-    fig, ax = _subplots(figsize=(max(6.4, 1.2 * len(methods) + 2), 4.2))
+    height = 0.8 / max(1, len(bars))
+    fig, (ax,) = _method_panels(len(methods), width=7.5)
     for j, (m, by_method) in enumerate(bars.items()):
         drawn = [(i, by_method[method]) for i, method in enumerate(methods) if method in by_method]
-        xs = [i + (j - (len(bars) - 1) / 2) * width for i, _ in drawn]
+        ys = [i + (j - (len(bars) - 1) / 2) * height for i, _ in drawn]
         color = COLORS[j % len(COLORS)]
-        ax.bar(
-            xs, [mean for _, (mean, _) in drawn], width, yerr=[std for _, (_, std) in drawn], capsize=3,
+        ax.barh(
+            ys, [mean for _, (mean, _) in drawn], height, xerr=[std for _, (_, std) in drawn], capsize=2,
             label=f"{m} head", color=color,
         )  # fmt: skip
         if f"{m}-only" in by_method:  # the same encoder trained alone: the reference line
-            ax.axhline(
+            ax.axvline(
                 by_method[f"{m}-only"][0], color=color, ls="--", lw=1, label=f"{m} encoder trained alone"
             )
-    ax.set_xticks(range(len(methods)), methods, rotation=20)
-    ax.set_ylabel("test accuracy of the unimodal head (%)")
-    ax.set_title(f"Unimodal heads vs the encoder trained alone ({fusion})")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    _method_axis(ax, methods)
+    ax.set_xlabel("test accuracy of the unimodal head (%)")
+    fig.suptitle(f"Unimodal heads vs the encoder trained alone ({fusion})", fontsize=11)
+    if bars:  # above the axes: the bars fill them
+        ax.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 

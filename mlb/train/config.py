@@ -63,8 +63,8 @@ def init_encoder_sources(value: str) -> dict[str, Path]:
 def setting(default: Any, help: str = "", **metadata: Any) -> Any:
     """A field with its --help text beside its default. `metadata` may add `choices` (the values allowed),
     `default_text` (what a None default means), `option` (the option's spelling, e.g. "--in-memory/--streaming"),
-    `metavar` (what the value looks like) or `cli=False` (no command-line option). The command line builds its
-    options from these (pipeline.cli.common.dataclass_options)."""
+    `metavar` (what the value looks like, placeholders in capitals: "MODALITY=RUN,...") or `cli=False` (no
+    command-line option). The command line builds its options from these (pipeline.cli.common.dataclass_options)."""
     return field(default=default, metadata={"help": help, **metadata})
 
 
@@ -87,8 +87,11 @@ class TrainConfig:
         "mlb",
         "Balancing method: mlb, multi-loss, joint, ogm-ge, ogm, mslr, agm, pmr, mmcosine, mmpareto, reconboost, "
         "mla, gblending, dgl, mcr, dnr, uni-pre-frozen, uni-pre-finetuned, ensemble, audio-only, video-only; its own settings with --param METHOD.KEY=VALUE.",
+        metavar="METHOD",
     )
-    fusion: str = setting("late-linear", "Fusion head: late-linear, mid-mlp, film, gated, tf.")
+    fusion: str = setting(
+        "late-linear", "Fusion head: late-linear, mid-mlp, film, gated, tf.", metavar="FUSION"
+    )
     # the method's own settings, e.g. {"alpha": 0.5, "beta_max": 10} (--param METHOD.KEY=VALUE)
     method_params: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
     size: str = setting("paper", "Model size: tiny (tests), small (CPU), paper.", choices=SIZES)
@@ -118,18 +121,18 @@ class TrainConfig:
     min_lr_ratio: float = setting(0.01, "The cosine floor, as a fraction of lr.")
     grad_clip_norm: float | None = setting(
         None,
-        "Clip the global gradient norm of the trained parameters to this value at every update, after the "
-        "method's own gradient changes; 0 turns a method's clipping off.",
+        "Clip the global gradient norm to this value at every update, after the method's own gradient "
+        "changes; 0 turns a method's clipping off.",
         default_text="the method's: dgl 40, others none",
     )
     patience: int = setting(10, "Early stopping: epochs without a better validation accuracy.")
     seed: int = setting(0, "Seed of the model initialisation and the data order.")
     # which fold (data partition) this run belongs to, for the statistics; None: the seed
     fold: int | None = setting(None, cli=False)
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    device: str = setting("auto", "Where to train: auto, cpu, cuda or cuda:N.", metavar="DEVICE")
     precision: str = setting(
         "auto",
-        "auto (bf16 on CUDA if supported, else fp16; fp32 on CPU), fp32, bf16 or fp16.",
+        "Floating-point precision; auto: bf16 on CUDA if supported, else fp16; fp32 on CPU.",
         choices=PRECISIONS,
     )
     num_workers: int = setting(
@@ -156,11 +159,11 @@ class TrainConfig:
     )
     init_encoders: str | None = setting(
         None,
-        "Start each encoder and its unimodal head from a unimodal run: MODALITY=RUN_FOLDER_OR_CHECKPOINT,... "
-        "(e.g. audio=RUNS/raw/audio-only/late-linear/seed0,video=...); the uni-pre methods need it, and "
+        "Start each encoder and its unimodal head from a unimodal RUN folder (its best checkpoint) or "
+        "checkpoint file, e.g. audio=RUNS/raw/audio-only/late-linear/seed0. The uni-pre methods need it; "
         "`mlbpipe compare` gives them the same seed's or fold's audio-only and video-only runs.",
         default_text="none: every weight from scratch",
-        metavar="audio=RUN,video=RUN",
+        metavar="MODALITY=RUN,...",
     )
     # extra meta.json keys to require (--expect-meta)
     expected_meta: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})

@@ -1,6 +1,11 @@
 """What every command shares: errors as one line `mlbpipe <command>: error: ...` and exit 2 (usage errors
 included), KEY=VALUE options, typer options made from a config dataclass (so a default, its help text and its
-choices exist once, beside the field)."""
+choices exist once, beside the field).
+
+What an option's value looks like in --help (its metavar), one convention for every command: typer's own
+`<int>`, `<float>`, `<path>`, `<str>` for a plain value and `<a|b>` for a choice among a few words (`choice`
+writes the same for a choice the command checks itself); otherwise placeholders in capitals, with the
+punctuation to type: FILE, URL, PATH|URL, METHOD, KEY=VALUE, METHOD,... for a comma-separated list."""
 
 from __future__ import annotations
 
@@ -146,6 +151,12 @@ def split_csv(value: str, option: str, cast=str) -> list:
         raise typer.BadParameter(
             f"{value!r} is not a comma-separated list of {cast.__name__}", param_hint=option
         ) from None
+
+
+def choice(values) -> str:
+    """The metavar of a value among `values` that the command checks itself, as typer shows a choice:
+    `<local|ray>`."""
+    return f"<{'|'.join(values)}>"
 
 
 def field_default(cls, name: str):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli.common import command_errors, context, keyword, split_csv, with_signature
+from pipeline.cli.common import choice, command_errors, context, keyword, split_csv, with_signature
 from pipeline.cli.training import methods_and_fusions, resolve, training_parameters
 
 
@@ -139,6 +139,7 @@ _COMPARE_PARAMETERS = [
         typer.Option(
             None,
             "--data",
+            metavar="PATH",
             help="The prepare output folder OUT (shards in OUT/shards/<features>/); with --folds, a path with "
             "{fold} in it, one prepared folder per fold (e.g. data/cremad-p{fold}).",
             show_default="required unless --aggregate-only",
@@ -157,7 +158,12 @@ _COMPARE_PARAMETERS = [
     keyword(
         "seeds",
         str,
-        typer.Option("0,1,2", "--seeds", help="Comma-separated seeds, all on the one --data folder."),
+        typer.Option(
+            "0,1,2",
+            "--seeds",
+            metavar="SEED,...",
+            help="Seeds, comma-separated, all on the one --data folder.",
+        ),
     ),
     keyword(
         "folds",
@@ -165,9 +171,10 @@ _COMPARE_PARAMETERS = [
         typer.Option(
             None,
             "--folds",
-            help="Comma-separated folds (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits), each trained with "
-            "seed = fold on --data with {fold} replaced, whose shards' meta.json must say partition k (checked "
-            "before any run); replaces --seeds.",
+            metavar="K,...",
+            help="Folds instead of seeds, comma-separated (e.g. 1,2,3: CREMA-D VAVL partitions, UCF101 splits): "
+            "fold K trains with seed K on --data with {fold} replaced by K, whose shards' meta.json must say "
+            "partition K (checked before any run).",
             show_default="none: --seeds",
         ),
     ),
@@ -177,6 +184,7 @@ _COMPARE_PARAMETERS = [
         typer.Option(
             None,
             "--tuned",
+            metavar="FILE",
             help="best_params.yaml of `mlbpipe tune`: each method's tuned lr, weight decay and own settings "
             "(--lr, --weight-decay and --param given, here or in --params, win).",
             show_default="none: the defaults",
@@ -198,8 +206,9 @@ _COMPARE_PARAMETERS = [
         typer.Option(
             "group",
             "--resample",
-            help="What the statistics' bootstrap resamples: group (the corpus's groups of test clips, e.g. "
-            "CREMA-D's actors, each with all its clips: clips of one group are not independent) | clip.",
+            metavar=choice(("group", "clip")),  # mlb.analysis.stats.UNITS (it imports scipy: not for --help)
+            help="What the statistics' bootstrap resamples: the corpus's groups of test clips (e.g. CREMA-D's "
+            "actors, each with all its clips: clips of one group are not independent), or single clips.",
         ),
     ),
     keyword(

@@ -108,7 +108,7 @@ def main() -> int:
         "Read these with their intervals: the demo corpus has 80 test clips, so one clip is 1.25 points and most "
         "differences are not resolved. A rerun on this machine gives the same numbers bit for bit, but another "
         "machine's floating-point kernels give other single runs (differences of 10 points and more). The "
-        "ranking of methods comes from the feature bench (README, 'Which method is better?').\n"
+        "ranking of methods comes from the feature bench (docs/ranking-bench.md).\n"
     )
     figures = sorted((runs / "figures").glob("*.png"))
     if figures:

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from pipeline.cli.common import exit_on
+from pipeline.corpora import corpus_names
 
 PACKAGES = (
     "torch",
@@ -134,9 +135,14 @@ def check_disk(report: DoctorReport, path: Path, need_gib: float = 5.0) -> None:
 def check_corpus(report: DoctorReport, corpus: str, root: Path) -> None:
     """Does `root` have the layout of `corpus` (its plug-in's check_layout), and how many of the corpus's
     clips does it hold (a partial copy or a stand-in warns, a copy with none of them fails)?"""
-    from pipeline.corpora import CorpusError, get_corpus
+    from pipeline.corpora import CorpusError, corpus_entry_point, get_corpus
 
     plugin = get_corpus(corpus)
+    entry = corpus_entry_point(corpus)
+    if entry is not None:  # an installed plug-in: which package and version the stages will run
+        report.add(
+            "corpus plug-in", True, f"{corpus} from {entry.dist.name} {entry.dist.version} ({entry.value})"
+        )
     for check in plugin.check_layout(root):
         report.add(check.name, check.ok, check.detail, warn_only=check.warn_only)
     try:
@@ -173,7 +179,8 @@ def cli(
     corpus: str = typer.Option(
         None,
         "--corpus",
-        help="The corpus whose layout --root should have (e.g. cremad).",
+        metavar="CORPUS",
+        help=f"The corpus whose layout --root should have: {', '.join(corpus_names())}.",
         show_default="none",
     ),
     root: Path = typer.Option(
@@ -182,13 +189,14 @@ def cli(
     wav2vec2: str = typer.Option(
         None,
         "--wav2vec2",
-        help="Wav2Vec2 hub id or local folder to look for.",
+        metavar="ID|PATH",
+        help="The Wav2Vec2 model to look for: a hub id or a local folder.",
         show_default="the features stage's",
     ),
 ) -> None:
     """Report versions, devices, local extractor weights, free disk and whether a corpus root has its
     corpus's layout. Nothing is downloaded. Exits 1 when a check fails (warnings do not fail)."""
-    from pipeline.corpora import CorpusError, corpus_names, get_corpus
+    from pipeline.corpora import CorpusError, get_corpus
 
     if root is not None and corpus is None:
         raise typer.BadParameter(

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import command_errors, field_default, parse_key_values, split_csv
-from pipeline.corpora import corpus_names, get_corpus
+from pipeline.cli.common import choice, command_errors, field_default, parse_key_values, split_csv
+from pipeline.corpora import BUILTIN, corpus_names, get_corpus
 from pipeline.manifest import SPLITS, format_summary
 from pipeline.params import load_params
 from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config, prepare_folds
@@ -16,7 +16,7 @@ from pipeline.stages.faces import FacesConfig
 from pipeline.stages.frames import FramesConfig
 from pipeline.stages.index import IndexConfig, NothingToPrepare
 from pipeline.stages.shards_raw import ShardsConfig
-from pipeline.stages.spectrograms import SpectrogramConfig
+from pipeline.stages.spectrograms import KINDS, SpectrogramConfig
 
 # The options that set one setting (or the same setting of two stages) without spelling its key. Each
 # default lives in its config dataclass; the help shows it.
@@ -131,7 +131,10 @@ def _check_folds(root, from_, folds, stages, partition, seed) -> list[int] | Non
 
 def cli(
     corpus: Annotated[
-        str, typer.Argument(help=f"The corpus: {', '.join(corpus_names())}.", show_default=False)
+        str,
+        typer.Argument(
+            metavar="CORPUS", help=f"The corpus: {', '.join(corpus_names())}.", show_default=False
+        ),
     ],
     out: Annotated[
         Path,
@@ -156,13 +159,15 @@ def cli(
     folds: str = typer.Option(
         None,
         "--folds",
-        help="With --from: comma-separated folds of the protocol, e.g. 1,2,3 (the partitions: CREMA-D "
+        metavar="K,...",
+        help="With --from: folds of the protocol, comma-separated, e.g. 1,2,3 (the partitions: CREMA-D "
         "VAVL, UCF101 splits; a random protocol's seeds). Each gets its own splits and shards.",
         show_default="none",
     ),
     params: Path = typer.Option(
         None,
         "--params",
+        metavar="FILE",
         help="A params.yaml: its preparation sections (index, frames, ...), each with "
         "corpora.CORPUS.<section> over it, and its workers and device.",
         show_default="none: the config dataclasses' defaults",
@@ -185,13 +190,15 @@ def cli(
     engine: str = typer.Option(
         "local",
         "--engine",
-        help="Where the per-clip work runs: local (a pool of processes on this machine) | ray (Ray "
-        "tasks, one CPU and one thread each, retried when a worker dies; needs ray: the ray extra of mlbpipe). "
-        "The shards are the same bytes as the local engine's (both compute on one thread per task).",
+        metavar=choice(ENGINES),
+        help="Where the per-clip work runs; local: a pool of processes on this machine; ray: Ray tasks of one "
+        "CPU and one thread each, retried when a worker dies (needs the ray extra of mlbpipe). Both write the "
+        "same shard bytes (one thread per task).",
     ),
     address: str = typer.Option(
         None,
         "--address",
+        metavar="ADDRESS",
         help="With --engine ray: the Ray cluster to run on (auto, or ray://HOST:10001); the corpus root "
         "and --out must then be on storage every node sees at the same path.",
         show_default="start Ray on this machine with --workers CPUs",
@@ -199,8 +206,10 @@ def cli(
     protocol: str = typer.Option(
         None,
         "--protocol",
+        metavar="PROTOCOL",
+        # the built-in corpora's: an installed plug-in is loaded when it is named, not for --help
         help="Split protocol (index.protocol), by corpus: "
-        + "; ".join(f"{name}: {' | '.join(get_corpus(name).protocols)}" for name in corpus_names())
+        + "; ".join(f"{name}: {' | '.join(get_corpus(name).protocols)}" for name in sorted(BUILTIN))
         + " (cremad's vavl is the paper's).",
         show_default="the corpus's first",
     ),
@@ -225,8 +234,9 @@ def cli(
     spec: str = typer.Option(
         None,
         "--spec",
-        help="mel (log-Mel) | stft (log-magnitude STFT, F = 257) | psd (scipy.signal.spectrogram, AVE's) "
-        "(spectrograms.kind).",
+        metavar=choice(KINDS),
+        help="Spectrogram kind (spectrograms.kind); mel: log-Mel; stft: log-magnitude STFT, F = 257; psd: "
+        "scipy.signal.spectrogram, AVE's.",
         show_default="the corpus's authors' (cremad stft, ave psd, ucf101 stft)",
     ),
     n_mels: int = typer.Option(
@@ -244,14 +254,16 @@ def cli(
     effb2_weights: str = typer.Option(
         None,
         "--effb2-weights",
-        help="EfficientNet-B2 weights: imagenet | random | PATH (.pth or .safetensors state_dict, or an .onnx "
-        "export such as HSEmotion's enet_b2_8_best.onnx) (features.effb2.weights).",
+        metavar="imagenet|random|PATH",
+        help="EfficientNet-B2 weights (features.effb2.weights); PATH: a .pth or .safetensors state_dict, or an "
+        ".onnx export such as HSEmotion's enet_b2_8_best.onnx.",
         show_default="imagenet",
     ),
     w2v2_model: str = typer.Option(
         None,
         "--w2v2-model",
-        help="Wav2Vec2: hub id | local folder | random-tiny (features.w2v2.model).",
+        metavar="ID|PATH|random-tiny",
+        help="Wav2Vec2 (features.w2v2.model): a hub id, a local folder or random-tiny.",
         show_default="facebook/wav2vec2-large-robust",
     ),
     faces_fps: float = typer.Option(
@@ -269,13 +281,15 @@ def cli(
     device: str = typer.Option(
         None,
         "--device",
-        help="Faces and features: auto | cpu | cuda[:N] (faces.device and features.device).",
+        metavar="DEVICE",
+        help="Where faces and features run: auto, cpu, cuda or cuda:N (faces.device and features.device).",
         show_default=str(field_default(FacesConfig, "device")),
     ),
     stages: str = typer.Option(
         None,
         "--stages",
-        help=f"Comma-separated stages to run, in pipeline order: {','.join(STAGE_NAMES)}.",
+        metavar="STAGE,...",
+        help=f"Stages to run, comma-separated, in pipeline order: {', '.join(STAGE_NAMES)}.",
         show_default="every stage of the corpus's input paths",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),

@@ -11,7 +11,10 @@ def cli(
     runs: Path = typer.Option(..., "--runs", help="The runs folder of `mlbpipe compare` (RUNS)."),
     out: Path = typer.Option(None, "--out", help="Figures folder.", show_default="RUNS/figures"),
     fusion: str = typer.Option(
-        "late-linear", "--fusion", help="Fusion head of the agreement and ECE figures."
+        "late-linear",
+        "--fusion",
+        metavar="FUSION",
+        help="Fusion head of the agreement, ECE and unimodal-heads figures.",
     ),
 ) -> None:
     """Draw the paper's figures (PNG + SVG): k against r (Fig. 2) and, per input path, accuracy by method and

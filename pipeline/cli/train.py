@@ -92,6 +92,7 @@ _PARAMETERS = [
         typer.Option(
             ...,
             "--data",
+            metavar="PATH|URL",
             help="The prepare output folder OUT, a path or a URL (s3://bucket/prefix); shards are read from "
             "OUT/shards/<features>/.",
         ),
@@ -124,8 +125,8 @@ _PARAMETERS = [
             None,
             "--s3-endpoint",
             metavar="URL",
-            help="S3-compatible server for s3:// --data, e.g. http://127.0.0.1:9000 (sets AWS_ENDPOINT_URL_S3 "
-            "for this run; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).",
+            help="S3-compatible server for s3:// --data, e.g. http://127.0.0.1:9000 (sets AWS_ENDPOINT_URL_S3; "
+            "credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).",
             show_default="$AWS_ENDPOINT_URL, else AWS",
         ),
     ),

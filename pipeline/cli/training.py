@@ -48,9 +48,9 @@ def training_parameters(param_help: str, exclude: tuple[str, ...] = ()) -> list[
                 None,
                 "--params",
                 metavar="FILE",
-                help="A params.yaml whose section (--section) gives TrainConfig keys, with its raw / cached "
-                "subsection laid over it for the input path and its `param` as the methods' settings "
-                "({method: {key: value}}, as --param). Options given here win over the file.",
+                help="A params.yaml: its --section gives TrainConfig keys (its raw / cached subsection over them "
+                "for the input path) and, under `param`, the methods' settings as --param does. Options given "
+                "win over the file.",
                 show_default="none: TrainConfig's defaults",
             ),
         ),
@@ -58,7 +58,10 @@ def training_parameters(param_help: str, exclude: tuple[str, ...] = ()) -> list[
             "section",
             str,
             typer.Option(
-                DEFAULT_SECTION, "--section", help="The section of --params to read, dotted (protocol.train)."
+                DEFAULT_SECTION,
+                "--section",
+                metavar="NAME",
+                help="The section of --params to read, dotted (protocol.train).",
             ),
         ),
         keyword(
@@ -82,10 +85,22 @@ def methods_and_fusions() -> list[inspect.Parameter]:
         keyword(
             "methods",
             str,
-            typer.Option("joint,multi-loss,mlb", "--methods", help="Comma-separated balancing methods."),
+            typer.Option(
+                "joint,multi-loss,mlb",
+                "--methods",
+                metavar="METHOD,...",
+                help="Balancing methods, comma-separated: the names train's --method takes.",
+            ),
         ),
         keyword(
-            "fusions", str, typer.Option("late-linear", "--fusions", help="Comma-separated fusion heads.")
+            "fusions",
+            str,
+            typer.Option(
+                "late-linear",
+                "--fusions",
+                metavar="FUSION,...",
+                help="Fusion heads, comma-separated: the names train's --fusion takes.",
+            ),
         ),
     ]
 

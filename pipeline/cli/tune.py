@@ -117,6 +117,7 @@ _PARAMETERS = [
         typer.Option(
             None,
             "--best-params",
+            metavar="FILE",
             help="Where to write the best settings.",
             show_default="TUNE/best_params.yaml",
         ),

@@ -12,8 +12,10 @@ from pipeline.cli.common import command_errors
 
 
 def cli(
-    source: Path = typer.Argument(..., help="The weights: an ONNX export (.onnx) or a state_dict file."),
-    out: Path = typer.Argument(..., help="The .safetensors file to write."),
+    source: Path = typer.Argument(
+        ..., metavar="SOURCE", help="The weights: an ONNX export (.onnx) or a state_dict file."
+    ),
+    out: Path = typer.Argument(..., metavar="OUT", help="The .safetensors file to write."),
 ) -> None:
     """Convert EfficientNet-B2 weights to a .safetensors state_dict that features.effb2.weights accepts. The
     ONNX file itself is accepted there too: converting only saves reading the graph at every start."""
