@@ -48,6 +48,10 @@ class Registry:
         self._loaded.pop(plugin.name, None)
         return plugin
 
+    def unregister(self, name: str) -> None:
+        """Forget a plug-in `register` made available (a built-in one loads again on its next `get`)."""
+        self._registered.pop(name, None)
+
     def get(self, name: str) -> Any:
         """The plug-in called `name`; `error` naming the known ones when there is none."""
         if name not in self._registered:

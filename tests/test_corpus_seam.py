@@ -15,7 +15,7 @@ from helpers.media import make_mp4
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.corpora import register_corpus
+from pipeline.corpora import register_corpus, unregister_corpus
 from pipeline.corpora.base import ClipSource, Corpus, CorpusError, MediaSpec, Scan
 from pipeline.manifest import ClipRecord, Reason, Segment, read_manifest
 from pipeline.splits import assign_splits, random_group_split
@@ -103,7 +103,8 @@ def prepared(toy_root, tmp_path_factory) -> Path:
          "index,frames,spectrograms,shards_raw", "--size", "32", "--quiet"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    return out
+    yield out
+    unregister_corpus("toy")  # later modules in this process list the corpora (help texts, the CLI reference)
 
 
 def test_the_toy_corpus_is_indexed_with_its_own_layout(prepared, toy_root):

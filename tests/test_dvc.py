@@ -161,7 +161,7 @@ TINY_ALL = {
     },
     "runs": {"seeds": [0], "raw": ["joint", "video-only"], "cached": ["joint"]},
     "protocol": {
-        "methods": "joint,mlb",
+        "methods": "joint,mlb,uni-pre-finetuned,ensemble",  # the last two start from each encoder trained alone
         "trials": 2,
         "folds": "1,2",
         "train": {"epochs": 1, "size": "tiny", "batch_size": 8},
@@ -221,7 +221,19 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
 
     # the protocol: equal-budget tuning on validation, then the comparison reading the tuned settings
     tuned = yaml.safe_load((repo / "protocol" / "tuned_params.yaml").read_text())["raw"]
-    assert {m: tuned[m]["late-linear"]["trials"] for m in ("joint", "mlb")} == {"joint": 2, "mlb": 2}
+    assert {m: v["late-linear"]["trials"] for m, v in tuned.items()} == {
+        "joint": 2,
+        "mlb": 2,
+        "uni-pre-finetuned": 2,
+    }
+    # Uni-Pre and Ensemble: each fold's encoders trained alone first, then read by both (ensemble trains nothing)
+    for fold in (1, 2):
+        uni_pre = json.loads(
+            (repo / f"protocol/runs/raw/uni-pre-finetuned/late-linear/fold{fold}/run.json").read_text()
+        )
+        alone = [f"{m}=protocol/runs/raw/{m}-only/late-linear/fold{fold}" for m in ("audio", "video")]
+        assert uni_pre["config"]["init_encoders"] == ",".join(alone)
+        assert (repo / f"protocol/runs/raw/ensemble/late-linear/fold{fold}/test_predictions.json").is_file()
     # the folds: their own splits and shards, the corpus's per-clip work computed once
     for fold in (1, 2):
         folder = repo / "data" / "cremad" / "folds" / str(fold)
@@ -230,10 +242,9 @@ def test_whole_pipeline_end_to_end_then_only_mlb_reruns_for_a_new_alpha(tmp_path
         assert (folder / "shards" / "cached" / "meta.json").is_file() and not (folder / "work").exists()
     tuned_mlb = json.loads((repo / "protocol/runs/raw/mlb/late-linear/fold1/run.json").read_text())
     assert tuned_mlb["method_params"] == tuned["mlb"]["late-linear"]["method_params"]
-    assert (
-        "| raw | late-linear | mlb | joint | 2 |"
-        in (repo / "protocol" / "runs" / "compare_stats.md").read_text()
-    )
+    stats = (repo / "protocol" / "runs" / "compare_stats.md").read_text()
+    for method, baseline in (("mlb", "joint"), ("mlb", "ensemble"), ("mlb", "uni-pre-finetuned")):
+        assert f"| raw | late-linear | {method} | {baseline} | 2 |" in stats, (method, baseline)
 
     assert stages_ran(dvc(repo, "repro")) == []
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)

@@ -78,7 +78,12 @@ def test_the_training_sections_are_trainer_settings():
         config.validate()
         for method, settings in method_params.items():
             build_balancer(method, **{k: v for k, v in settings.items() if v != "auto"})
-    assert read_section(REPO / "params.yaml", "train", "raw")[0]["patience"] == PARAMS["train"]["patience"]
+    # a key of `train` reaches every input path, unless the path's own section sets it (the demo's raw patience)
+    assert read_section(REPO / "params.yaml", "train", "cached")[0]["patience"] == PARAMS["train"]["patience"]
+    assert (
+        read_section(REPO / "params.yaml", "train", "raw")[0]["patience"]
+        == PARAMS["train"]["raw"]["patience"]
+    )
     mlb = PARAMS["train"]["param"]["mlb"]  # auto (the corpus's setting from meta.json) or a number
     assert all(value == "auto" or isinstance(value, float) for value in mlb.values()), mlb
     for path in ("raw", "cached"):

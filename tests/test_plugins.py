@@ -84,7 +84,7 @@ def test_a_plug_in_is_listed_by_name_and_loaded_only_when_named(site):
         "for args in ([], ['prepare']):\n"
         "    result = CliRunner().invoke(app, [*args, '--help'])\n"
         "    assert result.exit_code == 0, result.output\n"
-        "assert 'broken, cremad, tones, ucf101' in ' '.join(result.output.split()), result.output\n"
+        "assert 'broken, cremad, generic, kinetics_sounds, tones, ucf101' in ' '.join(result.output.split()), result.output\n"
         "print(sorted(m for m in sys.modules if m.startswith('mlbpipe_')))\n"
     )
     done = subprocess.run(
@@ -94,7 +94,9 @@ def test_a_plug_in_is_listed_by_name_and_loaded_only_when_named(site):
     listed = mlbpipe(site, "synth", "--help")
     assert listed.returncode == 0, listed.stderr
     commands = re.findall(r"^  (\S+)", listed.stdout.split("Commands:", 1)[1], re.MULTILINE)
-    assert commands == ["ave", "cremad", "ucf101", "features", "tones"], listed.stdout
+    assert commands == ["ave", "cremad", "kinetics_sounds", "ucf101", "vggsound", "features", "tones"], (
+        listed.stdout
+    )
 
 
 @pytest.fixture

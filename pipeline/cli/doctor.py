@@ -132,12 +132,13 @@ def check_disk(report: DoctorReport, path: Path, need_gib: float = 5.0) -> None:
     )
 
 
-def check_corpus(report: DoctorReport, corpus: str, root: Path) -> None:
-    """Does `root` have the layout of `corpus` (its plug-in's check_layout), and how many of the corpus's
-    clips does it hold (a partial copy or a stand-in warns, a copy with none of them fails)?"""
-    from pipeline.corpora import CorpusError, corpus_entry_point, get_corpus
+def check_corpus(report: DoctorReport, corpus: str, root: Path, params: dict | None = None) -> None:
+    """Does `root` have the layout of `corpus` (its plug-in's check_layout; a corpus that params.yaml sets
+    up, as its `corpora.<corpus>` says), and how many of the corpus's clips does it hold (a partial copy
+    or a stand-in warns, a copy with none of them fails)?"""
+    from pipeline.corpora import CorpusError, corpus_entry_point, corpus_for
 
-    plugin = get_corpus(corpus)
+    plugin = corpus_for(corpus, params)
     entry = corpus_entry_point(corpus)
     if entry is not None:  # an installed plug-in: which package and version the stages will run
         report.add(
@@ -156,7 +157,10 @@ def check_corpus(report: DoctorReport, corpus: str, root: Path) -> None:
 
 
 def run_doctor(
-    corpus: str | None = None, root: Path | None = None, wav2vec2: str | None = None
+    corpus: str | None = None,
+    root: Path | None = None,
+    wav2vec2: str | None = None,
+    params: dict | None = None,
 ) -> DoctorReport:
     """Every check, in the order a user fixes them: packages, devices, weights, disk, the corpus root."""
     report = DoctorReport()
@@ -165,7 +169,7 @@ def run_doctor(
     check_weights(report, wav2vec2 or _default_wav2vec2())
     check_disk(report, root or Path.cwd())
     if root is not None:
-        check_corpus(report, corpus, root)
+        check_corpus(report, corpus, root, params)
     return report
 
 
@@ -186,6 +190,13 @@ def cli(
     root: Path = typer.Option(
         None, "--root", help="A corpus root to check (needs --corpus).", show_default="none: no corpus check"
     ),
+    params: Path = typer.Option(
+        None,
+        "--params",
+        metavar="FILE",
+        help="A params.yaml whose corpora.CORPUS sets the corpus up (a generic corpus: its layout).",
+        show_default="none",
+    ),
     wav2vec2: str = typer.Option(
         None,
         "--wav2vec2",
@@ -196,16 +207,19 @@ def cli(
 ) -> None:
     """Report versions, devices, local extractor weights, free disk and whether a corpus root has its
     corpus's layout. Nothing is downloaded. Exits 1 when a check fails (warnings do not fail)."""
-    from pipeline.corpora import CorpusError, get_corpus
+    from pipeline.corpora import CorpusError, corpus_for
+    from pipeline.params import ParamsError, load_params
 
     if root is not None and corpus is None:
         raise typer.BadParameter(
             f"--root needs --corpus, one of {', '.join(corpus_names())}", param_hint="--corpus"
         )
+    loaded = None
     if corpus is not None:
-        with exit_on(CorpusError, command="mlbpipe doctor"):
-            get_corpus(corpus)
-    report = run_doctor(corpus, root, wav2vec2)
+        with exit_on(CorpusError, ParamsError, command="mlbpipe doctor"):
+            loaded = load_params(params) if params is not None else None
+            corpus_for(corpus, loaded, str(params or "params.yaml"))
+    report = run_doctor(corpus, root, wav2vec2, loaded)
     width = max(len(c.name) for c in report.checks)
     for c in report.checks:
         typer.echo(f"{c.status:<4}  {c.name:<{width}}  {c.detail}")

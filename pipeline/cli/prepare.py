@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import choice, command_errors, field_default, parse_key_values, split_csv
-from pipeline.corpora import BUILTIN, corpus_names, get_corpus
+from pipeline.corpora import BUILTIN, corpus_for, corpus_names, get_corpus
 from pipeline.manifest import SPLITS, format_summary
 from pipeline.params import load_params
 from pipeline.prepare import STAGE_NAMES, CachedPathUnavailable, Run, prepare, prepare_config, prepare_folds
@@ -237,7 +237,7 @@ def cli(
         metavar=choice(KINDS),
         help="Spectrogram kind (spectrograms.kind); mel: log-Mel; stft: log-magnitude STFT, F = 257; psd: "
         "scipy.signal.spectrogram, AVE's.",
-        show_default="the corpus's authors' (cremad stft, ave psd, ucf101 stft)",
+        show_default="the corpus's (its authors': cremad stft, ave psd, ucf101 stft; generic and its presets mel)",
     ),
     n_mels: int = typer.Option(
         None,
@@ -321,9 +321,9 @@ def cli(
     }  # fmt: skip
     fold_list = _check_folds(root, from_, folds, stages, partition, seed)
     with command_errors("mlbpipe prepare", out):
-        the_corpus = get_corpus(corpus)
         loaded = load_params(params) if params is not None else {}
         where = f"{params or 'the options'}"
+        the_corpus = corpus_for(corpus, loaded, where)
         overrides = parse_key_values(set_, "--set")
         for option, value in shortcuts.items():
             if value is not None:

@@ -14,7 +14,8 @@ from importlib.metadata import EntryPoint
 from pipeline.corpora.base import Corpus, CorpusError
 from pipeline.plugins import Registry
 
-BUILTIN = ("cremad", "ave", "ucf101")  # packages pipeline/corpora/<name>/, each with a module-level `CORPUS`
+# packages pipeline/corpora/<name>/, each with a module-level `CORPUS`
+BUILTIN = ("cremad", "ave", "ucf101", "generic", "vggsound", "kinetics_sounds")
 # the entry-point group in which an installed package names its corpus: NAME = "module:attr"
 ENTRY_POINTS = "mlbpipe.corpora"
 
@@ -26,10 +27,31 @@ def register_corpus(corpus: Corpus) -> Corpus:
     return _corpora.register(corpus)
 
 
+def unregister_corpus(name: str) -> None:
+    """Forget a corpus `register_corpus` made available (e.g. a test's, once the test is done)."""
+    _corpora.unregister(name)
+
+
 def get_corpus(name: str) -> Corpus:
     """The corpus registered as `name` (a built-in or outside one is loaded on first use). Raises CorpusError
     for an unknown name and for an outside plug-in that does not load, naming its package and the fix."""
     return _corpora.get(name)
+
+
+def corpus_for(name: str, params: dict | None = None, where: str = "params.yaml") -> Corpus:
+    """The corpus `name` as params.yaml sets it up: `corpora.<name>.corpus` names the corpus it is (default:
+    `name` itself; e.g. `generic`) and `corpora.<name>.layout` its layout settings, so that a user's own
+    corpus is named by the user (docs/corpora/adding.md). Without either, `get_corpus(name)`."""
+    section = ((params or {}).get("corpora") or {}).get(name) or {}
+    if not isinstance(section, dict):
+        raise CorpusError(f"{where}: corpora.{name} must be a mapping, got {section!r}")
+    kind = section.get("corpus", name)
+    settings = section.get("layout")
+    if kind == name and settings is None:
+        return get_corpus(name)
+    if not isinstance(settings, dict | None):
+        raise CorpusError(f"{where}: corpora.{name}.layout must be a mapping of settings, got {settings!r}")
+    return get_corpus(str(kind)).configured(name, settings or {}, where)
 
 
 def corpus_names() -> list[str]:
@@ -43,4 +65,13 @@ def corpus_entry_point(name: str) -> EntryPoint | None:
     return _corpora.outside(name)
 
 
-__all__ = ["Corpus", "CorpusError", "corpus_entry_point", "corpus_names", "get_corpus", "register_corpus"]
+__all__ = [
+    "Corpus",
+    "CorpusError",
+    "corpus_entry_point",
+    "corpus_for",
+    "corpus_names",
+    "get_corpus",
+    "register_corpus",
+    "unregister_corpus",
+]

@@ -208,6 +208,14 @@ class Corpus(ABC):
     def assign_splits(self, records: list[ClipRecord], protocol: str, partition: int, seed: int) -> str:
         """Set `split` on every record (None: outside the protocol) and return the protocol's name."""
 
+    def configured(self, name: str, settings: dict, where: str) -> Corpus:
+        """This corpus under another name, with the layout settings of params.yaml's `corpora.<name>.layout`
+        (the generic corpus and its presets take them). Raises CorpusError for a corpus that takes none."""
+        raise CorpusError(
+            f"{where}: corpora.{name}: the corpus {self.name} takes no layout settings and no other name; "
+            "only the generic corpus and its presets do (docs/corpora/adding.md)"
+        )
+
     def check_layout(self, root: Path) -> list[LayoutCheck]:
         """Does `root` look like a copy of this corpus? (`mlbpipe doctor --corpus NAME --root PATH`)"""
         return [

@@ -14,7 +14,8 @@ from pipeline.corpora.base import CorpusError
 from pipeline.plugins import Registry
 from pipeline.standins.base import StandIn, Summary
 
-BUILTIN = ("cremad", "ave", "ucf101")  # packages pipeline/standins/<name>/, each with a `STAND_IN`
+# packages pipeline/standins/<name>/, each with a `STAND_IN`
+BUILTIN = ("cremad", "ave", "ucf101", "vggsound", "kinetics_sounds")
 ENTRY_POINTS = "mlbpipe.standins"  # the entry-point group in which an installed package names its stand-in
 
 _standins = Registry("stand-in", StandIn, __name__, BUILTIN, "STAND_IN", ENTRY_POINTS, CorpusError)
