@@ -393,3 +393,9 @@ def validate_clip(
     if reasons:
         record.reject(reasons[0])
     return record
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a text file, whatever its line endings (LF, CRLF, CR), without a byte-order mark;
+    bytes that are not UTF-8 become U+FFFD (the line then fails to parse instead of the run)."""
+    return path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff").splitlines()

@@ -20,7 +20,14 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs
+from pipeline.corpora.base import (
+    ClipSource,
+    CorpusError,
+    LayoutCheck,
+    Scan,
+    read_text_lines,
+    sampled_lfs_stubs,
+)
 from pipeline.manifest import Reason, Segment
 
 STAND_IN_MARKER = "synth_stand_in.json"  # what `mlbpipe synth` writes into a stand-in of a preset
@@ -84,8 +91,7 @@ def read_class_list(classes: list[str] | str | None) -> tuple[str, ...] | None:
     path = Path(classes)
     if not path.is_file():
         raise CorpusError(f"layout.classes={classes!r}: {path} is not a file (one label per line)")
-    text = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return tuple(line.strip() for line in read_text_lines(path) if line.strip())
 
 
 def annotation_file(root: Path, settings: LayoutSettings) -> Path | None:
@@ -168,9 +174,8 @@ def read_annotations(path: Path, shown: str, settings: LayoutSettings) -> list[R
         raise CorpusError(
             f"layout.annotations: {path} is not a file; give the CSV or TSV that lists the clips"
         )
-    text = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    reader = csv.reader(read_text_lines(path), delimiter=delimiter)
     header = [name.strip() for name in next(reader, [])]
     rename = {given: column for column, given in settings.columns.items()}
     names = [rename.get(name, name) for name in header]

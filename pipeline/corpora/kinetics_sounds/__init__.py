@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.corpora.base import CorpusError, LayoutCheck
+from pipeline.corpora.base import CorpusError, LayoutCheck, read_text_lines
 from pipeline.corpora.generic import GenericCorpus, layout
 from pipeline.corpora.generic.layout import SPLIT_NAMES, Listing, Row
 
@@ -33,8 +33,7 @@ def clip_id(youtube_id: str, start: int, end: int) -> str:
 
 def parse_list(path: Path, shown: str) -> list[Row]:
     """Every row of one Kinetics annotation CSV; a malformed one keeps its problem (file and line)."""
-    text = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(read_text_lines(path))
     header = [name.strip() for name in next(reader, [])]
     if not set(COLUMNS) <= set(header):
         raise CorpusError(f"{shown}: its header {','.join(header)!r} lacks one of {','.join(COLUMNS)}")

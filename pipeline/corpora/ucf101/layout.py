@@ -16,7 +16,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.corpora.base import ClipSource, CorpusError, LayoutCheck, Scan, sampled_lfs_stubs, synth_hint
+from pipeline.corpora.base import (
+    ClipSource,
+    CorpusError,
+    LayoutCheck,
+    Scan,
+    read_text_lines,
+    sampled_lfs_stubs,
+    synth_hint,
+)
 from pipeline.manifest import Reason
 
 NAME = "ucf101"
@@ -33,12 +41,6 @@ FILE_SPELLING = {"HandstandPushups": "HandStandPushups"}
 
 _STEM_RE = re.compile(r"^v_([A-Za-z]+)_g(\d{2})_c(\d{2,3})$")
 _LIST_PATH_RE = re.compile(r"^([A-Za-z]+)/(v_[A-Za-z]+_g\d{2}_c\d{2,3})\.avi$", re.IGNORECASE)
-
-
-def read_text_lines(path: Path) -> list[str]:
-    """The lines of a text file, whatever its line endings (LF, CRLF, CR), without a byte-order mark;
-    bytes that are not UTF-8 become U+FFFD (the line then fails to parse instead of the run)."""
-    return path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff").splitlines()
 
 
 def _read_class_ind(path: Path) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.corpora.base import CorpusError
+from pipeline.corpora.base import CorpusError, read_text_lines
 from pipeline.corpora.generic import GenericCorpus, layout
 from pipeline.corpora.generic.layout import SPLIT_NAMES, Listing, Row
 
@@ -29,9 +29,8 @@ def clip_id(youtube_id: str, start: int) -> str:
 
 def parse_rows(path: Path, shown: str) -> list[Row]:
     """Every row of vggsound.csv; a malformed one keeps its problem (file and line)."""
-    text = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
     rows = []
-    for number, fields in enumerate(csv.reader(text.splitlines()), 1):
+    for number, fields in enumerate(csv.reader(read_text_lines(path)), 1):
         if not any(f.strip() for f in fields):
             continue
         line = f"{shown}:{number}"
